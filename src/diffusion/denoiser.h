@@ -1,0 +1,56 @@
+#pragma once
+// The central abstraction (k-diffusion's shape): a denoiser D(x, sigma) -> x0
+// in variance-exploding coordinates, x = x0 + sigma * noise. Samplers see only
+// a Denoiser. Models, parameterisations and guidance are wrappers that build one.
+#include <torch/torch.h>
+
+#include <functional>
+#include <map>
+#include <string>
+
+#include "diffusion/schedule.h"
+
+namespace diffuse {
+
+// Conditioning passed through to a model, opaque to samplers: named tensors
+// batched along dim 0 (e.g. "class_labels" [B], "encoder_hidden_states" [B, L, C]).
+struct Cond {
+  std::map<std::string, torch::Tensor> tensors;
+
+  bool empty() const { return tensors.empty(); }
+  bool has(const std::string& k) const { return tensors.count(k) && tensors.at(k).defined(); }
+  torch::Tensor get(const std::string& k) const { return has(k) ? tensors.at(k) : torch::Tensor(); }
+  // Concatenates along dim 0, key by key (both must have the same keys).
+  static Cond cat(const Cond& a, const Cond& b);
+  // Repeats every tensor along dim 0 `n` times in blocks (for sample batches).
+  Cond repeat(int64_t n) const;
+};
+
+// x: [B, ...], sigma: [B] (float) -> x0 estimate, same shape as x.
+using Denoiser = std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& sigma)>;
+using CondDenoiser =
+    std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& sigma, const Cond& cond)>;
+
+// A discrete-time network: model(x_in, timestep [B] float, cond) -> raw output (eps / v / x0).
+using ModelFn = std::function<torch::Tensor(const torch::Tensor& x_in, const torch::Tensor& t, const Cond& cond)>;
+
+enum class Prediction { Epsilon, V, Sample };
+Prediction parse_prediction(const std::string& name);  // throws diffuse::Error naming the value
+std::string to_string(Prediction p);
+
+// Wraps a discrete-time VP model: x_in = x / sqrt(sigma^2 + 1), t = sigma_to_t(sigma),
+// then converts the output to x0 for the parameterisation.
+CondDenoiser discrete_denoiser(ModelFn model, DiscreteSchedule schedule, Prediction prediction);
+
+// EDM preconditioning (Karras et al. 2022): D = c_skip x + c_out F(c_in x, c_noise(sigma)),
+// with c_noise = log(sigma) / 4; `model` receives c_noise as its timestep.
+CondDenoiser edm_denoiser(ModelFn model, double sigma_data);
+
+// Binds conditioning: the plain denoiser samplers take.
+Denoiser bind(CondDenoiser d, Cond cond);
+
+// Classifier-free guidance: one batched pass over [uncond; cond],
+// x0 = u + scale (c - u), then optional CFG-rescale (Lin et al. 2023) with factor `rescale`.
+Denoiser cfg_denoiser(CondDenoiser d, Cond cond, Cond uncond, double scale, double rescale = 0.0);
+
+}  // namespace diffuse
