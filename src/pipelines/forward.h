@@ -1,0 +1,18 @@
+#pragma once
+// One forward pass of the network in a model folder, with inputs and outputs
+// named as in the reference fixtures (sample, timestep, class_labels -> out; ...).
+// Every network class registers here, so `diffuse forward` checks any of them.
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+
+namespace diffuse {
+
+using TensorMap = std::map<std::string, torch::Tensor>;
+
+// Reads `_class_name` from DIR/config.json and runs that network on the inputs it needs
+// (other tensors are ignored). Throws diffuse::Error naming a missing input or unknown class.
+TensorMap run_forward(const std::string& model_dir, const TensorMap& inputs, torch::Device device = torch::kCPU);
+
+}  // namespace diffuse

@@ -1,0 +1,215 @@
+#include "pipelines/pixel_pipeline.h"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "diffusion/sigmas.h"
+#include "pipelines/scheduler_config.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+int PixelPipeline::image_size() const { return unet->config().sample_size[0]; }
+int PixelPipeline::channels() const { return unet->config().in_channels; }
+
+PixelPipeline PixelPipeline::load(const std::string& dir, torch::Device device) {
+  if (!fs::is_directory(dir)) throw Error(dir + ": model folder not found");
+  PixelPipeline p;
+  p.source = dir;
+  p.device = device;
+  std::string unet_dir = dir;
+  if (fs::exists(dir + "/model_index.json")) {
+    nlohmann::json index;
+    try {
+      index = nlohmann::json::parse(read_file(dir + "/model_index.json"));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(dir + "/model_index.json: invalid JSON: " + e.what());
+    }
+    if (!index.contains("unet"))
+      throw Error(dir + "/model_index.json: no 'unet' component (pixel pipelines need a UNet2DModel)");
+    unet_dir = dir + "/unet";
+    if (fs::exists(dir + "/scheduler/scheduler_config.json"))
+      p.scheduler = load_scheduler_config(dir + "/scheduler/scheduler_config.json");
+  } else if (!fs::exists(dir + "/config.json")) {
+    throw Error(dir + ": neither model_index.json (pipeline) nor config.json (UNet) found");
+  }
+  p.unet = load_unet2d(unet_dir);
+  p.unet->eval();
+  p.unet->to(device);
+  if (fs::exists(dir + "/class_names.json")) {
+    try {
+      auto j = nlohmann::json::parse(read_file(dir + "/class_names.json"));
+      p.class_names = j.at("class_names").get<std::vector<std::string>>();
+      p.null_class = j.value("null_class", static_cast<int64_t>(-1));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(dir + "/class_names.json: " + e.what());
+    }
+  } else if (p.unet->config().num_class_embeds > 0) {
+    for (int i = 0; i < p.unet->config().num_class_embeds; ++i) p.class_names.push_back(std::to_string(i));
+  }
+  int embeds = p.unet->config().num_class_embeds;
+  if (!p.class_names.empty() && static_cast<int>(p.class_names.size()) > embeds)
+    throw Error(dir + "/class_names.json: " + std::to_string(p.class_names.size()) + " classes but the UNet has " +
+                std::to_string(embeds) + " class embeddings");
+  if (p.null_class >= embeds) throw Error(dir + "/class_names.json: null_class out of range");
+  return p;
+}
+
+void PixelPipeline::save(const std::string& dir) const {
+  fs::create_directories(dir + "/scheduler");
+  save_unet2d(unet, dir + "/unet");
+  write_file_atomically(dir + "/scheduler/scheduler_config.json", scheduler_config_json(scheduler).dump(2) + "\n");
+  nlohmann::json index = {{"_class_name", "DDPMPipeline"},
+                          {"_diffusers_version", "0.28.2"},
+                          {"scheduler", {"diffusers", "DDPMScheduler"}},
+                          {"unet", {"diffusers", "UNet2DModel"}}};
+  write_file_atomically(dir + "/model_index.json", index.dump(2) + "\n");
+  if (!class_names.empty()) {
+    nlohmann::json j = {{"class_names", class_names}, {"null_class", null_class}};
+    write_file_atomically(dir + "/class_names.json", j.dump(2) + "\n");
+  }
+}
+
+int64_t PixelPipeline::class_index(const std::string& s) const {
+  if (class_names.empty()) throw Error("--class " + s + ": this model is unconditional");
+  for (size_t i = 0; i < class_names.size(); ++i)
+    if (class_names[i] == s) return static_cast<int64_t>(i);
+  try {
+    size_t pos = 0;
+    long v = std::stol(s, &pos);
+    if (pos == s.size() && v >= 0 && v < static_cast<long>(class_names.size())) return v;
+  } catch (const std::exception&) {
+  }
+  std::string valid;
+  for (size_t i = 0; i < class_names.size(); ++i) valid += (i ? ", " : "") + std::to_string(i) + "=" + class_names[i];
+  throw Error("--class " + s + ": unknown class (valid: " + valid + ")");
+}
+
+CondDenoiser PixelPipeline::denoiser() const {
+  UNet2DModel net = unet;
+  ModelFn model = [net](const torch::Tensor& x, const torch::Tensor& t, const Cond& cond) {
+    return net->forward(x, t, cond.get("class_labels"));
+  };
+  CondDenoiser d = discrete_denoiser(model, DiscreteSchedule(scheduler), parse_prediction(scheduler.prediction_type));
+  if (scheduler.clip_sample) {
+    double r = scheduler.clip_sample_range;
+    return [d, r](const torch::Tensor& x, const torch::Tensor& s, const Cond& c) { return d(x, s, c).clamp(-r, r); };
+  }
+  return d;
+}
+
+namespace {
+
+// Per-image generators: image i's noise depends only on its own seed.
+class PerImageNoise : public NoiseSource {
+ public:
+  explicit PerImageNoise(std::vector<TorchNoise*> gens) : gens_(std::move(gens)) {}
+  torch::Tensor randn_like(const torch::Tensor& like) override {
+    std::vector<torch::Tensor> rows;
+    for (size_t i = 0; i < gens_.size(); ++i) rows.push_back(gens_[i]->randn(like.sizes().slice(1)));
+    return torch::stack(rows).to(like.device(), like.scalar_type());
+  }
+
+ private:
+  std::vector<TorchNoise*> gens_;
+};
+
+torch::Tensor sigmas_for(const PixelPipeline& pipe, const GenerateOptions& opt, std::string* schedule_used) {
+  if (!opt.sigmas.empty()) {
+    *schedule_used = "custom";
+    return parse_sigmas(opt.sigmas);
+  }
+  if (opt.steps < 1) throw Error("--steps " + std::to_string(opt.steps) + ": must be at least 1");
+  std::string hint;
+  find_sampler(opt.sampler, &hint);
+  std::string schedule = !opt.schedule.empty() ? opt.schedule : (!hint.empty() ? hint : "discrete");
+  *schedule_used = schedule;
+  return make_sigmas(schedule, opt.steps, DiscreteSchedule(pipe.scheduler), pipe.scheduler);
+}
+
+}  // namespace
+
+GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
+  if (opt.n < 1) throw Error("-n " + std::to_string(opt.n) + ": must be at least 1");
+  if (!opt.classes.empty() && static_cast<int>(opt.classes.size()) != opt.n)
+    throw Error("generate: one class per image expected");
+  if (opt.guidance != 1.0 && !pipe.class_conditional())
+    throw Error("--guidance: this model is unconditional (classifier-free guidance needs class labels)");
+  if (opt.guidance != 1.0 && pipe.null_class < 0)
+    throw Error("--guidance: this model has no null class to guide against");
+  const SamplerDesc& sampler = find_sampler(opt.sampler);
+  std::string schedule_used;
+  torch::Tensor sigmas = sigmas_for(pipe, opt, &schedule_used);
+  const int c = pipe.channels(), s = pipe.image_size();
+  auto samples = torch::empty({opt.n, c, s, s});
+  auto noise_all = torch::empty({opt.n, c, s, s});
+  CondDenoiser d = pipe.denoiser();
+  torch::NoGradGuard no_grad;
+  const int bs = std::max(1, opt.batch_size);
+  for (int start = 0; start < opt.n; start += bs) {
+    int end = std::min(opt.n, start + bs);
+    std::vector<std::unique_ptr<TorchNoise>> gens;
+    std::vector<TorchNoise*> ptrs;
+    std::vector<torch::Tensor> noise;
+    for (int i = start; i < end; ++i) {
+      gens.push_back(std::make_unique<TorchNoise>(opt.seed + static_cast<uint64_t>(i)));
+      ptrs.push_back(gens.back().get());
+      noise.push_back(gens.back()->randn({c, s, s}));
+    }
+    auto n0 = torch::stack(noise);
+    noise_all.slice(0, start, end).copy_(n0);
+    PerImageNoise sampler_noise(ptrs);
+    Denoiser den;
+    if (pipe.class_conditional()) {
+      std::vector<int64_t> labels;
+      for (int i = start; i < end; ++i)
+        labels.push_back(opt.classes.empty() ? (pipe.null_class >= 0 ? pipe.null_class : 0) : opt.classes[i]);
+      Cond cond{{{"class_labels", torch::tensor(labels, torch::kInt64).to(pipe.device)}}};
+      if (opt.guidance != 1.0) {
+        Cond uncond{{{"class_labels", torch::full({end - start}, pipe.null_class, torch::kInt64).to(pipe.device)}}};
+        den = cfg_denoiser(d, cond, uncond, opt.guidance, opt.cfg_rescale);
+      } else {
+        den = bind(d, cond);
+      }
+    } else {
+      den = bind(d, Cond{});
+    }
+    SamplerOptions so;
+    so.eta = std::isnan(opt.eta) ? (sampler.name == "ddim" ? 0.0 : 1.0) : opt.eta;
+    so.s_noise = opt.s_noise;
+    so.noise = &sampler_noise;
+    so.callback = opt.callback;
+    auto x = (n0 * sigmas[0].item<double>()).to(pipe.device);
+    auto out = sampler.fn(den, x, sigmas.to(pipe.device), so);
+    samples.slice(0, start, end).copy_(out.to(torch::kCPU, torch::kFloat32));
+  }
+  return {samples, noise_all};
+}
+
+std::string generation_parameters(const PixelPipeline& pipe, const GenerateOptions& opt, int index) {
+  std::ostringstream o;
+  if (pipe.class_conditional() && !opt.classes.empty()) {
+    int64_t k = opt.classes[static_cast<size_t>(index)];
+    o << (k >= 0 && k < static_cast<int64_t>(pipe.class_names.size()) ? pipe.class_names[k] : std::to_string(k))
+      << "\n";
+  }
+  const SamplerDesc& sd = find_sampler(opt.sampler);
+  o << "Steps: " << opt.steps << ", Sampler: " << sd.name;
+  if (!opt.schedule.empty()) o << ", Schedule type: " << opt.schedule;
+  if (!opt.sigmas.empty()) o << ", Sigmas: \"" << opt.sigmas << "\"";
+  if (pipe.class_conditional()) o << ", CFG scale: " << opt.guidance;
+  if (opt.cfg_rescale != 0) o << ", CFG rescale: " << opt.cfg_rescale;
+  if (!std::isnan(opt.eta)) o << ", Eta: " << opt.eta;
+  if (opt.s_noise != 1.0) o << ", S noise: " << opt.s_noise;
+  o << ", Seed: " << (opt.seed + static_cast<uint64_t>(index)) << ", Size: " << pipe.image_size() << "x"
+    << pipe.image_size();
+  if (pipe.class_conditional() && !opt.classes.empty()) o << ", Class: " << opt.classes[static_cast<size_t>(index)];
+  o << ", Model: " << fs::path(pipe.source).filename().string() << ", Version: diffuse 0.1.0";
+  return o.str();
+}
+
+}  // namespace diffuse

@@ -1,0 +1,67 @@
+#pragma once
+// Pixel-space diffusion pipeline: a UNet2DModel + its noise schedule + class names,
+// stored as a diffusers DDPMPipeline folder (model_index.json, unet/, scheduler/)
+// plus class_names.json for class-conditional models.
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "diffusion/denoiser.h"
+#include "diffusion/sampler.h"
+#include "diffusion/schedule.h"
+#include "models/unet2d.h"
+
+namespace diffuse {
+
+struct PixelPipeline {
+  UNet2DModel unet{nullptr};
+  NoiseScheduleConfig scheduler;
+  std::vector<std::string> class_names;  // empty for unconditional models
+  int64_t null_class = -1;               // class id used for the unconditional branch of CFG (-1: none)
+  torch::Device device = torch::kCPU;
+  std::string source;                    // folder it was loaded from
+
+  bool class_conditional() const { return !class_names.empty(); }
+  int image_size() const;
+  int channels() const;
+
+  // Loads a pipeline folder, or a bare UNet folder (config.json + weights) with a default DDPM schedule.
+  static PixelPipeline load(const std::string& dir, torch::Device device = torch::kCPU);
+  // Writes the folder (each file atomically).
+  void save(const std::string& dir) const;
+  // Resolves a class given by name or index; throws diffuse::Error listing valid classes.
+  int64_t class_index(const std::string& name_or_index) const;
+  // The network as a conditional denoiser (conditioning key "class_labels").
+  CondDenoiser denoiser() const;
+};
+
+struct GenerateOptions {
+  int n = 8;
+  std::vector<int64_t> classes;  // per image (size n) for class-conditional models; empty = unconditional
+  double guidance = 1.0;         // CFG scale (1 = off)
+  double cfg_rescale = 0.0;
+  std::string sampler = "dpm++2m";
+  std::string schedule = "";     // "" = the sampler's natural default (discrete)
+  std::string sigmas = "";       // custom comma-separated sigmas, overrides schedule/steps
+  int steps = 20;
+  uint64_t seed = 0;             // image i uses seed + i (its noise and sampler noise)
+  double eta = NAN;              // NaN = the sampler's default (DDIM 0, ancestral samplers 1)
+  double s_noise = 1.0;
+  int batch_size = 64;           // images per forward pass
+  StepCallback callback;         // progress (step counts per batch)
+};
+
+struct GenerateResult {
+  torch::Tensor samples;  // [n, C, H, W] float, model space ([-1, 1] nominal), before quantisation
+  torch::Tensor noise;    // [n, C, H, W] initial standard-normal noise
+};
+
+GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt);
+
+// A1111-style "parameters" text for image i of a generation.
+std::string generation_parameters(const PixelPipeline& pipe, const GenerateOptions& opt, int index);
+
+}  // namespace diffuse

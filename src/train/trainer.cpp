@@ -1,0 +1,374 @@
+#include "train/trainer.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/image.h"
+#include "core/plot.h"
+#include "core/progress.h"
+#include "core/runtime.h"
+#include "core/safetensors.h"
+#include "nn/state_dict.h"
+#include "pipelines/pixel_pipeline.h"
+#include "train/adamw.h"
+#include "train/checkpoint.h"
+#include "train/dataset.h"
+#include "train/loader.h"
+#include "train/presets.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+std::atomic<bool>& train_stop_flag() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
+namespace {
+EvalHook& eval_hook() {
+  static EvalHook hook;
+  return hook;
+}
+
+void validate(const TrainOptions& o) {
+  if (o.data.empty()) throw Error("--data is required");
+  if (o.out.empty()) throw Error("--out is required");
+  if (o.steps < 1) throw Error("--steps " + std::to_string(o.steps) + ": must be at least 1");
+  if (o.batch < 1) throw Error("--batch " + std::to_string(o.batch) + ": must be at least 1");
+  if (o.grad_accum < 1) throw Error("--grad-accum must be at least 1");
+  if (!(o.lr > 0)) throw Error("--lr must be positive");
+  if (o.lr_schedule != "constant" && o.lr_schedule != "cosine")
+    throw Error("--lr-schedule " + o.lr_schedule + ": expected constant or cosine");
+  if (o.ema_decay < 0 || o.ema_decay >= 1) throw Error("--ema must be in [0, 1)");
+  if (o.class_dropout < 0 || o.class_dropout >= 1) throw Error("--class-dropout must be in [0, 1)");
+  if (o.save_every < 0 || o.sample_every < 0 || o.eval_every < 0) throw Error("--*-every must be >= 0");
+  if (o.min_snr_gamma < 0) throw Error("--min-snr-gamma must be >= 0");
+  parse_prediction(o.prediction);
+}
+
+double lr_at(const TrainOptions& o, int64_t step) {
+  double warm = o.warmup > 0 ? std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(o.warmup)) : 1.0;
+  double f = 1.0;
+  if (o.lr_schedule == "cosine") {
+    double progress = std::min(1.0, static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, o.steps)));
+    f = 0.5 * (1.0 + std::cos(M_PI * progress));
+  }
+  return o.lr * warm * f;
+}
+
+nlohmann::json options_json(const TrainOptions& o) {
+  return {{"data", o.data},         {"config", o.config},         {"image_size", o.image_size},
+          {"steps", o.steps},       {"batch", o.batch},           {"grad_accum", o.grad_accum},
+          {"lr", o.lr},             {"lr_schedule", o.lr_schedule}, {"warmup", o.warmup},
+          {"weight_decay", o.weight_decay}, {"grad_clip", o.grad_clip}, {"ema_decay", o.ema_decay},
+          {"class_dropout", o.class_dropout}, {"prediction", o.prediction}, {"beta_schedule", o.beta_schedule},
+          {"num_train_timesteps", o.num_train_timesteps}, {"min_snr_gamma", o.min_snr_gamma}, {"flip", o.flip},
+          {"bf16", o.bf16},         {"seed", o.seed}};
+}
+
+// Options that change the meaning of a checkpoint: a resumed run must keep them.
+void check_resume_compatible(const nlohmann::json& saved, const nlohmann::json& now, const std::string& source) {
+  for (const char* key : {"data", "config", "image_size", "batch", "grad_accum", "prediction", "beta_schedule",
+                          "num_train_timesteps", "seed", "flip", "class_dropout"}) {
+    if (saved.contains(key) && saved[key] != now[key])
+      throw Error(source + ": --resume with a different --" + std::string(key) + " (checkpoint has " +
+                  saved[key].dump() + ", now " + now[key].dump() + ")");
+  }
+}
+
+std::string csv_line(int64_t step, double loss, double lr, double ips, double elapsed, double fid) {
+  char buf[160];
+  if (std::isnan(fid))
+    std::snprintf(buf, sizeof buf, "%lld,%.6g,%.6g,%.1f,%.1f,\n", static_cast<long long>(step), loss, lr, ips, elapsed);
+  else
+    std::snprintf(buf, sizeof buf, "%lld,%.6g,%.6g,%.1f,%.1f,%.4g\n", static_cast<long long>(step), loss, lr, ips,
+                  elapsed, fid);
+  return buf;
+}
+
+void write_loss_plot(const std::string& out) {
+  std::ifstream f(out + "/metrics.csv");
+  std::string line;
+  std::getline(f, line);
+  PlotSeries loss{"loss (EMA-smoothed)", {}, {}}, fid{"FID", {}, {}};
+  while (std::getline(f, line)) {
+    std::stringstream ss(line);
+    std::string cell;
+    std::vector<std::string> cells;
+    while (std::getline(ss, cell, ',')) cells.push_back(cell);
+    if (cells.size() < 2) continue;
+    loss.x.push_back(std::stod(cells[0]));
+    loss.y.push_back(std::stod(cells[1]));
+    if (cells.size() >= 6 && !cells[5].empty()) {
+      fid.x.push_back(std::stod(cells[0]));
+      fid.y.push_back(std::stod(cells[5]));
+    }
+  }
+  PlotOptions po;
+  po.title = "training loss";
+  po.xlabel = "step";
+  po.ylabel = "loss";
+  po.log_y = true;
+  save_plot(out + "/loss.png", {loss}, po);
+  if (!fid.x.empty()) {
+    po.title = "FID during training";
+    po.ylabel = "FID";
+    save_plot(out + "/fid.png", {fid}, po);
+  }
+}
+
+void write_sample_grid(const PixelPipeline& pipe, const std::string& path, int64_t step) {
+  GenerateOptions g;
+  const int per_row = 8;
+  if (pipe.class_conditional()) {
+    int k = static_cast<int>(pipe.class_names.size());
+    g.n = k * per_row;
+    for (int c = 0; c < k; ++c)
+      for (int i = 0; i < per_row; ++i) g.classes.push_back(c);
+    g.guidance = pipe.null_class >= 0 ? 2.0 : 1.0;
+  } else {
+    g.n = 4 * per_row;
+  }
+  g.sampler = "ddim";
+  g.steps = 25;
+  g.eta = 0.0;
+  g.seed = 1000;
+  auto res = generate(pipe, g);
+  auto grid = make_grid(res.samples.clamp(-1, 1), per_row, 2, 1.0);
+  write_png(path, to_image(grid), {{"parameters", "training samples at step " + std::to_string(step) + "\n" +
+                                                       generation_parameters(pipe, g, 0)}});
+}
+
+}  // namespace
+
+void set_train_eval_hook(EvalHook hook) { eval_hook() = std::move(hook); }
+
+TrainResult train(const TrainOptions& opt) {
+  validate(opt);
+  torch::Device device = parse_device(opt.device);
+  if (device.is_cuda()) {
+    at::globalContext().setAllowTF32CuBLAS(true);
+    at::globalContext().setAllowTF32CuDNN(true);
+  }
+  const std::string out = opt.out;
+  const std::string ckpt_dir = out + "/checkpoint";
+  nlohmann::json opts_now = options_json(opt);
+  std::optional<CheckpointState> resumed;
+  if (opt.resume) {
+    resumed = read_checkpoint_state(ckpt_dir);
+    check_resume_compatible(resumed->options, opts_now, ckpt_dir);
+  } else if (fs::exists(ckpt_dir) || fs::exists(out + "/metrics.csv")) {
+    throw Error(out + ": already holds a training run (use --resume to continue it, or another --out)");
+  }
+
+  Dataset data = load_dataset(opt.data, "train", opt.image_size);
+  if (data.size() < 1) throw Error(opt.data + ": dataset is empty");
+  const bool labelled = data.labelled();
+  const int num_classes = labelled ? static_cast<int>(data.class_names.size()) : 0;
+
+  // Model configuration: a preset or a diffusers config.json.
+  nlohmann::json cfg_json;
+  if (fs::is_regular_file(opt.config)) {
+    try {
+      cfg_json = nlohmann::json::parse(read_file(opt.config));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(opt.config + ": invalid JSON: " + e.what());
+    }
+  } else {
+    cfg_json = unet_preset(opt.config, data.image_size(), data.channels(), labelled ? num_classes + 1 : 0);
+  }
+  UNet2DConfig cfg = UNet2DConfig::from_json(cfg_json);
+  if (cfg.in_channels != data.channels())
+    throw Error(opt.config + ": in_channels " + std::to_string(cfg.in_channels) + " but the data has " +
+                std::to_string(data.channels()) + " channels");
+  if (labelled && cfg.num_class_embeds < num_classes)
+    throw Error(opt.config + ": num_class_embeds " + std::to_string(cfg.num_class_embeds) + " but the data has " +
+                std::to_string(num_classes) + " classes");
+
+  PixelPipeline pipe;
+  pipe.unet = UNet2DModel(cfg);
+  pipe.scheduler.beta_schedule = opt.beta_schedule;
+  pipe.scheduler.prediction_type = opt.prediction;
+  pipe.scheduler.num_train_timesteps = opt.num_train_timesteps;
+  pipe.scheduler.clip_sample = true;
+  pipe.class_names = labelled ? data.class_names : std::vector<std::string>{};
+  pipe.null_class = labelled && cfg.num_class_embeds > num_classes ? num_classes : -1;
+  pipe.device = device;
+  pipe.source = out;
+
+  torch::manual_seed(opt.seed);  // parameter initialisation
+  UNet2DModel model(cfg);        // the trained weights
+  model->to(device);
+  model->train();
+  UNet2DModel ema = pipe.unet;  // exponential moving average, saved as the model
+  {
+    torch::NoGradGuard ng;
+    auto src = nn::state_dict(*model);
+    nn::load_state_dict(*ema, src, "initial weights");
+  }
+  ema->to(device);
+  ema->eval();
+  for (auto& p : ema->parameters()) p.set_requires_grad(false);
+
+  std::vector<std::pair<std::string, torch::Tensor>> named;
+  std::vector<torch::Tensor> params;
+  for (auto& p : model->named_parameters(true)) {
+    named.emplace_back(p.key(), p.value());
+    params.push_back(p.value());
+  }
+  AdamW optimizer(named, AdamW::Options{0.9, 0.999, 1e-8, opt.weight_decay});
+
+  const auto alphas_cumprod = make_alphas_cumprod(pipe.scheduler).to(device);
+  const Prediction pred = parse_prediction(opt.prediction);
+  int64_t step = 0;
+  double smooth_loss = NAN;
+  double trained_seconds = 0;
+  if (resumed) {
+    load_checkpoint(ckpt_dir, *resumed, *model, *ema, optimizer);
+    step = resumed->step;
+    smooth_loss = resumed->smooth_loss;
+    trained_seconds = resumed->seconds;
+    if (step >= opt.steps) throw Error(ckpt_dir + ": already at step " + std::to_string(step) + " (raise --steps to train further)");
+  }
+
+  fs::create_directories(out + "/samples");
+  write_file_atomically(out + "/train_config.json", opts_now.dump(2) + "\n");
+  if (!resumed) write_file_atomically(out + "/metrics.csv", "step,loss,lr,img_per_s,elapsed_s,fid\n");
+
+  if (!opt.quiet) {
+    int64_t nparams = 0;
+    for (auto& p : params) nparams += p.numel();
+    std::fprintf(stderr, "diffuse train: %lld images %dx%dx%d, %d classes | UNet %.2fM parameters | %s | %s\n",
+                 static_cast<long long>(data.size()), data.channels(), data.image_size(), data.image_size(),
+                 num_classes, nparams / 1e6, device.str().c_str(), runtime_summary().c_str());
+    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(step));
+  }
+
+  auto save_all = [&](bool with_plot) {
+    save_checkpoint(ckpt_dir, CheckpointState{step, smooth_loss, trained_seconds, opts_now}, *model, *ema, optimizer);
+    pipe.unet = ema;
+    pipe.save(out);
+    if (with_plot) write_loss_plot(out);
+  };
+
+  const int accum = opt.grad_accum;
+  BatchLoader loader(data, opt.batch, opt.seed, opt.flip, step * accum);
+  Progress progress(opt.steps, "train", "step", !opt.quiet);
+  TrainResult result;
+  auto t0 = std::chrono::steady_clock::now();
+  auto t_last = t0;
+  int64_t imgs_since = 0;
+  std::string csv;
+  train_stop_flag() = false;
+  while (step < opt.steps) {
+    if (train_stop_flag()) {
+      result.interrupted = true;
+      break;
+    }
+    const double lr = lr_at(opt, step);
+    optimizer.zero_grad();
+    double step_loss = 0;
+    for (int micro = 0; micro < accum; ++micro) {
+      Batch b = loader.next();
+      auto gen = at::detail::createCPUGenerator(mix_seed(opt.seed, static_cast<uint64_t>(b.step)));
+      auto x0 = b.images.to(device);
+      const int64_t B = x0.size(0);
+      auto t = torch::randint(opt.num_train_timesteps, {B}, gen, torch::kInt64).to(device);
+      auto noise = torch::randn(x0.sizes(), gen).to(device);
+      torch::Tensor labels;
+      if (labelled) {
+        labels = b.labels.clone();
+        if (pipe.null_class >= 0 && opt.class_dropout > 0) {
+          auto drop = torch::rand({B}, gen) < opt.class_dropout;
+          labels.masked_fill_(drop, pipe.null_class);
+        }
+        labels = labels.to(device);
+      }
+      auto xt = add_noise(alphas_cumprod, x0, noise, t);
+      auto target = prediction_target(opt.prediction, alphas_cumprod, x0, noise, t);
+      auto out_t = model->forward(xt, t.to(torch::kFloat32), labels);
+      auto per_sample = (out_t - target).pow(2).mean({1, 2, 3});
+      if (opt.min_snr_gamma > 0) {
+        auto a = alphas_cumprod.index_select(0, t);
+        auto snr = a / (1 - a);
+        auto clipped = torch::clamp_max(snr, opt.min_snr_gamma);
+        torch::Tensor w = pred == Prediction::Epsilon ? clipped / snr
+                          : pred == Prediction::V     ? clipped / (snr + 1)
+                                                      : clipped;
+        per_sample = per_sample * w;
+      }
+      auto loss = per_sample.mean() / accum;
+      loss.backward();
+      step_loss += loss.item<double>();
+      imgs_since += B;
+    }
+    if (!std::isfinite(step_loss))
+      throw Error("training diverged at step " + std::to_string(step) + " (loss " + std::to_string(step_loss) +
+                  "); lower --lr or enable --grad-clip");
+    if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);
+    optimizer.step(lr);
+    {
+      torch::NoGradGuard ng;
+      double d = std::min(opt.ema_decay, (1.0 + step) / (10.0 + step));
+      auto ep = ema->parameters();
+      auto mp = model->parameters();
+      for (size_t i = 0; i < ep.size(); ++i) ep[i].mul_(d).add_(mp[i].detach(), 1.0 - d);
+    }
+    ++step;
+    smooth_loss = std::isnan(smooth_loss) ? step_loss : 0.98 * smooth_loss + 0.02 * step_loss;
+
+    auto now = std::chrono::steady_clock::now();
+    double dt = std::chrono::duration<double>(now - t_last).count();
+    trained_seconds += dt;
+    t_last = now;
+    char text[96];
+    std::snprintf(text, sizeof text, "loss %.4f lr %.2e", smooth_loss, lr);
+    progress.update(step, text, static_cast<double>(opt.batch * accum), "img");
+    bool log_now = step % 50 == 0 || step == opt.steps;
+    double fid = NAN;
+    bool save_now = (opt.save_every > 0 && step % opt.save_every == 0) || step == opt.steps;
+    if (opt.eval_every > 0 && (step % opt.eval_every == 0 || step == opt.steps) && eval_hook()) {
+      save_all(false);
+      save_now = false;
+      fid = eval_hook()(out, opt.eval_classifier, 1000);
+      log_now = true;
+    }
+    if (log_now) {
+      double el = std::chrono::duration<double>(now - t0).count();
+      double ips = el > 0 ? imgs_since / el : 0;
+      csv += csv_line(step, smooth_loss, lr, ips, trained_seconds, fid);
+    }
+    if (save_now) {
+      std::ofstream(out + "/metrics.csv", std::ios::app) << csv;
+      csv.clear();
+      save_all(true);
+    }
+    if (opt.sample_every > 0 && (step % opt.sample_every == 0 || step == opt.steps)) {
+      pipe.unet = ema;
+      char name[64];
+      std::snprintf(name, sizeof name, "/samples/step_%07lld.png", static_cast<long long>(step));
+      write_sample_grid(pipe, out + name, step);
+      write_sample_grid(pipe, out + "/samples/latest.png", step);
+    }
+  }
+  if (!csv.empty()) std::ofstream(out + "/metrics.csv", std::ios::app) << csv;
+  if (result.interrupted) {
+    save_all(true);
+    if (!opt.quiet) std::fprintf(stderr, "\ninterrupted: checkpoint written at step %lld\n", static_cast<long long>(step));
+  } else {
+    progress.finish("loss " + std::to_string(smooth_loss));
+  }
+  result.steps = step;
+  result.final_loss = smooth_loss;
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return result;
+}
+
+}  // namespace diffuse

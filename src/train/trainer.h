@@ -1,0 +1,60 @@
+#pragma once
+// `diffuse train`: trains a pixel-space UNet2DModel diffusion model and writes a
+// diffusers pipeline folder (EMA weights), checkpoints, metrics.csv, loss.png and
+// sample grids.
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace diffuse {
+
+struct TrainOptions {
+  std::string data;                 // dataset spec (see load_dataset)
+  std::string out;                  // output folder
+  std::string config = "small";     // preset name or a UNet2DModel config.json
+  int image_size = 0;               // 0 = the dataset's own size
+  int64_t steps = 10000;
+  int batch = 64;
+  int grad_accum = 1;               // micro-batches per optimizer step
+  double lr = 2e-4;
+  std::string lr_schedule = "constant";  // constant | cosine (both after linear warm-up)
+  int64_t warmup = 500;
+  double weight_decay = 0.0;
+  double grad_clip = 1.0;           // 0 = off
+  double ema_decay = 0.9995;
+  double class_dropout = 0.1;       // probability of the null class (for CFG)
+  std::string prediction = "epsilon";       // epsilon | v_prediction | sample
+  std::string beta_schedule = "squaredcos_cap_v2";
+  int num_train_timesteps = 1000;
+  double min_snr_gamma = 0.0;       // 0 = plain MSE
+  bool flip = true;
+  bool bf16 = false;
+  uint64_t seed = 0;
+  int64_t save_every = 1000;
+  int64_t sample_every = 1000;
+  int64_t eval_every = 0;           // FID tracking (needs a feature network)
+  std::string eval_classifier;      // feature network folder for eval_every
+  bool resume = false;
+  std::string device = "auto";
+  bool quiet = false;
+};
+
+struct TrainResult {
+  int64_t steps = 0;          // optimizer steps completed
+  double final_loss = 0;      // smoothed loss at the end
+  double seconds = 0;         // wall time of this run
+  bool interrupted = false;   // stopped by request (Ctrl-C); a checkpoint was written
+};
+
+// Set to true (e.g. from a SIGINT handler) to stop at the next step boundary.
+std::atomic<bool>& train_stop_flag();
+
+// Optional hook for FID tracking, installed by the evaluation library:
+// (pipeline folder just written, n samples) -> FID.
+using EvalHook = std::function<double(const std::string& pipeline_dir, const std::string& classifier_dir, int n)>;
+void set_train_eval_hook(EvalHook hook);
+
+TrainResult train(const TrainOptions& opt);
+
+}  // namespace diffuse

@@ -1,0 +1,73 @@
+// diffuse train: train a pixel-space diffusion model.
+#include <csignal>
+#include <cstdio>
+#include <memory>
+
+#include "commands.h"
+#include "core/error.h"
+#include "train/presets.h"
+#include "train/trainer.h"
+
+namespace {
+
+extern "C" void on_sigint(int) {
+  if (diffuse::train_stop_flag()) std::_Exit(130);  // second Ctrl-C: stop now
+  diffuse::train_stop_flag() = true;
+}
+
+void register_cmd(CLI::App& app) {
+  auto o = std::make_shared<diffuse::TrainOptions>();
+  auto threads = std::make_shared<int>(0);
+  std::string presets;
+  for (const auto& [n, d] : diffuse::unet_presets()) presets += "\n    " + n + ": " + d;
+  auto* cmd = app.add_subcommand("train", "Train a pixel-space diffusion model (UNet2DModel)");
+  cmd->add_option("--data", o->data, "fashion-mnist, mnist, a folder of IDX files, or an image folder (class = subfolder)")
+      ->required();
+  cmd->add_option("--out", o->out, "Output folder (diffusers pipeline + checkpoint + metrics)")->required();
+  cmd->add_option("--config", o->config, "UNet preset or a UNet2DModel config.json. Presets:" + presets)
+      ->capture_default_str();
+  cmd->add_option("--image-size", o->image_size, "Training resolution (0 = the data's own)")->capture_default_str();
+  cmd->add_option("--steps", o->steps, "Optimizer steps in total")->capture_default_str();
+  cmd->add_option("--batch", o->batch, "Batch size")->capture_default_str();
+  cmd->add_option("--grad-accum", o->grad_accum, "Batches accumulated per optimizer step")->capture_default_str();
+  cmd->add_option("--lr", o->lr, "Peak learning rate (AdamW)")->capture_default_str();
+  cmd->add_option("--lr-schedule", o->lr_schedule, "constant or cosine, after linear warm-up")->capture_default_str();
+  cmd->add_option("--warmup", o->warmup, "Warm-up steps")->capture_default_str();
+  cmd->add_option("--weight-decay", o->weight_decay, "AdamW weight decay")->capture_default_str();
+  cmd->add_option("--grad-clip", o->grad_clip, "Clip the gradient norm (0 = off)")->capture_default_str();
+  cmd->add_option("--ema", o->ema_decay, "EMA decay of the saved weights")->capture_default_str();
+  cmd->add_option("--class-dropout", o->class_dropout, "Probability of training on the null class (for CFG)")
+      ->capture_default_str();
+  cmd->add_option("--prediction", o->prediction, "epsilon, v_prediction or sample")->capture_default_str();
+  cmd->add_option("--beta-schedule", o->beta_schedule, "linear, scaled_linear or squaredcos_cap_v2")
+      ->capture_default_str();
+  cmd->add_option("--min-snr-gamma", o->min_snr_gamma, "Min-SNR loss weighting gamma (0 = off; 5 is typical)")
+      ->capture_default_str();
+  cmd->add_flag("!--no-flip", o->flip, "Disable random horizontal flips");
+  cmd->add_option("--seed", o->seed, "Seed for initialisation, data order and noise")->capture_default_str();
+  cmd->add_option("--save-every", o->save_every, "Checkpoint every N steps (and at the end / on Ctrl-C)")
+      ->capture_default_str();
+  cmd->add_option("--sample-every", o->sample_every, "Write a sample grid every N steps (0 = off)")
+      ->capture_default_str();
+  cmd->add_option("--eval-every", o->eval_every, "Track FID every N steps (needs --eval-classifier)")
+      ->capture_default_str();
+  cmd->add_option("--eval-classifier", o->eval_classifier, "Feature network folder for --eval-every");
+  cmd->add_flag("--resume", o->resume, "Continue the run in --out from its checkpoint");
+  cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  cmd->add_flag("--quiet", o->quiet, "No progress output");
+  diffuse::cli::add_threads_option(cmd, threads.get());
+  cmd->callback([o, threads] {
+    diffuse::cli::apply_threads(*threads);
+    std::signal(SIGINT, on_sigint);
+    std::signal(SIGTERM, on_sigint);
+    auto r = diffuse::train(*o);
+    std::signal(SIGINT, SIG_DFL);
+    std::printf("%s: %lld steps, loss %.5f, %.1f s%s\n", o->out.c_str(), static_cast<long long>(r.steps),
+                r.final_loss, r.seconds, r.interrupted ? " (interrupted; continue with --resume)" : "");
+    if (r.interrupted) throw CLI::RuntimeError(130);
+  });
+}
+
+DIFFUSE_COMMAND(10, "train", register_cmd);
+
+}  // namespace

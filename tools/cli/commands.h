@@ -1,0 +1,25 @@
+#pragma once
+// Each `diffuse` sub-command lives in its own file (cmd_*.cpp) and registers itself
+// with DIFFUSE_COMMAND. A command's callback throws diffuse::Error for bad input;
+// main() prints it and exits 1.
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+
+namespace diffuse::cli {
+
+using Registrar = std::function<void(CLI::App& app)>;
+// `order` sorts commands in --help.
+bool add_command(int order, const std::string& name, Registrar reg);
+
+// Shared option: --threads N (0 = one per core), applied by the command itself via apply_threads.
+void add_threads_option(CLI::App* cmd, int* threads);
+void apply_threads(int threads);
+
+}  // namespace diffuse::cli
+
+#define DIFFUSE_CMD_CAT2(a, b) a##b
+#define DIFFUSE_CMD_CAT(a, b) DIFFUSE_CMD_CAT2(a, b)
+#define DIFFUSE_COMMAND(order, name, fn) \
+  static const bool DIFFUSE_CMD_CAT(diffuse_cmd_registered_, __LINE__) = ::diffuse::cli::add_command(order, name, fn)

@@ -1,0 +1,60 @@
+// diffuse: train, generate and inspect diffusion models.
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <tuple>
+#include <vector>
+
+#include "commands.h"
+#include "core/error.h"
+#include "core/runtime.h"
+
+namespace diffuse::cli {
+
+namespace {
+std::vector<std::tuple<int, std::string, Registrar>>& registry() {
+  static std::vector<std::tuple<int, std::string, Registrar>> r;
+  return r;
+}
+}  // namespace
+
+bool add_command(int order, const std::string& name, Registrar reg) {
+  registry().emplace_back(order, name, std::move(reg));
+  return true;
+}
+
+void add_threads_option(CLI::App* cmd, int* threads) {
+  cmd->add_option("--threads", *threads, "Intra-op threads (0 = one per core)")->check(CLI::NonNegativeNumber);
+}
+
+void apply_threads(int threads) { diffuse::set_threads(threads); }
+
+}  // namespace diffuse::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"diffuse: train and run diffusion models in one C++ program"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "diffuse 0.1.0");
+  diffuse::set_threads(0);
+  auto& reg = diffuse::cli::registry();
+  std::sort(reg.begin(), reg.end(), [](const auto& a, const auto& b) { return std::get<0>(a) < std::get<0>(b); });
+  for (auto& r : reg) std::get<2>(r)(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const diffuse::Error& e) {
+    std::fflush(stdout);
+    std::cerr << "error: " << e.what() << std::endl;
+    return 1;
+  } catch (const c10::Error& e) {
+    std::fflush(stdout);
+    std::cerr << "error: " << e.what_without_backtrace() << std::endl;
+    return 1;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::cerr << "error: " << e.what() << std::endl;
+    return 1;
+  }
+  return 0;
+}
