@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages diffuse needs to build, test and run. Idempotent; run as root.
+set -euo pipefail
+PKGS=(
+  build-essential cmake ccache pkg-config git
+  libtorch-dev              # tensor engine (PyTorch 1.13 C++ API, CPU, oneDNN)
+  libopenblas0-openmp       # makes libblas.so.3 OpenBLAS (the reference BLAS is ~30x slower)
+  nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
+  libpng-dev libjpeg-dev zlib1g-dev
+  libgtest-dev libbenchmark-dev
+  dataset-fashion-mnist     # training data for the shipped model and the tests
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# libtorch must find OpenBLAS through libblas.so.3.
+blas=$(update-alternatives --query libblas.so.3-x86_64-linux-gnu 2>/dev/null | awk '/^Value:/{print $2}')
+case "$blas" in
+  *openblas*) ;;
+  *) update-alternatives --set libblas.so.3-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/openblas-openmp/libblas.so.3 ;;
+esac

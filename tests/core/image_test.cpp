@@ -1,0 +1,96 @@
+#include "core/image.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "core/error.h"
+#include "fixtures.h"
+
+namespace diffuse {
+namespace {
+
+using test::TempDir;
+
+TEST(Image, PngRoundTripWithText) {
+  TempDir dir;
+  for (int ch : {1, 3, 4}) {
+    Image img;
+    img.width = 7;
+    img.height = 5;
+    img.channels = ch;
+    for (int i = 0; i < 7 * 5 * ch; ++i) img.data.push_back(static_cast<uint8_t>((i * 37) % 256));
+    std::string p = dir / ("a" + std::to_string(ch) + ".png");
+    write_png(p, img, {{"parameters", "a cat\nSteps: 20, Seed: 1"}, {"Software", "diffuse"}});
+    Image r = read_image(p);
+    EXPECT_EQ(r.width, 7);
+    EXPECT_EQ(r.height, 5);
+    EXPECT_EQ(r.channels, ch);
+    EXPECT_EQ(r.data, img.data);
+    auto text = read_png_text(p);
+    EXPECT_EQ(text.at("parameters"), "a cat\nSteps: 20, Seed: 1");
+    EXPECT_EQ(text.at("Software"), "diffuse");
+  }
+}
+
+TEST(Image, TensorConversionIsExactOn8BitValues) {
+  Image img;
+  img.width = 16;
+  img.height = 16;
+  img.channels = 1;
+  for (int i = 0; i < 256; ++i) img.data.push_back(static_cast<uint8_t>(i));
+  auto t = to_tensor(img);
+  EXPECT_NEAR(t.min().item<float>(), -1.0f, 1e-6);
+  EXPECT_NEAR(t.max().item<float>(), 1.0f, 1e-6);
+  EXPECT_EQ(to_image(t).data, img.data);
+  EXPECT_EQ(to_image(torch::full({1, 2, 2}, 5.0)).data, std::vector<uint8_t>(4, 255));  // clamped
+}
+
+TEST(Image, CorruptFilesGiveErrorsNamingTheFile) {
+  TempDir dir;
+  std::ofstream(dir / "x.png") << "\x89PNG\r\n\x1a\n garbage garbage";
+  std::ofstream(dir / "y.jpg") << "\xff\xd8\xff garbage";
+  std::ofstream(dir / "z.txt") << "hello";
+  for (const char* n : {"x.png", "y.jpg", "z.txt", "missing.png"}) {
+    try {
+      read_image(dir / n);
+      FAIL() << n;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(Image, GridLayout) {
+  auto x = torch::zeros({5, 1, 4, 4});
+  for (int i = 0; i < 5; ++i) x[i].fill_(i * 0.1);
+  auto g = make_grid(x, 3, 2, 1.0);
+  EXPECT_EQ(g.sizes(), (std::vector<int64_t>{1, 2 * 6 + 2, 3 * 6 + 2}));
+  EXPECT_NEAR(g[0][2][2].item<float>(), 0.0f, 1e-6);        // image 0
+  EXPECT_NEAR(g[0][2][8].item<float>(), 0.1f, 1e-6);        // image 1
+  EXPECT_NEAR(g[0][8][8].item<float>(), 0.4f, 1e-6);        // image 4 (row 2, col 2)
+  EXPECT_NEAR(g[0][8][14].item<float>(), 1.0f, 1e-6);       // empty cell = padding value
+}
+
+TEST(Image, ResizeCenterCrop) {
+  auto x = torch::zeros({3, 20, 40});
+  x.slice(2, 10, 30).fill_(1.0);  // a centred bright square
+  auto y = resize_center_crop(x, 10);
+  EXPECT_EQ(y.sizes(), (std::vector<int64_t>{3, 10, 10}));
+  EXPECT_NEAR(y.mean().item<float>(), 1.0f, 1e-5);
+}
+
+TEST(Image, ConvertChannelsBlendsAlphaOntoWhite) {
+  Image img;
+  img.width = 1;
+  img.height = 1;
+  img.channels = 4;
+  img.data = {0, 0, 0, 0};  // transparent black
+  auto rgb = convert_channels(img, 3);
+  EXPECT_EQ(rgb.data, (std::vector<uint8_t>{255, 255, 255}));
+  auto grey = convert_channels(rgb, 1);
+  EXPECT_EQ(grey.data, (std::vector<uint8_t>{255}));
+}
+
+}  // namespace
+}  // namespace diffuse
