@@ -3,6 +3,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 
 #include "core/error.h"
@@ -15,7 +16,10 @@ namespace diffuse {
 const std::vector<std::string> kFashionMnistClasses = {"t-shirt", "trouser", "pullover", "dress", "coat",
                                                        "sandal",  "shirt",   "sneaker",  "bag",   "ankle-boot"};
 
-std::string default_fashion_mnist_dir() { return "/usr/share/datasets/fashion-mnist"; }
+std::string default_fashion_mnist_dir() {
+  const char* env = std::getenv("DIFFUSE_FASHION_MNIST_DIR");
+  return env && *env ? env : "/usr/share/datasets/fashion-mnist";
+}
 
 torch::Tensor read_idx(const std::string& path) {
   gzFile f = gzopen(path.c_str(), "rb");  // reads plain files too

@@ -20,7 +20,7 @@ struct Dataset {
   bool labelled() const { return labels.defined(); }
 };
 
-// Where the Debian package dataset-fashion-mnist puts its files.
+// Where the Debian package dataset-fashion-mnist puts its files ($DIFFUSE_FASHION_MNIST_DIR overrides).
 std::string default_fashion_mnist_dir();
 extern const std::vector<std::string> kFashionMnistClasses;
 
