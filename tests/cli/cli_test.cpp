@@ -1,0 +1,159 @@
+// End-to-end tests of the `diffuse` binary: real processes, real files.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "core/image.h"
+#include "core/safetensors.h"
+#include "fixtures.h"
+
+namespace diffuse {
+namespace {
+
+using test::TempDir;
+namespace fs = std::filesystem;
+
+struct Run {
+  int code;
+  std::string output;
+};
+
+Run run(const std::string& args) {
+  std::string cmd = std::string(DIFFUSE_CLI) + " " + args + " 2>&1";
+  Run r{-1, ""};
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
+
+// A tiny class-conditional model trained once for the whole suite.
+class Cli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    fs::create_directories(dir_->path + "/data/a");
+    fs::create_directories(dir_->path + "/data/b");
+    for (int i = 0; i < 4; ++i) {
+      write_png(dir_->path + "/data/a/" + std::to_string(i) + ".png", to_image(torch::full({1, 8, 8}, -0.5)));
+      write_png(dir_->path + "/data/b/" + std::to_string(i) + ".png", to_image(torch::full({1, 8, 8}, 0.5)));
+    }
+    auto r = run("train --data " + dir_->path + "/data --out " + model() +
+                 " --config tiny --steps 3 --batch 4 --sample-every 0 --save-every 0 --threads 1 --quiet");
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  static std::string model() { return dir_->path + "/model"; }
+  static TempDir* dir_;
+};
+TempDir* Cli::dir_ = nullptr;
+
+TEST_F(Cli, HelpListsCommands) {
+  auto r = run("--help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* c : {"train", "generate", "forward", "info", "samplers"}) EXPECT_TRUE(contains(r.output, c)) << c;
+}
+
+TEST_F(Cli, ForwardMatchesDiffusersFixture) {
+  TempDir t;
+  auto r = run("forward --model " + test::fixture("unet2d_classcond") + " --inputs " +
+               test::fixture("unet2d_classcond/io.safetensors") + " --out " + (t / "o.safetensors") + " --threads 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto out = safetensors::load(t / "o.safetensors").at("out");
+  auto ref = safetensors::load(test::fixture("unet2d_classcond/io.safetensors")).at("out");
+  EXPECT_LE(test::max_abs_diff(out, ref), 1e-4);
+}
+
+TEST_F(Cli, GenerateGridCarriesParametersAndInfoReadsThem) {
+  TempDir t;
+  auto r = run("generate --model " + model() + " -n 4 --class b --steps 3 --seed 42 --out " + (t / "g.png") +
+               " --threads 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto info = run("info " + (t / "g.png"));
+  EXPECT_EQ(info.code, 0);
+  EXPECT_TRUE(contains(info.output, "Steps: 3")) << info.output;
+  EXPECT_TRUE(contains(info.output, "Seed: 42")) << info.output;
+  EXPECT_TRUE(contains(info.output, "Sampler:")) << info.output;
+  auto model_info = run("info " + model());
+  EXPECT_EQ(model_info.code, 0);
+  EXPECT_TRUE(contains(model_info.output, "UNet2DModel")) << model_info.output;
+}
+
+TEST_F(Cli, RawOutputIsReproducibleAndPerImageSeeded) {
+  TempDir t;
+  std::string base = "generate --model " + model() + " --steps 4 --sampler euler_a --class a ";
+  ASSERT_EQ(run(base + "-n 3 --seed 7 --threads 1 --out " + (t / "a.safetensors")).code, 0);
+  ASSERT_EQ(run(base + "-n 3 --seed 7 --threads 2 --out " + (t / "b.safetensors")).code, 0);
+  ASSERT_EQ(run(base + "-n 1 --seed 9 --threads 1 --out " + (t / "c.safetensors")).code, 0);
+  auto a = safetensors::load(t / "a.safetensors"), b = safetensors::load(t / "b.safetensors"),
+       c = safetensors::load(t / "c.safetensors");
+  EXPECT_EQ(a.at("samples").sizes(), (std::vector<int64_t>{3, 1, 8, 8}));
+  EXPECT_TRUE(torch::equal(a.at("noise"), b.at("noise")));
+  EXPECT_LE(test::max_abs_diff(a.at("samples"), b.at("samples")), 1e-4);  // thread count does not matter
+  // Image 2 of seed 7 is image 0 of seed 9, alone in its batch.
+  EXPECT_TRUE(torch::equal(a.at("noise")[2], c.at("noise")[0]));
+  EXPECT_LE(test::max_abs_diff(a.at("samples")[2], c.at("samples")[0]), 1e-4);
+}
+
+TEST_F(Cli, BadInputGivesOneClearErrorAndNoOutput) {
+  TempDir t;
+  struct Case {
+    std::string args, expect;
+  } cases[] = {
+      {"generate --model /nonexistent/m --out " + (t / "x.png"), "/nonexistent/m"},
+      {"generate --model " + model() + " --steps -1 --out " + (t / "x.png"), "steps"},
+      {"generate --model " + model() + " --sampler bogus --out " + (t / "x.png"), "bogus"},
+      {"generate --model " + model() + " --class zebra --out " + (t / "x.png"), "zebra"},
+      {"generate --model " + model() + " --out " + (t / "nodir/x.png"), "does not exist"},
+      {"generate --model " + model() + " --out " + (t / "x.gif"), "x.gif"},
+      {"train --data /nonexistent/d --out " + (t / "run"), "/nonexistent/d"},
+      {"forward --model " + model() + "/unet --inputs /nonexistent.safetensors --out " + (t / "x.safetensors"),
+       "/nonexistent.safetensors"},
+      {"info /nonexistent.png", "/nonexistent.png"},
+  };
+  for (const auto& c : cases) {
+    auto r = run(c.args);
+    EXPECT_NE(r.code, 0) << c.args;
+    EXPECT_TRUE(contains(r.output, c.expect)) << c.args << "\n" << r.output;
+    EXPECT_FALSE(contains(r.output, "terminate called")) << r.output;
+  }
+  EXPECT_FALSE(fs::exists(t / "x.png"));
+  EXPECT_FALSE(fs::exists(t / "x.safetensors"));
+  EXPECT_FALSE(fs::exists(t / "run"));
+}
+
+TEST_F(Cli, CorruptWeightsNameTheFile) {
+  TempDir t;
+  fs::copy(model(), t / "m", fs::copy_options::recursive);
+  std::string w = t / "m/unet/diffusion_pytorch_model.safetensors";
+  auto size = fs::file_size(w);
+  fs::resize_file(w, size / 2);
+  auto r = run("generate --model " + (t / "m") + " --steps 2 --out " + (t / "x.png"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.output, "diffusion_pytorch_model.safetensors")) << r.output;
+  EXPECT_FALSE(fs::exists(t / "x.png"));
+  // A config that does not match the weights lists the mismatches.
+  fs::copy(model(), t / "m2", fs::copy_options::recursive);
+  std::string cfg = t / "m2/unet/config.json";
+  std::ifstream in(cfg);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto pos = text.find("\"layers_per_block\": 1");
+  ASSERT_NE(pos, std::string::npos) << text;
+  text.replace(pos, 21, "\"layers_per_block\": 2");
+  std::ofstream(cfg) << text;
+  r = run("generate --model " + (t / "m2") + " --steps 2 --out " + (t / "y.png"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.output, "missing keys")) << r.output;
+}
+
+}  // namespace
+}  // namespace diffuse
