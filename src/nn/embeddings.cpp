@@ -1,0 +1,56 @@
+#include "nn/embeddings.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace diffuse::nn {
+
+torch::Tensor get_timestep_embedding(const torch::Tensor& timesteps, int64_t dim, bool flip_sin_to_cos,
+                                     double downscale_freq_shift, double scale, double max_period) {
+  if (timesteps.dim() != 1) throw Error("get_timestep_embedding: timesteps must be a 1-D tensor");
+  const int64_t half = dim / 2;
+  auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(timesteps.device());
+  auto exponent = torch::arange(0, half, opts) * static_cast<float>(-std::log(max_period));
+  exponent = exponent / static_cast<float>(static_cast<double>(half) - downscale_freq_shift);
+  auto freqs = torch::exp(exponent);
+  auto emb = timesteps.unsqueeze(1).to(torch::kFloat32) * freqs.unsqueeze(0);
+  emb = emb * static_cast<float>(scale);
+  emb = torch::cat({torch::sin(emb), torch::cos(emb)}, -1);
+  if (flip_sin_to_cos) emb = torch::cat({emb.slice(1, half), emb.slice(1, 0, half)}, -1);
+  if (dim % 2 == 1) emb = torch::constant_pad_nd(emb, {0, 1, 0, 0}, 0);
+  return emb;
+}
+
+TimestepsImpl::TimestepsImpl(int64_t num_channels, bool flip_sin_to_cos, double downscale_freq_shift)
+    : num_channels_(num_channels), flip_sin_to_cos_(flip_sin_to_cos), downscale_freq_shift_(downscale_freq_shift) {}
+
+torch::Tensor TimestepsImpl::forward(const torch::Tensor& timesteps) {
+  return get_timestep_embedding(timesteps, num_channels_, flip_sin_to_cos_, downscale_freq_shift_);
+}
+
+TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in_channels, int64_t time_embed_dim, const std::string& act_fn,
+                                             int64_t out_dim)
+    : act_(parse_activation(act_fn)) {
+  linear_1 = register_module("linear_1", torch::nn::Linear(in_channels, time_embed_dim));
+  linear_2 = register_module("linear_2", torch::nn::Linear(time_embed_dim, out_dim > 0 ? out_dim : time_embed_dim));
+}
+
+torch::Tensor TimestepEmbeddingImpl::forward(const torch::Tensor& sample) {
+  return linear_2(activate(act_, linear_1(sample)));
+}
+
+GaussianFourierProjectionImpl::GaussianFourierProjectionImpl(int64_t embedding_size, double scale, bool log,
+                                                             bool flip_sin_to_cos)
+    : log_(log), flip_sin_to_cos_(flip_sin_to_cos) {
+  weight = register_parameter("weight", torch::randn({embedding_size}) * scale, /*requires_grad=*/false);
+}
+
+torch::Tensor GaussianFourierProjectionImpl::forward(const torch::Tensor& x) {
+  auto t = log_ ? torch::log(x) : x;
+  auto proj = t.unsqueeze(1) * weight.unsqueeze(0) * 2 * M_PI;
+  return flip_sin_to_cos_ ? torch::cat({torch::cos(proj), torch::sin(proj)}, -1)
+                          : torch::cat({torch::sin(proj), torch::cos(proj)}, -1);
+}
+
+}  // namespace diffuse::nn
