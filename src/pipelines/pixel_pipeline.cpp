@@ -13,8 +13,12 @@ namespace fs = std::filesystem;
 
 namespace diffuse {
 
-int PixelPipeline::image_size() const { return unet->config().sample_size[0]; }
-int PixelPipeline::channels() const { return unet->config().in_channels; }
+int PixelPipeline::image_size() const {
+  const auto& s = unet->config().sample_size;
+  if (s.empty()) throw Error(source + ": the UNet config has no sample_size");
+  return static_cast<int>(s[0]);
+}
+int PixelPipeline::channels() const { return static_cast<int>(unet->config().in_channels); }
 
 PixelPipeline PixelPipeline::load(const std::string& dir, torch::Device device) {
   if (!fs::is_directory(dir)) throw Error(dir + ": model folder not found");
@@ -48,11 +52,11 @@ PixelPipeline PixelPipeline::load(const std::string& dir, torch::Device device) 
     } catch (const nlohmann::json::exception& e) {
       throw Error(dir + "/class_names.json: " + e.what());
     }
-  } else if (p.unet->config().num_class_embeds > 0) {
-    for (int i = 0; i < p.unet->config().num_class_embeds; ++i) p.class_names.push_back(std::to_string(i));
+  } else if (p.unet->config().num_class_embeds.value_or(0) > 0) {
+    for (int64_t i = 0; i < *p.unet->config().num_class_embeds; ++i) p.class_names.push_back(std::to_string(i));
   }
-  int embeds = p.unet->config().num_class_embeds;
-  if (!p.class_names.empty() && static_cast<int>(p.class_names.size()) > embeds)
+  int64_t embeds = p.unet->config().num_class_embeds.value_or(0);
+  if (!p.class_names.empty() && static_cast<int64_t>(p.class_names.size()) > embeds)
     throw Error(dir + "/class_names.json: " + std::to_string(p.class_names.size()) + " classes but the UNet has " +
                 std::to_string(embeds) + " class embeddings");
   if (p.null_class >= embeds) throw Error(dir + "/class_names.json: null_class out of range");
@@ -91,7 +95,7 @@ int64_t PixelPipeline::class_index(const std::string& s) const {
 
 CondDenoiser PixelPipeline::denoiser() const {
   UNet2DModel net = unet;
-  ModelFn model = [net](const torch::Tensor& x, const torch::Tensor& t, const Cond& cond) {
+  ModelFn model = [net](const torch::Tensor& x, const torch::Tensor& t, const Cond& cond) mutable {
     return net->forward(x, t, cond.get("class_labels"));
   };
   CondDenoiser d = discrete_denoiser(model, DiscreteSchedule(scheduler), parse_prediction(scheduler.prediction_type));

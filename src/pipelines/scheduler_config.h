@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "diffusion/denoiser.h"
 #include "diffusion/schedule.h"
 
 namespace diffuse {
