@@ -22,14 +22,14 @@ struct Cond {
   torch::Tensor get(const std::string& k) const { return has(k) ? tensors.at(k) : torch::Tensor(); }
   // Concatenates along dim 0, key by key (both must have the same keys).
   static Cond cat(const Cond& a, const Cond& b);
-  // Repeats every tensor along dim 0 `n` times in blocks (for sample batches).
+  // Repeats every tensor along dim 0 `n` times in blocks (for sample batches): the n copies
+  // of each element are contiguous ([a, b] -> [a, a, b, b]), diffusers' num_images_per_prompt layout.
   Cond repeat(int64_t n) const;
 };
 
 // x: [B, ...], sigma: [B] (float) -> x0 estimate, same shape as x.
 using Denoiser = std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& sigma)>;
-using CondDenoiser =
-    std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& sigma, const Cond& cond)>;
+using CondDenoiser = std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& sigma, const Cond& cond)>;
 
 // A discrete-time network: model(x_in, timestep [B] float, cond) -> raw output (eps / v / x0).
 using ModelFn = std::function<torch::Tensor(const torch::Tensor& x_in, const torch::Tensor& t, const Cond& cond)>;
@@ -38,9 +38,24 @@ enum class Prediction { Epsilon, V, Sample };
 Prediction parse_prediction(const std::string& name);  // throws diffuse::Error naming the value
 std::string to_string(Prediction p);
 
+// Converts a raw model output at (x, sigma) in VE coordinates to x0:
+// epsilon: x - sigma out; v: x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) out; sample: out.
+torch::Tensor output_to_x0(Prediction prediction, const torch::Tensor& x, const torch::Tensor& sigma,
+                           const torch::Tensor& out);
+
+struct DiscreteDenoiserOptions {
+  // Feed the nearest integer training timestep instead of the log-sigma interpolated one
+  // (k-diffusion's `quantize`; what diffusers' integer-timestep schedulers feed the model).
+  bool quantize = false;
+  // > 0: clamp x0 to [-clip_sample_range, clip_sample_range] (diffusers' clip_sample).
+  double clip_sample_range = 0.0;
+};
+
 // Wraps a discrete-time VP model: x_in = x / sqrt(sigma^2 + 1), t = sigma_to_t(sigma),
 // then converts the output to x0 for the parameterisation.
 CondDenoiser discrete_denoiser(ModelFn model, DiscreteSchedule schedule, Prediction prediction);
+CondDenoiser discrete_denoiser(ModelFn model, DiscreteSchedule schedule, Prediction prediction,
+                               DiscreteDenoiserOptions options);
 
 // EDM preconditioning (Karras et al. 2022): D = c_skip x + c_out F(c_in x, c_noise(sigma)),
 // with c_noise = log(sigma) / 4; `model` receives c_noise as its timestep.
@@ -50,7 +65,9 @@ CondDenoiser edm_denoiser(ModelFn model, double sigma_data);
 Denoiser bind(CondDenoiser d, Cond cond);
 
 // Classifier-free guidance: one batched pass over [uncond; cond],
-// x0 = u + scale (c - u), then optional CFG-rescale (Lin et al. 2023) with factor `rescale`.
+// x0 = u + scale (c - u), then optional CFG-rescale (Lin et al. 2023) with factor `rescale`
+// in [0, 1], applied to the implied noise prediction as diffusers does. Conditioning tensors
+// of batch 1 are repeated to the batch of x.
 Denoiser cfg_denoiser(CondDenoiser d, Cond cond, Cond uncond, double scale, double rescale = 0.0);
 
 }  // namespace diffuse

@@ -11,13 +11,13 @@ struct NoiseScheduleConfig {
   int num_train_timesteps = 1000;
   double beta_start = 0.0001;
   double beta_end = 0.02;
-  std::string beta_schedule = "linear";  // linear | scaled_linear | squaredcos_cap_v2
-  std::string prediction_type = "epsilon";  // epsilon | v_prediction | sample
+  std::string beta_schedule = "linear";      // linear | scaled_linear | squaredcos_cap_v2
+  std::string prediction_type = "epsilon";   // epsilon | v_prediction | sample
   std::string timestep_spacing = "leading";  // leading | trailing | linspace
   int steps_offset = 0;
-  bool clip_sample = true;        // DDPM/DDIM: clamp x0 to [-clip_sample_range, clip_sample_range]
+  bool clip_sample = true;  // DDPM/DDIM: clamp x0 to [-clip_sample_range, clip_sample_range]
   double clip_sample_range = 1.0;
-  bool set_alpha_to_one = true;   // DDIM: alpha of the step after the last one
+  bool set_alpha_to_one = true;  // DDIM: alpha of the step after the last one
 };
 
 // betas as diffusers computes them (float32, shape [num_train_timesteps]).

@@ -1,0 +1,165 @@
+// The sampler table and name lookup (canonical names, A1111 / ComfyUI / diffusers aliases).
+#include <algorithm>
+#include <cctype>
+
+#include "core/error.h"
+#include "diffusion/sampler.h"
+
+namespace diffuse {
+
+namespace {
+
+torch::Tensor pndm_default(const Denoiser& D, torch::Tensor x, const torch::Tensor& sigmas, const SamplerOptions& opt) {
+  return sample_pndm(D, std::move(x), sigmas, opt);
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+// Lower case without spaces, '_' and '-' ("DPM++ 2M" == "dpm++2m", "Euler a" == "euler_a").
+std::string normalize(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s)
+    if (c != ' ' && c != '_' && c != '-' && c != '\t') out.push_back(static_cast<char>(std::tolower(c)));
+  return out;
+}
+
+std::string trim(const std::string& s) {
+  auto b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
+struct Alias {
+  const char* alias;
+  const char* name;
+};
+
+// Names that must match exactly (case-sensitive) because normalising would merge them with
+// another sampler: ComfyUI's "uni_pc" is the bh1 variant.
+const Alias kExact[] = {{"uni_pc", "unipc_bh1"}, {"uni_pc_bh2", "unipc"}};
+
+// Matched after normalize().
+const Alias kAliases[] = {
+    // A1111 display names (plus their Karras / Exponential variants, handled as suffixes)
+    {"Euler", "euler"},
+    {"Euler a", "euler_a"},
+    {"Heun", "heun"},
+    {"DPM2", "dpm2"},
+    {"DPM2 a", "dpm2_a"},
+    {"LMS", "lms"},
+    {"DPM++ 2S a", "dpm++2s_a"},
+    {"DPM++ SDE", "dpm++sde"},
+    {"DPM++ 2M", "dpm++2m"},
+    {"DPM++ 2M SDE", "dpm++2m_sde"},
+    {"DPM++ 2M SDE Heun", "dpm++2m_sde_heun"},
+    {"DPM++ 3M SDE", "dpm++3m_sde"},
+    {"DDIM", "ddim"},
+    {"DDPM", "ddpm"},
+    {"PLMS", "plms"},
+    {"UniPC", "unipc"},
+    {"LCM", "lcm"},
+    // ComfyUI / k-diffusion function names
+    {"euler_ancestral", "euler_a"},
+    {"dpm_2", "dpm2"},
+    {"dpm_2_ancestral", "dpm2_a"},
+    {"lms", "lms"},
+    {"dpmpp_2s_ancestral", "dpm++2s_a"},
+    {"dpmpp_sde", "dpm++sde"},
+    {"dpmpp_2m", "dpm++2m"},
+    {"dpmpp_2m_sde", "dpm++2m_sde"},
+    {"dpmpp_2m_sde_heun", "dpm++2m_sde_heun"},
+    {"dpmpp_3m_sde", "dpm++3m_sde"},
+    {"ipndm", "ipndm"},
+    {"deis", "deis"},
+    {"ddpm", "ddpm"},
+    {"lcm", "lcm"},
+    {"unipc_bh2", "unipc"},
+    // diffusers scheduler classes
+    {"EulerDiscreteScheduler", "euler"},
+    {"EulerAncestralDiscreteScheduler", "euler_a"},
+    {"HeunDiscreteScheduler", "heun"},
+    {"KDPM2DiscreteScheduler", "dpm2"},
+    {"KDPM2AncestralDiscreteScheduler", "dpm2_a"},
+    {"LMSDiscreteScheduler", "lms"},
+    {"DPMSolverMultistepScheduler", "dpm++2m"},
+    {"DPMSolverSDEScheduler", "dpm++sde"},
+    {"DDIMScheduler", "ddim"},
+    {"DDPMScheduler", "ddpm"},
+    {"PNDMScheduler", "plms"},  // SD configs use skip_prk_steps = true, i.e. PLMS
+    {"IPNDMScheduler", "ipndm"},
+    {"DEISMultistepScheduler", "deis"},
+    {"UniPCMultistepScheduler", "unipc"},
+    {"LCMScheduler", "lcm"},
+};
+
+const SamplerDesc* find_canonical(const std::string& norm) {
+  for (const auto& d : samplers())
+    if (normalize(d.name) == norm) return &d;
+  for (const auto& a : kAliases)
+    if (normalize(a.alias) == norm)
+      for (const auto& d : samplers())
+        if (d.name == a.name) return &d;
+  return nullptr;
+}
+
+}  // namespace
+
+const std::vector<SamplerDesc>& samplers() {
+  static const std::vector<SamplerDesc> list = {
+      {"euler", "Euler (Karras et al. 2022 Alg. 2 with optional churn)", 1, false, sample_euler},
+      {"euler_a", "Euler ancestral", 1, true, sample_euler_ancestral},
+      {"heun", "Heun's 2nd-order method (Karras et al. 2022)", 2, false, sample_heun},
+      {"dpm2", "DPM-Solver-2 (k-diffusion)", 2, false, sample_dpm2},
+      {"dpm2_a", "DPM-Solver-2 ancestral", 2, true, sample_dpm2_ancestral},
+      {"lms", "linear multistep, order 4 (Lagrange over sigmas)", 4, false, sample_lms},
+      {"dpm++2s_a", "DPM-Solver++(2S) ancestral", 2, true, sample_dpmpp_2s_ancestral},
+      {"dpm++sde", "DPM-Solver++ SDE (Brownian-consistent noise, r = 1/2)", 2, true, sample_dpmpp_sde},
+      {"dpm++2m", "DPM-Solver++(2M)", 2, false, sample_dpmpp_2m},
+      {"dpm++2m_sde", "DPM-Solver++(2M) SDE, midpoint", 2, true, sample_dpmpp_2m_sde},
+      {"dpm++2m_sde_heun", "DPM-Solver++(2M) SDE, Heun", 2, true, sample_dpmpp_2m_sde_heun},
+      {"dpm++3m_sde", "DPM-Solver++(3M) SDE", 3, true, sample_dpmpp_3m_sde},
+      {"ipndm", "improved PNDM: Adams-Bashforth 4 with constant coefficients", 4, false, sample_ipndm},
+      {"deis", "DEIS t-AB, order 3, exponential integrator in log-sigma", 3, false, sample_deis},
+      {"unipc", "UniPC bh2, order 2 predictor + corrector (diffusers default)", 3, false, sample_unipc},
+      {"unipc_bh1", "UniPC bh1, order 2 predictor + corrector", 3, false, sample_unipc_bh1},
+      {"ddim", "DDIM (eta, default 0: deterministic)", 1, false, sample_ddim},
+      {"ddpm", "DDPM ancestral posterior sampling", 1, true, sample_ddpm},
+      {"plms", "PLMS (PNDM with skip_prk_steps): Heun start, then Adams-Bashforth 2-4", 4, false, sample_plms},
+      {"pndm", "PNDM: 3 pseudo Runge-Kutta steps, then Adams-Bashforth 4", 4, false, pndm_default},
+      {"lcm", "latent consistency sampling (denoise, re-noise)", 1, true, sample_lcm},
+  };
+  return list;
+}
+
+const SamplerDesc& find_sampler(const std::string& name, std::string* schedule_hint) {
+  const std::string t = trim(name);
+  for (const auto& a : kExact)
+    if (t == a.alias)
+      for (const auto& d : samplers())
+        if (d.name == a.name) return d;
+  if (const auto* d = find_canonical(normalize(t))) return *d;
+  // A1111's legacy "k_" names (k_lms, k_euler_a, k_dpm_2_a, ...)
+  if (lower(t).rfind("k_", 0) == 0)
+    if (const auto* d = find_canonical(normalize(t.substr(2)))) return *d;
+  // A1111-style schedule suffix: "DPM++ 2M Karras", "DPM++ 2M SDE Exponential", "euler_karras"
+  const std::string lt = lower(t);
+  for (const char* suffix : {"karras", "exponential"}) {
+    const std::string sfx = suffix;
+    if (lt.size() > sfx.size() + 1 && lt.compare(lt.size() - sfx.size(), sfx.size(), sfx) == 0) {
+      char sep = lt[lt.size() - sfx.size() - 1];
+      if (sep != ' ' && sep != '_' && sep != '-') continue;
+      if (const auto* d = find_canonical(normalize(t.substr(0, t.size() - sfx.size() - 1)))) {
+        if (schedule_hint) *schedule_hint = sfx;
+        return *d;
+      }
+    }
+  }
+  std::string names;
+  for (const auto& d : samplers()) names += (names.empty() ? "" : ", ") + d.name;
+  throw Error("unknown sampler '" + name + "' (valid: " + names +
+              "; A1111 names such as 'DPM++ 2M Karras' and diffusers class names are accepted)");
+}
+
+}  // namespace diffuse

@@ -1,0 +1,173 @@
+// Denoiser wrappers, guidance and noise sources.
+#include "diffusion/denoiser.h"
+
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "diffusion/noise.h"
+#include "fixtures.h"
+
+namespace diffuse {
+namespace {
+
+NoiseScheduleConfig sd_config() {
+  NoiseScheduleConfig c;
+  c.beta_start = 0.00085;
+  c.beta_end = 0.012;
+  c.beta_schedule = "scaled_linear";
+  return c;
+}
+
+TEST(Denoiser, DiscreteParameterisations) {
+  DiscreteSchedule ds(sd_config());
+  auto x = torch::randn({2, 4, 3, 3}, torch::kFloat64);
+  auto sigma = torch::tensor({ds.sigmas()[700].item<double>(), ds.sigmas()[20].item<double>()}, torch::kFloat64);
+  torch::Tensor seen_x, seen_t;
+  auto out = torch::randn({2, 4, 3, 3}, torch::kFloat64);
+  ModelFn model = [&](const torch::Tensor& xi, const torch::Tensor& t, const Cond&) {
+    seen_x = xi;
+    seen_t = t;
+    return out;
+  };
+  for (auto p : {Prediction::Epsilon, Prediction::V, Prediction::Sample}) {
+    auto x0 = bind(discrete_denoiser(model, ds, p), {})(x, sigma);
+    EXPECT_EQ(seen_t.scalar_type(), torch::kFloat32);
+    EXPECT_NEAR(seen_t[0].item<double>(), 700, 1e-3);
+    EXPECT_NEAR(seen_t[1].item<double>(), 20, 1e-3);
+    for (int b = 0; b < 2; ++b) {
+      double s = sigma[b].item<double>(), a = 1 / (1 + s * s);
+      EXPECT_LT(test::max_abs_diff(seen_x[b], x[b] * std::sqrt(a)), 1e-12);
+      // in VP terms: x_vp = sqrt(a) x0 + sqrt(1-a) eps
+      torch::Tensor expect;
+      auto xvp = x[b] * std::sqrt(a);
+      if (p == Prediction::Epsilon) expect = (xvp - std::sqrt(1 - a) * out[b]) / std::sqrt(a);
+      if (p == Prediction::V) expect = std::sqrt(a) * xvp - std::sqrt(1 - a) * out[b];
+      if (p == Prediction::Sample) expect = out[b];
+      EXPECT_LT(test::max_abs_diff(x0[b], expect), 1e-10) << to_string(p);
+    }
+  }
+  DiscreteDenoiserOptions o;
+  o.quantize = true;
+  o.clip_sample_range = 0.5;
+  auto x0 = bind(discrete_denoiser(model, ds, Prediction::Sample, o), {})(x, sigma * 1.001);
+  EXPECT_EQ(seen_t[0].item<float>(), 700.f);
+  EXPECT_LE(x0.abs().max().item<double>(), 0.5);
+  EXPECT_EQ(parse_prediction("v_prediction"), Prediction::V);
+  EXPECT_EQ(parse_prediction("epsilon"), Prediction::Epsilon);
+  EXPECT_THROW(parse_prediction("flow"), Error);
+}
+
+TEST(Denoiser, EdmPreconditioning) {
+  const double sd = 0.5;
+  ModelFn model = [](const torch::Tensor& xi, const torch::Tensor& t, const Cond&) {
+    return xi * 2 + t.reshape({-1, 1});
+  };
+  auto x = torch::randn({2, 3}, torch::kFloat64);
+  auto sigma = torch::tensor({0.1, 20.0}, torch::kFloat64);
+  auto y = bind(edm_denoiser(model, sd), {})(x, sigma);
+  for (int b = 0; b < 2; ++b) {
+    double s = sigma[b].item<double>();
+    double c_skip = sd * sd / (s * s + sd * sd), c_out = s * sd / std::sqrt(s * s + sd * sd),
+           c_in = 1 / std::sqrt(s * s + sd * sd), c_noise = std::log(s) / 4;
+    auto expect = c_skip * x[b] + c_out * (x[b] * c_in * 2 + c_noise);
+    EXPECT_LT(test::max_abs_diff(y[b], expect), 1e-12);
+  }
+}
+
+TEST(Denoiser, CondCatRepeat) {
+  Cond a, b;
+  a.tensors["c"] = torch::tensor({1, 2});
+  b.tensors["c"] = torch::tensor({3});
+  auto ab = Cond::cat(a, b);
+  EXPECT_TRUE(torch::equal(ab.get("c"), torch::tensor({1, 2, 3})));
+  EXPECT_TRUE(torch::equal(a.repeat(2).get("c"), torch::tensor({1, 1, 2, 2})));
+  Cond other;
+  other.tensors["d"] = torch::tensor({1});
+  EXPECT_THROW(Cond::cat(a, other), Error);
+  EXPECT_FALSE(a.has("d"));
+  EXPECT_FALSE(a.get("d").defined());
+}
+
+TEST(Denoiser, CfgBatchesOnceAndRescales) {
+  int calls = 0;
+  CondDenoiser d = [&](const torch::Tensor& x, const torch::Tensor& sigma, const Cond& c) {
+    ++calls;
+    EXPECT_EQ(x.size(0), 4);
+    EXPECT_EQ(sigma.size(0), 4);
+    // uncond rows first: label 0 for uncond, 1 for cond
+    auto lab = c.get("label").to(x.scalar_type()).reshape({-1, 1});
+    return x * 0.5 + lab * (1 + x.abs());
+  };
+  Cond cond, uncond;
+  cond.tensors["label"] = torch::ones({1});
+  uncond.tensors["label"] = torch::zeros({1});
+  auto x = torch::randn({2, 8}, torch::kFloat64);
+  auto sigma = torch::full({2}, 3.0, torch::kFloat64);
+  auto y = cfg_denoiser(d, cond, uncond, 7.5)(x, sigma);
+  EXPECT_EQ(calls, 1);
+  auto u = x * 0.5, c = x * 0.5 + (1 + x.abs());
+  EXPECT_LT(test::max_abs_diff(y, u + 7.5 * (c - u)), 1e-12);
+  // rescale = 1: the guided noise prediction has the std of the conditional one
+  auto yr = cfg_denoiser(d, cond, uncond, 7.5, 1.0)(x, sigma);
+  auto eps_r = (x - yr) / 3.0, eps_c = (x - c) / 3.0;
+  EXPECT_LT(test::max_abs_diff(eps_r.std(1), eps_c.std(1)), 1e-10);
+  // rescale 0.5 lies in between
+  auto yh = cfg_denoiser(d, cond, uncond, 7.5, 0.5)(x, sigma);
+  EXPECT_LT(test::max_abs_diff(yh, 0.5 * (y + yr)), 1e-10);
+  EXPECT_THROW(cfg_denoiser(d, cond, uncond, 7.5, 2.0), Error);
+}
+
+TEST(Noise, PhiloxKnownAnswers) {
+  // Random123 kat_vectors, philox4x32_10
+  using A4 = std::array<uint32_t, 4>;
+  EXPECT_EQ(philox4x32_10({0, 0, 0, 0}, {0, 0}), (A4{0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8}));
+  EXPECT_EQ(philox4x32_10({0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff}, {0xffffffff, 0xffffffff}),
+            (A4{0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd}));
+  EXPECT_EQ(philox4x32_10({0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}, {0xa4093822, 0x299f31d0}),
+            (A4{0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}));
+}
+
+TEST(Noise, PhiloxNoiseIsStandardNormalAndReproducible) {
+  PhiloxNoise a(42), b(42), c(43);
+  auto x = a.randn({64, 1024});
+  EXPECT_TRUE(torch::equal(x, b.randn({64, 1024})));
+  EXPECT_FALSE(torch::equal(x, c.randn({64, 1024})));
+  EXPECT_FALSE(torch::equal(x, a.randn({64, 1024})));  // offset advances
+  EXPECT_EQ(a.offset(), 2u);
+  EXPECT_NEAR(x.mean().item<double>(), 0, 0.01);
+  EXPECT_NEAR(x.std().item<double>(), 1, 0.01);
+  // element i of a call does not depend on the total size (counter = element index)
+  PhiloxNoise d(42);
+  EXPECT_TRUE(torch::equal(d.randn({10}), x.reshape({-1}).slice(0, 0, 10)));
+  auto like = torch::zeros({2, 3}, torch::kFloat64);
+  EXPECT_EQ(PhiloxNoise(1).randn_like(like).scalar_type(), torch::kFloat64);
+}
+
+TEST(Noise, TorchNoiseSeededAndThreadIndependent) {
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  auto one = TorchNoise(1234).randn({4, 64, 64});
+  at::set_num_threads(2);
+  auto two = TorchNoise(1234).randn({4, 64, 64});
+  at::set_num_threads(threads);
+  EXPECT_TRUE(torch::equal(one, two));
+  // diffusers' initial noise: torch.randn(1,4,8,8, generator=torch.Generator().manual_seed(1234))
+  auto common = safetensors::load(test::fixture("schedulers/common.safetensors"));
+  TorchNoise n(1234);
+  EXPECT_TRUE(torch::equal(n.randn_like(torch::zeros({1, 4, 8, 8})), common.at("noise")));
+  auto d = TorchNoise(5).randn_like(torch::zeros({3}, torch::kFloat64));
+  EXPECT_EQ(d.scalar_type(), torch::kFloat64);
+}
+
+TEST(Noise, ReplayNoise) {
+  ReplayNoise r({torch::ones({4}), torch::zeros({2, 2})});
+  EXPECT_TRUE(torch::equal(r.randn_like(torch::empty({2, 2})), torch::ones({2, 2})));
+  EXPECT_EQ(r.used(), 1u);
+  EXPECT_THROW(r.randn_like(torch::empty({3})), Error);
+  r.randn_like(torch::empty({4}));
+  EXPECT_THROW(r.randn_like(torch::empty({4})), Error);
+}
+
+}  // namespace
+}  // namespace diffuse
