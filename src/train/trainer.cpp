@@ -188,8 +188,9 @@ TrainResult train(const TrainOptions& opt) {
   if (cfg.in_channels != data.channels())
     throw Error(opt.config + ": in_channels " + std::to_string(cfg.in_channels) + " but the data has " +
                 std::to_string(data.channels()) + " channels");
-  if (labelled && cfg.num_class_embeds < num_classes)
-    throw Error(opt.config + ": num_class_embeds " + std::to_string(cfg.num_class_embeds) + " but the data has " +
+  const int64_t class_embeds = cfg.num_class_embeds.value_or(0);
+  if (labelled && class_embeds < num_classes)
+    throw Error(opt.config + ": num_class_embeds " + std::to_string(class_embeds) + " but the data has " +
                 std::to_string(num_classes) + " classes");
 
   PixelPipeline pipe;
@@ -199,7 +200,7 @@ TrainResult train(const TrainOptions& opt) {
   pipe.scheduler.num_train_timesteps = opt.num_train_timesteps;
   pipe.scheduler.clip_sample = true;
   pipe.class_names = labelled ? data.class_names : std::vector<std::string>{};
-  pipe.null_class = labelled && cfg.num_class_embeds > num_classes ? num_classes : -1;
+  pipe.null_class = labelled && class_embeds > num_classes ? num_classes : -1;
   pipe.device = device;
   pipe.source = out;
 
