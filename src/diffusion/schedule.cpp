@@ -25,9 +25,30 @@ torch::Tensor cosine_betas(int n) {
   return torch::tensor(betas, torch::kFloat64).to(torch::kFloat32);
 }
 
+// diffusers' rescale_zero_terminal_snr (float32).
+torch::Tensor rescale_zero_terminal_snr(const torch::Tensor& betas) {
+  auto alphas_cumprod = torch::cumprod(1.0 - betas, 0);
+  auto s = alphas_cumprod.sqrt();
+  auto s0 = s[0].clone(), sT = s[-1].clone();
+  s = s - sT;
+  s = s * (s0 / (s0 - sT));
+  auto bar = s * s;
+  auto alphas = torch::cat({bar.slice(0, 0, 1), bar.slice(0, 1) / bar.slice(0, 0, -1)});
+  return 1 - alphas;
+}
+
+torch::Tensor base_betas(const NoiseScheduleConfig& cfg);
+
 }  // namespace
 
 torch::Tensor make_betas(const NoiseScheduleConfig& cfg) {
+  auto betas = base_betas(cfg);
+  return cfg.rescale_betas_zero_snr ? rescale_zero_terminal_snr(betas) : betas;
+}
+
+namespace {
+
+torch::Tensor base_betas(const NoiseScheduleConfig& cfg) {
   const int n = cfg.num_train_timesteps;
   if (n < 2) throw Error("num_train_timesteps must be >= 2, got " + std::to_string(n));
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
@@ -39,6 +60,8 @@ torch::Tensor make_betas(const NoiseScheduleConfig& cfg) {
               "' (expected linear, scaled_linear or squaredcos_cap_v2)");
 }
 
+}  // namespace
+
 torch::Tensor make_alphas_cumprod(const NoiseScheduleConfig& cfg) {
   torch::Tensor alphas = 1.0 - make_betas(cfg);
   return torch::cumprod(alphas, 0);
@@ -47,7 +70,9 @@ torch::Tensor make_alphas_cumprod(const NoiseScheduleConfig& cfg) {
 DiscreteSchedule::DiscreteSchedule(torch::Tensor alphas_cumprod) {
   if (!alphas_cumprod.defined() || alphas_cumprod.dim() != 1 || alphas_cumprod.size(0) < 2)
     throw Error("DiscreteSchedule: alphas_cumprod must be a 1-D tensor with at least 2 entries");
-  alphas_cumprod_ = alphas_cumprod.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  alphas_cumprod_ = alphas_cumprod.detach().to(torch::kCPU, torch::kFloat32).clone().contiguous();
+  // zero terminal SNR: diffusers' Euler-type schedulers use 2^-24 for an alpha_bar of 0
+  alphas_cumprod_.masked_fill_(alphas_cumprod_ == 0, std::ldexp(1.0, -24));
   sigmas_ = ((1 - alphas_cumprod_) / alphas_cumprod_).sqrt();
   if (!torch::isfinite(sigmas_).all().item<bool>() || (sigmas_ <= 0).any().item<bool>())
     throw Error("DiscreteSchedule: alphas_cumprod must lie in (0, 1)");

@@ -18,6 +18,8 @@ struct NoiseScheduleConfig {
   bool clip_sample = true;  // DDPM/DDIM: clamp x0 to [-clip_sample_range, clip_sample_range]
   double clip_sample_range = 1.0;
   bool set_alpha_to_one = true;  // DDIM: alpha of the step after the last one
+  // Lin et al. 2023: rescale betas to zero terminal SNR (diffusers' rescale_zero_terminal_snr).
+  bool rescale_betas_zero_snr = false;
 };
 
 // betas as diffusers computes them (float32, shape [num_train_timesteps]).
@@ -27,7 +29,8 @@ torch::Tensor make_betas(const NoiseScheduleConfig& cfg);
 torch::Tensor make_alphas_cumprod(const NoiseScheduleConfig& cfg);
 
 // A discrete-time (VP) model seen as a continuous sigma model:
-// sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t).
+// sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t). An alpha_bar of 0 (zero terminal SNR) is
+// replaced by 2^-24, as diffusers' Euler-type schedulers do (sigma_max ~ 4096).
 class DiscreteSchedule {
  public:
   explicit DiscreteSchedule(torch::Tensor alphas_cumprod);

@@ -144,6 +144,31 @@ TEST(Noise, PhiloxNoiseIsStandardNormalAndReproducible) {
   EXPECT_EQ(PhiloxNoise(1).randn_like(like).scalar_type(), torch::kFloat64);
 }
 
+// Values produced by A1111's modules/rng_philox.py Generator (numpy) for two consecutive
+// randn calls of 6 and 3 values.
+TEST(Noise, PhiloxNoiseMatchesA1111Generator) {
+  struct Ref {
+    uint64_t seed;
+    std::vector<float> a, b;
+  };
+  const Ref refs[] = {
+      {0,
+       {-0x1.d96d5ap-1f, -0x1.b38d5ep-2f, -0x1.52698ap+1f, 0x1.29562ap-3f, -0x1.ef11b8p-4f, -0x1.28d1cep-1f},
+       {0x1.7254d8p-3f, -0x1.1ac22ep-1f, 0x1.d8fe12p-1f}},
+      {12345,
+       {0x1.2843acp-1f, -0x1.0cacc0p-1f, -0x1.2ae8d0p-2f, 0x1.cb3512p-7f, -0x1.1515dcp+1f, 0x1.1daed6p-2f},
+       {0x1.59c3b6p+1f, -0x1.6bb830p-1f, -0x1.601e5cp+0f}},
+      {(uint64_t{1} << 40) + 7,
+       {-0x1.ea8c08p-2f, -0x1.473b6ep+0f, -0x1.eeba5ap-3f, -0x1.8a3d4ep-2f, 0x1.1e3b4ep-2f, -0x1.346490p-1f},
+       {-0x1.17d47cp-2f, 0x1.3b28dcp-3f, -0x1.24b1fep+0f}},
+  };
+  for (const auto& r : refs) {
+    PhiloxNoise g(r.seed);
+    EXPECT_TRUE(torch::equal(g.randn({6}), torch::tensor(r.a))) << r.seed;
+    EXPECT_TRUE(torch::equal(g.randn({3}), torch::tensor(r.b))) << r.seed;
+  }
+}
+
 TEST(Noise, TorchNoiseSeededAndThreadIndependent) {
   const int threads = at::get_num_threads();
   at::set_num_threads(1);

@@ -36,6 +36,19 @@ TEST(Schedule, BetasAndAlphasCumprodMatchDiffusersExactly) {
   }
 }
 
+TEST(Schedule, ZeroTerminalSnr) {
+  auto cfg = named_config("sd");
+  cfg.rescale_betas_zero_snr = true;
+  auto ac = make_alphas_cumprod(cfg);
+  auto plain = make_alphas_cumprod(named_config("sd"));
+  EXPECT_EQ(ac[-1].item<float>(), 0.f);
+  EXPECT_NEAR(ac[0].item<double>(), plain[0].item<double>(), 1e-6);
+  DiscreteSchedule ds(cfg);
+  EXPECT_NEAR(ds.sigma_max(), 4096.0, 1.0);  // alpha_bar 0 -> 2^-24
+  auto s = make_sigmas("karras", 10, ds, cfg);
+  EXPECT_NEAR(s[0].item<double>(), 4096.0, 1.0);
+}
+
 TEST(Schedule, RejectsUnknownBetaSchedule) {
   NoiseScheduleConfig c;
   c.beta_schedule = "sigmoid";
