@@ -12,8 +12,12 @@ namespace diffuse::detail {
 // Validated sigma values as doubles: 1-D, finite, non-increasing, all > 0 except possibly the last.
 std::vector<double> sigma_values(const torch::Tensor& sigmas, const char* sampler);
 
-// sigma as a [B] tensor in x's dtype and device.
-inline torch::Tensor sigma_batch(const torch::Tensor& x, double s) { return torch::full({x.size(0)}, s, x.options()); }
+// sigma as a [B] tensor on x's device: float64 for float64 x, else float32 (so that half
+// precision samples do not round the noise level).
+inline torch::Tensor sigma_batch(const torch::Tensor& x, double s) {
+  const auto dt = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  return torch::full({x.size(0)}, s, x.options().dtype(dt));
+}
 
 inline torch::Tensor denoise(const Denoiser& D, const torch::Tensor& x, double s) { return D(x, sigma_batch(x, s)); }
 

@@ -133,6 +133,24 @@ TEST(Samplers, AncestralStep) {
   EXPECT_LE(u1, 1.75);
 }
 
+TEST(Samplers, ReducedPrecisionSamples) {
+  // bfloat16 samples: sigma reaches the denoiser as float32, results follow the float32 run
+  Denoiser d = [](const torch::Tensor& x, const torch::Tensor& s) {
+    EXPECT_EQ(s.scalar_type(), torch::kFloat32);
+    auto s2 = (s * s).reshape({-1, 1}).to(x.scalar_type());
+    return x / (s2 + 1);
+  };
+  auto sigmas = karras_sigmas(10, 0.03, 14.6);
+  auto x = torch::randn({2, 64}) * 14.6;
+  SamplerOptions opt;
+  for (const char* name : {"euler", "dpm++2m", "unipc", "heun"}) {
+    auto ref = find_sampler(name).fn(d, x, sigmas, opt);
+    auto lo = find_sampler(name).fn(d, x.to(torch::kBFloat16), sigmas, opt);
+    EXPECT_EQ(lo.scalar_type(), torch::kBFloat16);
+    EXPECT_LT(test::max_abs_diff(lo, ref), 0.05 * ref.abs().max().item<double>()) << name;
+  }
+}
+
 TEST(Samplers, ChurnUsesNoise) {
   auto sigmas = karras_sigmas(8, 0.03, 14.6);
   auto x = torch::randn({1, 16});
