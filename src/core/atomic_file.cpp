@@ -1,14 +1,17 @@
 #include "core/atomic_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <random>
+#include <atomic>
 #include <sstream>
+#include <vector>
 
 #include "core/error.h"
 
@@ -32,8 +35,8 @@ std::string dir_of(const std::string& path) {
 }  // namespace
 
 void write_atomically(const std::string& path, const std::function<void(const std::string&)>& write) {
-  std::random_device rd;
-  std::string tmp = path + ".tmp" + std::to_string(::getpid()) + "_" + std::to_string(rd() % 100000);
+  static std::atomic<unsigned> counter{0};
+  std::string tmp = path + ".tmp" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
   try {
     write(tmp);
     fsync_path(tmp);
@@ -59,6 +62,25 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
     f.close();
     if (!f) throw Error(path + ": write failed");
   });
+}
+
+void remove_tree(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    if (DIR* d = ::opendir(path.c_str())) {
+      std::vector<std::string> names;
+      while (dirent* e = ::readdir(d)) {
+        std::string n = e->d_name;
+        if (n != "." && n != "..") names.push_back(n);
+      }
+      ::closedir(d);
+      for (const auto& n : names) remove_tree(path + "/" + n);
+    }
+    if (::rmdir(path.c_str()) != 0) throw Error(path + ": cannot remove: " + std::strerror(errno));
+  } else if (::unlink(path.c_str()) != 0) {
+    throw Error(path + ": cannot remove: " + std::strerror(errno));
+  }
 }
 
 std::string read_file(const std::string& path) {

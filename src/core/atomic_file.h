@@ -12,6 +12,9 @@ void write_atomically(const std::string& path, const std::function<void(const st
 // Writes `bytes` to `path` atomically.
 void write_file_atomically(const std::string& path, const std::string& bytes);
 
+// Removes a file or a directory tree (POSIX calls only); a missing path is not an error.
+void remove_tree(const std::string& path);
+
 // Reads a whole file; throws diffuse::Error naming the path.
 std::string read_file(const std::string& path);
 

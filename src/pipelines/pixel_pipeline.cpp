@@ -183,7 +183,7 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
       den = bind(d, Cond{});
     }
     SamplerOptions so;
-    so.eta = std::isnan(opt.eta) ? (sampler.name == "ddim" ? 0.0 : 1.0) : opt.eta;
+    if (!std::isnan(opt.eta)) so.eta = opt.eta;  // otherwise the sampler's default
     so.s_noise = opt.s_noise;
     so.noise = &sampler_noise;
     so.callback = opt.callback;

@@ -22,7 +22,7 @@ std::string resolve(const std::string& dir) {
 void save_checkpoint(const std::string& dir, const CheckpointState& st, torch::nn::Module& model,
                      torch::nn::Module& ema, const AdamW& opt) {
   const std::string tmp = dir + ".tmp";
-  fs::remove_all(tmp);
+  remove_tree(tmp);
   fs::create_directories(tmp);
   safetensors::save(tmp + "/model.safetensors", nn::state_dict(model), {{"format", "pt"}});
   safetensors::save(tmp + "/ema.safetensors", nn::state_dict(ema), {{"format", "pt"}});
@@ -34,10 +34,10 @@ void save_checkpoint(const std::string& dir, const CheckpointState& st, torch::n
                       {"options", st.options}};
   write_file_atomically(tmp + "/state.json", j.dump(2) + "\n");
   // Swap: dir -> dir.old, tmp -> dir, drop dir.old.
-  fs::remove_all(dir + ".old");
+  remove_tree(dir + ".old");
   if (fs::exists(dir)) fs::rename(dir, dir + ".old");
   fs::rename(tmp, dir);
-  fs::remove_all(dir + ".old");
+  remove_tree(dir + ".old");
 }
 
 CheckpointState read_checkpoint_state(const std::string& dir) {
