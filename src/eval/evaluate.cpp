@@ -1,0 +1,366 @@
+#include "eval/evaluate.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+
+#include "core/error.h"
+#include "train/trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// m of n indices without replacement, sorted (deterministic for a seed).
+torch::Tensor random_subset(int64_t n, int64_t m, uint64_t seed) {
+  if (m >= n) return torch::arange(n, torch::kInt64);
+  std::mt19937_64 rng(seed);
+  std::vector<int64_t> p(n);
+  std::iota(p.begin(), p.end(), 0);
+  for (int64_t i = 0; i < m; ++i) std::swap(p[i], p[i + static_cast<int64_t>(rng() % static_cast<uint64_t>(n - i))]);
+  p.resize(m);
+  return std::get<0>(torch::tensor(p, torch::kInt64).sort());
+}
+
+torch::Tensor quantize(const torch::Tensor& x) {
+  return x.detach().to(torch::kCPU, torch::kFloat32).clamp(-1, 1).add(1).mul(127.5).round().to(torch::kUInt8);
+}
+
+std::string fmt(const char* f, double v) {
+  if (std::isnan(v)) return "n/a";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+nlohmann::json metrics_json(const QualityMetrics& m) {
+  auto num = [](double v) -> nlohmann::json { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
+  return {{"n", m.n},
+          {"fid", num(m.fid)},
+          {"kid", num(m.kid)},
+          {"kid_std", num(m.kid_std)},
+          {"precision", num(m.precision)},
+          {"recall", num(m.recall)},
+          {"class_agreement", num(m.class_agreement)}};
+}
+
+}  // namespace
+
+QualityMetrics score_embedding(const Embedding& samples, const torch::Tensor& wanted, const ReferenceSet& ref,
+                               const MetricOptions& opt) {
+  QualityMetrics m;
+  m.n = samples.features.defined() ? samples.features.size(0) : 0;
+  if (m.n < 2) throw Error("evaluation needs at least 2 samples, got " + std::to_string(m.n));
+  if (ref.size() < 2) throw Error("evaluation: the reference set has fewer than 2 images");
+  m.fid = frechet_distance(feature_stats(samples.features), ref.stats);
+  if (opt.compute_kid) {
+    KidOptions ko = opt.kid;
+    ko.seed = opt.seed;
+    auto k = kid(samples.features, ref.features, ko);
+    m.kid = k.mean;
+    m.kid_std = k.std;
+  }
+  if (opt.compute_precision_recall) {
+    if (m.n <= opt.k) throw Error("precision/recall needs more than k = " + std::to_string(opt.k) + " samples");
+    auto idx = random_subset(ref.size(), m.n, opt.seed + 1);
+    auto pr = precision_recall(ref.features.index_select(0, idx), samples.features, opt.k);
+    m.precision = pr.precision;
+    m.recall = pr.recall;
+  }
+  if (wanted.defined() && wanted.numel() == m.n && wanted.ge(0).any().item<bool>())
+    m.class_agreement = class_agreement(samples.logits, wanted);
+  return m;
+}
+
+void check_compatible(const PixelPipeline& pipe, const FeatureNet& net) {
+  const auto& cfg = net.config();
+  const std::string what = "model " + (pipe.source.empty() ? std::string("(in memory)") : pipe.source);
+  if (pipe.channels() != cfg.in_channels)
+    throw Error(what + " generates " + std::to_string(pipe.channels()) + "-channel images but the feature network " +
+                net.source() + " expects " + std::to_string(cfg.in_channels) + " channel(s)");
+  if (!classifier_accepts_size(cfg, pipe.image_size()))
+    throw Error(what + " generates " + std::to_string(pipe.image_size()) + "x" + std::to_string(pipe.image_size()) +
+                " images but the feature network " + net.source() + " expects " + std::to_string(cfg.image_size) + "x" +
+                std::to_string(cfg.image_size) + " (equal, or a border of at most " +
+                std::to_string(cfg.image_size / 8) + " px per side that is centre-cropped)");
+}
+
+torch::Tensor generate_for_eval(const PixelPipeline& pipe, const GenerateOptions& opt, int n,
+                                std::vector<int64_t>* classes, const EvalProgress& progress) {
+  if (n < 1) throw Error("--n must be positive");
+  std::vector<int64_t> cls;
+  if (pipe.class_conditional()) {
+    std::vector<int64_t> ids;
+    for (int64_t k = 0; k < static_cast<int64_t>(pipe.class_names.size()); ++k)
+      if (k != pipe.null_class) ids.push_back(k);
+    if (ids.empty()) throw Error("model " + pipe.source + ": no classes to sample");
+    for (int i = 0; i < n; ++i) cls.push_back(ids[static_cast<size_t>(i) % ids.size()]);
+  }
+  const int chunk = std::max(1, opt.batch_size);
+  torch::Tensor out = torch::empty({n, pipe.channels(), pipe.image_size(), pipe.image_size()}, torch::kUInt8);
+  for (int start = 0; start < n; start += chunk) {
+    int b = std::min(chunk, n - start);
+    GenerateOptions g = opt;
+    g.n = b;
+    g.seed = opt.seed + static_cast<uint64_t>(start);  // image i keeps seed + i
+    g.classes.clear();
+    if (!cls.empty()) g.classes.assign(cls.begin() + start, cls.begin() + start + b);
+    if (progress) {
+      g.callback = [&, start, b](const StepInfo& s) {
+        if (opt.callback) opt.callback(s);
+        int64_t done = start + static_cast<int64_t>(b) * (s.step + 1) / std::max(1, s.total);
+        progress("generate", done, n);
+      };
+    }
+    auto res = generate(pipe, g);
+    out.narrow(0, start, b).copy_(quantize(res.samples));
+    if (progress) progress("generate", start + b, n);
+  }
+  if (classes) *classes = cls;
+  return out;
+}
+
+QualityMetrics real_data_floor(const FeatureNet& net, const std::string& data, const ReferenceSet& ref, int64_t n,
+                               const std::string& cache_dir, const MetricOptions& opt, const EvalProgress& progress) {
+  auto test = reference_set(net, data, "test", cache_dir, [&](int64_t d, int64_t t) {
+    if (progress) progress("reference (test)", d, t);
+  });
+  if (test.size() < 2) throw Error(data + ": the held-out split has fewer than 2 images");
+  auto idx = random_subset(test.size(), std::min<int64_t>(n, test.size()), opt.seed + 2);
+  Embedding e{test.features.index_select(0, idx), test.logits.index_select(0, idx)};
+  return score_embedding(e, test.labels.index_select(0, idx), ref, opt);
+}
+
+namespace {
+
+EvalReport start_report(const FeatureNet& net, const EvalOptions& opt, const std::string& kind,
+                        const std::string& subject) {
+  EvalReport r;
+  r.kind = kind;
+  r.subject = subject;
+  r.data = opt.data.empty() ? net.config().dataset : opt.data;
+  if (r.data.empty()) throw Error("the feature network " + net.source() + " does not name its dataset: pass --data");
+  r.classifier = net.source();
+  r.classifier_fingerprint = net.fingerprint();
+  return r;
+}
+
+void finish_report(EvalReport& r, const FeatureNet& net, const Embedding& e, const torch::Tensor& wanted,
+                   const EvalOptions& opt, std::chrono::steady_clock::time_point t0) {
+  auto ref = reference_set(net, r.data, "train", opt.cache_dir, [&](int64_t d, int64_t t) {
+    if (opt.progress) opt.progress("reference (train)", d, t);
+  });
+  r.reference_n = ref.size();
+  r.reference_cache = ref.cache_file;
+  if (opt.progress) opt.progress("metrics", 0, opt.floor ? 2 : 1);
+  r.samples = score_embedding(e, wanted, ref, opt.metrics);
+  if (opt.progress) opt.progress("metrics", 1, opt.floor ? 2 : 1);
+  if (opt.floor) {
+    r.floor = real_data_floor(net, r.data, ref, r.samples.n, opt.cache_dir, opt.metrics, opt.progress);
+    if (opt.progress) opt.progress("metrics", 2, 2);
+  }
+  r.total_seconds = seconds_since(t0);
+}
+
+}  // namespace
+
+EvalReport evaluate_pipeline(const PixelPipeline& pipe, const FeatureNet& net, const EvalOptions& opt) {
+  auto t0 = std::chrono::steady_clock::now();
+  if (opt.n < 2) throw Error("--n must be at least 2 (got " + std::to_string(opt.n) + ")");
+  check_compatible(pipe, net);
+  EvalReport r = start_report(net, opt, "model", pipe.source);
+  r.conditional = pipe.class_conditional();
+  r.generate = opt.generate;
+  r.generate.n = opt.n;
+  r.generate.callback = nullptr;
+  std::vector<int64_t> cls;
+  auto images = generate_for_eval(pipe, opt.generate, opt.n, &cls, opt.progress);
+  r.generate_seconds = seconds_since(t0);
+  torch::Tensor wanted;
+  if (!cls.empty()) {
+    auto map = net.map_classes(pipe.class_names);
+    std::vector<int64_t> w;
+    for (int64_t c : cls) w.push_back(map[static_cast<size_t>(c)]);
+    wanted = torch::tensor(w, torch::kInt64);
+    if (!wanted.ge(0).any().item<bool>()) {
+      r.class_note = "the model's class names match none of the feature network's";
+      wanted = torch::Tensor();
+    }
+  } else {
+    r.class_note = "unconditional model";
+  }
+  auto e = net.embed(images, false, 500, [&](int64_t d, int64_t t) {
+    if (opt.progress) opt.progress("embed", d, t);
+  });
+  finish_report(r, net, e, wanted, opt, t0);
+  return r;
+}
+
+EvalReport evaluate_images(const std::string& dir, const FeatureNet& net, const EvalOptions& opt) {
+  auto t0 = std::chrono::steady_clock::now();
+  if (!fs::is_directory(dir)) throw Error("--images " + dir + ": not a folder");
+  if (opt.n != 0 && opt.n < 2) throw Error("--n must be at least 2 (got " + std::to_string(opt.n) + ")");
+  EvalReport r = start_report(net, opt, "images", dir);
+  Dataset d = load_dataset(dir, "train", 0, net.config().in_channels);
+  if (d.size() < 2) throw Error(dir + ": needs at least 2 images, found " + std::to_string(d.size()));
+  torch::Tensor idx = random_subset(d.size(), opt.n > 0 ? opt.n : d.size(), opt.metrics.seed + 3);
+  auto images = d.images.index_select(0, idx);
+  torch::Tensor wanted;
+  if (d.labelled()) {
+    r.conditional = true;
+    auto map = torch::tensor(net.map_classes(d.class_names), torch::kInt64);
+    wanted = map.index_select(0, d.labels.index_select(0, idx));
+    if (!wanted.ge(0).any().item<bool>()) {
+      r.class_note = "subfolder names match none of the feature network's classes";
+      wanted = torch::Tensor();
+    }
+  } else {
+    r.class_note = "no class subfolders";
+  }
+  auto e = net.embed(images, /*allow_resize=*/true, 500, [&](int64_t dn, int64_t t) {
+    if (opt.progress) opt.progress("embed", dn, t);
+  });
+  finish_report(r, net, e, wanted, opt, t0);
+  return r;
+}
+
+std::string EvalReport::to_json() const {
+  nlohmann::json j;
+  j["kind"] = kind;
+  j[kind == "model" ? "model" : "images"] = subject;
+  j["data"] = data;
+  j["classifier"] = classifier;
+  j["classifier_fingerprint"] = classifier_fingerprint;
+  j["n"] = samples.n;
+  if (kind == "model") {
+    j["sampler"] = generate.sampler;
+    j["steps"] = generate.steps;
+    j["guidance"] = generate.guidance;
+    j["seed"] = generate.seed;
+    if (!generate.schedule.empty()) j["schedule"] = generate.schedule;
+  }
+  j["conditional"] = conditional;
+  if (!class_note.empty()) j["class_note"] = class_note;
+  j["reference"] = {{"split", "train"}, {"n", reference_n}, {"cache", reference_cache}};
+  j["samples"] = metrics_json(samples);
+  j["real_floor"] = floor.n > 0 ? metrics_json(floor) : nlohmann::json(nullptr);
+  double ratio = fid_ratio();
+  j["fid_ratio"] = std::isnan(ratio) ? nlohmann::json(nullptr) : nlohmann::json(ratio);
+  j["precision_recall_k"] = 3;
+  j["seconds"] = {{"generate", generate_seconds}, {"total", total_seconds}};
+  return j.dump(2) + "\n";
+}
+
+std::string EvalReport::table() const {
+  std::string s;
+  char line[256];
+  s += (kind == "model" ? "model:      " : "images:     ") + subject + "\n";
+  if (kind == "model") {
+    std::snprintf(line, sizeof line, "sampling:   %s, %d steps, guidance %g, seed %llu, n = %lld\n",
+                  generate.sampler.c_str(), generate.steps, generate.guidance,
+                  static_cast<unsigned long long>(generate.seed), static_cast<long long>(samples.n));
+    s += line;
+  } else {
+    s += "n:          " + std::to_string(samples.n) + "\n";
+  }
+  s += "reference:  " + data + " train split (" + std::to_string(reference_n) + " images), features of " + classifier +
+       "\n";
+  bool has_floor = floor.n > 0;
+  std::snprintf(line, sizeof line, "\n%-22s %14s %14s\n", "metric", "samples",
+                has_floor ? ("real floor (" + std::to_string(floor.n) + ")").c_str() : "");
+  s += line;
+  auto row = [&](const char* name, const std::string& a, const std::string& b) {
+    std::snprintf(line, sizeof line, "%-22s %14s %14s\n", name, a.c_str(), has_floor ? b.c_str() : "");
+    s += line;
+  };
+  row("FID", fmt("%.3f", samples.fid), fmt("%.3f", floor.fid));
+  row("KID", fmt("%.5f", samples.kid), fmt("%.5f", floor.kid));
+  row("  (std over subsets)", fmt("%.5f", samples.kid_std), fmt("%.5f", floor.kid_std));
+  row("precision (k=3)", fmt("%.3f", samples.precision), fmt("%.3f", floor.precision));
+  row("recall (k=3)", fmt("%.3f", samples.recall), fmt("%.3f", floor.recall));
+  row("class agreement", fmt("%.1f %%", samples.class_agreement * 100), fmt("%.1f %%", floor.class_agreement * 100));
+  if (has_floor && !std::isnan(fid_ratio())) {
+    std::snprintf(line, sizeof line, "\nFID / floor: %.2f\n", fid_ratio());
+    s += line;
+  }
+  if (std::isnan(samples.class_agreement) && !class_note.empty()) s += "class agreement: n/a (" + class_note + ")\n";
+  return s;
+}
+
+double quick_fid(const PixelPipeline& pipe, const FeatureNet& net, const FeatureStats& ref, int n,
+                 const GenerateOptions& opt) {
+  if (n < 2) throw Error("quick_fid: n must be at least 2 (got " + std::to_string(n) + ")");
+  check_compatible(pipe, net);
+  auto images = generate_for_eval(pipe, opt, n);
+  return frechet_distance(feature_stats(net.embed(images).features), ref);
+}
+
+std::string find_classifier(const std::string& data) {
+  const std::string name = data + "-classifier";
+  std::vector<std::string> tried;
+  auto ok = [&](const fs::path& p) {
+    tried.push_back(p.string());
+    std::error_code ec;
+    return fs::exists(p / "config.json", ec) && fs::exists(p / "model.safetensors", ec);
+  };
+  if (const char* e = std::getenv("DIFFUSE_CLASSIFIER_DIR"); e && *e) {
+    if (ok(e)) return e;
+  }
+  std::error_code ec;
+  if (ok(fs::current_path(ec) / "models" / name)) return (fs::current_path(ec) / "models" / name).string();
+  char buf[4096];
+  ssize_t len = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (len > 0) {
+    buf[len] = 0;
+    for (fs::path p = fs::path(buf).parent_path(); !p.empty(); p = p.parent_path()) {
+      for (auto cand : {p / "models" / name, p / "share" / "diffuse" / "models" / name})
+        if (ok(cand)) return cand.string();
+      if (p == p.root_path()) break;
+    }
+  }
+  std::string msg = "no feature network for '" + data +
+                    "' found (pass --classifier DIR, or train one with "
+                    "`diffuse train-classifier`); looked in:";
+  for (size_t i = 0; i < tried.size() && i < 8; ++i) msg += "\n  " + tried[i];
+  throw Error(msg);
+}
+
+void install_train_eval_hook() {
+  set_train_eval_hook([](const std::string& pipeline_dir, const std::string& classifier_dir, int n) {
+    struct Cached {
+      FeatureNet net;
+      FeatureStats ref;
+    };
+    static std::mutex mu;
+    static std::map<std::string, std::shared_ptr<Cached>> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    std::string dir = classifier_dir.empty() ? find_classifier() : classifier_dir;
+    auto& c = cache[dir];
+    if (!c) {
+      auto net = FeatureNet::load(dir);
+      if (net.config().dataset.empty()) throw Error(dir + ": the feature network does not name its dataset");
+      c = std::make_shared<Cached>(Cached{net, reference_stats(net, net.config().dataset, "train")});
+    }
+    auto pipe = PixelPipeline::load(pipeline_dir, torch::kCPU);
+    GenerateOptions g;
+    g.seed = 0;
+    return quick_fid(pipe, c->net, c->ref, n, g);
+  });
+}
+
+}  // namespace diffuse

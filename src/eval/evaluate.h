@@ -1,0 +1,116 @@
+#pragma once
+// `diffuse eval`: scores generated samples (from a pipeline or a folder of images) in a
+// feature network's space against a real-data reference set, beside the real-data floor
+// (the same metrics for held-out real images).
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "eval/classifier.h"
+#include "eval/metrics.h"
+#include "eval/reference.h"
+#include "pipelines/pixel_pipeline.h"
+
+namespace diffuse {
+
+// NaN marks a metric that was not computed (e.g. class agreement without classes).
+struct QualityMetrics {
+  int64_t n = 0;
+  double fid = NAN;
+  double kid = NAN;
+  double kid_std = NAN;
+  double precision = NAN;
+  double recall = NAN;
+  double class_agreement = NAN;
+};
+
+struct MetricOptions {
+  int k = 3;          // precision/recall neighbourhood
+  KidOptions kid;     // 100 subsets of min(1000, n)
+  uint64_t seed = 0;  // reference subset for precision/recall (and KID subsets)
+  bool compute_kid = true;
+  bool compute_precision_recall = true;
+};
+
+// Scores embedded samples against `ref`: FID/KID against all reference features, precision/recall
+// against a random reference subset of the same size as the samples. `wanted` holds the feature
+// network's class id per sample (-1 unknown) or is undefined (no class agreement).
+QualityMetrics score_embedding(const Embedding& samples, const torch::Tensor& wanted, const ReferenceSet& ref,
+                               const MetricOptions& opt = {});
+
+// Progress of a long stage ("generate", "embed", "reference", "metrics").
+using EvalProgress = std::function<void(const std::string& stage, int64_t done, int64_t total)>;
+
+// Class-balanced generation for evaluation: image i gets class i mod K (K = the pipeline's classes,
+// unconditional models get none) and seed opt.seed + i, in chunks of opt.batch_size. Returns 8-bit
+// images [n, C, H, W] (quantised as a saved PNG would be); `classes` receives the pipeline class ids.
+torch::Tensor generate_for_eval(const PixelPipeline& pipe, const GenerateOptions& opt, int n,
+                                std::vector<int64_t>* classes = nullptr, const EvalProgress& progress = {});
+
+// Throws diffuse::Error when the pipeline's images cannot be fed to the feature network
+// (channel count differs, or the size is neither equal nor centre-croppable).
+void check_compatible(const PixelPipeline& pipe, const FeatureNet& net);
+
+struct EvalOptions {
+  std::string data;          // reference dataset ("" = the feature network's training data)
+  int n = 10000;             // samples (images: at most this many, 0 = all)
+  GenerateOptions generate;  // sampler, steps, guidance, seed, batch size (n and classes are set here)
+  MetricOptions metrics;
+  std::string cache_dir = default_cache_dir();  // "" = no cache
+  bool floor = true;                            // also score n held-out real images
+  EvalProgress progress;
+};
+
+struct EvalReport {
+  std::string kind;     // "model" or "images"
+  std::string subject;  // model or image folder
+  std::string data;
+  std::string classifier;
+  std::string classifier_fingerprint;
+  int64_t reference_n = 0;
+  std::string reference_cache;
+  bool conditional = false;
+  std::string class_note;    // why class agreement is missing, if it is
+  GenerateOptions generate;  // settings used (model evaluations)
+  QualityMetrics samples;
+  QualityMetrics floor;
+  double generate_seconds = 0;
+  double total_seconds = 0;
+
+  // FID of the samples divided by the floor's (NaN without a floor).
+  double fid_ratio() const { return floor.fid > 0 ? samples.fid / floor.fid : NAN; }
+  std::string to_json() const;  // NaN -> null
+  std::string table() const;    // human-readable, one metric per row
+};
+
+EvalReport evaluate_pipeline(const PixelPipeline& pipe, const FeatureNet& net, const EvalOptions& opt);
+// Scores every PNG/JPEG in `dir` (or a random `opt.n` of them); labelled subfolders named after the
+// feature network's classes give class agreement. Images are converted to the network's channels and
+// centre-cropped/resized to its size.
+EvalReport evaluate_images(const std::string& dir, const FeatureNet& net, const EvalOptions& opt);
+
+// The real-data floor alone: n random held-out images of `data` scored against `ref`.
+QualityMetrics real_data_floor(const FeatureNet& net, const std::string& data, const ReferenceSet& ref, int64_t n,
+                               const std::string& cache_dir, const MetricOptions& opt = {},
+                               const EvalProgress& progress = {});
+
+// FID of n class-balanced samples against `ref` (e.g. training-set statistics), for tracking
+// during training. `opt` gives sampler/steps/guidance/seed (its n and classes are ignored).
+double quick_fid(const PixelPipeline& pipe, const FeatureNet& net, const FeatureStats& ref, int n,
+                 const GenerateOptions& opt = {});
+
+// Finds the shipped feature network for a dataset name ("<data>-classifier"): $DIFFUSE_CLASSIFIER_DIR,
+// then models/<data>-classifier under the working directory and under the executable's ancestors.
+// Throws diffuse::Error listing the places tried.
+std::string find_classifier(const std::string& data = "fashion-mnist");
+
+// Installs the FID hook of `diffuse train --eval-every` (see train/trainer.h): loads the written
+// pipeline, the feature network (given folder, or find_classifier), the cached training-set
+// statistics of its dataset, and returns quick_fid with the default sampler.
+void install_train_eval_hook();
+
+}  // namespace diffuse
