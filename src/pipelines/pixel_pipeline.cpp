@@ -111,15 +111,30 @@ namespace {
 // Per-image generators: image i's noise depends only on its own seed.
 class PerImageNoise : public NoiseSource {
  public:
-  explicit PerImageNoise(std::vector<TorchNoise*> gens) : gens_(std::move(gens)) {}
+  PerImageNoise(const std::string& rng, uint64_t first_seed, int count) {
+    if (rng != "cpu" && rng != "philox") throw Error("--rng " + rng + ": expected cpu or philox");
+    for (int i = 0; i < count; ++i) {
+      uint64_t seed = first_seed + static_cast<uint64_t>(i);
+      if (rng == "cpu")
+        gens_.push_back(std::make_unique<TorchNoise>(seed));
+      else
+        gens_.push_back(std::make_unique<PhiloxNoise>(seed));
+    }
+  }
+  // Standard normal noise of `shape` for image i (CPU, float32).
+  torch::Tensor randn(size_t i, at::IntArrayRef shape) {
+    auto like = torch::empty(shape, torch::kFloat32);
+    return gens_[i]->randn_like(like);
+  }
   torch::Tensor randn_like(const torch::Tensor& like) override {
     std::vector<torch::Tensor> rows;
-    for (size_t i = 0; i < gens_.size(); ++i) rows.push_back(gens_[i]->randn(like.sizes().slice(1)));
+    auto row = torch::empty(like.sizes().slice(1), torch::kFloat32);
+    for (size_t i = 0; i < gens_.size(); ++i) rows.push_back(gens_[i]->randn_like(row));
     return torch::stack(rows).to(like.device(), like.scalar_type());
   }
 
  private:
-  std::vector<TorchNoise*> gens_;
+  std::vector<std::unique_ptr<NoiseSource>> gens_;
 };
 
 torch::Tensor sigmas_for(const PixelPipeline& pipe, const GenerateOptions& opt, std::string* schedule_used) {
@@ -156,17 +171,11 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
   const int bs = std::max(1, opt.batch_size);
   for (int start = 0; start < opt.n; start += bs) {
     int end = std::min(opt.n, start + bs);
-    std::vector<std::unique_ptr<TorchNoise>> gens;
-    std::vector<TorchNoise*> ptrs;
+    PerImageNoise sampler_noise(opt.rng, opt.seed + static_cast<uint64_t>(start), end - start);
     std::vector<torch::Tensor> noise;
-    for (int i = start; i < end; ++i) {
-      gens.push_back(std::make_unique<TorchNoise>(opt.seed + static_cast<uint64_t>(i)));
-      ptrs.push_back(gens.back().get());
-      noise.push_back(gens.back()->randn({c, s, s}));
-    }
+    for (int i = start; i < end; ++i) noise.push_back(sampler_noise.randn(static_cast<size_t>(i - start), {c, s, s}));
     auto n0 = torch::stack(noise);
     noise_all.slice(0, start, end).copy_(n0);
-    PerImageNoise sampler_noise(ptrs);
     Denoiser den;
     if (pipe.class_conditional()) {
       std::vector<int64_t> labels;
@@ -209,6 +218,7 @@ std::string generation_parameters(const PixelPipeline& pipe, const GenerateOptio
   if (opt.cfg_rescale != 0) o << ", CFG rescale: " << opt.cfg_rescale;
   if (!std::isnan(opt.eta)) o << ", Eta: " << opt.eta;
   if (opt.s_noise != 1.0) o << ", S noise: " << opt.s_noise;
+  if (opt.rng != "cpu") o << ", RNG: " << opt.rng;
   o << ", Seed: " << (opt.seed + static_cast<uint64_t>(index)) << ", Size: " << pipe.image_size() << "x"
     << pipe.image_size();
   if (pipe.class_conditional() && !opt.classes.empty()) o << ", Class: " << opt.classes[static_cast<size_t>(index)];

@@ -48,6 +48,7 @@ struct GenerateOptions {
   std::string sigmas = "";       // custom comma-separated sigmas, overrides schedule/steps
   int steps = 20;
   uint64_t seed = 0;             // image i uses seed + i (its noise and sampler noise)
+  std::string rng = "cpu";       // cpu: torch's CPU generator (diffusers, ComfyUI); philox: A1111's GPU-style noise
   double eta = NAN;              // NaN = the sampler's default (DDIM 0, ancestral samplers 1)
   double s_noise = 1.0;
   int batch_size = 64;           // images per forward pass

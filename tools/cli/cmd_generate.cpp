@@ -103,6 +103,9 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--eta", a->g.eta, "Noise of ancestral / DDIM steps")->capture_default_str();
   cmd->add_option("--s-noise", a->g.s_noise, "Noise multiplier of stochastic samplers")->capture_default_str();
   cmd->add_option("--seed", a->g.seed, "Seed of image 0 (image i uses seed + i)")->capture_default_str();
+  cmd->add_option("--rng", a->g.rng, "Noise: cpu (torch CPU generator, as diffusers) or philox (A1111 GPU-style)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "philox"}));
   cmd->add_option("--batch-size", a->g.batch_size, "Images per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--nrow", a->nrow, "Images per grid row (0 = auto)");
   cmd->add_option("--out", a->out, "FILE.png (grid), DIR/ (one PNG each) or FILE.safetensors (raw samples + noise)")
