@@ -1,0 +1,51 @@
+#pragma once
+// Helpers shared by the diffusers model loaders: typed config-key readers with error messages
+// naming the model class, and weight-folder I/O (single or sharded safetensors).
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace diffuse::model_io {
+
+// Reads JSON config keys of model class `cls`; a wrong type throws diffuse::Error
+// "<cls> config: key 'k' must be ...". Missing keys leave the output unchanged; null
+// resets optionals (and is rejected for non-optionals).
+struct ConfigReader {
+  const nlohmann::json& j;
+  std::string cls;
+  [[noreturn]] void type_error(const std::string& key, const std::string& expected) const;
+  bool has(const char* key) const { return j.contains(key); }
+  void read(const char* key, int64_t& out) const;
+  void read(const char* key, double& out) const;
+  void read(const char* key, bool& out) const;
+  void read(const char* key, std::string& out) const;
+  void read(const char* key, std::optional<int64_t>& out) const;
+  void read(const char* key, std::optional<double>& out) const;
+  void read(const char* key, std::optional<std::string>& out) const;
+  void read(const char* key, std::vector<int64_t>& out) const;
+  void read(const char* key, std::vector<std::string>& out) const;
+  void read(const char* key, std::optional<std::vector<double>>& out) const;
+};
+
+// Integral doubles as JSON integers (1, not 1.0), like Python's defaults.
+nlohmann::json number(double d);
+
+// Parses `dir`/config.json (diffuse::Error naming the file on failure).
+nlohmann::json read_config(const std::string& dir, const std::string& cls);
+
+// Loads `dir`/diffusion_pytorch_model.safetensors or its sharded .index.json.
+std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const std::string& cls);
+
+// Renames legacy attention keys (.query. .key. .value. .proj_attn.) under ".attentions." to
+// to_q / to_k / to_v / to_out.0.
+void convert_legacy_attention_keys(std::map<std::string, torch::Tensor>& sd);
+
+// Writes config.json (2-space indented) and diffusion_pytorch_model.safetensors ({"format": "pt"}).
+void save_folder(const std::string& dir, const nlohmann::json& config, const std::map<std::string, torch::Tensor>& sd);
+
+}  // namespace diffuse::model_io
