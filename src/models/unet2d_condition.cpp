@@ -1,0 +1,683 @@
+#include "models/unet2d_condition.h"
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "nn/state_dict.h"
+
+namespace diffuse {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kClassName = "UNet2DConditionModel";
+constexpr const char* kDiffusersVersion = "0.28.2";
+constexpr const char* kConfigFile = "config.json";
+constexpr const char* kWeightsFile = "diffusion_pytorch_model.safetensors";
+
+[[noreturn]] void type_error(const std::string& key, const std::string& expected, const json& v) {
+  throw Error(std::string(kClassName) + " config: key '" + key + "' must be " + expected + ", got " + v.dump());
+}
+
+bool is_integral(const json& v) {
+  if (v.is_number_integer()) return true;
+  if (!v.is_number_float()) return false;
+  const double d = v.get<double>();
+  return std::isfinite(d) && d == std::floor(d) && std::abs(d) < 9.0e15;
+}
+int64_t to_int(const std::string& key, const json& v) {
+  if (!is_integral(v)) type_error(key, "an integer", v);
+  return v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(v.get<double>());
+}
+void read(const json& j, const char* key, int64_t& out) {
+  if (j.contains(key)) out = to_int(key, j.at(key));
+}
+void read(const json& j, const char* key, double& out) {
+  if (!j.contains(key)) return;
+  if (!j.at(key).is_number()) type_error(key, "a number", j.at(key));
+  out = j.at(key).get<double>();
+}
+void read(const json& j, const char* key, bool& out) {
+  if (!j.contains(key)) return;
+  if (!j.at(key).is_boolean()) type_error(key, "a boolean", j.at(key));
+  out = j.at(key).get<bool>();
+}
+void read(const json& j, const char* key, std::string& out) {
+  if (!j.contains(key)) return;
+  if (!j.at(key).is_string()) type_error(key, "a string", j.at(key));
+  out = j.at(key).get<std::string>();
+}
+void read(const json& j, const char* key, std::optional<int64_t>& out) {
+  if (!j.contains(key)) return;
+  if (j.at(key).is_null())
+    out.reset();
+  else
+    out = to_int(key, j.at(key));
+}
+void read(const json& j, const char* key, std::optional<bool>& out) {
+  if (!j.contains(key)) return;
+  if (j.at(key).is_null())
+    out.reset();
+  else if (j.at(key).is_boolean())
+    out = j.at(key).get<bool>();
+  else
+    type_error(key, "a boolean or null", j.at(key));
+}
+void read(const json& j, const char* key, std::optional<std::string>& out) {
+  if (!j.contains(key)) return;
+  const auto& v = j.at(key);
+  if (v.is_null())
+    out.reset();
+  else if (v.is_string())
+    out = v.get<std::string>();
+  else
+    type_error(key, "a string or null", v);
+}
+void read(const json& j, const char* key, std::vector<int64_t>& out) {
+  if (!j.contains(key)) return;
+  const auto& v = j.at(key);
+  if (!v.is_array()) type_error(key, "a list of integers", v);
+  out.clear();
+  for (const auto& e : v) out.push_back(to_int(key, e));
+}
+void read(const json& j, const char* key, std::vector<std::string>& out) {
+  if (!j.contains(key)) return;
+  const auto& v = j.at(key);
+  if (!v.is_array()) type_error(key, "a list of strings", v);
+  out.clear();
+  for (const auto& e : v) {
+    if (!e.is_string()) type_error(key, "a list of strings", v);
+    out.push_back(e.get<std::string>());
+  }
+}
+PerBlockInt to_per_block(const std::string& key, const json& v) {
+  PerBlockInt p;
+  if (v.is_array()) {
+    p.list = true;
+    p.values.clear();
+    for (const auto& e : v) p.values.push_back(to_int(key, e));
+  } else if (is_integral(v)) {
+    p.values = {to_int(key, v)};
+  } else {
+    type_error(key, "an integer or a list of integers", v);
+  }
+  return p;
+}
+void read(const json& j, const char* key, PerBlockInt& out) {
+  if (j.contains(key)) out = to_per_block(key, j.at(key));
+}
+void read(const json& j, const char* key, std::optional<PerBlockInt>& out) {
+  if (!j.contains(key)) return;
+  if (j.at(key).is_null())
+    out.reset();
+  else
+    out = to_per_block(key, j.at(key));
+}
+
+json number(double d) {
+  if (std::isfinite(d) && d == std::floor(d) && std::abs(d) < 9.0e15) return static_cast<int64_t>(d);
+  return d;
+}
+template <typename T>
+json nullable(const std::optional<T>& v) {
+  return v ? json(*v) : json(nullptr);
+}
+
+}  // namespace
+
+json PerBlockInt::to_json() const { return list ? json(values) : json(values.at(0)); }
+
+UNet2DConditionConfig UNet2DConditionConfig::from_json(const json& j) {
+  if (!j.is_object()) throw Error(std::string(kClassName) + " config: expected a JSON object");
+  if (j.contains("_class_name")) {
+    const auto& c = j.at("_class_name");
+    if (!c.is_string()) type_error("_class_name", "a string", c);
+    if (c.get<std::string>() != kClassName)
+      throw Error(std::string(kClassName) + " config: _class_name is '" + c.get<std::string>() + "', expected " +
+                  kClassName);
+  }
+  UNet2DConditionConfig c;
+  if (j.contains("sample_size")) {
+    const auto& v = j.at("sample_size");
+    if (v.is_null())
+      c.sample_size.clear();
+    else if (is_integral(v))
+      c.sample_size = {to_int("sample_size", v)};
+    else if (v.is_array() && v.size() == 2 && is_integral(v[0]) && is_integral(v[1]))
+      c.sample_size = {to_int("sample_size", v[0]), to_int("sample_size", v[1])};
+    else
+      type_error("sample_size", "an integer, a [height, width] pair or null", v);
+  }
+  read(j, "in_channels", c.in_channels);
+  read(j, "out_channels", c.out_channels);
+  read(j, "center_input_sample", c.center_input_sample);
+  read(j, "flip_sin_to_cos", c.flip_sin_to_cos);
+  read(j, "freq_shift", c.freq_shift);
+  read(j, "down_block_types", c.down_block_types);
+  read(j, "mid_block_type", c.mid_block_type);
+  read(j, "up_block_types", c.up_block_types);
+  if (j.contains("only_cross_attention")) {
+    const auto& v = j.at("only_cross_attention");
+    c.only_cross_attention.clear();
+    if (v.is_boolean()) {
+      c.only_cross_attention_list = false;
+      c.only_cross_attention.push_back(v.get<bool>());
+    } else if (v.is_array()) {
+      c.only_cross_attention_list = true;
+      for (const auto& e : v) {
+        if (!e.is_boolean()) type_error("only_cross_attention", "a boolean or a list of booleans", v);
+        c.only_cross_attention.push_back(e.get<bool>());
+      }
+    } else {
+      type_error("only_cross_attention", "a boolean or a list of booleans", v);
+    }
+  }
+  read(j, "block_out_channels", c.block_out_channels);
+  read(j, "layers_per_block", c.layers_per_block);
+  read(j, "downsample_padding", c.downsample_padding);
+  read(j, "mid_block_scale_factor", c.mid_block_scale_factor);
+  read(j, "dropout", c.dropout);
+  read(j, "act_fn", c.act_fn);
+  read(j, "norm_num_groups", c.norm_num_groups);
+  read(j, "norm_eps", c.norm_eps);
+  read(j, "cross_attention_dim", c.cross_attention_dim);
+  read(j, "transformer_layers_per_block", c.transformer_layers_per_block);
+  if (j.contains("reverse_transformer_layers_per_block"))
+    c.reverse_transformer_layers_per_block = j.at("reverse_transformer_layers_per_block");
+  read(j, "encoder_hid_dim", c.encoder_hid_dim);
+  read(j, "encoder_hid_dim_type", c.encoder_hid_dim_type);
+  read(j, "attention_head_dim", c.attention_head_dim);
+  read(j, "num_attention_heads", c.num_attention_heads);
+  read(j, "dual_cross_attention", c.dual_cross_attention);
+  read(j, "use_linear_projection", c.use_linear_projection);
+  read(j, "class_embed_type", c.class_embed_type);
+  read(j, "addition_embed_type", c.addition_embed_type);
+  read(j, "addition_time_embed_dim", c.addition_time_embed_dim);
+  read(j, "num_class_embeds", c.num_class_embeds);
+  read(j, "upcast_attention", c.upcast_attention);
+  read(j, "resnet_time_scale_shift", c.resnet_time_scale_shift);
+  read(j, "resnet_skip_time_act", c.resnet_skip_time_act);
+  read(j, "resnet_out_scale_factor", c.resnet_out_scale_factor);
+  read(j, "time_embedding_type", c.time_embedding_type);
+  read(j, "time_embedding_dim", c.time_embedding_dim);
+  read(j, "time_embedding_act_fn", c.time_embedding_act_fn);
+  read(j, "timestep_post_act", c.timestep_post_act);
+  read(j, "time_cond_proj_dim", c.time_cond_proj_dim);
+  read(j, "conv_in_kernel", c.conv_in_kernel);
+  read(j, "conv_out_kernel", c.conv_out_kernel);
+  read(j, "projection_class_embeddings_input_dim", c.projection_class_embeddings_input_dim);
+  read(j, "attention_type", c.attention_type);
+  read(j, "class_embeddings_concat", c.class_embeddings_concat);
+  read(j, "mid_block_only_cross_attention", c.mid_block_only_cross_attention);
+  read(j, "cross_attention_norm", c.cross_attention_norm);
+  read(j, "addition_embed_type_num_heads", c.addition_embed_type_num_heads);
+  return c;
+}
+
+json UNet2DConditionConfig::to_json() const {
+  json j = json::object();
+  j["_class_name"] = kClassName;
+  j["_diffusers_version"] = kDiffusersVersion;
+  if (sample_size.empty())
+    j["sample_size"] = nullptr;
+  else if (sample_size.size() == 1)
+    j["sample_size"] = sample_size[0];
+  else
+    j["sample_size"] = sample_size;
+  j["in_channels"] = in_channels;
+  j["out_channels"] = out_channels;
+  j["center_input_sample"] = center_input_sample;
+  j["flip_sin_to_cos"] = flip_sin_to_cos;
+  j["freq_shift"] = number(freq_shift);
+  j["down_block_types"] = down_block_types;
+  j["mid_block_type"] = nullable(mid_block_type);
+  j["up_block_types"] = up_block_types;
+  if (only_cross_attention_list) {
+    json a = json::array();
+    for (bool b : only_cross_attention) a.push_back(b);
+    j["only_cross_attention"] = a;
+  } else {
+    j["only_cross_attention"] = static_cast<bool>(only_cross_attention.at(0));
+  }
+  j["block_out_channels"] = block_out_channels;
+  j["layers_per_block"] = layers_per_block.to_json();
+  j["downsample_padding"] = downsample_padding;
+  j["mid_block_scale_factor"] = number(mid_block_scale_factor);
+  j["dropout"] = dropout;
+  j["act_fn"] = act_fn;
+  j["norm_num_groups"] = nullable(norm_num_groups);
+  j["norm_eps"] = norm_eps;
+  j["cross_attention_dim"] = cross_attention_dim.to_json();
+  j["transformer_layers_per_block"] = transformer_layers_per_block.to_json();
+  j["reverse_transformer_layers_per_block"] = reverse_transformer_layers_per_block;
+  j["encoder_hid_dim"] = nullable(encoder_hid_dim);
+  j["encoder_hid_dim_type"] = nullable(encoder_hid_dim_type);
+  j["attention_head_dim"] = attention_head_dim ? attention_head_dim->to_json() : json(nullptr);
+  j["num_attention_heads"] = num_attention_heads ? num_attention_heads->to_json() : json(nullptr);
+  j["dual_cross_attention"] = dual_cross_attention;
+  j["use_linear_projection"] = use_linear_projection;
+  j["class_embed_type"] = nullable(class_embed_type);
+  j["addition_embed_type"] = nullable(addition_embed_type);
+  j["addition_time_embed_dim"] = nullable(addition_time_embed_dim);
+  j["num_class_embeds"] = nullable(num_class_embeds);
+  j["upcast_attention"] = upcast_attention;
+  j["resnet_time_scale_shift"] = resnet_time_scale_shift;
+  j["resnet_skip_time_act"] = resnet_skip_time_act;
+  j["resnet_out_scale_factor"] = resnet_out_scale_factor;
+  j["time_embedding_type"] = time_embedding_type;
+  j["time_embedding_dim"] = nullable(time_embedding_dim);
+  j["time_embedding_act_fn"] = nullable(time_embedding_act_fn);
+  j["timestep_post_act"] = nullable(timestep_post_act);
+  j["time_cond_proj_dim"] = nullable(time_cond_proj_dim);
+  j["conv_in_kernel"] = conv_in_kernel;
+  j["conv_out_kernel"] = conv_out_kernel;
+  j["projection_class_embeddings_input_dim"] = nullable(projection_class_embeddings_input_dim);
+  j["attention_type"] = attention_type;
+  j["class_embeddings_concat"] = class_embeddings_concat;
+  j["mid_block_only_cross_attention"] = nullable(mid_block_only_cross_attention);
+  j["cross_attention_norm"] = nullable(cross_attention_norm);
+  j["addition_embed_type_num_heads"] = addition_embed_type_num_heads;
+  return j;
+}
+
+int64_t UNet2DConditionConfig::heads(size_t i) const {
+  if (num_attention_heads) return num_attention_heads->at(i);
+  if (attention_head_dim) return attention_head_dim->at(i);
+  return block_out_channels.at(i);  // unreachable after validate()
+}
+
+void UNet2DConditionConfig::validate() const {
+  auto fail = [](const std::string& m) { throw Error(std::string(kClassName) + " config: " + m); };
+  const size_t n = block_out_channels.size();
+  if (n == 0) fail("block_out_channels must not be empty");
+  for (auto ch : block_out_channels)
+    if (ch <= 0) fail("block_out_channels must be positive");
+  if (down_block_types.size() != n)
+    fail("down_block_types has " + std::to_string(down_block_types.size()) + " entries but block_out_channels has " +
+         std::to_string(n));
+  if (up_block_types.size() != n)
+    fail("up_block_types has " + std::to_string(up_block_types.size()) + " entries but block_out_channels has " +
+         std::to_string(n));
+  for (const auto& t : down_block_types)
+    if (t != "CrossAttnDownBlock2D" && t != "DownBlock2D")
+      fail("unsupported down block type '" + t + "' (supported: CrossAttnDownBlock2D, DownBlock2D)");
+  for (const auto& t : up_block_types)
+    if (t != "CrossAttnUpBlock2D" && t != "UpBlock2D")
+      fail("unsupported up block type '" + t + "' (supported: CrossAttnUpBlock2D, UpBlock2D)");
+  if (mid_block_type && *mid_block_type != "UNetMidBlock2DCrossAttn")
+    fail("unsupported mid_block_type '" + *mid_block_type + "' (supported: UNetMidBlock2DCrossAttn, null)");
+  auto check_list = [&](const PerBlockInt& p, const char* key) {
+    if (p.values.empty()) fail(std::string(key) + " must not be empty");
+    if (p.list && p.values.size() != n)
+      fail(std::string(key) + " has " + std::to_string(p.values.size()) + " entries but there are " +
+           std::to_string(n) + " blocks");
+    for (auto v : p.values)
+      if (v <= 0) fail(std::string(key) + " must be positive");
+  };
+  check_list(layers_per_block, "layers_per_block");
+  check_list(cross_attention_dim, "cross_attention_dim");
+  check_list(transformer_layers_per_block, "transformer_layers_per_block");
+  if (!attention_head_dim && !num_attention_heads) fail("attention_head_dim and num_attention_heads are both null");
+  if (attention_head_dim) check_list(*attention_head_dim, "attention_head_dim");
+  if (num_attention_heads) check_list(*num_attention_heads, "num_attention_heads");
+  if (only_cross_attention.empty() || (only_cross_attention_list && only_cross_attention.size() != n))
+    fail("only_cross_attention must be a boolean or one boolean per block");
+  if (in_channels <= 0 || out_channels <= 0) fail("in_channels and out_channels must be positive");
+  if (norm_num_groups) {
+    if (*norm_num_groups <= 0) fail("norm_num_groups must be positive");
+    for (auto ch : block_out_channels)
+      if (ch % *norm_num_groups != 0)
+        fail("block_out_channels must be divisible by norm_num_groups " + std::to_string(*norm_num_groups));
+  } else {
+    fail("norm_num_groups null is not supported");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const bool cross_down = down_block_types[i] == "CrossAttnDownBlock2D";
+    if (cross_down && block_out_channels[i] % heads(i) != 0)
+      fail("block_out_channels[" + std::to_string(i) + "] = " + std::to_string(block_out_channels[i]) +
+           " is not divisible by its " + std::to_string(heads(i)) + " attention heads");
+  }
+  if (conv_in_kernel <= 0 || conv_in_kernel % 2 == 0 || conv_out_kernel <= 0 || conv_out_kernel % 2 == 0)
+    fail("conv_in_kernel and conv_out_kernel must be odd and positive");
+  if (time_embedding_type != "positional")
+    fail("unsupported time_embedding_type '" + time_embedding_type + "' (supported: positional)");
+  if (addition_embed_type) fail("addition_embed_type '" + *addition_embed_type + "' is not supported");
+  if (encoder_hid_dim || encoder_hid_dim_type) fail("encoder_hid_dim / encoder_hid_dim_type are not supported");
+  if (time_cond_proj_dim) fail("time_cond_proj_dim is not supported");
+  if (timestep_post_act) fail("timestep_post_act is not supported");
+  if (class_embeddings_concat) fail("class_embeddings_concat is not supported");
+  if (dual_cross_attention) fail("dual_cross_attention is not supported");
+  if (attention_type != "default") fail("attention_type '" + attention_type + "' is not supported");
+  if (cross_attention_norm) fail("cross_attention_norm is not supported");
+  if (!reverse_transformer_layers_per_block.is_null()) fail("reverse_transformer_layers_per_block is not supported");
+  if (resnet_time_scale_shift != "default" && resnet_time_scale_shift != "scale_shift")
+    fail("unsupported resnet_time_scale_shift '" + resnet_time_scale_shift + "'");
+  if (class_embed_type && *class_embed_type != "timestep" && *class_embed_type != "identity" &&
+      *class_embed_type != "projection")
+    fail("unsupported class_embed_type '" + *class_embed_type + "' (supported: null, timestep, identity, projection)");
+  if (class_embed_type && *class_embed_type == "projection" && !projection_class_embeddings_input_dim)
+    fail("class_embed_type 'projection' requires projection_class_embeddings_input_dim");
+  if (num_class_embeds && *num_class_embeds <= 0) fail("num_class_embeds must be positive");
+  nn::parse_activation(act_fn);
+  if (time_embedding_act_fn) nn::parse_activation(*time_embedding_act_fn);
+}
+
+// ---------------------------------------------------------------- model
+
+UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& cfg) : config_(cfg) {
+  cfg.validate();
+  const auto& boc = cfg.block_out_channels;
+  const size_t n = boc.size();
+  const int64_t temb = cfg.time_embed_dim();
+  const int64_t groups = *cfg.norm_num_groups;
+
+  conv_in = register_module("conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(cfg.in_channels, boc[0],
+                                                                                  cfg.conv_in_kernel)
+                                                             .padding((cfg.conv_in_kernel - 1) / 2)));
+  time_proj = register_module("time_proj", nn::Timesteps(boc[0], cfg.flip_sin_to_cos, cfg.freq_shift));
+  time_embedding = register_module("time_embedding", nn::TimestepEmbedding(boc[0], temb, cfg.act_fn));
+  if (!cfg.class_embed_type && cfg.num_class_embeds) {
+    class_embedding_table = register_module("class_embedding", torch::nn::Embedding(*cfg.num_class_embeds, temb));
+  } else if (cfg.class_embed_type && *cfg.class_embed_type == "timestep") {
+    class_embedding_mlp = register_module("class_embedding", nn::TimestepEmbedding(boc[0], temb, cfg.act_fn));
+  } else if (cfg.class_embed_type && *cfg.class_embed_type == "projection") {
+    class_embedding_mlp = register_module(
+        "class_embedding", nn::TimestepEmbedding(*cfg.projection_class_embeddings_input_dim, temb, cfg.act_fn));
+  }
+
+  down_blocks = register_module("down_blocks", torch::nn::ModuleList());
+  int64_t output_channel = boc[0];
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t input_channel = output_channel;
+    output_channel = boc[i];
+    const bool final_block = i == n - 1;
+    if (cfg.down_block_types[i] == "CrossAttnDownBlock2D") {
+      nn::CrossAttnBlockOptions o;
+      o.num_layers = cfg.layers_per_block.at(i);
+      o.transformer_layers_per_block = cfg.transformer_layers_per_block.at(i);
+      o.temb_channels = temb;
+      o.dropout = cfg.dropout;
+      o.resnet_eps = cfg.norm_eps;
+      o.resnet_time_scale_shift = cfg.resnet_time_scale_shift;
+      o.resnet_act_fn = cfg.act_fn;
+      o.resnet_groups = groups;
+      o.num_attention_heads = cfg.heads(i);
+      o.cross_attention_dim = cfg.cross_attention_dim.at(i);
+      o.use_linear_projection = cfg.use_linear_projection;
+      o.only_cross_attention = cfg.only_cross(i);
+      o.upcast_attention = cfg.upcast_attention;
+      down_cross.emplace_back(input_channel, output_channel, o, !final_block, cfg.downsample_padding);
+      down_plain.emplace_back(nullptr);
+      down_blocks->push_back(down_cross.back());
+    } else {
+      nn::DownBlock2DOptions o;
+      o.type = nn::DownBlockType::DownBlock2D;
+      o.num_layers = cfg.layers_per_block.at(i);
+      o.in_channels = input_channel;
+      o.out_channels = output_channel;
+      o.temb_channels = temb;
+      o.add_downsample = !final_block;
+      o.resnet_eps = cfg.norm_eps;
+      o.resnet_act_fn = cfg.act_fn;
+      o.resnet_groups = groups;
+      o.downsample_padding = cfg.downsample_padding;
+      o.resnet_time_scale_shift = cfg.resnet_time_scale_shift;
+      o.dropout = cfg.dropout;
+      down_plain.emplace_back(o);
+      down_cross.emplace_back(nullptr);
+      down_blocks->push_back(down_plain.back());
+    }
+  }
+
+  if (cfg.mid_block_type) {
+    nn::CrossAttnBlockOptions o;
+    o.num_layers = 1;
+    o.transformer_layers_per_block = cfg.transformer_layers_per_block.at(n - 1);
+    o.temb_channels = temb;
+    o.dropout = cfg.dropout;
+    o.resnet_eps = cfg.norm_eps;
+    o.resnet_time_scale_shift = cfg.resnet_time_scale_shift;
+    o.resnet_act_fn = cfg.act_fn;
+    o.resnet_groups = groups;
+    o.output_scale_factor = cfg.mid_block_scale_factor;
+    o.num_attention_heads = cfg.heads(n - 1);
+    o.cross_attention_dim = cfg.cross_attention_dim.at(n - 1);
+    o.use_linear_projection = cfg.use_linear_projection;
+    o.upcast_attention = cfg.upcast_attention;
+    // diffusers' UNetMidBlock2DCrossAttn ignores only_cross_attention.
+    mid_block = register_module("mid_block", nn::UNetMidBlock2DCrossAttn(boc[n - 1], o));
+  }
+
+  up_blocks = register_module("up_blocks", torch::nn::ModuleList());
+  output_channel = boc[n - 1];
+  for (size_t i = 0; i < n; ++i) {
+    const size_t r = n - 1 - i;  // index into the (un-reversed) per-block lists
+    const int64_t prev_output_channel = output_channel;
+    output_channel = boc[r];
+    const int64_t input_channel = boc[r == 0 ? 0 : r - 1];
+    const bool final_block = i == n - 1;
+    if (cfg.up_block_types[i] == "CrossAttnUpBlock2D") {
+      if (output_channel % cfg.heads(r) != 0)
+        throw Error(std::string(kClassName) + " config: up block " + std::to_string(i) + " has " +
+                    std::to_string(output_channel) + " channels, not divisible by " + std::to_string(cfg.heads(r)) +
+                    " attention heads");
+      nn::CrossAttnBlockOptions o;
+      o.num_layers = cfg.layers_per_block.at(r) + 1;
+      o.transformer_layers_per_block = cfg.transformer_layers_per_block.at(r);
+      o.temb_channels = temb;
+      o.dropout = cfg.dropout;
+      o.resnet_eps = cfg.norm_eps;
+      o.resnet_time_scale_shift = cfg.resnet_time_scale_shift;
+      o.resnet_act_fn = cfg.act_fn;
+      o.resnet_groups = groups;
+      o.num_attention_heads = cfg.heads(r);
+      o.cross_attention_dim = cfg.cross_attention_dim.at(r);
+      o.use_linear_projection = cfg.use_linear_projection;
+      o.only_cross_attention = cfg.only_cross(r);
+      o.upcast_attention = cfg.upcast_attention;
+      up_cross.emplace_back(input_channel, output_channel, prev_output_channel, o, !final_block);
+      up_plain.emplace_back(nullptr);
+      up_blocks->push_back(up_cross.back());
+    } else {
+      nn::UpBlock2DOptions o;
+      o.type = nn::UpBlockType::UpBlock2D;
+      o.num_layers = cfg.layers_per_block.at(r) + 1;
+      o.prev_output_channel = prev_output_channel;
+      o.in_channels = input_channel;
+      o.out_channels = output_channel;
+      o.temb_channels = temb;
+      o.add_upsample = !final_block;
+      o.resnet_eps = cfg.norm_eps;
+      o.resnet_act_fn = cfg.act_fn;
+      o.resnet_groups = groups;
+      o.resnet_time_scale_shift = cfg.resnet_time_scale_shift;
+      o.dropout = cfg.dropout;
+      up_plain.emplace_back(o);
+      up_cross.emplace_back(nullptr);
+      up_blocks->push_back(up_plain.back());
+    }
+  }
+
+  conv_norm_out = register_module(
+      "conv_norm_out", torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, boc[0]).eps(cfg.norm_eps)));
+  conv_out = register_module("conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(boc[0], cfg.out_channels,
+                                                                                    cfg.conv_out_kernel)
+                                                               .padding((cfg.conv_out_kernel - 1) / 2)));
+}
+
+torch::Dtype UNet2DConditionModelImpl::dtype() const { return conv_in->weight.scalar_type(); }
+torch::Device UNet2DConditionModelImpl::device() const { return conv_in->weight.device(); }
+void UNet2DConditionModelImpl::set_attention_chunk_size(int64_t n) { nn::set_attention_query_chunk_size(*this, n); }
+
+torch::Tensor UNet2DConditionModelImpl::embed(const torch::Tensor& timestep, int64_t batch,
+                                              const torch::Tensor& class_labels) {
+  if (!timestep.defined()) throw Error(std::string(kClassName) + ": timestep is required");
+  auto t = timestep.reshape({-1}).to(device());
+  if (t.size(0) == 1 && batch != 1) t = t.expand({batch}).contiguous();
+  if (t.size(0) != batch)
+    throw Error(std::string(kClassName) + ": got " + std::to_string(t.size(0)) + " timesteps for a batch of " +
+                std::to_string(batch));
+  const auto dt = dtype();
+  auto emb = time_embedding->forward(time_proj->forward(t).to(dt));
+  const bool has_class = class_embedding_table || class_embedding_mlp ||
+                         (config_.class_embed_type && *config_.class_embed_type == "identity");
+  if (has_class) {
+    if (!class_labels.defined())
+      throw Error(std::string(kClassName) + ": class_labels are required for class conditioning");
+    auto labels = class_labels.to(device());
+    torch::Tensor class_emb;
+    if (class_embedding_table)
+      class_emb = class_embedding_table->forward(labels.to(torch::kLong));
+    else if (class_embedding_mlp && *config_.class_embed_type == "timestep")
+      class_emb = class_embedding_mlp->forward(time_proj->forward(labels.reshape({-1})).to(dt));
+    else if (class_embedding_mlp)
+      class_emb = class_embedding_mlp->forward(labels.to(dt));
+    else
+      class_emb = labels;
+    emb = emb + class_emb.to(dt);
+  } else if (class_labels.defined()) {
+    throw Error(std::string(kClassName) + ": class_labels given but the model has no class embedding");
+  }
+  if (config_.time_embedding_act_fn) emb = nn::activate(nn::parse_activation(*config_.time_embedding_act_fn), emb);
+  return emb;
+}
+
+torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torch::Tensor& timestep,
+                                                const torch::Tensor& encoder_hidden_states,
+                                                const torch::Tensor& class_labels,
+                                                const torch::Tensor& encoder_attention_mask) {
+  const std::string cls = kClassName;
+  if (sample.dim() != 4 || sample.size(1) != config_.in_channels)
+    throw Error(cls + ": expected sample [B, " + std::to_string(config_.in_channels) + ", H, W], got shape " +
+                c10::str(sample.sizes()));
+  const int64_t batch = sample.size(0);
+  if (!encoder_hidden_states.defined() || encoder_hidden_states.dim() != 3 || encoder_hidden_states.size(0) != batch)
+    throw Error(cls + ": expected encoder_hidden_states [" + std::to_string(batch) + ", M, " +
+                std::to_string(config_.cross_attention_dim.at(0)) + "]" +
+                (encoder_hidden_states.defined() ? ", got shape " + c10::str(encoder_hidden_states.sizes())
+                                                 : std::string(", got none")));
+  const auto dt = dtype();
+  auto ehs = encoder_hidden_states.to(device(), dt);
+  torch::Tensor mask;
+  if (encoder_attention_mask.defined()) {
+    // 1 = keep, 0 = discard -> additive bias [B, 1, M].
+    mask = ((1 - encoder_attention_mask.to(device(), dt)) * -10000.0).unsqueeze(1);
+  }
+  const size_t n = config_.num_blocks();
+  const int64_t factor = int64_t{1} << (n - 1);
+  const bool forward_upsample_size = sample.size(2) % factor != 0 || sample.size(3) % factor != 0;
+  if (config_.center_input_sample) sample = 2 * sample - 1.0;
+
+  auto emb = embed(timestep, batch, class_labels);
+  auto h = conv_in->forward(sample.to(dt));
+  std::vector<torch::Tensor> res{h};
+  for (size_t i = 0; i < n; ++i) {
+    nn::DownBlockOutput out =
+        down_cross[i] ? down_cross[i]->forward(h, emb, ehs, mask) : down_plain[i]->forward(h, emb);
+    h = out.hidden_states;
+    res.insert(res.end(), out.res_samples.begin(), out.res_samples.end());
+  }
+  if (mid_block) h = mid_block->forward(h, emb, ehs, mask);
+  for (size_t i = 0; i < n; ++i) {
+    const auto k = static_cast<size_t>(up_cross[i] ? up_cross[i]->num_resnets() : up_plain[i]->num_resnets());
+    std::vector<torch::Tensor> skips(res.end() - k, res.end());
+    res.resize(res.size() - k);
+    std::vector<int64_t> upsample_size;
+    if (i != n - 1 && forward_upsample_size) upsample_size = {res.back().size(2), res.back().size(3)};
+    if (up_cross[i])
+      h = up_cross[i]->forward(h, std::move(skips), emb, ehs, upsample_size, mask);
+    else
+      h = up_plain[i]->forward(h, std::move(skips), emb, upsample_size);
+  }
+  h = conv_norm_out->forward(h);
+  h = nn::activate(nn::parse_activation(config_.act_fn), h);
+  return conv_out->forward(h);
+}
+
+// ---------------------------------------------------------------- folder I/O
+
+namespace {
+
+nn::StateDict load_weights(const std::string& dir) {
+  const auto single = (fs::path(dir) / kWeightsFile).string();
+  if (fs::exists(single)) {
+    auto sd = safetensors::load(single);
+    return nn::StateDict(sd.begin(), sd.end());
+  }
+  const auto index = single + ".index.json";
+  if (fs::exists(index)) {
+    json j;
+    try {
+      j = json::parse(read_file(index));
+    } catch (const json::exception& e) {
+      throw Error(index + ": invalid JSON: " + e.what());
+    }
+    if (!j.contains("weight_map") || !j.at("weight_map").is_object())
+      throw Error(index + ": missing \"weight_map\" object");
+    std::map<std::string, std::vector<std::string>> by_file;
+    for (const auto& [name, file] : j.at("weight_map").items()) {
+      if (!file.is_string()) throw Error(index + ": weight_map entry '" + name + "' is not a file name");
+      by_file[file.get<std::string>()].push_back(name);
+    }
+    nn::StateDict sd;
+    for (const auto& [file, names] : by_file) {
+      const auto path = (fs::path(dir) / file).string();
+      if (!fs::exists(path)) throw Error(index + ": shard " + path + " does not exist");
+      auto f = safetensors::File::open(path);
+      for (const auto& name : names) {
+        if (!f.contains(name)) throw Error(path + ": tensor '" + name + "' listed in " + index + " is missing");
+        sd[name] = f.get(name);
+      }
+    }
+    return sd;
+  }
+  const auto bin = (fs::path(dir) / "diffusion_pytorch_model.bin").string();
+  if (fs::exists(bin))
+    throw Error(bin + ": PyTorch pickle weights are not supported; convert them to " + std::string(kWeightsFile));
+  throw Error(std::string("no ") + kClassName + " weights in " + dir + ": expected " + single);
+}
+
+}  // namespace
+
+UNet2DConditionModel load_unet2d_condition(const std::string& dir) {
+  const std::string cls = kClassName;
+  if (!fs::is_directory(dir)) throw Error(cls + " folder " + dir + " does not exist or is not a directory");
+  const auto config_path = (fs::path(dir) / kConfigFile).string();
+  if (!fs::exists(config_path)) throw Error(cls + " config " + config_path + " does not exist");
+  json j;
+  try {
+    j = json::parse(read_file(config_path));
+  } catch (const json::exception& e) {
+    throw Error(config_path + ": invalid JSON: " + e.what());
+  }
+  UNet2DConditionConfig cfg;
+  try {
+    cfg = UNet2DConditionConfig::from_json(j);
+    cfg.validate();
+  } catch (const Error& e) {
+    throw Error(config_path + ": " + e.what());
+  }
+  UNet2DConditionModel model(cfg);
+  auto sd = load_weights(dir);
+  nn::load_state_dict(*model, sd, (fs::path(dir) / kWeightsFile).string());
+  model->eval();
+  return model;
+}
+
+void save_unet2d_condition(const UNet2DConditionModel& model, const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error("cannot create " + dir + ": " + ec.message());
+  write_file_atomically((fs::path(dir) / kConfigFile).string(), model->config().to_json().dump(2) + "\n");
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& [k, v] : nn::state_dict(*model)) tensors[k] = v.detach();
+  safetensors::save((fs::path(dir) / kWeightsFile).string(), tensors, {{"format", "pt"}});
+}
+
+}  // namespace diffuse

@@ -1,0 +1,125 @@
+#include "models/unet2d_condition.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "fixtures.h"
+#include "nn/state_dict.h"
+
+using namespace diffuse;
+using diffuse::test::fixture;
+using diffuse::test::max_abs_diff;
+using diffuse::test::TempDir;
+using nlohmann::json;
+
+namespace {
+
+constexpr double kTol = 1e-4;
+
+int64_t param_count(const torch::nn::Module& m) {
+  int64_t n = 0;
+  for (auto& [k, v] : nn::state_dict(m)) n += v.numel();
+  return n;
+}
+
+void check_parity(const std::string& name) {
+  auto m = load_unet2d_condition(fixture(name));
+  EXPECT_EQ(param_count(*m), 792964);
+  auto t = safetensors::load(fixture(name + "/io.safetensors"));
+  torch::NoGradGuard ng;
+  auto ehs = t.at("encoder_hidden_states");
+  auto out = m->forward(t.at("sample"), t.at("timestep"), ehs);
+  const double diff = max_abs_diff(out, t.at("out"));
+  EXPECT_LE(diff, kTol);
+  std::cout << "[ " << name << " ] max abs diff " << diff << "\n";
+
+  // Stages, each fed with the reference input of its stage.
+  auto emb = m->embed(t.at("timestep"), 2);
+  EXPECT_LE(max_abs_diff(emb, t.at("inter.time_embedding")), kTol);
+  EXPECT_LE(max_abs_diff(m->conv_in(t.at("sample")), t.at("inter.conv_in")), kTol);
+  auto d0 = m->down_cross[0]->forward(t.at("inter.conv_in"), emb, ehs);
+  EXPECT_LE(max_abs_diff(d0.hidden_states, t.at("inter.down_blocks.0")), kTol);
+  ASSERT_EQ(d0.res_samples.size(), 2u);
+  EXPECT_LE(max_abs_diff(d0.res_samples[0], t.at("inter.down_blocks.0.res0")), kTol);
+  auto mid = m->mid_block->forward(t.at("inter.down_blocks.1"), emb, ehs);
+  EXPECT_LE(max_abs_diff(mid, t.at("inter.mid_block")), kTol);
+  auto up1 = m->up_cross[1]->forward(t.at("inter.up_blocks.0"),
+                                     {t.at("inter.conv_in"), t.at("inter.down_blocks.0.res0")}, emb, ehs);
+  EXPECT_LE(max_abs_diff(up1, t.at("inter.up_blocks.1")), kTol);
+}
+
+}  // namespace
+
+TEST(UNet2DCondition, Sd1MatchesDiffusers) { check_parity("unet_sd1_tiny"); }
+TEST(UNet2DCondition, Sd2MatchesDiffusers) { check_parity("unet_sd2_tiny"); }
+
+TEST(UNet2DCondition, ConfigRoundTripsExactly) {
+  for (const char* name : {"unet_sd1_tiny", "unet_sd2_tiny"}) {
+    auto j = json::parse(read_file(fixture(std::string(name) + "/config.json")));
+    auto c = UNet2DConditionConfig::from_json(j);
+    EXPECT_EQ(c.to_json(), j) << name;
+  }
+}
+
+TEST(UNet2DCondition, HeadCountsFollowDiffusersNamingQuirk) {
+  auto c1 = UNet2DConditionConfig::from_json(json::parse(read_file(fixture("unet_sd1_tiny/config.json"))));
+  EXPECT_EQ(c1.heads(0), 8);
+  EXPECT_EQ(c1.heads(1), 8);
+  auto c2 = UNet2DConditionConfig::from_json(json::parse(read_file(fixture("unet_sd2_tiny/config.json"))));
+  EXPECT_EQ(c2.heads(0), 2);
+  EXPECT_EQ(c2.heads(1), 4);
+  auto m = UNet2DConditionModel(c2);
+  EXPECT_EQ(m->down_cross[0]->attention_blocks[0]->blocks[0]->attn1->heads(), 2);
+  EXPECT_EQ(m->mid_block->attention_blocks[0]->blocks[0]->attn2->heads(), 4);
+  EXPECT_EQ(m->up_cross[1]->attention_blocks[0]->blocks[0]->attn1->heads(), 2);
+  EXPECT_TRUE(m->down_cross[0]->attention_blocks[0]->proj_in_linear);
+}
+
+TEST(UNet2DCondition, SaveLoadRoundTrip) {
+  TempDir tmp;
+  auto m = load_unet2d_condition(fixture("unet_sd2_tiny"));
+  save_unet2d_condition(m, tmp.path);
+  auto m2 = load_unet2d_condition(tmp.path);
+  EXPECT_EQ(m2->config(), m->config());
+  auto a = nn::state_dict(*m), b = nn::state_dict(*m2);
+  ASSERT_EQ(a.size(), b.size());
+  for (auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << k;
+  auto ref = safetensors::load(fixture("unet_sd2_tiny/diffusion_pytorch_model.safetensors"));
+  auto mine = safetensors::load(tmp / "diffusion_pytorch_model.safetensors");
+  EXPECT_EQ(ref.size(), mine.size());
+  for (auto& [k, v] : ref) EXPECT_TRUE(mine.count(k)) << k;
+}
+
+TEST(UNet2DCondition, InpaintingChannelsAndOddSizes) {
+  auto c = UNet2DConditionConfig::from_json(json::parse(read_file(fixture("unet_sd1_tiny/config.json"))));
+  c.in_channels = 9;
+  UNet2DConditionModel m(c);
+  m->eval();
+  torch::NoGradGuard ng;
+  auto out = m->forward(torch::randn({1, 9, 6, 10}), torch::tensor(10.0), torch::randn({1, 5, 32}));
+  EXPECT_EQ(out.sizes(), torch::IntArrayRef({1, 4, 6, 10}));
+  // Odd size: upsample sizes are forwarded from the skips.
+  out = m->forward(torch::randn({1, 9, 7, 5}), torch::tensor(10.0), torch::randn({1, 5, 32}));
+  EXPECT_EQ(out.sizes(), torch::IntArrayRef({1, 4, 7, 5}));
+}
+
+TEST(UNet2DCondition, RejectsUnsupportedAndBadInputs) {
+  auto j = json::parse(read_file(fixture("unet_sd1_tiny/config.json")));
+  auto bad = j;
+  bad["addition_embed_type"] = "text_time";
+  EXPECT_THROW(UNet2DConditionConfig::from_json(bad).validate(), Error);
+  bad = j;
+  bad["attention_head_dim"] = json::array({8, 8, 8});
+  EXPECT_THROW(UNet2DConditionConfig::from_json(bad).validate(), Error);
+  bad = j;
+  bad["_class_name"] = "UNet2DModel";
+  EXPECT_THROW(UNet2DConditionConfig::from_json(bad), Error);
+  auto m = UNet2DConditionModel(UNet2DConditionConfig::from_json(j));
+  torch::NoGradGuard ng;
+  EXPECT_THROW(m->forward(torch::randn({1, 4, 8, 8}), torch::tensor(1.0), torch::Tensor()), Error);
+  EXPECT_THROW(load_unet2d_condition(fixture("unet2d_ddpm")), Error);
+}
