@@ -5,6 +5,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "models/unet2d.h"
+#include "models/unet2d_condition.h"
 
 namespace diffuse {
 
@@ -41,6 +42,17 @@ TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device
     auto labels = optional(in, "class_labels");
     if (labels.defined()) labels = labels.to(device, torch::kInt64);
     return {{"out", m->forward(sample, t, labels).to(torch::kCPU)}};
+  }
+  if (cls == "UNet2DConditionModel") {
+    auto m = load_unet2d_condition(dir);
+    m->to(device);
+    auto sample = need(in, "sample", cls).to(device, torch::kFloat32);
+    auto t = need(in, "timestep", cls).to(device, torch::kFloat32);
+    auto ehs = need(in, "encoder_hidden_states", cls).to(device, torch::kFloat32);
+    auto labels = optional(in, "class_labels");
+    if (labels.defined()) labels = labels.to(device);
+    auto mask = optional(in, "encoder_attention_mask");
+    return {{"out", m->forward(sample, t, ehs, labels, mask).to(torch::kCPU)}};
   }
   throw Error(dir + "/config.json: _class_name '" + cls + "' is not supported by forward");
 }
