@@ -17,6 +17,7 @@
 #include "nn/state_dict.h"
 #include "pipelines/pixel_pipeline.h"
 #include "train/adamw.h"
+#include "train/autocast.h"
 #include "train/checkpoint.h"
 #include "train/dataset.h"
 #include "train/loader.h"
@@ -294,7 +295,11 @@ TrainResult train(const TrainOptions& opt) {
       }
       auto xt = add_noise(alphas_cumprod, x0, noise, t);
       auto target = prediction_target(opt.prediction, alphas_cumprod, x0, noise, t);
-      auto out_t = model->forward(xt, t.to(torch::kFloat32), labels);
+      torch::Tensor out_t;
+      {
+        AutocastGuard autocast(device, opt.bf16);
+        out_t = model->forward(xt, t.to(torch::kFloat32), labels).to(torch::kFloat32);
+      }
       auto per_sample = (out_t - target).pow(2).mean({1, 2, 3});
       if (opt.min_snr_gamma > 0) {
         auto a = alphas_cumprod.index_select(0, t);

@@ -145,3 +145,22 @@ TEST(Trainer, RejectsBadOptionsAndExistingRuns) {
 
 }  // namespace
 }  // namespace diffuse
+
+namespace diffuse {
+namespace {
+
+TEST(Trainer, Bf16AutocastTrainsWithFp32Weights) {
+  test::TempDir dir;
+  write_two_class_set(dir / "data", 4);
+  auto o = tiny_options(dir / "data", dir / "run");
+  o.steps = 30;
+  o.bf16 = true;
+  auto r = train(o);
+  EXPECT_TRUE(std::isfinite(r.final_loss));
+  EXPECT_LT(r.final_loss, 1.0);
+  auto w = safetensors::load(dir / "run/checkpoint/model.safetensors");
+  for (const auto& [k, v] : w) EXPECT_EQ(v.scalar_type(), torch::kFloat32) << k;
+}
+
+}  // namespace
+}  // namespace diffuse

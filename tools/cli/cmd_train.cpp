@@ -43,6 +43,7 @@ void register_cmd(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--min-snr-gamma", o->min_snr_gamma, "Min-SNR loss weighting gamma (0 = off; 5 is typical)")
       ->capture_default_str();
+  cmd->add_flag("--bf16", o->bf16, "bf16 autocast for the forward pass (weights and optimizer stay fp32)");
   cmd->add_flag("!--no-flip", o->flip, "Disable random horizontal flips");
   cmd->add_option("--seed", o->seed, "Seed for initialisation, data order and noise")->capture_default_str();
   cmd->add_option("--save-every", o->save_every, "Checkpoint every N steps (and at the end / on Ctrl-C)")
