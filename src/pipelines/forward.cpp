@@ -4,6 +4,8 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "models/autoencoder_kl.h"
+#include "models/dit.h"
 #include "models/unet2d.h"
 #include "models/unet2d_condition.h"
 
@@ -53,6 +55,32 @@ TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device
     if (labels.defined()) labels = labels.to(device);
     auto mask = optional(in, "encoder_attention_mask");
     return {{"out", m->forward(sample, t, ehs, labels, mask).to(torch::kCPU)}};
+  }
+  if (cls == "AutoencoderKL") {
+    auto m = load_autoencoder_kl(dir);
+    m->to(device);
+    auto sample = optional(in, "sample");
+    auto latents = optional(in, "latents");
+    if (!sample.defined() && !latents.defined())
+      throw Error("inputs: AutoencoderKL needs a tensor named 'sample' (to encode) or 'latents' (to decode)");
+    TensorMap out;
+    if (sample.defined()) {
+      auto post = m->encode(sample.to(device, torch::kFloat32));
+      out["latent_mean"] = post.mean.to(torch::kCPU);
+      out["latent_logvar"] = post.logvar.to(torch::kCPU);
+      out["latent_std"] = post.std().to(torch::kCPU);
+      out["recon"] = m->decode(post.mean).to(torch::kCPU);
+    }
+    if (latents.defined()) out["decoded"] = m->decode(latents.to(device, torch::kFloat32)).to(torch::kCPU);
+    return out;
+  }
+  if (cls == "DiTTransformer2DModel" || cls == "Transformer2DModel") {
+    auto m = load_dit(dir);
+    m->to(device);
+    auto sample = need(in, "sample", cls).to(device, torch::kFloat32);
+    auto t = need(in, "timestep", cls).to(device, torch::kFloat32);
+    auto labels = need(in, "class_labels", cls).to(device, torch::kInt64);
+    return {{"out", m->forward(sample, t, labels).to(torch::kCPU)}};
   }
   throw Error(dir + "/config.json: _class_name '" + cls + "' is not supported by forward");
 }
