@@ -4,6 +4,7 @@
 # the ratio diffuse / pytorch. See docs/benchmarks.md ("Training throughput") for the method.
 #
 #   bench/run_train_bench.sh [--preset small] [--batch 64] [--threads N] [--warmup 5] [--steps 30]
+#                            [--twin-attention baddbmm|bmm]   (diffusers' formulation, default, or diffuse's)
 #   bench/run_train_bench.sh --check     # parity of the twin and diffuse (max abs diff <= 1e-4)
 #
 # Environment: DIFFUSE (binary, default build/diffuse), PYTHON (default /usr/bin/python3),
@@ -15,7 +16,7 @@ diffuse=${DIFFUSE:-$root/build/diffuse}
 python=${PYTHON:-/usr/bin/python3}
 twin=$root/bench/train_twin.py
 fixtures=${DIFFUSE_FIXTURES:-$root/../shared/fixtures}
-preset=small batch=64 threads=$(nproc) warmup=5 steps=30 check=0
+preset=small batch=64 threads=$(nproc) warmup=5 steps=30 check=0 attention=baddbmm
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -24,8 +25,9 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
+    --twin-attention) attention=$2; shift 2 ;;
     --check) check=1; shift ;;
-    -h|--help) sed -n '2,10p' "$0" | cut -c3-; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0" | cut -c3-; exit 0 ;;
     *) echo "run_train_bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -86,6 +88,6 @@ d_ips=$("$python" -c "import sys; a, b = map(float, sys.argv[1:]); print(f'{$ste
         "$(elapsed "$work/w")" "$(elapsed "$work/r")")
 echo "diffuse train: $d_ips img/s"
 t_ips=$("$python" "$twin" train --preset "$preset" --batch "$batch" --threads "$threads" --warmup "$warmup" \
-        --steps "$steps" --seed 0 2>/dev/null | awk '/^img_per_s/ {print $2}')
-echo "pytorch twin:  $t_ips img/s"
+        --steps "$steps" --seed 0 --attention "$attention" 2>/dev/null | awk '/^img_per_s/ {print $2}')
+echo "pytorch twin:  $t_ips img/s (attention $attention)"
 "$python" -c "import sys; print(f'ratio diffuse / pytorch: {float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "$d_ips" "$t_ips"

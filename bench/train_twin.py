@@ -137,6 +137,8 @@ class ResnetBlock2D(nn.Module):
 class Attention(nn.Module):
     """diffusers Attention as UNet2D blocks build it (group norm, residual, AttnProcessor math)."""
 
+    use_bmm = False  # train --attention bmm
+
     def __init__(self, channels, heads, dim_head, eps, groups, rescale_output_factor=1.0):
         super().__init__()
         inner = heads * dim_head
@@ -160,8 +162,11 @@ class Attention(nn.Module):
                 b * self.heads, -1, t.shape[-1] // self.heads)
 
         q, k, v = heads(q), heads(k), heads(v)
-        scores = torch.baddbmm(torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=q.dtype), q, k.transpose(-1, -2),
-                               beta=0, alpha=self.scale)
+        if Attention.use_bmm:  # what diffuse does (one bmm, then scale)
+            scores = torch.bmm(q, k.transpose(-1, -2)) * self.scale
+        else:  # diffusers' AttnProcessor (its choice on torch < 2.0): baddbmm, which loops over B*heads on CPU
+            scores = torch.baddbmm(torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=q.dtype), q,
+                                   k.transpose(-1, -2), beta=0, alpha=self.scale)
         probs = scores.float().softmax(dim=-1).to(q.dtype)
         h = torch.bmm(probs, v)
         h = h.reshape(b, self.heads, -1, h.shape[-1]).permute(0, 2, 1, 3).reshape(b, -1, self.heads * h.shape[-1])
@@ -458,6 +463,8 @@ def main():
     t.add_argument("--class-dropout", type=float, default=0.1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", help="write the EMA model here (diffusers layout)")
+    t.add_argument("--attention", choices=["baddbmm", "bmm"], default="baddbmm",
+                   help="attention scores as diffusers' AttnProcessor (baddbmm) or as diffuse (bmm)")
     f = sub.add_parser("forward", help="one forward pass, like `diffuse forward`")
     f.add_argument("--model", required=True)
     f.add_argument("--inputs", required=True)
@@ -477,6 +484,7 @@ def main():
     if a.cmd == "train":
         if a.warmup < 1 or a.steps < 1:
             ap.error("--warmup and --steps must be at least 1")
+        Attention.use_bmm = a.attention == "bmm"
         train(a)
     elif a.cmd == "forward":
         model, _ = load_model(a.model)
