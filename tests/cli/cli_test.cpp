@@ -73,6 +73,33 @@ TEST_F(Cli, ForwardMatchesDiffusersFixture) {
   EXPECT_LE(test::max_abs_diff(out, ref), 1e-4);
 }
 
+// Every network class `forward` knows reproduces the diffusers reference outputs.
+TEST_F(Cli, ForwardMatchesEveryModelFixture) {
+  struct Case {
+    std::string fixture;
+    std::vector<std::string> outputs;
+  } cases[] = {
+      {"unet2d_ddpm", {"out"}},
+      {"unet_sd1_tiny", {"out"}},
+      {"unet_sd2_tiny", {"out"}},
+      {"dit_tiny", {"out"}},
+      {"vae_tiny", {"latent_mean", "latent_logvar", "recon", "decoded"}},
+  };
+  for (const auto& c : cases) {
+    TempDir t;
+    std::string io = test::fixture(c.fixture + "/io.safetensors");
+    auto r = run("forward --model " + test::fixture(c.fixture) + " --inputs " + io + " --out " + (t / "o.safetensors") +
+                 " --threads 1");
+    ASSERT_EQ(r.code, 0) << c.fixture << "\n" << r.output;
+    auto out = safetensors::load(t / "o.safetensors");
+    auto ref = safetensors::load(io);
+    for (const auto& name : c.outputs) {
+      ASSERT_TRUE(out.count(name)) << c.fixture << " " << name;
+      EXPECT_LE(test::max_abs_diff(out.at(name), ref.at(name)), 1e-4) << c.fixture << " " << name;
+    }
+  }
+}
+
 TEST_F(Cli, GenerateGridCarriesParametersAndInfoReadsThem) {
   TempDir t;
   auto r = run("generate --model " + model() + " -n 4 --class b --steps 3 --seed 42 --out " + (t / "g.png") +
