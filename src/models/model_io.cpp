@@ -15,6 +15,7 @@ using nlohmann::json;
 namespace {
 constexpr const char* kConfigFile = "config.json";
 constexpr const char* kWeightsFile = "diffusion_pytorch_model.safetensors";
+}  // namespace
 
 bool is_integral(const json& v) {
   if (v.is_number_integer()) return true;
@@ -23,7 +24,6 @@ bool is_integral(const json& v) {
   return std::isfinite(d) && d == std::floor(d) && std::abs(d) < 9.0e15;
 }
 int64_t as_int(const json& v) { return v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(v.get<double>()); }
-}  // namespace
 
 void ConfigReader::type_error(const std::string& key, const std::string& expected) const {
   throw Error(cls + " config: key '" + key + "' must be " + expected + ", got " + j.at(key).dump());
@@ -56,6 +56,15 @@ void ConfigReader::read(const char* key, std::optional<int64_t>& out) const {
   }
   if (!is_integral(j.at(key))) type_error(key, "an integer or null");
   out = as_int(j.at(key));
+}
+void ConfigReader::read(const char* key, std::optional<bool>& out) const {
+  if (!has(key)) return;
+  if (j.at(key).is_null()) {
+    out.reset();
+    return;
+  }
+  if (!j.at(key).is_boolean()) type_error(key, "a boolean or null");
+  out = j.at(key).get<bool>();
 }
 void ConfigReader::read(const char* key, std::optional<double>& out) const {
   if (!has(key)) return;
@@ -113,6 +122,25 @@ void ConfigReader::read(const char* key, std::optional<std::vector<double>>& out
   out = r;
 }
 
+void ConfigReader::read_size(const char* key, std::vector<int64_t>& out) const {
+  if (!has(key)) return;
+  const auto& v = j.at(key);
+  if (v.is_null())
+    out.clear();
+  else if (is_integral(v))
+    out = {as_int(v)};
+  else if (v.is_array() && v.size() == 2 && is_integral(v[0]) && is_integral(v[1]))
+    out = {as_int(v[0]), as_int(v[1])};
+  else
+    type_error(key, "an integer, a [height, width] pair or null");
+}
+void ConfigReader::check_class_name() const {
+  if (!has("_class_name")) return;
+  std::string name;
+  read("_class_name", name);
+  if (name != cls) throw Error(cls + " config: _class_name is '" + name + "', expected " + cls);
+}
+
 json number(double d) {
   if (std::isfinite(d) && d == std::floor(d) && std::abs(d) < 9.0e15) return static_cast<int64_t>(d);
   return d;
@@ -159,6 +187,9 @@ std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const 
     }
     return sd;
   }
+  const auto bin = (fs::path(dir) / "diffusion_pytorch_model.bin").string();
+  if (fs::exists(bin))
+    throw Error(bin + ": PyTorch pickle weights are not supported; convert them to " + std::string(kWeightsFile));
   throw Error("no " + cls + " weights in " + dir + ": expected " + single);
 }
 

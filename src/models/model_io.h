@@ -25,20 +25,36 @@ struct ConfigReader {
   void read(const char* key, bool& out) const;
   void read(const char* key, std::string& out) const;
   void read(const char* key, std::optional<int64_t>& out) const;
+  void read(const char* key, std::optional<bool>& out) const;
   void read(const char* key, std::optional<double>& out) const;
   void read(const char* key, std::optional<std::string>& out) const;
   void read(const char* key, std::vector<int64_t>& out) const;
   void read(const char* key, std::vector<std::string>& out) const;
   void read(const char* key, std::optional<std::vector<double>>& out) const;
+  // An integer, a [height, width] pair or null (-> empty).
+  void read_size(const char* key, std::vector<int64_t>& out) const;
+  // Rejects a "_class_name" other than `cls`.
+  void check_class_name() const;
 };
+
+// Whether `v` is a JSON integer or an integral float; as_int converts such a value.
+bool is_integral(const nlohmann::json& v);
+int64_t as_int(const nlohmann::json& v);
 
 // Integral doubles as JSON integers (1, not 1.0), like Python's defaults.
 nlohmann::json number(double d);
 
+// An optional as its value or JSON null.
+template <typename T>
+nlohmann::json nullable(const std::optional<T>& v) {
+  return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+}
+
 // Parses `dir`/config.json (diffuse::Error naming the file on failure).
 nlohmann::json read_config(const std::string& dir, const std::string& cls);
 
-// Loads `dir`/diffusion_pytorch_model.safetensors or its sharded .index.json.
+// Loads `dir`/diffusion_pytorch_model.safetensors or its sharded .index.json (a lone
+// diffusion_pytorch_model.bin is rejected as unsupported).
 std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const std::string& cls);
 
 // Renames legacy attention keys (.query. .key. .value. .proj_attn.) under ".attentions." to

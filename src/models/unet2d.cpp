@@ -4,9 +4,8 @@
 #include <filesystem>
 #include <sstream>
 
-#include "core/atomic_file.h"
 #include "core/error.h"
-#include "core/safetensors.h"
+#include "models/model_io.h"
 #include "nn/state_dict.h"
 
 namespace diffuse {
@@ -20,91 +19,9 @@ namespace {
 
 constexpr const char* kClassName = "UNet2DModel";
 constexpr const char* kDiffusersVersion = "0.28.2";
-constexpr const char* kConfigFile = "config.json";
-constexpr const char* kWeightsFile = "diffusion_pytorch_model.safetensors";
 
-[[noreturn]] void type_error(const std::string& key, const std::string& expected, const json& v) {
-  throw Error("UNet2DModel config: key '" + key + "' must be " + expected + ", got " + v.dump());
-}
-
-bool is_integral(const json& v) {
-  if (v.is_number_integer()) return true;
-  if (!v.is_number_float()) return false;
-  const double d = v.get<double>();
-  return std::isfinite(d) && d == std::floor(d) && std::abs(d) < 9.0e15;
-}
-
-int64_t to_int(const std::string& key, const json& v) {
-  if (!is_integral(v)) type_error(key, "an integer", v);
-  return v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(v.get<double>());
-}
-
-void read(const json& j, const char* key, int64_t& out) {
-  if (j.contains(key)) out = to_int(key, j.at(key));
-}
-void read(const json& j, const char* key, double& out) {
-  if (!j.contains(key)) return;
-  if (!j.at(key).is_number()) type_error(key, "a number", j.at(key));
-  out = j.at(key).get<double>();
-}
-void read(const json& j, const char* key, bool& out) {
-  if (!j.contains(key)) return;
-  if (!j.at(key).is_boolean()) type_error(key, "a boolean", j.at(key));
-  out = j.at(key).get<bool>();
-}
-void read(const json& j, const char* key, std::string& out) {
-  if (!j.contains(key)) return;
-  if (!j.at(key).is_string()) type_error(key, "a string", j.at(key));
-  out = j.at(key).get<std::string>();
-}
-void read(const json& j, const char* key, std::optional<int64_t>& out) {
-  if (!j.contains(key)) return;
-  if (j.at(key).is_null())
-    out.reset();
-  else
-    out = to_int(key, j.at(key));
-}
-void read(const json& j, const char* key, std::optional<std::string>& out) {
-  if (!j.contains(key)) return;
-  const auto& v = j.at(key);
-  if (v.is_null())
-    out.reset();
-  else if (v.is_string())
-    out = v.get<std::string>();
-  else
-    type_error(key, "a string or null", v);
-}
-void read(const json& j, const char* key, std::vector<int64_t>& out) {
-  if (!j.contains(key)) return;
-  const auto& v = j.at(key);
-  if (!v.is_array()) type_error(key, "a list of integers", v);
-  out.clear();
-  for (const auto& e : v) {
-    if (!is_integral(e)) type_error(key, "a list of integers", v);
-    out.push_back(to_int(key, e));
-  }
-}
-void read(const json& j, const char* key, std::vector<std::string>& out) {
-  if (!j.contains(key)) return;
-  const auto& v = j.at(key);
-  if (!v.is_array()) type_error(key, "a list of strings", v);
-  out.clear();
-  for (const auto& e : v) {
-    if (!e.is_string()) type_error(key, "a list of strings", v);
-    out.push_back(e.get<std::string>());
-  }
-}
-
-// Integral values are written as JSON integers, like Python's defaults (`1`, not `1.0`).
-json number(double d) {
-  if (std::isfinite(d) && d == std::floor(d) && std::abs(d) < 9.0e15) return static_cast<int64_t>(d);
-  return d;
-}
-
-template <typename T>
-json nullable(const std::optional<T>& v) {
-  return v ? json(*v) : json(nullptr);
-}
+using model_io::nullable;
+using model_io::number;
 
 std::string join(const std::vector<int64_t>& v) {
   std::ostringstream o;
@@ -116,50 +33,35 @@ std::string join(const std::vector<int64_t>& v) {
 
 UNet2DConfig UNet2DConfig::from_json(const json& j) {
   if (!j.is_object()) throw Error("UNet2DModel config: expected a JSON object");
-  if (j.contains("_class_name")) {
-    const auto& c = j.at("_class_name");
-    if (!c.is_string()) type_error("_class_name", "a string", c);
-    if (c.get<std::string>() != kClassName)
-      throw Error("UNet2DModel config: _class_name is '" + c.get<std::string>() + "', expected UNet2DModel");
-  }
+  const model_io::ConfigReader r{j, kClassName};
+  r.check_class_name();
   UNet2DConfig c;
-  if (j.contains("sample_size")) {
-    const auto& v = j.at("sample_size");
-    if (v.is_null()) {
-      c.sample_size.clear();
-    } else if (is_integral(v)) {
-      c.sample_size = {to_int("sample_size", v)};
-    } else if (v.is_array() && v.size() == 2 && is_integral(v[0]) && is_integral(v[1])) {
-      c.sample_size = {to_int("sample_size", v[0]), to_int("sample_size", v[1])};
-    } else {
-      type_error("sample_size", "an integer, a [height, width] pair or null", v);
-    }
-  }
-  read(j, "in_channels", c.in_channels);
-  read(j, "out_channels", c.out_channels);
-  read(j, "center_input_sample", c.center_input_sample);
-  read(j, "time_embedding_type", c.time_embedding_type);
-  read(j, "freq_shift", c.freq_shift);
-  read(j, "flip_sin_to_cos", c.flip_sin_to_cos);
-  read(j, "down_block_types", c.down_block_types);
-  read(j, "up_block_types", c.up_block_types);
-  read(j, "block_out_channels", c.block_out_channels);
-  read(j, "layers_per_block", c.layers_per_block);
-  read(j, "mid_block_scale_factor", c.mid_block_scale_factor);
-  read(j, "downsample_padding", c.downsample_padding);
-  read(j, "downsample_type", c.downsample_type);
-  read(j, "upsample_type", c.upsample_type);
-  read(j, "dropout", c.dropout);
-  read(j, "act_fn", c.act_fn);
-  read(j, "attention_head_dim", c.attention_head_dim);
-  read(j, "norm_num_groups", c.norm_num_groups);
-  read(j, "attn_norm_num_groups", c.attn_norm_num_groups);
-  read(j, "norm_eps", c.norm_eps);
-  read(j, "resnet_time_scale_shift", c.resnet_time_scale_shift);
-  read(j, "add_attention", c.add_attention);
-  read(j, "class_embed_type", c.class_embed_type);
-  read(j, "num_class_embeds", c.num_class_embeds);
-  read(j, "num_train_timesteps", c.num_train_timesteps);
+  r.read_size("sample_size", c.sample_size);
+  r.read("in_channels", c.in_channels);
+  r.read("out_channels", c.out_channels);
+  r.read("center_input_sample", c.center_input_sample);
+  r.read("time_embedding_type", c.time_embedding_type);
+  r.read("freq_shift", c.freq_shift);
+  r.read("flip_sin_to_cos", c.flip_sin_to_cos);
+  r.read("down_block_types", c.down_block_types);
+  r.read("up_block_types", c.up_block_types);
+  r.read("block_out_channels", c.block_out_channels);
+  r.read("layers_per_block", c.layers_per_block);
+  r.read("mid_block_scale_factor", c.mid_block_scale_factor);
+  r.read("downsample_padding", c.downsample_padding);
+  r.read("downsample_type", c.downsample_type);
+  r.read("upsample_type", c.upsample_type);
+  r.read("dropout", c.dropout);
+  r.read("act_fn", c.act_fn);
+  r.read("attention_head_dim", c.attention_head_dim);
+  r.read("norm_num_groups", c.norm_num_groups);
+  r.read("attn_norm_num_groups", c.attn_norm_num_groups);
+  r.read("norm_eps", c.norm_eps);
+  r.read("resnet_time_scale_shift", c.resnet_time_scale_shift);
+  r.read("add_attention", c.add_attention);
+  r.read("class_embed_type", c.class_embed_type);
+  r.read("num_class_embeds", c.num_class_embeds);
+  r.read("num_train_timesteps", c.num_train_timesteps);
   return c;
 }
 
@@ -429,23 +331,7 @@ namespace {
 
 // Renames weights saved by older diffusers versions to the current names.
 void convert_legacy_keys(nn::StateDict& sd) {
-  static const std::pair<const char*, const char*> kAttn[] = {
-      {".query.", ".to_q."}, {".key.", ".to_k."}, {".value.", ".to_v."}, {".proj_attn.", ".to_out.0."}};
-  std::vector<std::pair<std::string, std::string>> renames;
-  for (const auto& [k, v] : sd) {
-    if (k.find(".attentions.") == std::string::npos) continue;
-    for (const auto& [from, to] : kAttn) {
-      const auto pos = k.rfind(from);
-      if (pos == std::string::npos) continue;
-      auto nk = k.substr(0, pos) + to + k.substr(pos + std::string(from).size());
-      if (!sd.count(nk)) renames.emplace_back(k, nk);
-      break;
-    }
-  }
-  for (const auto& [from, to] : renames) {
-    sd[to] = sd.at(from);
-    sd.erase(from);
-  }
+  model_io::convert_legacy_attention_keys(sd);
   // GaussianFourierProjection(set_W_to_weight=True) registers its weight twice, as W and weight.
   if (sd.count("time_proj.W")) {
     if (!sd.count("time_proj.weight")) sd["time_proj.weight"] = sd.at("time_proj.W");
@@ -453,84 +339,31 @@ void convert_legacy_keys(nn::StateDict& sd) {
   }
 }
 
-nn::StateDict load_weights(const std::string& dir) {
-  const auto single = (fs::path(dir) / kWeightsFile).string();
-  if (fs::exists(single)) {
-    auto sd = safetensors::load(single);
-    return nn::StateDict(sd.begin(), sd.end());
-  }
-  const auto index = single + ".index.json";
-  if (fs::exists(index)) {
-    json j;
-    try {
-      j = json::parse(read_file(index));
-    } catch (const json::exception& e) {
-      throw Error(index + ": invalid JSON: " + e.what());
-    }
-    if (!j.contains("weight_map") || !j.at("weight_map").is_object())
-      throw Error(index + ": missing \"weight_map\" object");
-    std::map<std::string, std::vector<std::string>> by_file;
-    for (const auto& [name, file] : j.at("weight_map").items()) {
-      if (!file.is_string()) throw Error(index + ": weight_map entry '" + name + "' is not a file name");
-      by_file[file.get<std::string>()].push_back(name);
-    }
-    nn::StateDict sd;
-    for (const auto& [file, names] : by_file) {
-      const auto path = (fs::path(dir) / file).string();
-      if (!fs::exists(path)) throw Error(index + ": shard " + path + " does not exist");
-      auto f = safetensors::File::open(path);
-      for (const auto& name : names) {
-        if (!f.contains(name)) throw Error(path + ": tensor '" + name + "' listed in " + index + " is missing");
-        sd[name] = f.get(name);
-      }
-    }
-    return sd;
-  }
-  const auto bin = (fs::path(dir) / "diffusion_pytorch_model.bin").string();
-  if (fs::exists(bin))
-    throw Error(bin + ": PyTorch pickle weights are not supported; convert them to " + std::string(kWeightsFile));
-  throw Error("no UNet2DModel weights in " + dir + ": expected " + single);
-}
-
 }  // namespace
 
 UNet2DModel load_unet2d(const std::string& dir) {
-  if (!fs::is_directory(dir)) throw Error("UNet2DModel folder " + dir + " does not exist or is not a directory");
-  const auto config_path = (fs::path(dir) / kConfigFile).string();
-  if (!fs::exists(config_path)) throw Error("UNet2DModel config " + config_path + " does not exist");
-  json j;
-  try {
-    j = json::parse(read_file(config_path));
-  } catch (const json::exception& e) {
-    throw Error(config_path + ": invalid JSON: " + e.what());
-  }
+  const auto j = model_io::read_config(dir, kClassName);
   UNet2DConfig cfg;
   try {
     cfg = UNet2DConfig::from_json(j);
     cfg.validate();
   } catch (const Error& e) {
-    throw Error(config_path + ": " + e.what());
+    throw Error((fs::path(dir) / "config.json").string() + ": " + e.what());
   }
   UNet2DModel model(cfg);
-  auto sd = load_weights(dir);
+  auto sd = model_io::load_weights(dir, kClassName);
   convert_legacy_keys(sd);
-  nn::load_state_dict(*model, sd, (fs::path(dir) / kWeightsFile).string());
+  nn::load_state_dict(*model, sd, (fs::path(dir) / "diffusion_pytorch_model.safetensors").string());
   model->eval();
   return model;
 }
 
 void save_unet2d(const UNet2DModel& model, const std::string& dir) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw Error("cannot create " + dir + ": " + ec.message());
-  write_file_atomically((fs::path(dir) / kConfigFile).string(), model->config().to_json().dump(2) + "\n");
-  auto sd = nn::state_dict(*model);
-  std::map<std::string, torch::Tensor> tensors;
-  for (const auto& [k, v] : sd) tensors[k] = v.detach();
+  auto tensors = nn::state_dict(*model);
   // diffusers' GaussianFourierProjection also registers its weight as `W`; without that key
   // diffusers (low_cpu_mem_usage loading) rejects the file, so it is written under both names.
   if (model->time_proj_fourier) tensors["time_proj.W"] = tensors.at("time_proj.weight");
-  safetensors::save((fs::path(dir) / kWeightsFile).string(), tensors, {{"format", "pt"}});
+  model_io::save_folder(dir, model->config().to_json(), tensors);
 }
 
 }  // namespace diffuse

@@ -4,9 +4,8 @@
 #include <filesystem>
 #include <map>
 
-#include "core/atomic_file.h"
 #include "core/error.h"
-#include "core/safetensors.h"
+#include "models/model_io.h"
 #include "nn/state_dict.h"
 
 namespace diffuse {
@@ -18,115 +17,40 @@ namespace {
 
 constexpr const char* kClassName = "UNet2DConditionModel";
 constexpr const char* kDiffusersVersion = "0.28.2";
-constexpr const char* kConfigFile = "config.json";
-constexpr const char* kWeightsFile = "diffusion_pytorch_model.safetensors";
 
-[[noreturn]] void type_error(const std::string& key, const std::string& expected, const json& v) {
-  throw Error(std::string(kClassName) + " config: key '" + key + "' must be " + expected + ", got " + v.dump());
-}
+using model_io::nullable;
+using model_io::number;
 
-bool is_integral(const json& v) {
-  if (v.is_number_integer()) return true;
-  if (!v.is_number_float()) return false;
-  const double d = v.get<double>();
-  return std::isfinite(d) && d == std::floor(d) && std::abs(d) < 9.0e15;
-}
-int64_t to_int(const std::string& key, const json& v) {
-  if (!is_integral(v)) type_error(key, "an integer", v);
-  return v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(v.get<double>());
-}
-void read(const json& j, const char* key, int64_t& out) {
-  if (j.contains(key)) out = to_int(key, j.at(key));
-}
-void read(const json& j, const char* key, double& out) {
-  if (!j.contains(key)) return;
-  if (!j.at(key).is_number()) type_error(key, "a number", j.at(key));
-  out = j.at(key).get<double>();
-}
-void read(const json& j, const char* key, bool& out) {
-  if (!j.contains(key)) return;
-  if (!j.at(key).is_boolean()) type_error(key, "a boolean", j.at(key));
-  out = j.at(key).get<bool>();
-}
-void read(const json& j, const char* key, std::string& out) {
-  if (!j.contains(key)) return;
-  if (!j.at(key).is_string()) type_error(key, "a string", j.at(key));
-  out = j.at(key).get<std::string>();
-}
-void read(const json& j, const char* key, std::optional<int64_t>& out) {
-  if (!j.contains(key)) return;
-  if (j.at(key).is_null())
-    out.reset();
-  else
-    out = to_int(key, j.at(key));
-}
-void read(const json& j, const char* key, std::optional<bool>& out) {
-  if (!j.contains(key)) return;
-  if (j.at(key).is_null())
-    out.reset();
-  else if (j.at(key).is_boolean())
-    out = j.at(key).get<bool>();
-  else
-    type_error(key, "a boolean or null", j.at(key));
-}
-void read(const json& j, const char* key, std::optional<std::string>& out) {
-  if (!j.contains(key)) return;
-  const auto& v = j.at(key);
-  if (v.is_null())
-    out.reset();
-  else if (v.is_string())
-    out = v.get<std::string>();
-  else
-    type_error(key, "a string or null", v);
-}
-void read(const json& j, const char* key, std::vector<int64_t>& out) {
-  if (!j.contains(key)) return;
-  const auto& v = j.at(key);
-  if (!v.is_array()) type_error(key, "a list of integers", v);
-  out.clear();
-  for (const auto& e : v) out.push_back(to_int(key, e));
-}
-void read(const json& j, const char* key, std::vector<std::string>& out) {
-  if (!j.contains(key)) return;
-  const auto& v = j.at(key);
-  if (!v.is_array()) type_error(key, "a list of strings", v);
-  out.clear();
-  for (const auto& e : v) {
-    if (!e.is_string()) type_error(key, "a list of strings", v);
-    out.push_back(e.get<std::string>());
-  }
-}
-PerBlockInt to_per_block(const std::string& key, const json& v) {
+PerBlockInt to_per_block(const model_io::ConfigReader& r, const char* key) {
+  const auto& v = r.j.at(key);
   PerBlockInt p;
   if (v.is_array()) {
     p.list = true;
     p.values.clear();
-    for (const auto& e : v) p.values.push_back(to_int(key, e));
-  } else if (is_integral(v)) {
-    p.values = {to_int(key, v)};
+    for (const auto& e : v) {
+      if (!model_io::is_integral(e)) r.type_error(key, "an integer or a list of integers");
+      p.values.push_back(model_io::as_int(e));
+    }
+  } else if (model_io::is_integral(v)) {
+    p.values = {model_io::as_int(v)};
   } else {
-    type_error(key, "an integer or a list of integers", v);
+    r.type_error(key, "an integer or a list of integers");
   }
   return p;
 }
-void read(const json& j, const char* key, PerBlockInt& out) {
-  if (j.contains(key)) out = to_per_block(key, j.at(key));
+template <typename T>
+void read(const model_io::ConfigReader& r, const char* key, T& out) {
+  r.read(key, out);
 }
-void read(const json& j, const char* key, std::optional<PerBlockInt>& out) {
-  if (!j.contains(key)) return;
-  if (j.at(key).is_null())
+void read(const model_io::ConfigReader& r, const char* key, PerBlockInt& out) {
+  if (r.has(key)) out = to_per_block(r, key);
+}
+void read(const model_io::ConfigReader& r, const char* key, std::optional<PerBlockInt>& out) {
+  if (!r.has(key)) return;
+  if (r.j.at(key).is_null())
     out.reset();
   else
-    out = to_per_block(key, j.at(key));
-}
-
-json number(double d) {
-  if (std::isfinite(d) && d == std::floor(d) && std::abs(d) < 9.0e15) return static_cast<int64_t>(d);
-  return d;
-}
-template <typename T>
-json nullable(const std::optional<T>& v) {
-  return v ? json(*v) : json(nullptr);
+    out = to_per_block(r, key);
 }
 
 }  // namespace
@@ -135,33 +59,18 @@ json PerBlockInt::to_json() const { return list ? json(values) : json(values.at(
 
 UNet2DConditionConfig UNet2DConditionConfig::from_json(const json& j) {
   if (!j.is_object()) throw Error(std::string(kClassName) + " config: expected a JSON object");
-  if (j.contains("_class_name")) {
-    const auto& c = j.at("_class_name");
-    if (!c.is_string()) type_error("_class_name", "a string", c);
-    if (c.get<std::string>() != kClassName)
-      throw Error(std::string(kClassName) + " config: _class_name is '" + c.get<std::string>() + "', expected " +
-                  kClassName);
-  }
+  const model_io::ConfigReader r{j, kClassName};
+  r.check_class_name();
   UNet2DConditionConfig c;
-  if (j.contains("sample_size")) {
-    const auto& v = j.at("sample_size");
-    if (v.is_null())
-      c.sample_size.clear();
-    else if (is_integral(v))
-      c.sample_size = {to_int("sample_size", v)};
-    else if (v.is_array() && v.size() == 2 && is_integral(v[0]) && is_integral(v[1]))
-      c.sample_size = {to_int("sample_size", v[0]), to_int("sample_size", v[1])};
-    else
-      type_error("sample_size", "an integer, a [height, width] pair or null", v);
-  }
-  read(j, "in_channels", c.in_channels);
-  read(j, "out_channels", c.out_channels);
-  read(j, "center_input_sample", c.center_input_sample);
-  read(j, "flip_sin_to_cos", c.flip_sin_to_cos);
-  read(j, "freq_shift", c.freq_shift);
-  read(j, "down_block_types", c.down_block_types);
-  read(j, "mid_block_type", c.mid_block_type);
-  read(j, "up_block_types", c.up_block_types);
+  r.read_size("sample_size", c.sample_size);
+  read(r, "in_channels", c.in_channels);
+  read(r, "out_channels", c.out_channels);
+  read(r, "center_input_sample", c.center_input_sample);
+  read(r, "flip_sin_to_cos", c.flip_sin_to_cos);
+  read(r, "freq_shift", c.freq_shift);
+  read(r, "down_block_types", c.down_block_types);
+  read(r, "mid_block_type", c.mid_block_type);
+  read(r, "up_block_types", c.up_block_types);
   if (j.contains("only_cross_attention")) {
     const auto& v = j.at("only_cross_attention");
     c.only_cross_attention.clear();
@@ -171,52 +80,52 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const json& j) {
     } else if (v.is_array()) {
       c.only_cross_attention_list = true;
       for (const auto& e : v) {
-        if (!e.is_boolean()) type_error("only_cross_attention", "a boolean or a list of booleans", v);
+        if (!e.is_boolean()) r.type_error("only_cross_attention", "a boolean or a list of booleans");
         c.only_cross_attention.push_back(e.get<bool>());
       }
     } else {
-      type_error("only_cross_attention", "a boolean or a list of booleans", v);
+      r.type_error("only_cross_attention", "a boolean or a list of booleans");
     }
   }
-  read(j, "block_out_channels", c.block_out_channels);
-  read(j, "layers_per_block", c.layers_per_block);
-  read(j, "downsample_padding", c.downsample_padding);
-  read(j, "mid_block_scale_factor", c.mid_block_scale_factor);
-  read(j, "dropout", c.dropout);
-  read(j, "act_fn", c.act_fn);
-  read(j, "norm_num_groups", c.norm_num_groups);
-  read(j, "norm_eps", c.norm_eps);
-  read(j, "cross_attention_dim", c.cross_attention_dim);
-  read(j, "transformer_layers_per_block", c.transformer_layers_per_block);
+  read(r, "block_out_channels", c.block_out_channels);
+  read(r, "layers_per_block", c.layers_per_block);
+  read(r, "downsample_padding", c.downsample_padding);
+  read(r, "mid_block_scale_factor", c.mid_block_scale_factor);
+  read(r, "dropout", c.dropout);
+  read(r, "act_fn", c.act_fn);
+  read(r, "norm_num_groups", c.norm_num_groups);
+  read(r, "norm_eps", c.norm_eps);
+  read(r, "cross_attention_dim", c.cross_attention_dim);
+  read(r, "transformer_layers_per_block", c.transformer_layers_per_block);
   if (j.contains("reverse_transformer_layers_per_block"))
     c.reverse_transformer_layers_per_block = j.at("reverse_transformer_layers_per_block");
-  read(j, "encoder_hid_dim", c.encoder_hid_dim);
-  read(j, "encoder_hid_dim_type", c.encoder_hid_dim_type);
-  read(j, "attention_head_dim", c.attention_head_dim);
-  read(j, "num_attention_heads", c.num_attention_heads);
-  read(j, "dual_cross_attention", c.dual_cross_attention);
-  read(j, "use_linear_projection", c.use_linear_projection);
-  read(j, "class_embed_type", c.class_embed_type);
-  read(j, "addition_embed_type", c.addition_embed_type);
-  read(j, "addition_time_embed_dim", c.addition_time_embed_dim);
-  read(j, "num_class_embeds", c.num_class_embeds);
-  read(j, "upcast_attention", c.upcast_attention);
-  read(j, "resnet_time_scale_shift", c.resnet_time_scale_shift);
-  read(j, "resnet_skip_time_act", c.resnet_skip_time_act);
-  read(j, "resnet_out_scale_factor", c.resnet_out_scale_factor);
-  read(j, "time_embedding_type", c.time_embedding_type);
-  read(j, "time_embedding_dim", c.time_embedding_dim);
-  read(j, "time_embedding_act_fn", c.time_embedding_act_fn);
-  read(j, "timestep_post_act", c.timestep_post_act);
-  read(j, "time_cond_proj_dim", c.time_cond_proj_dim);
-  read(j, "conv_in_kernel", c.conv_in_kernel);
-  read(j, "conv_out_kernel", c.conv_out_kernel);
-  read(j, "projection_class_embeddings_input_dim", c.projection_class_embeddings_input_dim);
-  read(j, "attention_type", c.attention_type);
-  read(j, "class_embeddings_concat", c.class_embeddings_concat);
-  read(j, "mid_block_only_cross_attention", c.mid_block_only_cross_attention);
-  read(j, "cross_attention_norm", c.cross_attention_norm);
-  read(j, "addition_embed_type_num_heads", c.addition_embed_type_num_heads);
+  read(r, "encoder_hid_dim", c.encoder_hid_dim);
+  read(r, "encoder_hid_dim_type", c.encoder_hid_dim_type);
+  read(r, "attention_head_dim", c.attention_head_dim);
+  read(r, "num_attention_heads", c.num_attention_heads);
+  read(r, "dual_cross_attention", c.dual_cross_attention);
+  read(r, "use_linear_projection", c.use_linear_projection);
+  read(r, "class_embed_type", c.class_embed_type);
+  read(r, "addition_embed_type", c.addition_embed_type);
+  read(r, "addition_time_embed_dim", c.addition_time_embed_dim);
+  read(r, "num_class_embeds", c.num_class_embeds);
+  read(r, "upcast_attention", c.upcast_attention);
+  read(r, "resnet_time_scale_shift", c.resnet_time_scale_shift);
+  read(r, "resnet_skip_time_act", c.resnet_skip_time_act);
+  read(r, "resnet_out_scale_factor", c.resnet_out_scale_factor);
+  read(r, "time_embedding_type", c.time_embedding_type);
+  read(r, "time_embedding_dim", c.time_embedding_dim);
+  read(r, "time_embedding_act_fn", c.time_embedding_act_fn);
+  read(r, "timestep_post_act", c.timestep_post_act);
+  read(r, "time_cond_proj_dim", c.time_cond_proj_dim);
+  read(r, "conv_in_kernel", c.conv_in_kernel);
+  read(r, "conv_out_kernel", c.conv_out_kernel);
+  read(r, "projection_class_embeddings_input_dim", c.projection_class_embeddings_input_dim);
+  read(r, "attention_type", c.attention_type);
+  read(r, "class_embeddings_concat", c.class_embeddings_concat);
+  read(r, "mid_block_only_cross_attention", c.mid_block_only_cross_attention);
+  read(r, "cross_attention_norm", c.cross_attention_norm);
+  read(r, "addition_embed_type_num_heads", c.addition_embed_type_num_heads);
   return c;
 }
 
@@ -391,6 +300,24 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
         "class_embedding", nn::TimestepEmbedding(*cfg.projection_class_embeddings_input_dim, temb, cfg.act_fn));
   }
 
+  // Options shared by the cross-attention down, mid and up blocks at (un-reversed) block index b.
+  const auto cross_options = [&](size_t b, int64_t num_layers) {
+    nn::CrossAttnBlockOptions o;
+    o.num_layers = num_layers;
+    o.transformer_layers_per_block = cfg.transformer_layers_per_block.at(b);
+    o.temb_channels = temb;
+    o.dropout = cfg.dropout;
+    o.resnet_eps = cfg.norm_eps;
+    o.resnet_time_scale_shift = cfg.resnet_time_scale_shift;
+    o.resnet_act_fn = cfg.act_fn;
+    o.resnet_groups = groups;
+    o.num_attention_heads = cfg.heads(b);
+    o.cross_attention_dim = cfg.cross_attention_dim.at(b);
+    o.use_linear_projection = cfg.use_linear_projection;
+    o.upcast_attention = cfg.upcast_attention;
+    return o;
+  };
+
   down_blocks = register_module("down_blocks", torch::nn::ModuleList());
   int64_t output_channel = boc[0];
   for (size_t i = 0; i < n; ++i) {
@@ -398,20 +325,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
     output_channel = boc[i];
     const bool final_block = i == n - 1;
     if (cfg.down_block_types[i] == "CrossAttnDownBlock2D") {
-      nn::CrossAttnBlockOptions o;
-      o.num_layers = cfg.layers_per_block.at(i);
-      o.transformer_layers_per_block = cfg.transformer_layers_per_block.at(i);
-      o.temb_channels = temb;
-      o.dropout = cfg.dropout;
-      o.resnet_eps = cfg.norm_eps;
-      o.resnet_time_scale_shift = cfg.resnet_time_scale_shift;
-      o.resnet_act_fn = cfg.act_fn;
-      o.resnet_groups = groups;
-      o.num_attention_heads = cfg.heads(i);
-      o.cross_attention_dim = cfg.cross_attention_dim.at(i);
-      o.use_linear_projection = cfg.use_linear_projection;
+      auto o = cross_options(i, cfg.layers_per_block.at(i));
       o.only_cross_attention = cfg.only_cross(i);
-      o.upcast_attention = cfg.upcast_attention;
       down_cross.emplace_back(input_channel, output_channel, o, !final_block, cfg.downsample_padding);
       down_plain.emplace_back(nullptr);
       down_blocks->push_back(down_cross.back());
@@ -436,20 +351,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   }
 
   if (cfg.mid_block_type) {
-    nn::CrossAttnBlockOptions o;
-    o.num_layers = 1;
-    o.transformer_layers_per_block = cfg.transformer_layers_per_block.at(n - 1);
-    o.temb_channels = temb;
-    o.dropout = cfg.dropout;
-    o.resnet_eps = cfg.norm_eps;
-    o.resnet_time_scale_shift = cfg.resnet_time_scale_shift;
-    o.resnet_act_fn = cfg.act_fn;
-    o.resnet_groups = groups;
+    auto o = cross_options(n - 1, 1);
     o.output_scale_factor = cfg.mid_block_scale_factor;
-    o.num_attention_heads = cfg.heads(n - 1);
-    o.cross_attention_dim = cfg.cross_attention_dim.at(n - 1);
-    o.use_linear_projection = cfg.use_linear_projection;
-    o.upcast_attention = cfg.upcast_attention;
     // diffusers' UNetMidBlock2DCrossAttn ignores only_cross_attention.
     mid_block = register_module("mid_block", nn::UNetMidBlock2DCrossAttn(boc[n - 1], o));
   }
@@ -467,20 +370,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
         throw Error(std::string(kClassName) + " config: up block " + std::to_string(i) + " has " +
                     std::to_string(output_channel) + " channels, not divisible by " + std::to_string(cfg.heads(r)) +
                     " attention heads");
-      nn::CrossAttnBlockOptions o;
-      o.num_layers = cfg.layers_per_block.at(r) + 1;
-      o.transformer_layers_per_block = cfg.transformer_layers_per_block.at(r);
-      o.temb_channels = temb;
-      o.dropout = cfg.dropout;
-      o.resnet_eps = cfg.norm_eps;
-      o.resnet_time_scale_shift = cfg.resnet_time_scale_shift;
-      o.resnet_act_fn = cfg.act_fn;
-      o.resnet_groups = groups;
-      o.num_attention_heads = cfg.heads(r);
-      o.cross_attention_dim = cfg.cross_attention_dim.at(r);
-      o.use_linear_projection = cfg.use_linear_projection;
+      auto o = cross_options(r, cfg.layers_per_block.at(r) + 1);
       o.only_cross_attention = cfg.only_cross(r);
-      o.upcast_attention = cfg.upcast_attention;
       up_cross.emplace_back(input_channel, output_channel, prev_output_channel, o, !final_block);
       up_plain.emplace_back(nullptr);
       up_blocks->push_back(up_cross.back());
@@ -602,82 +493,24 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torc
 
 // ---------------------------------------------------------------- folder I/O
 
-namespace {
-
-nn::StateDict load_weights(const std::string& dir) {
-  const auto single = (fs::path(dir) / kWeightsFile).string();
-  if (fs::exists(single)) {
-    auto sd = safetensors::load(single);
-    return nn::StateDict(sd.begin(), sd.end());
-  }
-  const auto index = single + ".index.json";
-  if (fs::exists(index)) {
-    json j;
-    try {
-      j = json::parse(read_file(index));
-    } catch (const json::exception& e) {
-      throw Error(index + ": invalid JSON: " + e.what());
-    }
-    if (!j.contains("weight_map") || !j.at("weight_map").is_object())
-      throw Error(index + ": missing \"weight_map\" object");
-    std::map<std::string, std::vector<std::string>> by_file;
-    for (const auto& [name, file] : j.at("weight_map").items()) {
-      if (!file.is_string()) throw Error(index + ": weight_map entry '" + name + "' is not a file name");
-      by_file[file.get<std::string>()].push_back(name);
-    }
-    nn::StateDict sd;
-    for (const auto& [file, names] : by_file) {
-      const auto path = (fs::path(dir) / file).string();
-      if (!fs::exists(path)) throw Error(index + ": shard " + path + " does not exist");
-      auto f = safetensors::File::open(path);
-      for (const auto& name : names) {
-        if (!f.contains(name)) throw Error(path + ": tensor '" + name + "' listed in " + index + " is missing");
-        sd[name] = f.get(name);
-      }
-    }
-    return sd;
-  }
-  const auto bin = (fs::path(dir) / "diffusion_pytorch_model.bin").string();
-  if (fs::exists(bin))
-    throw Error(bin + ": PyTorch pickle weights are not supported; convert them to " + std::string(kWeightsFile));
-  throw Error(std::string("no ") + kClassName + " weights in " + dir + ": expected " + single);
-}
-
-}  // namespace
-
 UNet2DConditionModel load_unet2d_condition(const std::string& dir) {
-  const std::string cls = kClassName;
-  if (!fs::is_directory(dir)) throw Error(cls + " folder " + dir + " does not exist or is not a directory");
-  const auto config_path = (fs::path(dir) / kConfigFile).string();
-  if (!fs::exists(config_path)) throw Error(cls + " config " + config_path + " does not exist");
-  json j;
-  try {
-    j = json::parse(read_file(config_path));
-  } catch (const json::exception& e) {
-    throw Error(config_path + ": invalid JSON: " + e.what());
-  }
+  const auto j = model_io::read_config(dir, kClassName);
   UNet2DConditionConfig cfg;
   try {
     cfg = UNet2DConditionConfig::from_json(j);
     cfg.validate();
   } catch (const Error& e) {
-    throw Error(config_path + ": " + e.what());
+    throw Error((fs::path(dir) / "config.json").string() + ": " + e.what());
   }
   UNet2DConditionModel model(cfg);
-  auto sd = load_weights(dir);
-  nn::load_state_dict(*model, sd, (fs::path(dir) / kWeightsFile).string());
+  auto sd = model_io::load_weights(dir, kClassName);
+  nn::load_state_dict(*model, sd, (fs::path(dir) / "diffusion_pytorch_model.safetensors").string());
   model->eval();
   return model;
 }
 
 void save_unet2d_condition(const UNet2DConditionModel& model, const std::string& dir) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw Error("cannot create " + dir + ": " + ec.message());
-  write_file_atomically((fs::path(dir) / kConfigFile).string(), model->config().to_json().dump(2) + "\n");
-  std::map<std::string, torch::Tensor> tensors;
-  for (const auto& [k, v] : nn::state_dict(*model)) tensors[k] = v.detach();
-  safetensors::save((fs::path(dir) / kWeightsFile).string(), tensors, {{"format", "pt"}});
+  model_io::save_folder(dir, model->config().to_json(), nn::state_dict(*model));
 }
 
 }  // namespace diffuse

@@ -8,9 +8,11 @@
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
+#include "models/error_of.h"
 #include "nn/state_dict.h"
 
 using namespace diffuse;
+using diffuse::test::error_of;
 using diffuse::test::fixture;
 using diffuse::test::max_abs_diff;
 using diffuse::test::TempDir;
@@ -22,15 +24,6 @@ namespace {
 constexpr double kTol = 1e-4;
 
 std::map<std::string, torch::Tensor> dit_io() { return safetensors::load(fixture("dit_tiny/io.safetensors")); }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const diffuse::Error& e) {
-    return e.what();
-  }
-  return "<no diffuse::Error>";
-}
 
 // dit_tiny with config_as_Transformer2DModel.json as its config.json.
 std::string legacy_folder(const TempDir& tmp) {

@@ -9,10 +9,12 @@
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
+#include "models/error_of.h"
 #include "nn/deterministic.h"
 #include "nn/state_dict.h"
 
 using namespace diffuse;
+using diffuse::test::error_of;
 using diffuse::test::fixture;
 using diffuse::test::max_abs_diff;
 using diffuse::test::TempDir;
@@ -36,15 +38,6 @@ void copy_folder(const std::string& from, const std::string& to) {
     fs::copy_file(e.path(), fs::path(to) / e.path().filename());
     fs::permissions(fs::path(to) / e.path().filename(), fs::perms::owner_read | fs::perms::owner_write);
   }
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const diffuse::Error& e) {
-    return e.what();
-  }
-  return "<no diffuse::Error>";
 }
 
 std::vector<std::string> key_list(const torch::nn::Module& m) {
