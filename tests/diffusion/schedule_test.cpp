@@ -165,7 +165,9 @@ TEST(Sigmas, AllSchedulesDescendToZero) {
       auto s = make_sigmas(name, steps, ds, cfg);
       ASSERT_EQ(s.scalar_type(), torch::kFloat32) << name;
       ASSERT_EQ(s.dim(), 1);
-      if (name != "beta") EXPECT_EQ(s.size(0), steps + 1) << name << " " << steps;
+      if (name != "beta") {
+        EXPECT_EQ(s.size(0), steps + 1) << name << " " << steps;
+      }
       EXPECT_EQ(s[-1].item<float>(), 0.f) << name;
       auto head = s.slice(0, 0, -1);
       EXPECT_TRUE((head > 0).all().item<bool>()) << name << steps;
