@@ -273,6 +273,7 @@ Embedding FeatureNet::embed(const torch::Tensor& images, bool allow_resize, int 
   // Validate sizes/channels once, up front, with a clear message.
   prepare_classifier_input(images.narrow(0, 0, 1), cfg, allow_resize);
   torch::NoGradGuard ng;
+  if (progress) progress(0, n);
   auto m = net_.ptr();  // the holder is const here; the module is not
   const bool was_training = m->is_training();
   m->eval();

@@ -112,6 +112,7 @@ torch::Tensor generate_for_eval(const PixelPipeline& pipe, const GenerateOptions
     for (int i = 0; i < n; ++i) cls.push_back(ids[static_cast<size_t>(i) % ids.size()]);
   }
   const int chunk = std::max(1, opt.batch_size);
+  if (progress) progress("generate", 0, n);
   torch::Tensor out = torch::empty({n, pipe.channels(), pipe.image_size(), pipe.image_size()}, torch::kUInt8);
   for (int start = 0; start < n; start += chunk) {
     int b = std::min(chunk, n - start);
@@ -135,15 +136,19 @@ torch::Tensor generate_for_eval(const PixelPipeline& pipe, const GenerateOptions
   return out;
 }
 
+QualityMetrics real_data_floor(const ReferenceSet& test, const ReferenceSet& ref, int64_t n, const MetricOptions& opt) {
+  if (test.size() < 2) throw Error(test.data + ": the held-out split has fewer than 2 images");
+  auto idx = random_subset(test.size(), std::min<int64_t>(n, test.size()), opt.seed + 2);
+  Embedding e{test.features.index_select(0, idx), test.logits.index_select(0, idx)};
+  return score_embedding(e, test.labels.index_select(0, idx), ref, opt);
+}
+
 QualityMetrics real_data_floor(const FeatureNet& net, const std::string& data, const ReferenceSet& ref, int64_t n,
                                const std::string& cache_dir, const MetricOptions& opt, const EvalProgress& progress) {
   auto test = reference_set(net, data, "test", cache_dir, [&](int64_t d, int64_t t) {
     if (progress) progress("reference (test)", d, t);
   });
-  if (test.size() < 2) throw Error(data + ": the held-out split has fewer than 2 images");
-  auto idx = random_subset(test.size(), std::min<int64_t>(n, test.size()), opt.seed + 2);
-  Embedding e{test.features.index_select(0, idx), test.logits.index_select(0, idx)};
-  return score_embedding(e, test.labels.index_select(0, idx), ref, opt);
+  return real_data_floor(test, ref, n, opt);
 }
 
 namespace {
@@ -165,14 +170,20 @@ void finish_report(EvalReport& r, const FeatureNet& net, const Embedding& e, con
   auto ref = reference_set(net, r.data, "train", opt.cache_dir, [&](int64_t d, int64_t t) {
     if (opt.progress) opt.progress("reference (train)", d, t);
   });
+  ReferenceSet test;
+  if (opt.floor)
+    test = reference_set(net, r.data, "test", opt.cache_dir, [&](int64_t d, int64_t t) {
+      if (opt.progress) opt.progress("reference (test)", d, t);
+    });
   r.reference_n = ref.size();
   r.reference_cache = ref.cache_file;
-  if (opt.progress) opt.progress("metrics", 0, opt.floor ? 2 : 1);
+  const int sets = opt.floor ? 2 : 1;
+  if (opt.progress) opt.progress("metrics", 0, sets);
   r.samples = score_embedding(e, wanted, ref, opt.metrics);
-  if (opt.progress) opt.progress("metrics", 1, opt.floor ? 2 : 1);
+  if (opt.progress) opt.progress("metrics", 1, sets);
   if (opt.floor) {
-    r.floor = real_data_floor(net, r.data, ref, r.samples.n, opt.cache_dir, opt.metrics, opt.progress);
-    if (opt.progress) opt.progress("metrics", 2, 2);
+    r.floor = real_data_floor(test, ref, r.samples.n, opt.metrics);
+    if (opt.progress) opt.progress("metrics", 2, sets);
   }
   r.total_seconds = seconds_since(t0);
 }
@@ -281,11 +292,11 @@ std::string EvalReport::table() const {
   s += "reference:  " + data + " train split (" + std::to_string(reference_n) + " images), features of " + classifier +
        "\n";
   bool has_floor = floor.n > 0;
-  std::snprintf(line, sizeof line, "\n%-22s %14s %14s\n", "metric", "samples",
+  std::snprintf(line, sizeof line, "\n%-22s %14s %18s\n", "metric", "samples",
                 has_floor ? ("real floor (" + std::to_string(floor.n) + ")").c_str() : "");
   s += line;
   auto row = [&](const char* name, const std::string& a, const std::string& b) {
-    std::snprintf(line, sizeof line, "%-22s %14s %14s\n", name, a.c_str(), has_floor ? b.c_str() : "");
+    std::snprintf(line, sizeof line, "%-22s %14s %18s\n", name, a.c_str(), has_floor ? b.c_str() : "");
     s += line;
   };
   row("FID", fmt("%.3f", samples.fid), fmt("%.3f", floor.fid));

@@ -98,6 +98,10 @@ QualityMetrics real_data_floor(const FeatureNet& net, const std::string& data, c
                                const std::string& cache_dir, const MetricOptions& opt = {},
                                const EvalProgress& progress = {});
 
+// The same from an already embedded held-out split.
+QualityMetrics real_data_floor(const ReferenceSet& test, const ReferenceSet& ref, int64_t n,
+                               const MetricOptions& opt = {});
+
 // FID of n class-balanced samples against `ref` (e.g. training-set statistics), for tracking
 // during training. `opt` gives sampler/steps/guidance/seed (its n and classes are ignored).
 double quick_fid(const PixelPipeline& pipe, const FeatureNet& net, const FeatureStats& ref, int n,

@@ -44,10 +44,12 @@ void run(Args& a) {
     o.progress = [&](const std::string& stage, int64_t done, int64_t total) {
       auto& b = bars[stage];
       if (!b) b = std::make_unique<diffuse::Progress>(total, stage, stage == "metrics" ? "set" : "img");
-      if (done >= total)
+      if (done >= total) {
         b->finish();
-      else
+        b = std::make_unique<diffuse::Progress>(0, stage, "", /*enabled=*/false);  // finished: ignore repeats
+      } else {
         b->update(done);
+      }
     };
   }
   diffuse::EvalReport r;
