@@ -158,7 +158,12 @@ json read_config(const std::string& dir, const std::string& cls) {
 }
 
 std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const std::string& cls) {
-  const auto single = (fs::path(dir) / kWeightsFile).string();
+  return load_weights(dir, cls, kWeightsFile);
+}
+
+std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const std::string& cls,
+                                                  const std::string& weights_file) {
+  const auto single = (fs::path(dir) / weights_file).string();
   if (fs::exists(single)) return safetensors::load(single);
   const auto index = single + ".index.json";
   if (fs::exists(index)) {
@@ -187,9 +192,9 @@ std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const 
     }
     return sd;
   }
-  const auto bin = (fs::path(dir) / "diffusion_pytorch_model.bin").string();
+  const auto bin = (fs::path(dir) / (fs::path(weights_file).stem().string() + ".bin")).string();
   if (fs::exists(bin))
-    throw Error(bin + ": PyTorch pickle weights are not supported; convert them to " + std::string(kWeightsFile));
+    throw Error(bin + ": PyTorch pickle weights are not supported; convert them to " + weights_file);
   throw Error("no " + cls + " weights in " + dir + ": expected " + single);
 }
 

@@ -56,6 +56,10 @@ nlohmann::json read_config(const std::string& dir, const std::string& cls);
 // Loads `dir`/diffusion_pytorch_model.safetensors or its sharded .index.json (a lone
 // diffusion_pytorch_model.bin is rejected as unsupported).
 std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const std::string& cls);
+// Same for another weights file name (transformers folders: "model.safetensors"; its sharded
+// "<name>.index.json" and a pickle "<stem>.bin" are handled alike).
+std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const std::string& cls,
+                                                  const std::string& weights_file);
 
 // Renames legacy attention keys (.query. .key. .value. .proj_attn.) under ".attentions." to
 // to_q / to_k / to_v / to_out.0.

@@ -1,0 +1,138 @@
+#include "models/clip_text.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "fixtures.h"
+#include "models/error_of.h"
+#include "nn/state_dict.h"
+
+using namespace diffuse;
+using diffuse::test::error_of;
+using diffuse::test::fixture;
+using diffuse::test::max_abs_diff;
+using diffuse::test::TempDir;
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr double kTol = 1e-4;
+
+void check_parity(const std::string& name, const std::string& act) {
+  torch::NoGradGuard ng;
+  auto model = load_clip_text_model(fixture(name));
+  EXPECT_EQ(model->config().hidden_act, act);
+  EXPECT_EQ(model->config().eos_token_id, 2);
+  auto io = safetensors::load(fixture(name + "/io.safetensors"));
+  auto out = model->forward(io.at("input_ids"), true);
+  const double d_last = max_abs_diff(out.last_hidden_state, io.at("last_hidden_state"));
+  const double d_pool = max_abs_diff(out.pooler_output, io.at("pooler_output"));
+  std::printf("%s: last_hidden_state %.3g, pooler_output %.3g", name.c_str(), d_last, d_pool);
+  EXPECT_LT(d_last, kTol);
+  EXPECT_LT(d_pool, kTol);
+  ASSERT_EQ(out.hidden_states.size(), 3u);
+  for (size_t i = 0; i < out.hidden_states.size(); ++i) {
+    const double d = max_abs_diff(out.hidden_states[i], io.at("hidden_states." + std::to_string(i)));
+    std::printf(", hidden_states.%zu %.3g", i, d);
+    EXPECT_LT(d, kTol) << "hidden_states." << i;
+  }
+  std::printf("\n");
+  // Clip-skip as SD 2.x uses it: final_layer_norm of the penultimate hidden state.
+  auto skip = model->final_norm(out.hidden_states[1]);
+  auto ref = model->final_norm(io.at("hidden_states.1"));
+  EXPECT_LT(max_abs_diff(skip, ref), kTol);
+  // Without hidden states: same outputs, empty list.
+  auto plain = model->forward(io.at("input_ids"));
+  EXPECT_TRUE(plain.hidden_states.empty());
+  EXPECT_LT(max_abs_diff(plain.last_hidden_state, io.at("last_hidden_state")), kTol);
+}
+
+}  // namespace
+
+TEST(ClipText, ParityQuickGelu) { check_parity("clip_text_tiny_quickgelu", "quick_gelu"); }
+TEST(ClipText, ParityGelu) { check_parity("clip_text_tiny_gelu", "gelu"); }
+
+TEST(ClipText, PoolingByEosIdWhenNotLegacy) {
+  torch::NoGradGuard ng;
+  auto legacy = load_clip_text_model(fixture("clip_text_tiny_quickgelu"));
+  auto io = safetensors::load(fixture("clip_text_tiny_quickgelu/io.safetensors"));
+  auto ids = io.at("input_ids");
+  // eos_token_id == 2: argmax of the ids (999 = first EOS in both rows).
+  auto pos = legacy->eos_positions(ids);
+  EXPECT_EQ(pos[0].item<int64_t>(), 5);
+  EXPECT_EQ(pos[1].item<int64_t>(), 8);
+  // Another eos id: its first occurrence.
+  auto cfg = legacy->config();
+  cfg.eos_token_id = 17;
+  auto sd = nn::state_dict(*legacy);
+  auto m = clip_text_model_from_state_dict(cfg, std::map<std::string, torch::Tensor>(sd.begin(), sd.end()), "mem");
+  auto p2 = m->eos_positions(ids);
+  EXPECT_EQ(p2[0].item<int64_t>(), 1);
+  EXPECT_EQ(p2[1].item<int64_t>(), 0);  // no 17 in row 1: argmax of all-false is 0, as in transformers
+}
+
+TEST(ClipText, HalfPrecisionLoads) {
+  torch::NoGradGuard ng;
+  auto m = load_clip_text_model(fixture("clip_text_tiny_gelu"), torch::kBFloat16);
+  EXPECT_EQ(m->dtype(), torch::kBFloat16);
+  auto io = safetensors::load(fixture("clip_text_tiny_gelu/io.safetensors"));
+  auto out = m->forward(io.at("input_ids"));
+  EXPECT_LT(max_abs_diff(out.last_hidden_state.to(torch::kFloat), io.at("last_hidden_state")), 0.25);
+}
+
+TEST(ClipText, ConfigRoundTripAndErrors) {
+  std::ifstream f(fixture("clip_text_tiny_quickgelu/config.json"));
+  const auto j = nlohmann::json::parse(f);
+  const auto c = CLIPTextConfig::from_json(j);
+  EXPECT_EQ(c.hidden_size, 32);
+  EXPECT_EQ(c.intermediate_size, 37);
+  EXPECT_EQ(c.num_attention_heads, 4);
+  EXPECT_EQ(c.num_hidden_layers, 2);
+  EXPECT_EQ(c.vocab_size, 1000);
+  const auto c2 = CLIPTextConfig::from_json(c.to_json());
+  EXPECT_EQ(c2.to_json(), c.to_json());
+
+  auto bad = j;
+  bad["hidden_act"] = "swish";
+  EXPECT_NE(error_of([&] { CLIPTextConfig::from_json(bad).validate(); }).find("hidden_act"), std::string::npos);
+  bad = j;
+  bad["num_attention_heads"] = 5;
+  EXPECT_NE(error_of([&] { CLIPTextConfig::from_json(bad).validate(); }).find("divisible"), std::string::npos);
+  bad = j;
+  bad["architectures"] = {"BertModel"};
+  EXPECT_NE(error_of([&] { CLIPTextConfig::from_json(bad); }).find("BertModel"), std::string::npos);
+  bad = j;
+  bad["hidden_size"] = "big";
+  EXPECT_NE(error_of([&] { CLIPTextConfig::from_json(bad); }).find("hidden_size"), std::string::npos);
+}
+
+TEST(ClipText, BadInput) {
+  TempDir tmp;
+  EXPECT_NE(error_of([&] { load_clip_text_model(tmp / "missing"); }).find("missing"), std::string::npos);
+  fs::create_directories(tmp / "noweights");
+  fs::copy_file(fixture("clip_text_tiny_gelu/config.json"), tmp / "noweights/config.json");
+  const auto e = error_of([&] { load_clip_text_model(tmp / "noweights"); });
+  EXPECT_NE(e.find("model.safetensors"), std::string::npos) << e;
+
+  // A state dict missing a layer: strict loading names the key.
+  auto sd = safetensors::load(fixture("clip_text_tiny_gelu/model.safetensors"));
+  sd.erase("text_model.encoder.layers.1.mlp.fc2.bias");
+  fs::create_directories(tmp / "partial");
+  fs::copy_file(fixture("clip_text_tiny_gelu/config.json"), tmp / "partial/config.json");
+  safetensors::save(tmp / "partial/model.safetensors", sd, {{"format", "pt"}});
+  const auto e2 = error_of([&] { load_clip_text_model(tmp / "partial"); });
+  EXPECT_NE(e2.find("layers.1.mlp.fc2.bias"), std::string::npos) << e2;
+
+  torch::NoGradGuard ng;
+  auto m = load_clip_text_model(fixture("clip_text_tiny_gelu"));
+  EXPECT_NE(error_of([&] { m->forward(torch::full({1, 4}, 1000, torch::kLong)); }).find("vocabulary"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { m->forward(torch::zeros({1, 78}, torch::kLong)); }).find("max_position_embeddings"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { m->forward(torch::zeros({4}, torch::kLong)); }).find("input_ids"), std::string::npos);
+}
