@@ -1,0 +1,448 @@
+#include "pipelines/sd_pipeline.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "diffusion/sigmas.h"
+#include "pipelines/image_noise.h"
+#include "pipelines/scheduler_config.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+namespace {
+
+nlohmann::json read_json(const std::string& path) {
+  try {
+    return nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path + ": invalid JSON: " + e.what());
+  }
+}
+
+// A component listed in model_index.json whose folder must exist.
+void require_component(const std::string& dir, const nlohmann::json& index, const std::string& name) {
+  if (!index.contains(name) || !index[name].is_array() || index[name].empty() || index[name][0].is_null())
+    throw Error(dir + "/model_index.json: missing component '" + name + "'");
+  if (!fs::is_directory(dir + "/" + name))
+    throw Error(dir + ": missing component '" + name + "' (model_index.json lists it but " + dir + "/" + name +
+                "/ does not exist)");
+}
+
+}  // namespace
+
+bool SDPipeline::is_sd_folder(const std::string& dir) {
+  if (!fs::exists(dir + "/model_index.json")) return false;
+  auto j = read_json(dir + "/model_index.json");
+  return j.value("_class_name", std::string()).rfind("StableDiffusion", 0) == 0;
+}
+
+SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch::Dtype dtype, bool with_text_encoder) {
+  if (!fs::is_directory(dir)) throw Error(dir + ": model folder not found");
+  if (!fs::exists(dir + "/model_index.json"))
+    throw Error(dir + ": no model_index.json (not a diffusers pipeline folder)");
+  auto index = read_json(dir + "/model_index.json");
+  const std::string cls = index.value("_class_name", std::string());
+  if (cls.rfind("StableDiffusion", 0) != 0 || cls.find("XL") != std::string::npos)
+    throw Error(dir + "/model_index.json: pipeline class '" + cls +
+                "' is not a Stable Diffusion 1.x/2.x pipeline (StableDiffusionPipeline, StableDiffusionInpaintPipeline)");
+  for (const char* c : {"unet", "vae", "scheduler"}) require_component(dir, index, c);
+  if (with_text_encoder)
+    for (const char* c : {"text_encoder", "tokenizer"}) require_component(dir, index, c);
+  SDPipeline p;
+  p.source = dir;
+  p.device = device;
+  p.dtype = dtype;
+  const std::string sched = dir + "/scheduler/scheduler_config.json";
+  if (!fs::exists(sched)) throw Error(dir + ": missing scheduler/scheduler_config.json");
+  p.scheduler = load_scheduler_config(sched);
+  p.scheduler_class = read_json(sched).value("_class_name", std::string("DDIMScheduler"));
+  p.unet = load_unet2d_condition(dir + "/unet");
+  p.unet->to(device, dtype);
+  p.vae = load_autoencoder_kl(dir + "/vae");
+  p.vae->to(device);
+  return p;
+}
+
+int SDPipeline::default_size() const {
+  const auto& s = unet->config().sample_size;
+  return static_cast<int>((s.empty() ? 64 : s[0]) * vae_scale_factor());
+}
+
+LatentDistribution SDPipeline::encode(const torch::Tensor& images) const {
+  torch::NoGradGuard ng;
+  AutoencoderKL v = vae;
+  auto post = v->encode(images.to(device, torch::kFloat32));
+  const auto& c = v->config();
+  const double sf = c.scaling_factor;
+  // logvar shifted so that std() is scaled as well
+  return {(post.mean - c.shift_factor.value_or(0.0)) * sf, post.logvar + 2 * std::log(sf)};
+}
+
+torch::Tensor SDPipeline::decode(const torch::Tensor& latents) const {
+  torch::NoGradGuard ng;
+  AutoencoderKL v = vae;
+  const auto& c = v->config();
+  return v->decode(latents.to(device, torch::kFloat32) / c.scaling_factor + c.shift_factor.value_or(0.0))
+      .to(torch::kCPU);
+}
+
+CondDenoiser SDPipeline::denoiser(bool quantize) const {
+  UNet2DConditionModel net = unet;
+  const torch::Dtype dt = dtype;
+  ModelFn model = [net, dt](const torch::Tensor& x, const torch::Tensor& t, const Cond& cond) mutable {
+    auto in = x;
+    if (cond.has("c_concat")) in = torch::cat({x, cond.get("c_concat").to(x.device(), x.scalar_type())}, 1);
+    auto ehs = cond.get("encoder_hidden_states");
+    return net->forward(in.to(dt), t, ehs.to(in.device(), dt)).to(torch::kFloat32);
+  };
+  DiscreteDenoiserOptions o;
+  o.quantize = quantize;
+  if (scheduler.clip_sample) o.clip_sample_range = scheduler.clip_sample_range;
+  return discrete_denoiser(model, DiscreteSchedule(scheduler), parse_prediction(scheduler.prediction_type), o);
+}
+
+// ---- sampling plan --------------------------------------------------------------------
+
+namespace {
+
+// How diffusers' scheduler of a sampler spaces its timesteps and scales the initial noise.
+enum class Family { Euler, Ddim, DpmSolver };
+
+Family family_of(const std::string& sampler) {
+  static const std::set<std::string> ddim = {"ddim", "ddpm", "plms", "pndm"};
+  static const std::set<std::string> dpm = {"dpm++2m", "dpm++2m_sde", "dpm++3m_sde", "unipc", "unipc_bh1", "deis",
+                                            "lcm", "ipndm"};
+  if (ddim.count(sampler)) return Family::Ddim;
+  if (dpm.count(sampler)) return Family::DpmSolver;
+  return Family::Euler;
+}
+
+struct Plan {
+  const SamplerDesc* sampler = nullptr;
+  std::string schedule;   // as reported in the parameters
+  torch::Tensor sigmas;   // full schedule (before img2img truncation)
+  bool quantize = false;  // integer timesteps into the UNet
+  // x = latents * init_scale(sigma0): diffusers' init_noise_sigma in VE coordinates
+  bool vp_init = true;    // sqrt(1 + s0^2) (VP schedulers, Euler with leading spacing), else s0
+};
+
+Plan make_plan(const SDPipeline& pipe, const SDOptions& opt) {
+  Plan p;
+  std::string hint;
+  p.sampler = &find_sampler(opt.sampler.empty() ? pipe.scheduler_class : opt.sampler, &hint);
+  const auto& cfg = pipe.scheduler;
+  DiscreteSchedule ds(cfg);
+  const Family fam = family_of(p.sampler->name);
+  if (!opt.sigmas.empty()) {
+    p.schedule = "custom";
+    p.sigmas = parse_sigmas(opt.sigmas);
+    p.vp_init = false;
+    return p;
+  }
+  if (opt.steps < 1) throw Error("--steps " + std::to_string(opt.steps) + ": must be at least 1");
+  p.schedule = !opt.schedule.empty() ? opt.schedule : hint;
+  if (p.schedule.empty() && fam != Family::Euler) {
+    // diffusers' own integer timesteps; DDIM/PLMS end on alphas_cumprod[0] unless set_alpha_to_one
+    auto t = spaced_timesteps(cfg, opt.steps, fam == Family::Ddim ? TimestepStyle::Ddim : TimestepStyle::DpmSolver);
+    auto s = sigmas_at_timesteps(ds, t);
+    const bool final_min = fam == Family::Ddim && p.sampler->name != "ddpm" && !cfg.set_alpha_to_one;
+    p.sigmas = torch::cat({s, torch::full({1}, final_min ? ds.sigma_min() : 0.0, torch::kFloat32)});
+    p.quantize = true;
+    p.vp_init = true;
+    return p;
+  }
+  if (p.schedule.empty()) p.schedule = "discrete";
+  p.sigmas = make_sigmas(p.schedule, opt.steps, ds, cfg);
+  if (fam == Family::Euler)
+    p.vp_init = cfg.timestep_spacing == "leading" && p.schedule == "discrete";
+  else
+    p.vp_init = true;
+  return p;
+}
+
+double init_scale(const Plan& p, double s0) { return p.vp_init ? std::sqrt(1 + s0 * s0) : s0; }
+
+// Rows [start, end) of a per-image tensor given for 1 or n images.
+torch::Tensor rows(const torch::Tensor& t, int n, int start, int end, const std::string& what) {
+  if (!t.defined()) return t;
+  if (t.size(0) == 1) {
+    auto sizes = t.sizes().vec();
+    sizes[0] = end - start;
+    return t.expand(sizes);
+  }
+  if (t.size(0) != n)
+    throw Error(what + ": batch " + std::to_string(t.size(0)) + ", expected 1 or " + std::to_string(n));
+  return t.slice(0, start, end);
+}
+
+// [B, C, H, W] float resized to (h, w) when it differs (bilinear).
+torch::Tensor fit_size(const torch::Tensor& t, int64_t h, int64_t w) {
+  if (t.size(2) == h && t.size(3) == w) return t;
+  namespace F = torch::nn::functional;
+  return F::interpolate(t, F::InterpolateFuncOptions()
+                               .size(std::vector<int64_t>{h, w})
+                               .mode(torch::kBilinear)
+                               .align_corners(false));
+}
+
+void check_nchw(const torch::Tensor& t, int64_t channels, const std::string& what) {
+  if (t.dim() != 4 || t.size(1) != channels)
+    throw Error(what + ": expected [B, " + std::to_string(channels) + ", H, W], got " + c10::str(t.sizes()));
+}
+
+torch::Tensor prompt_embeddings(const SDPipeline& pipe, const std::string& prompt, int clip_skip) {
+  (void)prompt;
+  (void)clip_skip;
+  throw Error("prompt: " + pipe.source + " was loaded without its text encoder; give prompt embeddings instead");
+}
+
+// A1111's expand_crop_region: grows [x1, x2) x [y1, y2) to the aspect ratio pw:ph inside the image.
+void expand_crop(int64_t& x1, int64_t& y1, int64_t& x2, int64_t& y2, int pw, int ph, int64_t iw, int64_t ih) {
+  auto grow = [](int64_t& a1, int64_t& a2, int64_t diff, int64_t limit) {
+    a1 -= diff / 2;
+    a2 += diff - diff / 2;
+    if (a2 >= limit) {
+      int64_t d = a2 - limit;
+      a2 -= d;
+      a1 -= d;
+    }
+    if (a1 < 0) {
+      a2 -= a1;
+      a1 = 0;
+    }
+    if (a2 >= limit) a2 = limit;
+  };
+  const double r_crop = static_cast<double>(x2 - x1) / static_cast<double>(y2 - y1);
+  const double r_proc = static_cast<double>(pw) / ph;
+  if (r_crop > r_proc)
+    grow(y1, y2, static_cast<int64_t>((x2 - x1) / r_proc - (y2 - y1)), ih);
+  else
+    grow(x1, x2, static_cast<int64_t>((y2 - y1) * r_proc - (x2 - x1)), iw);
+}
+
+SDResult generate_only_masked(const SDPipeline& pipe, const SDOptions& opt) {
+  check_nchw(opt.image, 3, "image");
+  check_nchw(opt.mask, 1, "mask");
+  const int64_t ih = opt.image.size(2), iw = opt.image.size(3);
+  auto mask = blur_mask(fit_size(opt.mask.to(torch::kFloat32), ih, iw), opt.mask_blur);
+  auto any = (mask > 0).any(0).any(0);  // [H, W]
+  auto ys = any.any(1).nonzero(), xs = any.any(0).nonzero();
+  if (ys.numel() == 0) throw Error("mask: nothing to inpaint (the mask is empty)");
+  const int pad = std::max(0, opt.only_masked_padding);
+  int64_t y1 = std::max<int64_t>(0, ys.min().item<int64_t>() - pad), y2 = std::min(ih, ys.max().item<int64_t>() + 1 + pad);
+  int64_t x1 = std::max<int64_t>(0, xs.min().item<int64_t>() - pad), x2 = std::min(iw, xs.max().item<int64_t>() + 1 + pad);
+  const int pw = opt.width > 0 ? opt.width : pipe.default_size(), ph = opt.height > 0 ? opt.height : pipe.default_size();
+  expand_crop(x1, y1, x2, y2, pw, ph, iw, ih);
+  auto crop = [&](const torch::Tensor& t) { return t.slice(2, y1, y2).slice(3, x1, x2); };
+  SDOptions sub = opt;
+  sub.only_masked = false;
+  sub.mask_blur = 0;
+  sub.width = pw;
+  sub.height = ph;
+  sub.image = fit_size(crop(opt.image.to(torch::kFloat32)), ph, pw);
+  sub.mask = fit_size(crop(mask), ph, pw);
+  SDResult r = generate(pipe, sub);
+  auto back = fit_size(r.samples, y2 - y1, x2 - x1);
+  auto full = rows(opt.image.to(torch::kFloat32), opt.n, 0, opt.n, "image").clone();
+  auto region = full.slice(2, y1, y2).slice(3, x1, x2);
+  auto m = rows(crop(mask), opt.n, 0, opt.n, "mask");
+  region.copy_(m * back + (1 - m) * region);
+  r.samples = full;
+  return r;
+}
+
+}  // namespace
+
+torch::Tensor blur_mask(const torch::Tensor& mask, double sigma) {
+  if (sigma <= 0) return mask;
+  namespace F = torch::nn::functional;
+  const int64_t r = static_cast<int64_t>(2.5 * sigma + 0.5);
+  auto x = torch::arange(-r, r + 1, torch::kFloat64);
+  auto k = torch::exp(-x * x / (2 * sigma * sigma));
+  k = (k / k.sum()).to(torch::kFloat32);
+  auto m = mask.to(torch::kFloat32);
+  m = F::pad(m, F::PadFuncOptions({r, r, 0, 0}).mode(torch::kReplicate));
+  m = F::conv2d(m, k.view({1, 1, 1, -1}));
+  m = F::pad(m, F::PadFuncOptions({0, 0, r, r}).mode(torch::kReplicate));
+  return F::conv2d(m, k.view({1, 1, -1, 1}));
+}
+
+std::pair<torch::Tensor, torch::Tensor> outpaint_pad(const torch::Tensor& image, int left, int top, int right,
+                                                     int bottom) {
+  check_nchw(image, 3, "outpaint image");
+  if (left < 0 || top < 0 || right < 0 || bottom < 0) throw Error("outpaint: padding must be >= 0");
+  namespace F = torch::nn::functional;
+  auto img = F::pad(image.to(torch::kFloat32), F::PadFuncOptions({left, right, top, bottom}).mode(torch::kReplicate));
+  auto mask = torch::ones({image.size(0), 1, img.size(2), img.size(3)});
+  mask.slice(2, top, top + image.size(2)).slice(3, left, left + image.size(3)).zero_();
+  return {img, mask};
+}
+
+SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
+  SDOptions opt = opt_in;
+  if (opt.n < 1) throw Error("-n " + std::to_string(opt.n) + ": must be at least 1");
+  if (opt.mask.defined() && !opt.image.defined()) throw Error("mask: inpainting needs an init image");
+  if (!(opt.strength >= 0 && opt.strength <= 1)) throw Error("strength must lie in [0, 1]");
+  if (opt.only_masked && opt.mask.defined()) return generate_only_masked(pipe, opt);
+  if (opt.image.defined()) {
+    check_nchw(opt.image, 3, "image");
+    if (opt.width == 0 && opt.height == 0) {
+      opt.width = static_cast<int>(opt.image.size(3));
+      opt.height = static_cast<int>(opt.image.size(2));
+    }
+  }
+  if (opt.width == 0) opt.width = pipe.default_size();
+  if (opt.height == 0) opt.height = pipe.default_size();
+  const int64_t f = pipe.vae_scale_factor(), mult = std::max<int64_t>(8, f);
+  if (opt.width <= 0 || opt.height <= 0 || opt.width % mult || opt.height % mult)
+    throw Error("--width/--height " + std::to_string(opt.width) + "x" + std::to_string(opt.height) +
+                ": must be positive multiples of " + std::to_string(mult));
+  const int64_t C = pipe.latent_channels(), h = opt.height / f, w = opt.width / f;
+  const bool inpaint9 = pipe.is_inpaint_model();
+  if (opt.latents.defined() && (opt.latents.dim() != 4 || opt.latents.size(1) != C || opt.latents.size(2) != h ||
+                                opt.latents.size(3) != w))
+    throw Error("latents: expected [1 or n, " + std::to_string(C) + ", " + std::to_string(h) + ", " +
+                std::to_string(w) + "], got " + c10::str(opt.latents.sizes()));
+  torch::Tensor image, mask;  // pixel space, full batch of 1 or n
+  if (opt.image.defined()) image = fit_size(opt.image.to(torch::kFloat32), opt.height, opt.width);
+  if (opt.mask.defined()) {
+    check_nchw(opt.mask, 1, "mask");
+    mask = blur_mask(fit_size(opt.mask.to(torch::kFloat32), opt.height, opt.width), opt.mask_blur).clamp(0, 1);
+  }
+  if (inpaint9 && !mask.defined()) {
+    // txt2img on an inpainting model: repaint everything
+    mask = torch::ones({1, 1, opt.height, opt.width});
+    if (!image.defined()) image = torch::zeros({1, 3, opt.height, opt.width});
+  }
+
+  Plan plan = make_plan(pipe, opt);
+  torch::Tensor sigmas = plan.sigmas;
+  const bool strength_max = opt.strength >= 1.0;
+  const bool from_image = image.defined() && !(mask.defined() && strength_max);  // start from noised init latents
+  if (image.defined() && !strength_max) sigmas = truncate_sigmas(sigmas, opt.strength);
+  const double s0 = sigmas[0].item<double>(), s_last = sigmas[-1].item<double>();
+  const bool need_image_latents = image.defined() && (!inpaint9 || !strength_max);
+
+  torch::NoGradGuard no_grad;
+  const bool guided = opt.guidance > 1.0;
+  auto cond_embeds = opt.prompt_embeds.defined() ? opt.prompt_embeds : prompt_embeddings(pipe, opt.prompt, opt.clip_skip);
+  torch::Tensor uncond_embeds;
+  if (guided)
+    uncond_embeds = opt.negative_prompt_embeds.defined() ? opt.negative_prompt_embeds
+                                                         : prompt_embeddings(pipe, opt.negative_prompt, opt.clip_skip);
+  for (const auto* e : {&cond_embeds, &uncond_embeds})
+    if (e->defined() && (e->dim() != 3 || e->size(2) != pipe.unet->config().cross_attention_dim.at(0)))
+      throw Error("prompt embeddings: expected [1 or n, L, " +
+                  std::to_string(pipe.unet->config().cross_attention_dim.at(0)) + "], got " + c10::str(e->sizes()));
+
+  const SamplerDesc& sampler = *plan.sampler;
+  CondDenoiser cd = pipe.denoiser(plan.quantize);
+  SDResult res;
+  res.samples = torch::empty({opt.n, 3, opt.height, opt.width});
+  res.latents = torch::empty({opt.n, C, h, w});
+  res.noise = torch::empty({opt.n, C, h, w});
+  const int bs = std::max(1, opt.batch_size);
+  for (int start = 0; start < opt.n; start += bs) {
+    const int end = std::min(opt.n, start + bs), b = end - start;
+    PerImageNoise gen(opt.rng, opt.seed + static_cast<uint64_t>(start), b);
+    auto img = rows(image, opt.n, start, end, "image");
+    auto msk = rows(mask, opt.n, start, end, "mask");
+    // Draws in diffusers' order per image: posterior sample of the init image, starting
+    // noise, posterior sample of the masked image.
+    LatentDistribution post, masked_post;
+    torch::Tensor mask_bin;
+    if (need_image_latents) post = pipe.encode(img);
+    if (inpaint9) {
+      mask_bin = (msk >= 0.5).to(torch::kFloat32);
+      masked_post = pipe.encode(img * (mask_bin < 0.5));
+    }
+    std::vector<torch::Tensor> init_l, noise_l, masked_l;
+    for (int i = 0; i < b; ++i) {
+      auto ui = static_cast<size_t>(i);
+      if (need_image_latents) init_l.push_back(post.mean[i] + post.std()[i] * gen.randn(ui, {C, h, w}).to(pipe.device));
+      noise_l.push_back(opt.latents.defined() ? rows(opt.latents, opt.n, start, end, "latents")[i].to(torch::kFloat32)
+                                              : gen.randn(ui, {C, h, w}));
+      if (inpaint9)
+        masked_l.push_back(masked_post.mean[i] + masked_post.std()[i] * gen.randn(ui, {C, h, w}).to(pipe.device));
+    }
+    auto noise = torch::stack(noise_l).to(pipe.device);
+    auto init = need_image_latents ? torch::stack(init_l) : torch::Tensor();
+    res.noise.slice(0, start, end).copy_(noise);
+
+    Cond cond, uncond;
+    cond.tensors["encoder_hidden_states"] = rows(cond_embeds, opt.n, start, end, "prompt_embeds").to(pipe.device);
+    if (guided)
+      uncond.tensors["encoder_hidden_states"] =
+          rows(uncond_embeds, opt.n, start, end, "negative_prompt_embeds").to(pipe.device);
+    torch::Tensor latent_mask;
+    if (inpaint9) {
+      namespace F = torch::nn::functional;
+      auto m = F::interpolate(mask_bin, F::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kNearest));
+      auto cc = torch::cat({m.to(pipe.device), torch::stack(masked_l)}, 1);
+      cond.tensors["c_concat"] = cc;
+      uncond.tensors["c_concat"] = cc;
+    } else if (msk.defined()) {
+      namespace F = torch::nn::functional;
+      latent_mask = F::interpolate(msk, F::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kArea))
+                        .to(pipe.device);
+    }
+    Denoiser den = guided ? cfg_denoiser(cd, cond, uncond, opt.guidance, opt.cfg_rescale) : bind(cd, cond);
+    if (latent_mask.defined()) {
+      // masked img2img (A1111): the known region's x0 is the init image's latents
+      den = [den, latent_mask, init](const torch::Tensor& x, const torch::Tensor& s) {
+        return den(x, s) * latent_mask + init * (1 - latent_mask);
+      };
+    }
+    torch::Tensor lat;
+    if (sigmas.size(0) < 2) {
+      lat = init;  // strength 0: nothing to re-run
+    } else {
+      auto x = from_image ? init + s0 * noise : noise * init_scale(plan, s0);
+      SamplerOptions so;
+      if (!std::isnan(opt.eta)) so.eta = opt.eta;
+      so.s_noise = opt.s_noise;
+      so.noise = &gen;
+      so.callback = opt.callback;
+      x = sampler.fn(den, x, sigmas.to(pipe.device), so);
+      lat = s_last > 0 ? x / std::sqrt(1 + s_last * s_last) : x;  // back to diffusers' VP latents
+    }
+    if (latent_mask.defined()) lat = lat * latent_mask + init * (1 - latent_mask);
+    res.latents.slice(0, start, end).copy_(lat);
+    res.samples.slice(0, start, end).copy_(pipe.decode(lat));
+  }
+  return res;
+}
+
+std::string sd_generation_parameters(const SDPipeline& pipe, const SDOptions& opt, int index) {
+  std::ostringstream o;
+  if (!opt.prompt.empty()) o << opt.prompt << "\n";
+  if (!opt.negative_prompt.empty()) o << "Negative prompt: " << opt.negative_prompt << "\n";
+  Plan plan = make_plan(pipe, opt);
+  o << "Steps: " << opt.steps << ", Sampler: " << plan.sampler->name;
+  if (!opt.schedule.empty()) o << ", Schedule type: " << opt.schedule;
+  if (!opt.sigmas.empty()) o << ", Sigmas: \"" << opt.sigmas << "\"";
+  o << ", CFG scale: " << opt.guidance;
+  if (opt.cfg_rescale != 0) o << ", CFG rescale: " << opt.cfg_rescale;
+  if (!std::isnan(opt.eta)) o << ", Eta: " << opt.eta;
+  if (opt.s_noise != 1.0) o << ", S noise: " << opt.s_noise;
+  if (opt.rng != "cpu") o << ", RNG: " << opt.rng;
+  const int wd = opt.width > 0 ? opt.width : (opt.image.defined() ? static_cast<int>(opt.image.size(3)) : pipe.default_size());
+  const int ht = opt.height > 0 ? opt.height : (opt.image.defined() ? static_cast<int>(opt.image.size(2)) : pipe.default_size());
+  o << ", Seed: " << (opt.seed + static_cast<uint64_t>(index)) << ", Size: " << wd << "x" << ht;
+  o << ", Model: " << fs::path(pipe.source).filename().string();
+  if (opt.image.defined()) o << ", Denoising strength: " << opt.strength;
+  if (opt.mask.defined() && opt.mask_blur > 0) o << ", Mask blur: " << opt.mask_blur;
+  if (opt.mask.defined() && opt.only_masked) o << ", Inpaint area: Only masked, Masked area padding: " << opt.only_masked_padding;
+  if (opt.clip_skip > 0) o << ", Clip skip: " << opt.clip_skip + 1;
+  o << ", Version: diffuse 0.1.0";
+  return o.str();
+}
+
+}  // namespace diffuse

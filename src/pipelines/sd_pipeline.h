@@ -1,0 +1,111 @@
+#pragma once
+// Stable Diffusion 1.x / 2.x: a diffusers StableDiffusionPipeline folder (model_index.json,
+// unet/, vae/, text_encoder/, tokenizer/, scheduler/) run over the samplers of
+// diffusion/sampler.h. txt2img, img2img (strength), inpainting (9-channel inpainting UNets, or
+// masked img2img for ordinary ones) and outpainting by padding, with diffusers' conventions
+// for latents (VAE scaling_factor, initial latents scaled by the scheduler's init sigma) and
+// for prompt embeddings, so that the same inputs give the same images.
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "diffusion/denoiser.h"
+#include "diffusion/sampler.h"
+#include "diffusion/schedule.h"
+#include "models/autoencoder_kl.h"
+#include "models/unet2d_condition.h"
+
+namespace diffuse {
+
+struct SDTextEncoder;  // tokenizer + CLIP text model (sd_text.h)
+
+struct SDPipeline {
+  UNet2DConditionModel unet{nullptr};
+  AutoencoderKL vae{nullptr};
+  std::shared_ptr<SDTextEncoder> text;  // null when the pipeline was loaded without it
+  NoiseScheduleConfig scheduler;
+  std::string scheduler_class = "DDIMScheduler";  // the folder's scheduler (default sampler)
+  torch::Device device = torch::kCPU;
+  torch::Dtype dtype = torch::kFloat32;  // UNet / text encoder compute dtype (the VAE stays float32)
+  std::string source;                    // folder or file it was loaded from
+
+  // Loads a StableDiffusionPipeline / StableDiffusionInpaintPipeline folder. A missing
+  // component or file throws diffuse::Error naming it. `with_text_encoder` false skips
+  // text_encoder/ and tokenizer/ (prompt embeddings must then be given).
+  static SDPipeline load(const std::string& dir, torch::Device device = torch::kCPU,
+                         torch::Dtype dtype = torch::kFloat32, bool with_text_encoder = true);
+  // Whether `dir` holds a Stable Diffusion pipeline (model_index.json with a StableDiffusion* class).
+  static bool is_sd_folder(const std::string& dir);
+
+  int64_t vae_scale_factor() const { return vae->config().downsample_factor(); }
+  int64_t latent_channels() const { return vae->config().latent_channels; }
+  bool is_inpaint_model() const { return unet->config().in_channels == 9; }
+  // Default image size: the UNet's sample_size times the VAE factor.
+  int default_size() const;
+
+  // Images [B, 3, H, W] in [-1, 1] -> the posterior of scaled latents (mean, std times scaling_factor).
+  LatentDistribution encode(const torch::Tensor& images) const;
+  // Scaled latents -> images [B, 3, H, W] in [-1, 1] (not clamped), float32.
+  torch::Tensor decode(const torch::Tensor& latents) const;
+  // The UNet as a conditional denoiser: conditioning "encoder_hidden_states" [B, L, C] and,
+  // for 9-channel inpainting UNets, "c_concat" [B, 5, h, w] (mask, masked-image latents)
+  // concatenated to the scaled input as diffusers does. `quantize` feeds integer timesteps.
+  CondDenoiser denoiser(bool quantize = false) const;
+};
+
+struct SDOptions {
+  int n = 1;                        // images
+  int width = 0, height = 0;        // 0 = default_size()
+  std::string prompt, negative_prompt;
+  // diffusers' prompt_embeds / negative_prompt_embeds: [1 or n, L, C]; override the prompts.
+  torch::Tensor prompt_embeds, negative_prompt_embeds;
+  int clip_skip = 0;                // hidden layers skipped at the end of the text encoder
+  // diffusers' latents=: [1 or n, C, h, w] standard-normal starting latents, scaled by the
+  // scheduler's init sigma as diffusers does. Undefined: drawn from the seeds.
+  torch::Tensor latents;
+  double guidance = 7.5;            // CFG scale (> 1 enables guidance)
+  double cfg_rescale = 0.0;
+  std::string sampler;              // "" = the folder's scheduler class (DDIMScheduler -> ddim)
+  std::string schedule;             // "" = diffusers' timesteps for the sampler
+  std::string sigmas;               // custom comma-separated sigmas
+  int steps = 20;
+  uint64_t seed = 0;                // image i uses seed + i
+  std::string rng = "cpu";          // cpu | philox
+  double eta = NAN;                 // NaN = the sampler's default
+  double s_noise = 1.0;
+  int batch_size = 1;               // images per UNet call (times 2 with CFG)
+  // img2img / inpainting: init image [1 or n, 3, H, W] in [-1, 1] (H, W = height, width).
+  torch::Tensor image;
+  double strength = 0.8;            // img2img: fraction of the schedule re-run (1 = from pure noise)
+  // Inpainting: [1 or n, 1, H, W] in [0, 1], 1 = repaint. Requires `image`.
+  torch::Tensor mask;
+  double mask_blur = 0;             // Gaussian blur sigma of the mask in pixels (A1111's mask blur)
+  bool only_masked = false;         // inpaint only a crop around the mask, resized to width x height
+  int only_masked_padding = 32;     // pixels of context around the mask's bounding box
+  StepCallback callback;
+};
+
+struct SDResult {
+  torch::Tensor samples;  // [n, 3, H, W] float in [-1, 1] nominal (decoded, not clamped)
+  torch::Tensor latents;  // [n, C, h, w] final (scaled) latents as diffusers returns them
+  torch::Tensor noise;    // [n, C, h, w] the starting standard-normal noise
+};
+
+SDResult generate(const SDPipeline& pipe, const SDOptions& opt);
+
+// Outpainting: pads `image` [B, 3, H, W] by (left, top, right, bottom) pixels (edge colours
+// stretched outwards) and returns it with a mask [B, 1, H', W'] that is 1 on the new area.
+std::pair<torch::Tensor, torch::Tensor> outpaint_pad(const torch::Tensor& image, int left, int top, int right,
+                                                     int bottom);
+// Separable Gaussian blur of a mask [B, 1, H, W] with standard deviation `sigma` pixels
+// (kernel 2 * int(2.5 sigma + 0.5) + 1, reflected edges); sigma <= 0 returns it unchanged.
+torch::Tensor blur_mask(const torch::Tensor& mask, double sigma);
+
+// A1111-style "parameters" text for image i of a generation.
+std::string sd_generation_parameters(const SDPipeline& pipe, const SDOptions& opt, int index);
+
+}  // namespace diffuse
