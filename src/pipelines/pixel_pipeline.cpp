@@ -13,66 +13,127 @@ namespace fs = std::filesystem;
 
 namespace diffuse {
 
+int PixelPipeline::latent_size() const { return static_cast<int>(net.sample_size()); }
+int PixelPipeline::latent_channels() const { return static_cast<int>(net.in_channels()); }
 int PixelPipeline::image_size() const {
-  const auto& s = unet->config().sample_size;
-  if (s.empty()) throw Error(source + ": the UNet config has no sample_size");
-  return static_cast<int>(s[0]);
+  return latent_size() * (vae ? static_cast<int>(vae->config().downsample_factor()) : 1);
 }
-int PixelPipeline::channels() const { return static_cast<int>(unet->config().in_channels); }
+int PixelPipeline::channels() const {
+  return vae ? static_cast<int>(vae->config().out_channels) : latent_channels();
+}
+
+torch::Tensor PixelPipeline::decode(const torch::Tensor& z) const {
+  if (!vae) return z;
+  const auto& c = vae->config();
+  auto zz = z.to(device) / c.scaling_factor;
+  if (c.shift_factor) zz = zz + *c.shift_factor;
+  torch::NoGradGuard ng;
+  return vae.ptr()->decode(zz);
+}
+
+namespace {
+
+nlohmann::json read_json(const std::string& path) {
+  try {
+    return nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path + ": invalid JSON: " + e.what());
+  }
+}
+
+// DiTPipeline's id2label ({"0": "tench, Tinca tinca", ...}): the first comma-separated name per id.
+std::vector<std::string> class_names_from_id2label(const nlohmann::json& id2label, int64_t n, const std::string& src) {
+  std::vector<std::string> names(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) names[i] = std::to_string(i);
+  try {
+    for (const auto& [k, v] : id2label.items()) {
+      int64_t id = std::stoll(k);
+      if (id < 0 || id >= n) continue;
+      std::string name = v.get<std::string>();
+      names[id] = name.substr(0, name.find(','));
+    }
+  } catch (const std::exception& e) {
+    throw Error(src + ": id2label: " + e.what());
+  }
+  return names;
+}
+
+}  // namespace
 
 PixelPipeline PixelPipeline::load(const std::string& dir, torch::Device device) {
   if (!fs::is_directory(dir)) throw Error(dir + ": model folder not found");
   PixelPipeline p;
   p.source = dir;
   p.device = device;
-  std::string unet_dir = dir;
+  std::string net_dir = dir;
+  nlohmann::json index;
   if (fs::exists(dir + "/model_index.json")) {
-    nlohmann::json index;
-    try {
-      index = nlohmann::json::parse(read_file(dir + "/model_index.json"));
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(dir + "/model_index.json: invalid JSON: " + e.what());
-    }
-    if (!index.contains("unet"))
-      throw Error(dir + "/model_index.json: no 'unet' component (pixel pipelines need a UNet2DModel)");
-    unet_dir = dir + "/unet";
+    index = read_json(dir + "/model_index.json");
+    if (index.contains("unet"))
+      net_dir = dir + "/unet";
+    else if (index.contains("transformer"))
+      net_dir = dir + "/transformer";
+    else
+      throw Error(dir + "/model_index.json: no 'unet' or 'transformer' component");
     if (fs::exists(dir + "/scheduler/scheduler_config.json"))
       p.scheduler = load_scheduler_config(dir + "/scheduler/scheduler_config.json");
+    if (index.contains("vae") || index.contains("vqvae")) {
+      if (!index.contains("vae")) throw Error(dir + "/model_index.json: VQ-VAE pipelines are not supported");
+      p.vae = load_autoencoder_kl(dir + "/vae");
+      p.vae->eval();
+      p.vae->to(device);
+    }
   } else if (!fs::exists(dir + "/config.json")) {
-    throw Error(dir + ": neither model_index.json (pipeline) nor config.json (UNet) found");
+    throw Error(dir + ": neither model_index.json (pipeline) nor config.json (UNet or DiT) found");
   }
-  p.unet = load_unet2d(unet_dir);
-  p.unet->eval();
-  p.unet->to(device);
+  p.net = load_diffusion_net(net_dir);
+  p.net.module().eval();
+  p.net.module().to(device);
+  if (p.vae && p.vae->config().latent_channels != p.net.in_channels())
+    throw Error(dir + ": the VAE has " + std::to_string(p.vae->config().latent_channels) + " latent channels but the " +
+                p.net.class_name() + " takes " + std::to_string(p.net.in_channels()));
+  const int64_t embeds = p.net.class_embeddings();
   if (fs::exists(dir + "/class_names.json")) {
     try {
-      auto j = nlohmann::json::parse(read_file(dir + "/class_names.json"));
+      auto j = read_json(dir + "/class_names.json");
       p.class_names = j.at("class_names").get<std::vector<std::string>>();
       p.null_class = j.value("null_class", static_cast<int64_t>(-1));
     } catch (const nlohmann::json::exception& e) {
       throw Error(dir + "/class_names.json: " + e.what());
     }
-  } else if (p.unet->config().num_class_embeds.value_or(0) > 0) {
-    for (int64_t i = 0; i < *p.unet->config().num_class_embeds; ++i) p.class_names.push_back(std::to_string(i));
+  } else if (p.net.is_dit()) {
+    p.null_class = p.net.builtin_null_class();
+    p.class_names = index.contains("id2label") && index["id2label"].is_object()
+                        ? class_names_from_id2label(index["id2label"], p.null_class, dir + "/model_index.json")
+                        : class_names_from_id2label(nlohmann::json::object(), p.null_class, dir);
+  } else if (embeds > 0) {
+    for (int64_t i = 0; i < embeds; ++i) p.class_names.push_back(std::to_string(i));
   }
-  int64_t embeds = p.unet->config().num_class_embeds.value_or(0);
   if (!p.class_names.empty() && static_cast<int64_t>(p.class_names.size()) > embeds)
-    throw Error(dir + "/class_names.json: " + std::to_string(p.class_names.size()) + " classes but the UNet has " +
-                std::to_string(embeds) + " class embeddings");
+    throw Error(dir + "/class_names.json: " + std::to_string(p.class_names.size()) + " classes but the " +
+                p.net.class_name() + " has " + std::to_string(embeds) + " class embeddings");
   if (p.null_class >= embeds) throw Error(dir + "/class_names.json: null_class out of range");
   return p;
 }
 
 void PixelPipeline::save(const std::string& dir) const {
   fs::create_directories(dir + "/scheduler");
-  save_unet2d(unet, dir + "/unet");
+  net.save(dir + "/" + net.component());
+  if (vae) save_autoencoder_kl(vae, dir + "/vae");
   write_file_atomically(dir + "/scheduler/scheduler_config.json", scheduler_config_json(scheduler).dump(2) + "\n");
-  nlohmann::json index = {{"_class_name", "DDPMPipeline"},
-                          {"_diffusers_version", "0.28.2"},
-                          {"scheduler", {"diffusers", "DDPMScheduler"}},
-                          {"unet", {"diffusers", "UNet2DModel"}}};
+  nlohmann::json index = {{"_diffusers_version", "0.28.2"}, {"scheduler", {"diffusers", "DDPMScheduler"}}};
+  index[net.component()] = {"diffusers", net.class_name()};
+  if (vae) index["vae"] = {"diffusers", "AutoencoderKL"};
+  if (net.is_dit()) {
+    index["_class_name"] = "DiTPipeline";
+    nlohmann::json id2label = nlohmann::json::object();
+    for (size_t i = 0; i < class_names.size(); ++i) id2label[std::to_string(i)] = class_names[i];
+    index["id2label"] = id2label;
+  } else {
+    index["_class_name"] = vae ? "LDMPipeline" : "DDPMPipeline";
+  }
   write_file_atomically(dir + "/model_index.json", index.dump(2) + "\n");
-  if (!class_names.empty()) {
+  if (!class_names.empty() || null_class >= 0) {
     nlohmann::json j = {{"class_names", class_names}, {"null_class", null_class}};
     write_file_atomically(dir + "/class_names.json", j.dump(2) + "\n");
   }
@@ -94,9 +155,9 @@ int64_t PixelPipeline::class_index(const std::string& s) const {
 }
 
 CondDenoiser PixelPipeline::denoiser() const {
-  UNet2DModel net = unet;
-  ModelFn model = [net](const torch::Tensor& x, const torch::Tensor& t, const Cond& cond) mutable {
-    return net->forward(x, t, cond.get("class_labels"));
+  DiffusionNet n = net;
+  ModelFn model = [n](const torch::Tensor& x, const torch::Tensor& t, const Cond& cond) {
+    return n.forward(x, t, cond.get("class_labels"));
   };
   CondDenoiser d = discrete_denoiser(model, DiscreteSchedule(scheduler), parse_prediction(scheduler.prediction_type));
   if (scheduler.clip_sample) {
@@ -163,8 +224,9 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
   const SamplerDesc& sampler = find_sampler(opt.sampler);
   std::string schedule_used;
   torch::Tensor sigmas = sigmas_for(pipe, opt, &schedule_used);
-  const int c = pipe.channels(), s = pipe.image_size();
-  auto samples = torch::empty({opt.n, c, s, s});
+  const int c = pipe.latent_channels(), s = pipe.latent_size();
+  auto samples = torch::empty({opt.n, pipe.channels(), pipe.image_size(), pipe.image_size()});
+  torch::Tensor latents_all = pipe.latent() ? torch::empty({opt.n, c, s, s}) : torch::Tensor();
   auto noise_all = torch::empty({opt.n, c, s, s});
   CondDenoiser d = pipe.denoiser();
   torch::NoGradGuard no_grad;
@@ -198,9 +260,10 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
     so.callback = opt.callback;
     auto x = (n0 * sigmas[0].item<double>()).to(pipe.device);
     auto out = sampler.fn(den, x, sigmas.to(pipe.device), so);
-    samples.slice(0, start, end).copy_(out.to(torch::kCPU, torch::kFloat32));
+    if (pipe.latent()) latents_all.slice(0, start, end).copy_(out.to(torch::kCPU, torch::kFloat32));
+    samples.slice(0, start, end).copy_(pipe.decode(out).to(torch::kCPU, torch::kFloat32));
   }
-  return {samples, noise_all};
+  return {samples, noise_all, latents_all};
 }
 
 std::string generation_parameters(const PixelPipeline& pipe, const GenerateOptions& opt, int index) {

@@ -1,7 +1,11 @@
 #pragma once
-// Pixel-space diffusion pipeline: a UNet2DModel + its noise schedule + class names,
-// stored as a diffusers DDPMPipeline folder (model_index.json, unet/, scheduler/)
-// plus class_names.json for class-conditional models.
+// Class-conditional (or unconditional) image diffusion pipeline: a denoising network
+// (UNet2DModel or DiTTransformer2DModel) + its noise schedule + class names, optionally in
+// the latent space of an AutoencoderKL. Stored as a diffusers pipeline folder:
+//   pixel UNet:   DDPMPipeline  (model_index.json, unet/, scheduler/)
+//   latent DiT:   DiTPipeline   (model_index.json, transformer/, vae/, scheduler/, id2label)
+//   latent UNet:  LDM layout    (model_index.json, unet/, vae/, scheduler/)
+// plus class_names.json (class names and the null class used for classifier-free guidance).
 #include <torch/torch.h>
 
 #include <cmath>
@@ -12,12 +16,14 @@
 #include "diffusion/denoiser.h"
 #include "diffusion/sampler.h"
 #include "diffusion/schedule.h"
-#include "models/unet2d.h"
+#include "models/autoencoder_kl.h"
+#include "models/diffusion_net.h"
 
 namespace diffuse {
 
 struct PixelPipeline {
-  UNet2DModel unet{nullptr};
+  DiffusionNet net;
+  AutoencoderKL vae{nullptr};  // latent pipelines only
   NoiseScheduleConfig scheduler;
   std::vector<std::string> class_names;  // empty for unconditional models
   int64_t null_class = -1;               // class id used for the unconditional branch of CFG (-1: none)
@@ -25,10 +31,17 @@ struct PixelPipeline {
   std::string source;                    // folder it was loaded from
 
   bool class_conditional() const { return !class_names.empty(); }
-  int image_size() const;
-  int channels() const;
+  bool latent() const { return static_cast<bool>(vae); }
+  int image_size() const;      // side of the generated images (pixels)
+  int channels() const;        // channels of the generated images
+  int latent_size() const;     // side of the sampled tensor (= image_size() for pixel pipelines)
+  int latent_channels() const;
+  // Latents of the diffusion model -> images in [-1, 1] nominal (identity for pixel pipelines):
+  // vae.decode(z / scaling_factor + shift_factor).
+  torch::Tensor decode(const torch::Tensor& z) const;
 
-  // Loads a pipeline folder, or a bare UNet folder (config.json + weights) with a default DDPM schedule.
+  // Loads a pipeline folder, or a bare UNet/DiT folder (config.json + weights) with a default DDPM
+  // schedule. Throws diffuse::Error when the VAE's latent channels do not match the network.
   static PixelPipeline load(const std::string& dir, torch::Device device = torch::kCPU);
   // Writes the folder (each file atomically).
   void save(const std::string& dir) const;
@@ -56,8 +69,9 @@ struct GenerateOptions {
 };
 
 struct GenerateResult {
-  torch::Tensor samples;  // [n, C, H, W] float, model space ([-1, 1] nominal), before quantisation
-  torch::Tensor noise;    // [n, C, H, W] initial standard-normal noise
+  torch::Tensor samples;  // [n, C, H, W] float images ([-1, 1] nominal), before quantisation
+  torch::Tensor noise;    // initial standard-normal noise, [n, latent C, latent H, latent W]
+  torch::Tensor latents;  // final latents (latent pipelines; undefined for pixel pipelines)
 };
 
 GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt);

@@ -67,7 +67,35 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
   p.unet->to(device, dtype);
   p.vae = load_autoencoder_kl(dir + "/vae");
   p.vae->to(device);
+  if (with_text_encoder) {
+    auto te = std::make_shared<SDTextEncoder>();
+    te->tokenizer = CLIPTokenizer::from_folder(dir + "/tokenizer");
+    te->model = load_clip_text_model(dir + "/text_encoder", dtype);
+    te->model->to(device);
+    p.text = te;
+  }
   return p;
+}
+
+torch::Tensor SDTextEncoder::encode_ids(const torch::Tensor& ids, int clip_skip) const {
+  torch::NoGradGuard ng;
+  CLIPTextModel m = model;
+  const int64_t layers = m->config().num_hidden_layers;
+  if (clip_skip < 0 || clip_skip >= layers)
+    throw Error("clip skip " + std::to_string(clip_skip) + ": must lie in [0, " + std::to_string(layers - 1) + "]");
+  auto out = m->forward(ids.to(m->device(), torch::kInt64), clip_skip > 0);
+  auto h = clip_skip > 0 ? m->final_norm(out.hidden_states[static_cast<size_t>(layers - clip_skip)])
+                         : out.last_hidden_state;
+  return h.to(torch::kCPU, torch::kFloat32);
+}
+
+torch::Tensor SDTextEncoder::encode(const std::string& prompt, int clip_skip) const {
+  auto ids = tokenizer.tokenize(prompt, model->config().max_position_embeddings, true);
+  for (int64_t id : ids)
+    if (id >= model->config().vocab_size)
+      throw Error("prompt: token id " + std::to_string(id) + " is outside the text encoder's vocabulary (" +
+                  std::to_string(model->config().vocab_size) + ")");
+  return encode_ids(torch::tensor(ids, torch::kInt64).unsqueeze(0), clip_skip);
 }
 
 int SDPipeline::default_size() const {
@@ -198,9 +226,9 @@ void check_nchw(const torch::Tensor& t, int64_t channels, const std::string& wha
 }
 
 torch::Tensor prompt_embeddings(const SDPipeline& pipe, const std::string& prompt, int clip_skip) {
-  (void)prompt;
-  (void)clip_skip;
-  throw Error("prompt: " + pipe.source + " was loaded without its text encoder; give prompt embeddings instead");
+  if (!pipe.text)
+    throw Error("prompt: " + pipe.source + " was loaded without its text encoder; give prompt embeddings instead");
+  return pipe.text->encode(prompt, clip_skip);
 }
 
 // A1111's expand_crop_region: grows [x1, x2) x [y1, y2) to the aspect ratio pw:ph inside the image.

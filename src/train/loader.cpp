@@ -55,7 +55,10 @@ Batch BatchLoader::make(int64_t step) const {
   auto index = torch::tensor(idx, torch::kInt64);
   Batch b;
   b.step = step;
-  b.images = data_.images.index_select(0, index).to(torch::kFloat32).div_(127.5).sub_(1.0);
+  // uint8 images map to [-1, 1]; float rows (e.g. latent posteriors) are taken as they are.
+  b.images = data_.images.is_floating_point()
+                 ? data_.images.index_select(0, index).to(torch::kFloat32)
+                 : data_.images.index_select(0, index).to(torch::kFloat32).div_(127.5).sub_(1.0);
   if (flip_) {
     std::mt19937_64 rng(mix_seed(seed_ ^ 0xf11bull, static_cast<uint64_t>(step)));
     std::vector<int64_t> flips;

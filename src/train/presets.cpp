@@ -1,5 +1,8 @@
 #include "train/presets.h"
 
+#include <algorithm>
+#include <cctype>
+
 #include "core/error.h"
 
 namespace diffuse {
@@ -57,6 +60,94 @@ nlohmann::json unet_preset(const std::string& name, int image_size, int channels
     throw Error("--config " + name + ": not a preset (" + names + ") or a config.json file");
   }
   return j;
+}
+
+namespace {
+
+struct DiTSize {
+  const char* name;
+  int depth, hidden, heads;
+  const char* note;
+};
+
+// Peebles & Xie 2023, Table 1; "tiny" is this project's size for tests and CPU smoke runs.
+const DiTSize kDiTSizes[] = {
+    {"tiny", 2, 64, 2, "2 blocks, width 64, 2 heads: tests and smoke runs"},
+    {"S", 12, 384, 6, "12 blocks, width 384, 6 heads (~33M)"},
+    {"B", 12, 768, 12, "12 blocks, width 768, 12 heads (~130M)"},
+    {"L", 24, 1024, 16, "24 blocks, width 1024, 16 heads (~458M)"},
+    {"XL", 28, 1152, 16, "28 blocks, width 1152, 16 heads (~675M)"},
+};
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+// "dit-s/2" -> (size, patch); false when the name has not the DiT-<size>/<patch> shape.
+bool parse_dit_name(const std::string& name, const DiTSize** size, int* patch) {
+  const std::string n = lower(name);
+  if (n.rfind("dit-", 0) != 0) return false;
+  const auto slash = n.find('/');
+  if (slash == std::string::npos) return false;
+  const std::string sz = n.substr(4, slash - 4), p = n.substr(slash + 1);
+  *size = nullptr;
+  for (const auto& d : kDiTSizes)
+    if (lower(d.name) == sz) *size = &d;
+  *patch = (p == "2" || p == "4" || p == "8") ? std::stoi(p) : 0;
+  return true;
+}
+
+}  // namespace
+
+const std::vector<std::pair<std::string, std::string>>& dit_presets() {
+  static const std::vector<std::pair<std::string, std::string>> p = [] {
+    std::vector<std::pair<std::string, std::string>> v;
+    for (const auto& d : kDiTSizes) v.emplace_back(std::string("DiT-") + d.name + "/{2,4,8}", d.note);
+    return v;
+  }();
+  return p;
+}
+
+bool is_dit_preset(const std::string& name) {
+  const DiTSize* size = nullptr;
+  int patch = 0;
+  return parse_dit_name(name, &size, &patch);
+}
+
+nlohmann::json dit_preset(const std::string& name, int sample_size, int channels, int num_classes) {
+  const DiTSize* size = nullptr;
+  int patch = 0;
+  if (!parse_dit_name(name, &size, &patch) || !size || !patch) {
+    std::string names;
+    for (const auto& [n, d] : dit_presets()) names += (names.empty() ? "" : ", ") + n;
+    throw Error("--config " + name + ": not a DiT preset (" + names + ")");
+  }
+  if (sample_size % patch != 0)
+    throw Error("--config " + name + ": the " + std::to_string(sample_size) + "x" + std::to_string(sample_size) +
+                " input is not divisible by the patch size " + std::to_string(patch));
+  return {{"_class_name", "DiTTransformer2DModel"},
+          {"activation_fn", "gelu-approximate"},
+          {"attention_bias", true},
+          {"attention_head_dim", size->hidden / size->heads},
+          {"dropout", 0.0},
+          {"in_channels", channels},
+          {"norm_elementwise_affine", false},
+          {"norm_eps", 1e-5},
+          {"norm_num_groups", 32},
+          {"norm_type", "ada_norm_zero"},
+          {"num_attention_heads", size->heads},
+          {"num_embeds_ada_norm", std::max(1, num_classes)},
+          {"num_layers", size->depth},
+          {"out_channels", channels},
+          {"patch_size", patch},
+          {"sample_size", sample_size},
+          {"upcast_attention", false}};
+}
+
+nlohmann::json model_preset(const std::string& name, int sample_size, int channels, int num_classes) {
+  if (is_dit_preset(name)) return dit_preset(name, sample_size, channels, num_classes);
+  return unet_preset(name, sample_size, channels, num_classes > 0 ? num_classes + 1 : 0);
 }
 
 }  // namespace diffuse

@@ -20,6 +20,7 @@
 #include "train/autocast.h"
 #include "train/checkpoint.h"
 #include "train/dataset.h"
+#include "train/latents.h"
 #include "train/loader.h"
 #include "train/presets.h"
 
@@ -65,7 +66,7 @@ double lr_at(const TrainOptions& o, int64_t step) {
 }
 
 nlohmann::json options_json(const TrainOptions& o) {
-  return {{"data", o.data},         {"config", o.config},         {"image_size", o.image_size},
+  return {{"data", o.data},         {"config", o.config},         {"latent", o.latent},         {"image_size", o.image_size},
           {"steps", o.steps},       {"batch", o.batch},           {"grad_accum", o.grad_accum},
           {"lr", o.lr},             {"lr_schedule", o.lr_schedule}, {"warmup", o.warmup},
           {"weight_decay", o.weight_decay}, {"grad_clip", o.grad_clip}, {"ema_decay", o.ema_decay},
@@ -76,7 +77,7 @@ nlohmann::json options_json(const TrainOptions& o) {
 
 // Options that change the meaning of a checkpoint: a resumed run must keep them.
 void check_resume_compatible(const nlohmann::json& saved, const nlohmann::json& now, const std::string& source) {
-  for (const char* key : {"data", "config", "image_size", "batch", "grad_accum", "prediction", "beta_schedule",
+  for (const char* key : {"data", "config", "latent", "image_size", "batch", "grad_accum", "prediction", "beta_schedule",
                           "num_train_timesteps", "seed", "flip", "class_dropout"}) {
     if (saved.contains(key) && saved[key] != now[key])
       throw Error(source + ": --resume with a different --" + std::string(key) + " (checkpoint has " +
@@ -129,7 +130,7 @@ void write_sample_grid(const PixelPipeline& pipe, const std::string& path, int64
   GenerateOptions g;
   const int per_row = 8;
   if (pipe.class_conditional()) {
-    int k = static_cast<int>(pipe.class_names.size());
+    int k = std::min(16, static_cast<int>(pipe.class_names.size()));  // the first 16 classes
     g.n = k * per_row;
     for (int c = 0; c < k; ++c)
       for (int i = 0; i < per_row; ++i) g.classes.push_back(c);
@@ -169,10 +170,26 @@ TrainResult train(const TrainOptions& opt) {
     throw Error(out + ": already holds a training run (use --resume to continue it, or another --out)");
   }
 
-  Dataset data = load_dataset(opt.data, "train", opt.image_size);
+  AutoencoderKL vae{nullptr};
+  if (!opt.latent.empty()) {
+    vae = load_autoencoder_kl(opt.latent);
+    vae->eval();
+    for (auto& p : vae->parameters()) p.set_requires_grad(false);
+  }
+  Dataset data = load_dataset(opt.data, "train", opt.image_size, vae ? static_cast<int>(vae->config().in_channels) : 0);
   if (data.size() < 1) throw Error(opt.data + ": dataset is empty");
   const bool labelled = data.labelled();
   const int num_classes = labelled ? static_cast<int>(data.class_names.size()) : 0;
+  // The tensors the network learns to denoise: images, or VAE latents (encoded once).
+  int sample_channels = data.channels(), sample_size = data.image_size();
+  if (vae) {
+    const int64_t f = vae->config().downsample_factor();
+    if (data.image_size() % f != 0)
+      throw Error(opt.data + ": image size " + std::to_string(data.image_size()) +
+                  " is not divisible by the VAE's downsampling factor " + std::to_string(f) + " (" + opt.latent + ")");
+    sample_channels = static_cast<int>(vae->config().latent_channels);
+    sample_size = data.image_size() / static_cast<int>(f);
+  }
 
   // Model configuration: a preset or a diffusers config.json.
   nlohmann::json cfg_json;
@@ -183,45 +200,62 @@ TrainResult train(const TrainOptions& opt) {
       throw Error(opt.config + ": invalid JSON: " + e.what());
     }
   } else {
-    cfg_json = unet_preset(opt.config, data.image_size(), data.channels(), labelled ? num_classes + 1 : 0);
+    cfg_json = model_preset(opt.config, sample_size, sample_channels, num_classes);
   }
-  UNet2DConfig cfg = UNet2DConfig::from_json(cfg_json);
-  if (cfg.in_channels != data.channels())
-    throw Error(opt.config + ": in_channels " + std::to_string(cfg.in_channels) + " but the data has " +
-                std::to_string(data.channels()) + " channels");
-  const int64_t class_embeds = cfg.num_class_embeds.value_or(0);
+  DiffusionNet model = DiffusionNet::from_config(cfg_json, opt.config);  // initialised below
+  const std::string what = vae ? "the VAE's latents have" : "the data has";
+  if (model.in_channels() != sample_channels)
+    throw Error(opt.config + ": in_channels " + std::to_string(model.in_channels()) + " but " + what + " " +
+                std::to_string(sample_channels) + " channels");
+  if (model.is_dit() && (model.sample_size() != sample_size || sample_size % model.size_multiple() != 0))
+    throw Error(opt.config + ": the DiT's sample_size is " + std::to_string(model.sample_size()) + " (patch " +
+                std::to_string(model.size_multiple()) + ") but " + what + " size " + std::to_string(sample_size));
+  const int64_t class_embeds = model.class_embeddings();
   if (labelled && class_embeds < num_classes)
-    throw Error(opt.config + ": num_class_embeds " + std::to_string(class_embeds) + " but the data has " +
+    throw Error(opt.config + ": " + std::to_string(class_embeds) + " class embeddings but the data has " +
                 std::to_string(num_classes) + " classes");
+  if (model.is_dit() && labelled && model.builtin_null_class() != num_classes)
+    throw Error(opt.config + ": num_embeds_ada_norm " + std::to_string(model.builtin_null_class()) +
+                " but the data has " + std::to_string(num_classes) + " classes");
 
   PixelPipeline pipe;
-  pipe.unet = UNet2DModel(cfg);
   pipe.scheduler.beta_schedule = opt.beta_schedule;
   pipe.scheduler.prediction_type = opt.prediction;
   pipe.scheduler.num_train_timesteps = opt.num_train_timesteps;
-  pipe.scheduler.clip_sample = true;
+  pipe.scheduler.clip_sample = !vae;  // latents are not bounded
+  pipe.vae = vae;
   pipe.class_names = labelled ? data.class_names : std::vector<std::string>{};
-  pipe.null_class = labelled && class_embeds > num_classes ? num_classes : -1;
+  if (model.is_dit())
+    pipe.null_class = model.builtin_null_class();
+  else
+    pipe.null_class = labelled && class_embeds > num_classes ? num_classes : -1;
   pipe.device = device;
   pipe.source = out;
+  // Unconditional DiTs are trained (and sampled) with their null class.
+  const bool always_null = model.is_dit() && !labelled;
 
   torch::manual_seed(opt.seed);  // parameter initialisation
-  UNet2DModel model(cfg);        // the trained weights
-  model->to(device);
-  model->train();
-  UNet2DModel ema = pipe.unet;  // exponential moving average, saved as the model
+  model = model.clone_architecture();
+  model.module().to(device);
+  model.module().train();
+  DiffusionNet ema = model.clone_architecture();  // exponential moving average, saved as the model
   {
     torch::NoGradGuard ng;
-    auto src = nn::state_dict(*model);
-    nn::load_state_dict(*ema, src, "initial weights");
+    auto src = nn::state_dict(model.module());
+    nn::load_state_dict(ema.module(), src, "initial weights");
   }
-  ema->to(device);
-  ema->eval();
-  for (auto& p : ema->parameters()) p.set_requires_grad(false);
+  ema.module().to(device);
+  ema.module().eval();
+  for (auto& p : ema.module().parameters()) p.set_requires_grad(false);
+  pipe.net = ema;
+  if (vae) {
+    vae->to(device);
+    data = encode_latent_dataset(vae, data, opt.flip, device, !opt.quiet);
+  }
 
   std::vector<std::pair<std::string, torch::Tensor>> named;
   std::vector<torch::Tensor> params;
-  for (auto& p : model->named_parameters(true)) {
+  for (auto& p : model.module().named_parameters(true)) {
     named.emplace_back(p.key(), p.value());
     params.push_back(p.value());
   }
@@ -233,7 +267,7 @@ TrainResult train(const TrainOptions& opt) {
   double smooth_loss = NAN;
   double trained_seconds = 0;
   if (resumed) {
-    load_checkpoint(ckpt_dir, *resumed, *model, *ema, optimizer);
+    load_checkpoint(ckpt_dir, *resumed, model.module(), ema.module(), optimizer);
     step = resumed->step;
     smooth_loss = resumed->smooth_loss;
     trained_seconds = resumed->seconds;
@@ -247,21 +281,22 @@ TrainResult train(const TrainOptions& opt) {
   if (!opt.quiet) {
     int64_t nparams = 0;
     for (auto& p : params) nparams += p.numel();
-    std::fprintf(stderr, "diffuse train: %lld images %dx%dx%d, %d classes | UNet %.2fM parameters | %s | %s\n",
-                 static_cast<long long>(data.size()), data.channels(), data.image_size(), data.image_size(),
-                 num_classes, nparams / 1e6, device.str().c_str(), runtime_summary().c_str());
+    std::fprintf(stderr, "diffuse train: %lld %s %dx%dx%d, %d classes | %s %.2fM parameters | %s | %s\n",
+                 static_cast<long long>(data.size()), vae ? "latents" : "images", sample_channels, sample_size,
+                 sample_size, num_classes, model.class_name().c_str(), nparams / 1e6, device.str().c_str(),
+                 runtime_summary().c_str());
     if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(step));
   }
 
   auto save_all = [&](bool with_plot) {
-    save_checkpoint(ckpt_dir, CheckpointState{step, smooth_loss, trained_seconds, opts_now}, *model, *ema, optimizer);
-    pipe.unet = ema;
+    save_checkpoint(ckpt_dir, CheckpointState{step, smooth_loss, trained_seconds, opts_now}, model.module(),
+                    ema.module(), optimizer);
     pipe.save(out);
     if (with_plot) write_loss_plot(out);
   };
 
   const int accum = opt.grad_accum;
-  BatchLoader loader(data, opt.batch, opt.seed, opt.flip, step * accum);
+  BatchLoader loader(data, opt.batch, opt.seed, opt.flip && !vae, step * accum);
   Progress progress(opt.steps, "train", "step", !opt.quiet);
   TrainResult result;
   auto t0 = std::chrono::steady_clock::now();
@@ -280,7 +315,7 @@ TrainResult train(const TrainOptions& opt) {
     for (int micro = 0; micro < accum; ++micro) {
       Batch b = loader.next();
       auto gen = at::detail::createCPUGenerator(mix_seed(opt.seed, static_cast<uint64_t>(b.step)));
-      auto x0 = b.images.to(device);
+      auto x0 = vae ? sample_scaled_latents(vae->config(), b.images, gen).to(device) : b.images.to(device);
       const int64_t B = x0.size(0);
       auto t = torch::randint(opt.num_train_timesteps, {B}, gen, torch::kInt64).to(device);
       auto noise = torch::randn(x0.sizes(), gen).to(device);
@@ -292,13 +327,15 @@ TrainResult train(const TrainOptions& opt) {
           labels.masked_fill_(drop, pipe.null_class);
         }
         labels = labels.to(device);
+      } else if (always_null) {
+        labels = torch::full({B}, pipe.null_class, torch::kInt64).to(device);
       }
       auto xt = add_noise(alphas_cumprod, x0, noise, t);
       auto target = prediction_target(opt.prediction, alphas_cumprod, x0, noise, t);
       torch::Tensor out_t;
       {
         AutocastGuard autocast(device, opt.bf16);
-        out_t = model->forward(xt, t.to(torch::kFloat32), labels).to(torch::kFloat32);
+        out_t = model.forward(xt, t.to(torch::kFloat32), labels).to(torch::kFloat32);
       }
       auto per_sample = (out_t - target).pow(2).mean({1, 2, 3});
       if (opt.min_snr_gamma > 0) {
@@ -323,8 +360,8 @@ TrainResult train(const TrainOptions& opt) {
     {
       torch::NoGradGuard ng;
       double d = std::min(opt.ema_decay, (1.0 + step) / (10.0 + step));
-      auto ep = ema->parameters();
-      auto mp = model->parameters();
+      auto ep = ema.module().parameters();
+      auto mp = model.module().parameters();
       for (size_t i = 0; i < ep.size(); ++i) ep[i].mul_(d).add_(mp[i].detach(), 1.0 - d);
     }
     ++step;
@@ -357,7 +394,6 @@ TrainResult train(const TrainOptions& opt) {
       save_all(true);
     }
     if (opt.sample_every > 0 && (step % opt.sample_every == 0 || step == opt.steps)) {
-      pipe.unet = ema;
       char name[64];
       std::snprintf(name, sizeof name, "/samples/step_%07lld.png", static_cast<long long>(step));
       write_sample_grid(pipe, out + name, step);

@@ -1,7 +1,7 @@
 #pragma once
-// `diffuse train`: trains a pixel-space UNet2DModel diffusion model and writes a
-// diffusers pipeline folder (EMA weights), checkpoints, metrics.csv, loss.png and
-// sample grids.
+// `diffuse train`: trains a diffusion model (UNet2DModel or DiTTransformer2DModel), in pixel
+// space or in the latent space of a given AutoencoderKL, and writes a diffusers pipeline folder
+// (EMA weights), checkpoints, metrics.csv, loss.png and sample grids.
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -12,7 +12,8 @@ namespace diffuse {
 struct TrainOptions {
   std::string data;                 // dataset spec (see load_dataset)
   std::string out;                  // output folder
-  std::string config = "small";     // preset name or a UNet2DModel config.json
+  std::string config = "small";     // preset name (UNet or DiT-*/*) or a UNet2DModel / DiT config.json
+  std::string latent;               // AutoencoderKL folder: train on its latents ("" = pixel space)
   int image_size = 0;               // 0 = the dataset's own size
   int64_t steps = 10000;
   int batch = 64;

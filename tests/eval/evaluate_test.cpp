@@ -159,8 +159,8 @@ PixelPipeline tiny_pipeline(int size, int channels, std::vector<std::string> cla
   c.add_attention = false;
   if (!classes.empty()) c.num_class_embeds = static_cast<int64_t>(classes.size()) + 1;
   PixelPipeline p;
-  p.unet = UNet2DModel(c);
-  p.unet->eval();
+  p.net = DiffusionNet(UNet2DModel(c));
+  p.net.module().eval();
   p.class_names = std::move(classes);
   if (!p.class_names.empty()) p.null_class = static_cast<int64_t>(p.class_names.size());
   p.source = "tiny";

@@ -244,3 +244,26 @@ TEST(SdPipeline, BadInput) {
 
 }  // namespace
 }  // namespace diffuse
+
+namespace diffuse {
+namespace {
+
+// The folder's text encoder reproduces the fixture's prompt embeddings from its id rows (the tiny
+// encoder's vocabulary of 1000 cannot take the real tokenizer's ids, which the tokenizer tests cover).
+TEST(SdPipeline, TextEncoderReproducesThePromptEmbeddings) {
+  const auto& io = fixture_io();
+  auto pipe = SDPipeline::load(test::fixture(kTiny));
+  ASSERT_TRUE(pipe.text);
+  EXPECT_LT(test::max_abs_diff(pipe.text->encode_ids(io.at("cond_input_ids")), io.at("prompt_embeds")), 1e-5);
+  EXPECT_LT(test::max_abs_diff(pipe.text->encode_ids(io.at("uncond_input_ids")), io.at("negative_prompt_embeds")),
+            1e-5);
+  // clip skip 1: the penultimate layer through the final layer norm
+  auto out = pipe.text->model->forward(io.at("cond_input_ids"), true);
+  auto expect = pipe.text->model->final_norm(out.hidden_states[out.hidden_states.size() - 2]);
+  EXPECT_LT(test::max_abs_diff(pipe.text->encode_ids(io.at("cond_input_ids"), 1), expect), 1e-6);
+  EXPECT_EQ(pipe.text->tokenizer.tokenize("a photo").size(), 77u);
+  EXPECT_NE(test::error_of([&] { pipe.text->encode("a photo of a cat"); }).find("vocabulary"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace diffuse

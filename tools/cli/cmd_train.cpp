@@ -1,4 +1,4 @@
-// diffuse train: train a pixel-space diffusion model.
+// diffuse train: train a diffusion model (UNet or DiT, pixel or latent space).
 #include <csignal>
 #include <cstdio>
 #include <memory>
@@ -20,12 +20,17 @@ void register_cmd(CLI::App& app) {
   auto threads = std::make_shared<int>(0);
   std::string presets;
   for (const auto& [n, d] : diffuse::unet_presets()) presets += "\n    " + n + ": " + d;
-  auto* cmd = app.add_subcommand("train", "Train a pixel-space diffusion model (UNet2DModel)");
+  for (const auto& [n, d] : diffuse::dit_presets()) presets += "\n    " + n + ": " + d;
+  auto* cmd = app.add_subcommand("train", "Train a diffusion model (UNet2DModel or DiT; pixels or VAE latents)");
   cmd->add_option("--data", o->data, "fashion-mnist, mnist, a folder of IDX files, or an image folder (class = subfolder)")
       ->required();
   cmd->add_option("--out", o->out, "Output folder (diffusers pipeline + checkpoint + metrics)")->required();
-  cmd->add_option("--config", o->config, "UNet preset or a UNet2DModel config.json. Presets:" + presets)
+  cmd->add_option("--config", o->config,
+                  "Preset or a UNet2DModel / DiTTransformer2DModel config.json. Presets:" + presets)
       ->capture_default_str();
+  cmd->add_option("--latent", o->latent,
+                  "AutoencoderKL folder: train on its latents (encoded once, sampled per item) and save a latent "
+                  "pipeline (DiTPipeline for a DiT)");
   cmd->add_option("--image-size", o->image_size, "Training resolution (0 = the data's own)")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Optimizer steps in total")->capture_default_str();
   cmd->add_option("--batch", o->batch, "Batch size")->capture_default_str();
