@@ -6,6 +6,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/json_file.h"
 #include "diffusion/sigmas.h"
 #include "pipelines/scheduler_config.h"
 
@@ -32,14 +33,6 @@ torch::Tensor PixelPipeline::decode(const torch::Tensor& z) const {
 }
 
 namespace {
-
-nlohmann::json read_json(const std::string& path) {
-  try {
-    return nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(path + ": invalid JSON: " + e.what());
-  }
-}
 
 // DiTPipeline's id2label ({"0": "tench, Tinca tinca", ...}): the first comma-separated name per id.
 std::vector<std::string> class_names_from_id2label(const nlohmann::json& id2label, int64_t n, const std::string& src) {
@@ -68,7 +61,7 @@ PixelPipeline PixelPipeline::load(const std::string& dir, torch::Device device) 
   std::string net_dir = dir;
   nlohmann::json index;
   if (fs::exists(dir + "/model_index.json")) {
-    index = read_json(dir + "/model_index.json");
+    index = read_json_file(dir + "/model_index.json");
     if (index.contains("unet"))
       net_dir = dir + "/unet";
     else if (index.contains("transformer"))
@@ -95,7 +88,7 @@ PixelPipeline PixelPipeline::load(const std::string& dir, torch::Device device) 
   const int64_t embeds = p.net.class_embeddings();
   if (fs::exists(dir + "/class_names.json")) {
     try {
-      auto j = read_json(dir + "/class_names.json");
+      auto j = read_json_file(dir + "/class_names.json");
       p.class_names = j.at("class_names").get<std::vector<std::string>>();
       p.null_class = j.value("null_class", static_cast<int64_t>(-1));
     } catch (const nlohmann::json::exception& e) {

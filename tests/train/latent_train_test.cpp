@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/image.h"
 #include "fixtures.h"
+#include "two_class_data.h"
 #include "models/autoencoder_kl.h"
 #include "pipelines/pixel_pipeline.h"
 #include "train/latents.h"
@@ -22,23 +23,7 @@ namespace {
 using test::TempDir;
 namespace fs = std::filesystem;
 
-// Two classes of 16x16 images with `channels` channels: "top" has a bright upper half,
-// "bottom" a bright lower half (random brightness and noise).
-void write_two_class_set(const std::string& dir, int per_class, int channels) {
-  torch::manual_seed(11);
-  for (const char* cls : {"bottom", "top"}) {
-    fs::create_directories(dir + "/" + cls);
-    for (int i = 0; i < per_class; ++i) {
-      auto x = torch::full({channels, 16, 16}, -0.8) + 0.1 * torch::randn({channels, 16, 16});
-      double level = 0.5 + 0.4 * torch::rand({1}).item<double>();
-      if (cls[0] == 't')
-        x.slice(1, 0, 8).fill_(level);
-      else
-        x.slice(1, 8, 16).fill_(level);
-      write_png(dir + "/" + cls + "/" + std::to_string(i) + ".png", to_image(x.clamp(-1, 1)));
-    }
-  }
-}
+using test::write_two_class_set;
 
 TrainOptions dit_options(const std::string& data, const std::string& out) {
   TrainOptions o;
@@ -54,18 +39,6 @@ TrainOptions dit_options(const std::string& data, const std::string& out) {
   o.device = "cpu";
   o.quiet = true;
   return o;
-}
-
-// Share of samples whose bright half matches the class asked for (first 8: bottom, last 8: top).
-int class_correct(const torch::Tensor& s) {
-  int correct = 0;
-  for (int i = 0; i < s.size(0); ++i) {
-    double top = s[i].slice(1, 0, 8).mean().item<double>();
-    double bottom = s[i].slice(1, 8, 16).mean().item<double>();
-    bool is_top = top > bottom + 0.5, is_bottom = bottom > top + 0.5;
-    if ((i < 8 && is_bottom) || (i >= 8 && is_top)) ++correct;
-  }
-  return correct;
 }
 
 GenerateOptions two_class_generation() {
@@ -120,7 +93,7 @@ TEST(DiTTraining, LearnsTwoClassesRecognisably) {
   ASSERT_EQ(pipe.class_names, (std::vector<std::string>{"bottom", "top"}));
   EXPECT_EQ(pipe.null_class, 2);
   auto s = generate(pipe, two_class_generation()).samples;
-  EXPECT_GE(class_correct(s), 14) << "class-correct samples: " << class_correct(s) << "/16";
+  EXPECT_GE(test::two_class_correct(s), 14) << "class-correct samples: " << test::two_class_correct(s) << "/16";
 }
 
 // A small random-weight VAE (f = 2, 3 -> 4 latent channels) saved as a folder.

@@ -9,6 +9,7 @@
 #include "core/image.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
+#include "two_class_data.h"
 #include "pipelines/pixel_pipeline.h"
 
 namespace diffuse {
@@ -17,23 +18,7 @@ namespace {
 using test::TempDir;
 namespace fs = std::filesystem;
 
-// Two classes of 16x16 grey images: "top" has a bright upper half, "bottom" a bright lower half,
-// with random brightness and noise. Horizontal flips keep the classes apart.
-void write_two_class_set(const std::string& dir, int per_class) {
-  torch::manual_seed(11);
-  for (const char* cls : {"bottom", "top"}) {
-    fs::create_directories(dir + "/" + cls);
-    for (int i = 0; i < per_class; ++i) {
-      auto x = torch::full({1, 16, 16}, -0.8) + 0.1 * torch::randn({1, 16, 16});
-      double level = 0.5 + 0.4 * torch::rand({1}).item<double>();
-      if (cls[0] == 't')
-        x.slice(1, 0, 8).fill_(level);
-      else
-        x.slice(1, 8, 16).fill_(level);
-      write_png(dir + "/" + cls + "/" + std::to_string(i) + ".png", to_image(x.clamp(-1, 1)));
-    }
-  }
-}
+using test::write_two_class_set;
 
 TrainOptions tiny_options(const std::string& data, const std::string& out) {
   TrainOptions o;
@@ -76,14 +61,7 @@ TEST(Trainer, LearnsTwoClassesRecognisably) {
   g.steps = 20;
   g.seed = 5;
   auto s = generate(pipe, g).samples;
-  int correct = 0;
-  for (int i = 0; i < 16; ++i) {
-    double top = s[i].slice(1, 0, 8).mean().item<double>();
-    double bottom = s[i].slice(1, 8, 16).mean().item<double>();
-    bool is_top = top > bottom + 0.5;
-    bool is_bottom = bottom > top + 0.5;
-    if ((i < 8 && is_bottom) || (i >= 8 && is_top)) ++correct;
-  }
+  int correct = test::two_class_correct(s);
   EXPECT_GE(correct, 14) << "class-correct samples: " << correct << "/16";
 }
 
