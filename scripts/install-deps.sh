@@ -9,6 +9,7 @@ PKGS=(
   libpng-dev libjpeg-dev zlib1g-dev
   libgtest-dev libbenchmark-dev
   dataset-fashion-mnist     # training data for the shipped model and the tests
+  fonts-noto-color-emoji unicode-data  # --data emoji: colour emoji bitmaps and their subgroups
 )
 missing=()
 for p in "${PKGS[@]}"; do

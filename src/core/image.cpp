@@ -27,24 +27,39 @@ void png_error_fn(png_structp png, png_const_charp msg) {
 }
 void png_warning_fn(png_structp, png_const_charp) {}
 
-Image read_png(const std::string& path, std::map<std::string, std::string>* text_out) {
-  FILE* fp = std::fopen(path.c_str(), "rb");
-  if (!fp) throw Error(path + ": cannot open: " + std::strerror(errno));
-  PngReadCtx ctx{&path, {}};
+// A PNG held in memory, read through png_set_read_fn.
+struct PngMemSource {
+  const std::string* bytes;
+  size_t pos;
+};
+void png_read_from_memory(png_structp png, png_bytep out, png_size_t len) {
+  auto* src = static_cast<PngMemSource*>(png_get_io_ptr(png));
+  if (src->bytes->size() - src->pos < len) png_error(png, "truncated PNG data");
+  std::memcpy(out, src->bytes->data() + src->pos, len);
+  src->pos += len;
+}
+
+// Reads a PNG from `fp` (when not null) or from `mem`; `what` names the source in errors.
+Image read_png_from(const std::string& what, FILE* fp, PngMemSource* mem,
+                    std::map<std::string, std::string>* text_out) {
+  PngReadCtx ctx{&what, {}};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &ctx, png_error_fn, png_warning_fn);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info) {
-    std::fclose(fp);
-    throw Error(path + ": out of memory reading PNG");
+    if (fp) std::fclose(fp);
+    throw Error(what + ": out of memory reading PNG");
   }
   Image img;
   std::vector<png_bytep> rows;
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_read_struct(&png, &info, nullptr);
-    std::fclose(fp);
-    throw Error(path + ": corrupt PNG: " + ctx.msg);
+    if (fp) std::fclose(fp);
+    throw Error(what + ": corrupt PNG: " + ctx.msg);
   }
-  png_init_io(png, fp);
+  if (fp)
+    png_init_io(png, fp);
+  else
+    png_set_read_fn(png, mem, png_read_from_memory);
   png_read_info(png, info);
   png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
   if (w == 0 || h == 0 || w > 32768 || h > 32768) png_error(png, "unsupported image size");
@@ -77,8 +92,14 @@ Image read_png(const std::string& path, std::map<std::string, std::string>* text
     for (int i = 0; i < n; ++i) (*text_out)[text[i].key] = std::string(text[i].text, text[i].text_length ? text[i].text_length : std::strlen(text[i].text));
   }
   png_destroy_read_struct(&png, &info, nullptr);
-  std::fclose(fp);
+  if (fp) std::fclose(fp);
   return img;
+}
+
+Image read_png(const std::string& path, std::map<std::string, std::string>* text_out) {
+  FILE* fp = std::fopen(path.c_str(), "rb");
+  if (!fp) throw Error(path + ": cannot open: " + std::strerror(errno));
+  return read_png_from(path, fp, nullptr, text_out);
 }
 
 struct JpegErr {
@@ -137,6 +158,13 @@ Image read_image(const std::string& path) {
   if (f.gcount() >= 8 && png_sig_cmp(magic, 0, 8) == 0) return read_png(path, nullptr);
   if (f.gcount() >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF) return read_jpeg(path);
   throw Error(path + ": not a PNG or JPEG image");
+}
+
+Image decode_png(const std::string& bytes, const std::string& what) {
+  if (bytes.size() < 8 || png_sig_cmp(reinterpret_cast<png_const_bytep>(bytes.data()), 0, 8) != 0)
+    throw Error(what + ": not a PNG image");
+  PngMemSource src{&bytes, 0};
+  return read_png_from(what, nullptr, &src, nullptr);
 }
 
 std::map<std::string, std::string> read_png_text(const std::string& path) {

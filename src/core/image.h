@@ -19,6 +19,8 @@ struct Image {
 
 // Reads PNG or JPEG (detected from the file's first bytes). Throws diffuse::Error naming the file.
 Image read_image(const std::string& path);
+// Decodes PNG bytes held in memory; `what` names their source in errors.
+Image decode_png(const std::string& bytes, const std::string& what);
 // Writes a PNG atomically with tEXt chunks (key -> value, e.g. "parameters").
 void write_png(const std::string& path, const Image& img, const std::map<std::string, std::string>& text = {});
 // PNG bytes in memory.

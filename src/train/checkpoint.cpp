@@ -20,13 +20,14 @@ std::string resolve(const std::string& dir) {
 }  // namespace
 
 void save_checkpoint(const std::string& dir, const CheckpointState& st, torch::nn::Module& model,
-                     torch::nn::Module& ema, const AdamW& opt) {
+                     torch::nn::Module& ema, const AdamW& opt, const CheckpointExtras& extras) {
   const std::string tmp = dir + ".tmp";
   remove_tree(tmp);
   fs::create_directories(tmp);
   safetensors::save(tmp + "/model.safetensors", nn::state_dict(model), {{"format", "pt"}});
   safetensors::save(tmp + "/ema.safetensors", nn::state_dict(ema), {{"format", "pt"}});
   safetensors::save(tmp + "/optimizer.safetensors", opt.state(), {{"steps", std::to_string(opt.steps())}});
+  for (const auto& [name, tensors] : extras) safetensors::save(tmp + "/" + name + ".safetensors", tensors, {});
   nlohmann::json j = {{"step", st.step},
                       {"smooth_loss", st.smooth_loss},
                       {"seconds", st.seconds},
@@ -66,6 +67,11 @@ void load_checkpoint(const std::string& dir, const CheckpointState& st, torch::n
   auto it = f.metadata().find("steps");
   if (it != f.metadata().end()) steps = std::stoll(it->second);
   opt.load_state(f.load_all(), steps, d + "/optimizer.safetensors");
+}
+
+std::map<std::string, torch::Tensor> load_checkpoint_extra(const std::string& dir, const std::string& name) {
+  std::string d = resolve(dir);
+  return safetensors::load(d + "/" + name + ".safetensors");
 }
 
 }  // namespace diffuse

@@ -3,6 +3,7 @@
 // ema.safetensors and optimizer.safetensors. A new checkpoint is written beside the
 // old one and swapped in by rename, so a complete checkpoint exists at every moment.
 #include <nlohmann/json.hpp>
+#include <map>
 #include <string>
 
 #include "models/unet2d.h"
@@ -17,11 +18,17 @@ struct CheckpointState {
   nlohmann::json options;    // the run's options (checked on resume)
 };
 
+// Further tensors a trainer keeps (e.g. a discriminator and its optimizer): name -> tensors,
+// written as "<name>.safetensors" inside the same atomically swapped folder.
+using CheckpointExtras = std::map<std::string, std::map<std::string, torch::Tensor>>;
+
 void save_checkpoint(const std::string& dir, const CheckpointState& st, torch::nn::Module& model,
-                     torch::nn::Module& ema, const AdamW& opt);
+                     torch::nn::Module& ema, const AdamW& opt, const CheckpointExtras& extras = {});
 // Reads state.json (falls back to the previous checkpoint if a swap was interrupted).
 CheckpointState read_checkpoint_state(const std::string& dir);
 void load_checkpoint(const std::string& dir, const CheckpointState& st, torch::nn::Module& model,
                      torch::nn::Module& ema, AdamW& opt);
+// One of the extras written by save_checkpoint.
+std::map<std::string, torch::Tensor> load_checkpoint_extra(const std::string& dir, const std::string& name);
 
 }  // namespace diffuse

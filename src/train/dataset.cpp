@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/image.h"
+#include "train/emoji.h"
 
 namespace fs = std::filesystem;
 
@@ -153,13 +154,18 @@ Dataset load_dataset(const std::string& spec, const std::string& split, int imag
       throw Error("--data " + spec + ": " + dir + " not found (install the Debian package dataset-" + spec + ")");
     d = load_idx_dir(dir, split);
     if (spec == "fashion-mnist" && d.class_names.size() == kFashionMnistClasses.size()) d.class_names = kFashionMnistClasses;
+  } else if (spec == "emoji") {
+    EmojiOptions eo;
+    eo.image_size = image_size > 0 ? image_size : 64;
+    eo.split = split;
+    d = load_emoji(eo);
   } else if (fs::is_directory(spec)) {
     bool idx = false;
     for (const auto& e : fs::directory_iterator(spec))
       if (e.path().filename().string().find("idx3-ubyte") != std::string::npos) idx = true;
     d = idx ? load_idx_dir(spec, split) : load_image_folder(spec, image_size, channels);
   } else {
-    throw Error("--data " + spec + ": not a dataset name (fashion-mnist, mnist) or a directory");
+    throw Error("--data " + spec + ": not a dataset name (fashion-mnist, mnist, emoji) or a directory");
   }
   if (channels > 0 && d.channels() != channels) {
     if (d.channels() == 1 && channels == 3)

@@ -12,6 +12,7 @@ struct Dataset {
   torch::Tensor images;  // uint8 [N, C, H, W]
   torch::Tensor labels;  // int64 [N], undefined when unlabelled
   std::vector<std::string> class_names;
+  std::vector<std::string> names;  // per-image names (emoji names); empty for other datasets
   std::string source;
 
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
@@ -24,7 +25,7 @@ struct Dataset {
 std::string default_fashion_mnist_dir();
 extern const std::vector<std::string> kFashionMnistClasses;
 
-// `spec` is "fashion-mnist", "mnist", a directory of IDX files (train-images-idx3-ubyte[.gz] ...),
+// `spec` is "fashion-mnist", "mnist", "emoji" (see train/emoji.h), a directory of IDX files (train-images-idx3-ubyte[.gz] ...),
 // or an image folder. `split` is "train" or "test" (IDX only). `image_size` > 0 resizes/centre-crops
 // image folders and pads IDX images (with their background) to that size; 0 keeps the native size.
 // `channels` 0 keeps the native channel count. Throws diffuse::Error naming the path.

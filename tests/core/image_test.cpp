@@ -61,6 +61,27 @@ TEST(Image, CorruptFilesGiveErrorsNamingTheFile) {
   }
 }
 
+TEST(Image, DecodePngFromMemory) {
+  Image img;
+  img.width = 3;
+  img.height = 2;
+  img.channels = 4;
+  for (int i = 0; i < 24; ++i) img.data.push_back(static_cast<uint8_t>(i * 10));
+  const std::string bytes = encode_png(img);
+  Image back = decode_png(bytes, "memory");
+  EXPECT_EQ(back.width, 3);
+  EXPECT_EQ(back.height, 2);
+  EXPECT_EQ(back.channels, 4);
+  EXPECT_EQ(back.data, img.data);
+  try {
+    decode_png(bytes.substr(0, bytes.size() / 2), "glyph 7");
+    FAIL() << "truncated PNG accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("glyph 7"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(decode_png("GIF89a", "x"), Error);
+}
+
 TEST(Image, GridLayout) {
   auto x = torch::zeros({5, 1, 4, 4});
   for (int i = 0; i < 5; ++i) x[i].fill_(i * 0.1);
