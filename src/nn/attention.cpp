@@ -1,5 +1,6 @@
 #include "nn/attention.h"
 
+#include <atomic>
 #include <cmath>
 
 #include "core/error.h"
@@ -22,13 +23,32 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   return torch::matmul(probs, v);
 }
 
+std::atomic<int64_t>& budget() {
+  static std::atomic<int64_t> b{int64_t{128} << 20};
+  return b;
+}
+
 }  // namespace
+
+int64_t attention_memory_budget() { return budget(); }
+void set_attention_memory_budget(int64_t bytes) { budget() = bytes; }
+
+int64_t resolve_query_chunk(int64_t query_chunk, const torch::Tensor& q, int64_t nk) {
+  const int64_t nq = q.size(-2);
+  if (query_chunk > 0) return query_chunk < nq ? query_chunk : 0;
+  if (query_chunk < 0 || nq == 0 || nk == 0) return 0;
+  const int64_t rows = q.numel() / std::max<int64_t>(1, q.size(-1)) / nq;  // batch x heads
+  const int64_t bytes_per_query = rows * nk * static_cast<int64_t>(std::max<size_t>(4, q.element_size()));
+  const int64_t fit = std::max<int64_t>(1, budget() / std::max<int64_t>(1, bytes_per_query));
+  return fit >= nq ? 0 : fit;
+}
 
 torch::Tensor dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     double scale, const torch::Tensor& mask, int64_t query_chunk, bool upcast_attention,
                                     bool upcast_softmax) {
   const int64_t nq = q.size(-2);
-  if (query_chunk <= 0 || query_chunk >= nq) return attend(q, k, v, scale, mask, upcast_attention, upcast_softmax);
+  query_chunk = resolve_query_chunk(query_chunk, q, k.size(-2));
+  if (query_chunk <= 0) return attend(q, k, v, scale, mask, upcast_attention, upcast_softmax);
   const bool mask_per_query = mask.defined() && mask.dim() >= 2 && mask.size(-2) == nq && nq > 1;
   std::vector<torch::Tensor> parts;
   for (int64_t s = 0; s < nq; s += query_chunk) {

@@ -15,11 +15,19 @@ namespace diffuse::nn {
 // q [..., Nq, D], k [..., Nk, D], v [..., Nk, Dv]; mask (optional, additive) broadcastable to
 // [..., Nq, Nk]. query_chunk > 0 processes that many query tokens at a time, bounding the
 // score matrix to [..., query_chunk, Nk]; the result is the same as unchunked.
+// query_chunk 0 (automatic) chunks only when the whole score matrix would exceed
+// attention_memory_budget() bytes, with the largest chunk that fits; < 0 never chunks.
 // upcast_attention computes q k^T in float32; upcast_softmax runs the softmax in float32.
 // Uses matmul + softmax only (no baddbmm with beta = 0 on uninitialised memory).
 torch::Tensor dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     double scale, const torch::Tensor& mask = {}, int64_t query_chunk = 0,
                                     bool upcast_attention = false, bool upcast_softmax = false);
+
+// Bytes one score matrix may take before automatic chunking starts (default 128 MiB).
+int64_t attention_memory_budget();
+void set_attention_memory_budget(int64_t bytes);
+// The query chunk `query_chunk` resolves to for these shapes (0 = no chunking).
+int64_t resolve_query_chunk(int64_t query_chunk, const torch::Tensor& q, int64_t nk);
 
 struct AttentionOptions {
   int64_t query_dim = 0;
@@ -51,7 +59,8 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& hidden_states, const torch::Tensor& encoder_hidden_states = {},
                         const torch::Tensor& attention_mask = {});
 
-  // Query tokens per attention chunk (0 = all at once); trades speed for peak memory.
+  // Query tokens per attention chunk (0 = automatic, see dot_product_attention; < 0 = all at
+  // once); trades speed for peak memory.
   void set_query_chunk_size(int64_t n) { query_chunk_ = n; }
   int64_t query_chunk_size() const { return query_chunk_; }
   const AttentionOptions& options() const { return opt_; }

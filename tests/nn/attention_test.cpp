@@ -57,6 +57,14 @@ TEST(Attention, ModuleChunkingAndShapes) {
   attn->set_query_chunk_size(7);
   EXPECT_LT(max_abs_diff(attn(x), full), 1e-6);
   attn->set_query_chunk_size(0);
+  // Automatic chunking: a budget smaller than the [2, 4, 30, 30] score matrix forces chunks.
+  const int64_t saved = nn::attention_memory_budget();
+  nn::set_attention_memory_budget(2 * 4 * 7 * 30 * 4);
+  EXPECT_EQ(nn::resolve_query_chunk(0, torch::empty({2, 4, 30, 8}), 30), 7);
+  EXPECT_EQ(nn::resolve_query_chunk(-1, torch::empty({2, 4, 30, 8}), 30), 0);
+  EXPECT_LT(max_abs_diff(attn(x), full), 1e-6);
+  nn::set_attention_memory_budget(saved);
+  EXPECT_EQ(nn::resolve_query_chunk(0, torch::empty({2, 4, 30, 8}), 30), 0);
   // channels-last memory layout is accepted and gives the same values.
   EXPECT_LT(max_abs_diff(attn(x.contiguous(torch::MemoryFormat::ChannelsLast)), full), 1e-6);
   // Tokens in [B, N, C] layout give the same result as the feature map.
