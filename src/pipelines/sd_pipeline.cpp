@@ -98,6 +98,24 @@ torch::Tensor SDTextEncoder::encode(const std::string& prompt, int clip_skip) co
   return encode_ids(torch::tensor(ids, torch::kInt64).unsqueeze(0), clip_skip);
 }
 
+SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
+                   const std::string& prediction) {
+  SDPipeline p;
+  if (fs::is_regular_file(path)) {
+    const std::string ext = fs::path(path).extension().string();
+    if (ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin")
+      throw Error(path + ": pickled checkpoints are not loaded (they can run code); convert it to .safetensors");
+    throw Error(path + ": expected a pipeline folder");
+  } else {
+    p = SDPipeline::load(path, device, dtype, with_text_encoder);
+  }
+  if (!prediction.empty()) {
+    parse_prediction(prediction);
+    p.scheduler.prediction_type = prediction;
+  }
+  return p;
+}
+
 int SDPipeline::default_size() const {
   const auto& s = unet->config().sample_size;
   return static_cast<int>((s.empty() ? 64 : s[0]) * vae_scale_factor());
@@ -454,7 +472,7 @@ std::string sd_generation_parameters(const SDPipeline& pipe, const SDOptions& op
   if (!opt.negative_prompt.empty()) o << "Negative prompt: " << opt.negative_prompt << "\n";
   Plan plan = make_plan(pipe, opt);
   o << "Steps: " << opt.steps << ", Sampler: " << plan.sampler->name;
-  if (!opt.schedule.empty()) o << ", Schedule type: " << opt.schedule;
+  if (opt.sigmas.empty() && !plan.schedule.empty()) o << ", Schedule type: " << plan.schedule;
   if (!opt.sigmas.empty()) o << ", Sigmas: \"" << opt.sigmas << "\"";
   o << ", CFG scale: " << opt.guidance;
   if (opt.cfg_rescale != 0) o << ", CFG rescale: " << opt.cfg_rescale;

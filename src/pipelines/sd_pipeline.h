@@ -68,6 +68,12 @@ struct SDPipeline {
   CondDenoiser denoiser(bool quantize = false) const;
 };
 
+// A Stable Diffusion model from a pipeline folder or a single-file .safetensors checkpoint
+// (original LDM / A1111 names, see ldm_convert.h). `prediction` ("" = the model's own, else
+// epsilon | v_prediction) overrides the scheduler's prediction type. .ckpt files are refused.
+SDPipeline load_sd(const std::string& path, torch::Device device = torch::kCPU, torch::Dtype dtype = torch::kFloat32,
+                   bool with_text_encoder = true, const std::string& prediction = "");
+
 struct SDOptions {
   int n = 1;                        // images
   int width = 0, height = 0;        // 0 = default_size()

@@ -9,6 +9,7 @@
 #include "core/progress.h"
 #include "core/runtime.h"
 #include "core/safetensors.h"
+#include "generate_sd.h"
 #include "pipelines/pixel_pipeline.h"
 
 namespace fs = std::filesystem;
@@ -19,27 +20,16 @@ struct Args {
   std::string model, out = "samples.png", cls, device = "cpu";
   int threads = 0, nrow = 0;
   diffuse::GenerateOptions g;
+  diffuse::cli::SdArgs sd;
 };
-
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
 
 void run(Args& a) {
   diffuse::cli::apply_threads(a.threads);
+  if (diffuse::cli::is_sd_model(a.model))
+    return diffuse::cli::run_sd_generate(a.model, a.out, a.device, a.nrow, a.g, a.sd);
   // Validate the output target before any work.
-  enum { Grid, Dir, Raw } kind;
-  if (ends_with(a.out, "/") || fs::is_directory(a.out))
-    kind = Dir;
-  else if (ends_with(a.out, ".png"))
-    kind = Grid;
-  else if (ends_with(a.out, ".safetensors"))
-    kind = Raw;
-  else
-    throw diffuse::Error("--out " + a.out + ": expected FILE.png (grid), DIR/ (one PNG per image) or FILE.safetensors");
-  fs::path parent = kind == Dir ? fs::path(a.out) : fs::path(a.out).parent_path();
-  if (kind != Dir && !parent.empty() && !fs::is_directory(parent))
-    throw diffuse::Error("--out " + a.out + ": folder " + parent.string() + " does not exist");
+  using diffuse::cli::OutKind;
+  const OutKind kind = diffuse::cli::output_kind(a.out);
 
   auto pipe = diffuse::PixelPipeline::load(a.model, diffuse::parse_device(a.device));
   auto& g = a.g;
@@ -66,10 +56,10 @@ void run(Args& a) {
   g.callback = cb;
   auto res = diffuse::generate(pipe, g);
   progress.finish();
-  if (kind == Raw) {
+  if (kind == OutKind::Raw) {
     diffuse::safetensors::save(a.out, {{"samples", res.samples}, {"noise", res.noise}},
                                {{"parameters", diffuse::generation_parameters(pipe, g, 0)}});
-  } else if (kind == Grid) {
+  } else if (kind == OutKind::Grid) {
     int nrow = a.nrow > 0 ? a.nrow : static_cast<int>(std::ceil(std::sqrt(static_cast<double>(g.n))));
     auto grid = diffuse::make_grid(res.samples.clamp(-1, 1), nrow, 2, 1.0);
     std::string params = diffuse::generation_parameters(pipe, g, 0);
@@ -91,12 +81,20 @@ void run(Args& a) {
 void register_cmd(CLI::App& app) {
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("generate", "Generate images from a model folder");
-  cmd->add_option("--model", a->model, "Model folder (diffusers pipeline or UNet folder)")->required();
-  cmd->add_option("-n,--num", a->g.n, "Number of images")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--model", a->model,
+                  "Model: diffusers pipeline or UNet folder, or a Stable Diffusion .safetensors checkpoint")
+      ->required();
+  a->sd.num = cmd->add_option("-n,--num", a->g.n, "Number of images (Stable Diffusion default 1)")
+                  ->capture_default_str()
+                  ->check(CLI::PositiveNumber);
   cmd->add_option("--class", a->cls, "Class name or index (default: rows of every class)");
-  cmd->add_option("--guidance,--cfg", a->g.guidance, "Classifier-free guidance scale (1 = off)")->capture_default_str();
+  a->sd.guidance = cmd->add_option("--guidance,--cfg", a->g.guidance,
+                                   "Classifier-free guidance scale (1 = off; Stable Diffusion default 7.5)")
+                       ->capture_default_str();
   cmd->add_option("--cfg-rescale", a->g.cfg_rescale, "CFG-rescale factor phi (0 = off)")->capture_default_str();
-  cmd->add_option("--sampler", a->g.sampler, "Sampler (see `diffuse samplers`)")->capture_default_str();
+  a->sd.sampler = cmd->add_option("--sampler", a->g.sampler,
+                                  "Sampler (see `diffuse samplers`; Stable Diffusion default: the folder's scheduler)")
+                      ->capture_default_str();
   cmd->add_option("--schedule", a->g.schedule, "Sigma schedule (default: the sampler's; see `diffuse samplers`)");
   cmd->add_option("--sigmas", a->g.sigmas, "Custom descending sigmas a,b,c,...");
   cmd->add_option("--steps", a->g.steps, "Sampling steps")->capture_default_str();
@@ -106,11 +104,14 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--rng", a->g.rng, "Noise: cpu (torch CPU generator, as diffusers) or philox (A1111 GPU-style)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "philox"}));
-  cmd->add_option("--batch-size", a->g.batch_size, "Images per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
+  a->sd.batch = cmd->add_option("--batch-size", a->g.batch_size, "Images per forward pass (Stable Diffusion default 1)")
+                    ->capture_default_str()
+                    ->check(CLI::PositiveNumber);
   cmd->add_option("--nrow", a->nrow, "Images per grid row (0 = auto)");
   cmd->add_option("--out", a->out, "FILE.png (grid), DIR/ (one PNG each) or FILE.safetensors (raw samples + noise)")
       ->capture_default_str();
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  diffuse::cli::add_sd_options(cmd, &a->sd);
   diffuse::cli::add_threads_option(cmd, &a->threads);
   cmd->callback([a] { run(*a); });
 }
