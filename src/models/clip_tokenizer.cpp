@@ -492,7 +492,7 @@ std::vector<int64_t> CLIPTokenizer::tokenize(const std::string& text, int64_t ma
   auto ids = encode(text);
   if (static_cast<int64_t>(ids.size()) > max_len - 2) ids.resize(static_cast<size_t>(max_len - 2));
   std::vector<int64_t> out;
-  out.reserve(static_cast<size_t>(max_len));
+  out.reserve(pad ? static_cast<size_t>(max_len) : ids.size() + 2);
   out.push_back(bos_id_);
   out.insert(out.end(), ids.begin(), ids.end());
   out.push_back(eos_id_);

@@ -5,6 +5,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "models/autoencoder_kl.h"
+#include "models/clip_text.h"
 #include "models/dit.h"
 #include "models/unet2d.h"
 #include "models/unet2d_condition.h"
@@ -34,6 +35,10 @@ TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device
     throw Error(dir + "/config.json: invalid JSON: " + e.what());
   }
   std::string cls = cfg.value("_class_name", "");
+  // transformers configs name their class in "architectures".
+  if (cls.empty() && cfg.contains("architectures") && cfg.at("architectures").is_array())
+    for (const auto& a : cfg.at("architectures"))
+      if (a.is_string() && cls.empty()) cls = a.get<std::string>();
   torch::NoGradGuard ng;
   if (cls == "UNet2DModel") {
     auto m = load_unet2d(dir);
@@ -82,6 +87,20 @@ TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device
     auto labels = need(in, "class_labels", cls).to(device, torch::kInt64);
     return {{"out", m->forward(sample, t, labels).to(torch::kCPU)}};
   }
+  if (cls == "CLIPTextModel") {
+    auto m = load_clip_text_model(dir);
+    m->to(device);
+    auto ids = need(in, "input_ids", cls).to(device, torch::kInt64);
+    auto mask = optional(in, "attention_mask");
+    if (mask.defined()) mask = mask.to(device);
+    auto r = m->forward(ids, true, mask);
+    TensorMap out{{"last_hidden_state", r.last_hidden_state.to(torch::kCPU)},
+                  {"pooler_output", r.pooler_output.to(torch::kCPU)}};
+    for (size_t i = 0; i < r.hidden_states.size(); ++i)
+      out["hidden_states." + std::to_string(i)] = r.hidden_states[i].to(torch::kCPU);
+    return out;
+  }
+  if (cls.empty()) throw Error(dir + "/config.json: no _class_name (diffusers) or architectures (transformers) key");
   throw Error(dir + "/config.json: _class_name '" + cls + "' is not supported by forward");
 }
 
