@@ -31,8 +31,8 @@ namespace diffuse {
 
 const std::vector<std::pair<std::string, std::string>>& vae_presets() {
   static const std::vector<std::pair<std::string, std::string>> p = {
-      {"tiny", "f=4, (32, 64, 64), 1 layer per block, 4 latent channels (~1.6M parameters)"},
-      {"small", "f=4, (64, 128, 128), 2 layers per block, 4 latent channels (~9M)"},
+      {"tiny", "f=4, (32, 64, 64), 1 layer per block, 4 latent channels (~0.95M parameters)"},
+      {"small", "f=4, (64, 128, 128), 2 layers per block, 4 latent channels (~5.1M)"},
       {"sd", "f=8, Stable Diffusion's VAE layout (128, 256, 512, 512), 2 layers per block (~84M)"},
   };
   return p;

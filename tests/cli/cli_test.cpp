@@ -9,6 +9,7 @@
 #include "core/image.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
+#include "run_cli.h"
 
 namespace diffuse {
 namespace {
@@ -16,23 +17,8 @@ namespace {
 using test::TempDir;
 namespace fs = std::filesystem;
 
-struct Run {
-  int code;
-  std::string output;
-};
-
-Run run(const std::string& args) {
-  std::string cmd = std::string(DIFFUSE_CLI) + " " + args + " 2>&1";
-  Run r{-1, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
+using Run = test::CliRun;
+Run run(const std::string& args) { return test::run_cli(args); }
 
 bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
