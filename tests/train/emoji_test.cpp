@@ -44,6 +44,33 @@ TEST(Emoji, RendersMoreThanAThousandDistinctEmojiWithSubgroupLabels) {
     EXPECT_GE(index_of(d, name), 0) << name;
 }
 
+TEST(Emoji, EveryFullyQualifiedEmojiReachesABitmapGlyph) {
+  auto entries = read_emoji_test(default_emoji_test());
+  EmojiFont font(default_emoji_font());
+  EXPECT_EQ(font.ppem(), 109);
+  int fully = 0, resolved = 0;
+  std::set<int> glyphs;
+  std::string missing;
+  for (const auto& e : entries) {
+    if (!e.fully_qualified) continue;
+    ++fully;
+    int g = font.glyph(e.codepoints);
+    if (g >= 0) {
+      ++resolved;
+      glyphs.insert(g);
+      EXPECT_FALSE(font.png(g).empty());
+    } else if (missing.size() < 400) {
+      missing += e.name + "; ";
+    }
+  }
+  std::printf("fully-qualified emoji: %d, with a bitmap glyph: %d, distinct glyphs: %zu\n", fully, resolved,
+              glyphs.size());
+  EXPECT_EQ(resolved, fully) << "no glyph for: " << missing;
+  // Unknown sequences have no glyph.
+  EXPECT_EQ(font.glyph({0x41}), -1);
+  EXPECT_EQ(font.glyph({0x1F600, 0x200D, 0x1F600}), -1);
+}
+
 TEST(Emoji, RedAppleIsFoodFruitRedOnWhite) {
   EmojiOptions o;
   o.image_size = 64;
