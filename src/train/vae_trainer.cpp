@@ -326,9 +326,13 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
     if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(step));
   }
 
-  // A few fixed held-out images for the reconstruction grids.
+  // Eight fixed held-out images, spread over the set (emoji: over the subgroups), for the grids.
   const int64_t n_grid = std::min<int64_t>(8, eval_set.size());
-  const torch::Tensor grid_inputs = eval_set.images.narrow(0, 0, n_grid).to(torch::kFloat32).div(127.5).sub(1.0);
+  const torch::Tensor grid_inputs =
+      eval_set.images.index_select(0, torch::arange(n_grid, torch::kInt64) * (eval_set.size() / n_grid))
+          .to(torch::kFloat32)
+          .div(127.5)
+          .sub(1.0);
   auto write_grid = [&](int64_t at_step) {
     torch::NoGradGuard ng;
     auto rec = ema->forward(grid_inputs.to(device)).clamp(-1, 1).to(torch::kCPU);
