@@ -8,7 +8,9 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/safetensors.h"
 #include "diffusion/sigmas.h"
+#include "nn/state_dict.h"
 #include "pipelines/image_noise.h"
 #include "pipelines/scheduler_config.h"
 
@@ -98,6 +100,43 @@ torch::Tensor SDTextEncoder::encode(const std::string& prompt, int clip_skip) co
   return encode_ids(torch::tensor(ids, torch::kInt64).unsqueeze(0), clip_skip);
 }
 
+SDPipeline load_single_file(const std::string& path, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
+                            const LdmConfigOverrides& overrides) {
+  auto file = safetensors::File::open(path);
+  TensorMap all;
+  for (const auto& name : file.names()) all[name] = file.get(name);  // shares the mapping
+  LdmCheckpoint ck = convert_ldm(all, path, overrides);
+  all.clear();
+  SDPipeline p;
+  p.source = path;
+  p.device = device;
+  p.dtype = dtype;
+  p.scheduler.beta_schedule = "scaled_linear";
+  p.scheduler.beta_start = 0.00085;
+  p.scheduler.beta_end = 0.012;
+  p.scheduler.steps_offset = 1;
+  p.scheduler.clip_sample = false;
+  p.scheduler.set_alpha_to_one = false;
+  p.scheduler_class = "DDIMScheduler";
+  p.unet = UNet2DConditionModel(ck.unet_config);
+  nn::load_state_dict(*p.unet, ck.unet, path + " (UNet)");
+  ck.unet.clear();
+  p.unet->eval();
+  p.unet->to(device, dtype);
+  p.vae = AutoencoderKL(ck.vae_config);
+  nn::load_state_dict(*p.vae, ck.vae, path + " (VAE)");
+  p.vae->eval();
+  p.vae->to(device);
+  if (with_text_encoder) {
+    auto te = std::make_shared<SDTextEncoder>();
+    te->tokenizer = CLIPTokenizer::builtin(ck.openclip ? "!" : "<|endoftext|>");
+    te->model = clip_text_model_from_state_dict(ck.text_config, ck.text, path + " (text encoder)", dtype);
+    te->model->to(device);
+    p.text = te;
+  }
+  return p;
+}
+
 SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
                    const std::string& prediction) {
   SDPipeline p;
@@ -105,7 +144,8 @@ SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype d
     const std::string ext = fs::path(path).extension().string();
     if (ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin")
       throw Error(path + ": pickled checkpoints are not loaded (they can run code); convert it to .safetensors");
-    throw Error(path + ": expected a pipeline folder");
+    if (ext != ".safetensors") throw Error(path + ": expected a pipeline folder or a .safetensors checkpoint");
+    p = load_single_file(path, device, dtype, with_text_encoder);
   } else {
     p = SDPipeline::load(path, device, dtype, with_text_encoder);
   }

@@ -20,6 +20,7 @@
 #include "models/clip_text.h"
 #include "models/clip_tokenizer.h"
 #include "models/unet2d_condition.h"
+#include "pipelines/ldm_convert.h"
 
 namespace diffuse {
 
@@ -71,6 +72,11 @@ struct SDPipeline {
 // A Stable Diffusion model from a pipeline folder or a single-file .safetensors checkpoint
 // (original LDM / A1111 names, see ldm_convert.h). `prediction` ("" = the model's own, else
 // epsilon | v_prediction) overrides the scheduler's prediction type. .ckpt files are refused.
+// A single-file .safetensors checkpoint (see ldm_convert.h); fp16 / bf16 weights are converted
+// to the compute dtype. The scheduler is diffusers' SD DDIM configuration (epsilon).
+SDPipeline load_single_file(const std::string& path, torch::Device device = torch::kCPU,
+                            torch::Dtype dtype = torch::kFloat32, bool with_text_encoder = true,
+                            const LdmConfigOverrides& overrides = {});
 SDPipeline load_sd(const std::string& path, torch::Device device = torch::kCPU, torch::Dtype dtype = torch::kFloat32,
                    bool with_text_encoder = true, const std::string& prediction = "");
 

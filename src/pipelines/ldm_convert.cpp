@@ -1,0 +1,400 @@
+#include "pipelines/ldm_convert.h"
+
+#include <algorithm>
+#include <unordered_map>
+
+#include "core/error.h"
+
+namespace diffuse {
+
+namespace {
+
+const std::string kUnetPrefix = "model.diffusion_model.";
+const std::string kVaePrefix = "first_stage_model.";
+const std::string kClipPrefix = "cond_stage_model.transformer.";  // + text_model.*
+const std::string kOpenClipPrefix = "cond_stage_model.model.";
+
+using Pairs = std::vector<std::pair<std::string, std::string>>;  // LDM name, diffusers name
+
+// Renames inside a module, LDM -> diffusers.
+const Pairs kUnetResnet = {{"in_layers.0", "norm1"},         {"in_layers.2", "conv1"}, {"emb_layers.1", "time_emb_proj"},
+                           {"out_layers.0", "norm2"},        {"out_layers.3", "conv2"},
+                           {"skip_connection", "conv_shortcut"}};
+const Pairs kVaeResnet = {{"nin_shortcut", "conv_shortcut"}};
+const Pairs kVaeAttention = {{"norm", "group_norm"}, {"q", "to_q"}, {"k", "to_k"}, {"v", "to_v"}, {"proj_out", "to_out.0"}};
+const Pairs kNone = {};
+
+// One module: its LDM path, its diffusers path and the renames of its tensors.
+struct Rule {
+  std::string ldm, diffusers;
+  const Pairs* inner = &kNone;
+  bool attention_1x1 = false;  // VAE attention: LDM 1x1 convs are diffusers linears
+};
+
+struct Table {
+  std::vector<Rule> rules;
+  std::unordered_map<std::string, size_t> by_ldm, by_diffusers;
+  void add(std::string ldm, std::string diff, const Pairs* inner = &kNone, bool attn = false) {
+    by_ldm[ldm] = rules.size();
+    by_diffusers[diff] = rules.size();
+    rules.push_back({std::move(ldm), std::move(diff), inner, attn});
+  }
+  // Maps `key` (forward: LDM -> diffusers); false when no module matches.
+  bool map(const std::string& key, bool forward, std::string* out, const Rule** rule) const {
+    const auto& index = forward ? by_ldm : by_diffusers;
+    for (size_t pos = key.rfind('.'); pos != std::string::npos && pos > 0; pos = key.rfind('.', pos - 1)) {
+      auto it = index.find(key.substr(0, pos));
+      if (it == index.end()) continue;
+      const Rule& r = rules[it->second];
+      std::string rest = key.substr(pos + 1);
+      for (const auto& [l, d] : *r.inner) {
+        const std::string& from = forward ? l : d;
+        const std::string& to = forward ? d : l;
+        if (rest.compare(0, from.size() + 1, from + ".") == 0) {
+          rest = to + rest.substr(from.size());
+          break;
+        }
+      }
+      *out = (forward ? r.diffusers : r.ldm) + "." + rest;
+      *rule = &r;
+      return true;
+    }
+    return false;
+  }
+};
+
+bool has_attention(const std::string& block_type) { return block_type.rfind("CrossAttn", 0) == 0; }
+
+Table unet_table(const UNet2DConditionConfig& c) {
+  Table t;
+  const auto n = static_cast<int>(c.num_blocks());
+  const auto L = static_cast<int>(c.layers_per_block.at(0));
+  t.add("time_embed.0", "time_embedding.linear_1");
+  t.add("time_embed.2", "time_embedding.linear_2");
+  t.add("input_blocks.0.0", "conv_in");
+  t.add("out.0", "conv_norm_out");
+  t.add("out.2", "conv_out");
+  int idx = 1;
+  for (int b = 0; b < n; ++b) {
+    const std::string db = "down_blocks." + std::to_string(b);
+    for (int l = 0; l < L; ++l, ++idx) {
+      const std::string ib = "input_blocks." + std::to_string(idx);
+      t.add(ib + ".0", db + ".resnets." + std::to_string(l), &kUnetResnet);
+      if (has_attention(c.down_block_types[b])) t.add(ib + ".1", db + ".attentions." + std::to_string(l));
+    }
+    if (b != n - 1) t.add("input_blocks." + std::to_string(idx++) + ".0.op", db + ".downsamplers.0.conv");
+  }
+  t.add("middle_block.0", "mid_block.resnets.0", &kUnetResnet);
+  t.add("middle_block.1", "mid_block.attentions.0");
+  t.add("middle_block.2", "mid_block.resnets.1", &kUnetResnet);
+  idx = 0;
+  for (int b = 0; b < n; ++b) {
+    const std::string ub = "up_blocks." + std::to_string(b);
+    for (int l = 0; l <= L; ++l, ++idx) {
+      const std::string ob = "output_blocks." + std::to_string(idx);
+      t.add(ob + ".0", ub + ".resnets." + std::to_string(l), &kUnetResnet);
+      int k = 1;
+      if (has_attention(c.up_block_types[b])) t.add(ob + "." + std::to_string(k++), ub + ".attentions." + std::to_string(l));
+      if (l == L && b != n - 1) t.add(ob + "." + std::to_string(k) + ".conv", ub + ".upsamplers.0.conv");
+    }
+  }
+  return t;
+}
+
+Table vae_table(const AutoencoderKLConfig& c) {
+  Table t;
+  const auto n = static_cast<int>(c.block_out_channels.size());
+  const auto L = static_cast<int>(c.layers_per_block);
+  for (const std::string part : {"encoder", "decoder"}) {
+    t.add(part + ".conv_in", part + ".conv_in");
+    t.add(part + ".conv_out", part + ".conv_out");
+    t.add(part + ".norm_out", part + ".conv_norm_out");
+    t.add(part + ".mid.block_1", part + ".mid_block.resnets.0", &kVaeResnet);
+    t.add(part + ".mid.block_2", part + ".mid_block.resnets.1", &kVaeResnet);
+    t.add(part + ".mid.attn_1", part + ".mid_block.attentions.0", &kVaeAttention, true);
+  }
+  for (int i = 0; i < n; ++i) {
+    const std::string d = "encoder.down." + std::to_string(i), db = "encoder.down_blocks." + std::to_string(i);
+    for (int j = 0; j < L; ++j) t.add(d + ".block." + std::to_string(j), db + ".resnets." + std::to_string(j), &kVaeResnet);
+    if (i != n - 1) t.add(d + ".downsample.conv", db + ".downsamplers.0.conv");
+    const std::string u = "decoder.up." + std::to_string(i), ub = "decoder.up_blocks." + std::to_string(n - 1 - i);
+    for (int j = 0; j <= L; ++j) t.add(u + ".block." + std::to_string(j), ub + ".resnets." + std::to_string(j), &kVaeResnet);
+    if (i != 0) t.add(u + ".upsample.conv", ub + ".upsamplers.0.conv");
+  }
+  t.add("quant_conv", "quant_conv");
+  t.add("post_quant_conv", "post_quant_conv");
+  return t;
+}
+
+// Tensors under `prefix`, with the prefix removed.
+TensorMap strip(const TensorMap& all, const std::string& prefix) {
+  TensorMap out;
+  for (auto it = all.lower_bound(prefix); it != all.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it)
+    out[it->first.substr(prefix.size())] = it->second;
+  return out;
+}
+
+const torch::Tensor& need(const TensorMap& t, const std::string& key, const std::string& what) {
+  auto it = t.find(key);
+  if (it == t.end()) throw Error(what + ": tensor '" + key + "' not found: unknown architecture");
+  return it->second;
+}
+
+bool has_prefix(const TensorMap& t, const std::string& prefix) {
+  auto it = t.lower_bound(prefix);
+  return it != t.end() && it->first.compare(0, prefix.size(), prefix) == 0;
+}
+
+int count_indexed(const TensorMap& t, const std::string& head, const std::string& tail = ".") {
+  int n = 0;
+  while (has_prefix(t, head + std::to_string(n) + tail)) ++n;
+  return n;
+}
+
+template <typename Config>
+Config with_overrides(const Config& c, const nlohmann::json& over) {
+  if (over.empty()) return c;
+  auto j = c.to_json();
+  j.merge_patch(over);
+  return Config::from_json(j);
+}
+
+UNet2DConditionConfig detect_unet(const TensorMap& t, const std::string& src) {
+  const std::string what = src + " (UNet)";
+  UNet2DConditionConfig c;
+  const auto& conv_in = need(t, "input_blocks.0.0.weight", what);
+  c.in_channels = conv_in.size(1);
+  c.out_channels = need(t, "out.2.weight", what).size(0);
+  std::vector<int64_t> widths;
+  std::vector<bool> attn;
+  std::vector<int> layers{0};
+  int64_t context = 0;
+  bool linear_proj = false;
+  for (int i = 1; has_prefix(t, "input_blocks." + std::to_string(i) + "."); ++i) {
+    const std::string ib = "input_blocks." + std::to_string(i);
+    if (t.count(ib + ".0.op.weight")) {
+      layers.push_back(0);
+      continue;
+    }
+    const int64_t w = need(t, ib + ".0.out_layers.3.weight", what).size(0);
+    const bool a = has_prefix(t, ib + ".1.");
+    if (layers.back() == 0) {
+      widths.push_back(w);
+      attn.push_back(a);
+    }
+    ++layers.back();
+    if (a && context == 0) {
+      context = need(t, ib + ".1.transformer_blocks.0.attn2.to_k.weight", what).size(1);
+      linear_proj = need(t, ib + ".1.proj_in.weight", what).dim() == 2;
+      c.transformer_layers_per_block = count_indexed(t, ib + ".1.transformer_blocks.");
+    }
+  }
+  if (widths.empty() || layers.size() != widths.size()) throw Error(what + ": unexpected input_blocks layout");
+  for (int l : layers)
+    if (l != layers[0]) throw Error(what + ": levels with different numbers of resnets are not supported");
+  c.block_out_channels = widths;
+  c.layers_per_block = layers[0];
+  c.down_block_types.clear();
+  c.up_block_types.clear();
+  for (size_t b = 0; b < widths.size(); ++b) {
+    c.down_block_types.push_back(attn[b] ? "CrossAttnDownBlock2D" : "DownBlock2D");
+    c.up_block_types.insert(c.up_block_types.begin(), attn[b] ? "CrossAttnUpBlock2D" : "UpBlock2D");
+  }
+  if (context == 0) throw Error(what + ": no cross-attention found: unknown architecture");
+  c.cross_attention_dim = context;
+  c.use_linear_projection = linear_proj;
+  if (context == 1024) {  // SD 2.x: 64-wide heads
+    PerBlockInt heads;
+    heads.list = true;
+    for (int64_t w : widths) heads.values.push_back(w / 64);
+    c.attention_head_dim = heads;
+  } else {
+    c.attention_head_dim = PerBlockInt(8);
+  }
+  c.sample_size = {64};
+  return c;
+}
+
+AutoencoderKLConfig detect_vae(const TensorMap& t, const std::string& src) {
+  const std::string what = src + " (VAE)";
+  AutoencoderKLConfig c;
+  const int n = count_indexed(t, "encoder.down.");
+  if (n == 0) throw Error(what + ": no encoder.down blocks: unknown architecture");
+  c.block_out_channels.clear();
+  for (int i = 0; i < n; ++i)
+    c.block_out_channels.push_back(need(t, "encoder.down." + std::to_string(i) + ".block.0.conv1.weight", what).size(0));
+  c.layers_per_block = count_indexed(t, "encoder.down.0.block.");
+  c.down_block_types.assign(static_cast<size_t>(n), "DownEncoderBlock2D");
+  c.up_block_types.assign(static_cast<size_t>(n), "UpDecoderBlock2D");
+  c.in_channels = need(t, "encoder.conv_in.weight", what).size(1);
+  c.out_channels = need(t, "decoder.conv_out.weight", what).size(0);
+  c.latent_channels = need(t, "decoder.conv_in.weight", what).size(1);
+  c.sample_size = 512;
+  return c;
+}
+
+CLIPTextConfig detect_clip(const TensorMap& t, bool openclip, const std::string& src) {
+  const std::string what = src + " (text encoder)";
+  CLIPTextConfig c;
+  const auto& tok = need(t, "text_model.embeddings.token_embedding.weight", what);
+  c.vocab_size = tok.size(0);
+  c.hidden_size = tok.size(1);
+  c.max_position_embeddings = need(t, "text_model.embeddings.position_embedding.weight", what).size(0);
+  c.num_hidden_layers = count_indexed(t, "text_model.encoder.layers.");
+  c.intermediate_size = need(t, "text_model.encoder.layers.0.mlp.fc1.weight", what).size(0);
+  c.num_attention_heads = c.hidden_size / 64;
+  c.hidden_act = openclip ? "gelu" : "quick_gelu";
+  c.bos_token_id = 0;  // the SD text-encoder configs (pre-4.31 transformers): eos by argmax
+  c.eos_token_id = 2;
+  return c;
+}
+
+// OpenCLIP (SD 2.x) text tower -> transformers CLIPTextModel names; the last resblock is dropped
+// (SD 2.x conditions on the penultimate layer, as diffusers' 23-layer text encoder does).
+TensorMap convert_openclip(const TensorMap& t, std::vector<std::string>* ignored, std::vector<std::string>* unknown) {
+  TensorMap out;
+  const int blocks = count_indexed(t, "transformer.resblocks.");
+  const Pairs renames = {{"ln_1", "layer_norm1"},
+                         {"ln_2", "layer_norm2"},
+                         {"mlp.c_fc", "mlp.fc1"},
+                         {"mlp.c_proj", "mlp.fc2"},
+                         {"attn.out_proj", "self_attn.out_proj"}};
+  for (const auto& [k, v] : t) {
+    if (k == "token_embedding.weight") {
+      out["text_model.embeddings.token_embedding.weight"] = v;
+    } else if (k == "positional_embedding") {
+      out["text_model.embeddings.position_embedding.weight"] = v;
+    } else if (k == "ln_final.weight" || k == "ln_final.bias") {
+      out["text_model.final_layer_norm." + k.substr(9)] = v;
+    } else if (k == "text_projection" || k == "logit_scale") {
+      ignored->push_back(kOpenClipPrefix + k);
+    } else if (k.rfind("transformer.resblocks.", 0) == 0) {
+      const auto dot = k.find('.', 22);
+      const int i = std::stoi(k.substr(22, dot - 22));
+      const std::string rest = k.substr(dot + 1), layer = "text_model.encoder.layers." + std::to_string(i) + ".";
+      if (i == blocks - 1) {
+        ignored->push_back(kOpenClipPrefix + k);
+        continue;
+      }
+      if (rest == "attn.in_proj_weight" || rest == "attn.in_proj_bias") {
+        auto qkv = v.chunk(3, 0);
+        const std::string kind = rest == "attn.in_proj_weight" ? "weight" : "bias";
+        out[layer + "self_attn.q_proj." + kind] = qkv[0];
+        out[layer + "self_attn.k_proj." + kind] = qkv[1];
+        out[layer + "self_attn.v_proj." + kind] = qkv[2];
+        continue;
+      }
+      bool done = false;
+      for (const auto& [from, to] : renames)
+        if (rest.compare(0, from.size() + 1, from + ".") == 0) {
+          out[layer + to + rest.substr(from.size())] = v;
+          done = true;
+          break;
+        }
+      if (!done) unknown->push_back(kOpenClipPrefix + k);
+    } else {
+      unknown->push_back(kOpenClipPrefix + k);
+    }
+  }
+  return out;
+}
+
+std::string list(const std::vector<std::string>& keys) {
+  std::string s;
+  for (size_t i = 0; i < keys.size() && i < 20; ++i) s += (i ? ", " : "") + keys[i];
+  if (keys.size() > 20) s += ", ... (" + std::to_string(keys.size()) + " in all)";
+  return s;
+}
+
+}  // namespace
+
+LdmCheckpoint convert_ldm(const TensorMap& all, const std::string& source, const LdmConfigOverrides& over) {
+  LdmCheckpoint ck;
+  auto unet_t = strip(all, kUnetPrefix), vae_t = strip(all, kVaePrefix);
+  auto clip_t = strip(all, kClipPrefix), openclip_t = strip(all, kOpenClipPrefix);
+  std::vector<std::string> missing;
+  if (unet_t.empty()) missing.push_back("UNet (" + kUnetPrefix + "*)");
+  if (vae_t.empty()) missing.push_back("VAE (" + kVaePrefix + "*)");
+  if (clip_t.empty() && openclip_t.empty()) missing.push_back("text encoder (" + kClipPrefix + "text_model.* or " + kOpenClipPrefix + "*)");
+  if (!missing.empty()) {
+    std::string m;
+    for (const auto& s : missing) m += (m.empty() ? "" : ", ") + s;
+    throw Error(source + ": not a Stable Diffusion 1.x/2.x checkpoint: missing " + m);
+  }
+  ck.unet_config = with_overrides(detect_unet(unet_t, source), over.unet);
+  ck.unet_config.validate();
+  ck.vae_config = with_overrides(detect_vae(vae_t, source), over.vae);
+  ck.vae_config.validate();
+  std::vector<std::string> unknown;
+  ck.openclip = clip_t.empty();
+  if (ck.openclip) {
+    ck.text = convert_openclip(openclip_t, &ck.ignored, &unknown);
+  } else {
+    for (auto& [k, v] : clip_t) {
+      if (k == "text_model.embeddings.position_ids")
+        ck.ignored.push_back(kClipPrefix + k);
+      else
+        ck.text[k] = v;
+    }
+  }
+  ck.text_config = with_overrides(detect_clip(ck.text, ck.openclip, source), over.text);
+  ck.text_config.validate();
+  ck.architecture = ck.unet_config.cross_attention_dim.at(0) == 1024 ? "SD2" : "SD1";
+  if (ck.unet_config.in_channels == 9) ck.architecture += " inpainting";
+
+  auto convert = [&](const TensorMap& t, const Table& table, const std::string& prefix, TensorMap* out) {
+    for (const auto& [k, v] : t) {
+      std::string name;
+      const Rule* rule = nullptr;
+      if (!table.map(k, true, &name, &rule)) {
+        unknown.push_back(prefix + k);
+        continue;
+      }
+      (*out)[name] = rule->attention_1x1 && v.dim() == 4 ? v.flatten(1) : v;
+    }
+  };
+  convert(unet_t, unet_table(ck.unet_config), kUnetPrefix, &ck.unet);
+  convert(vae_t, vae_table(ck.vae_config), kVaePrefix, &ck.vae);
+  // everything else: the LDM noise-schedule buffers are known; anything else is reported
+  for (const auto& [k, v] : all) {
+    if (k.rfind(kUnetPrefix, 0) == 0 || k.rfind(kVaePrefix, 0) == 0 || k.rfind("cond_stage_model.", 0) == 0) {
+      if (k.rfind("cond_stage_model.", 0) == 0 && k.rfind(kClipPrefix, 0) != 0 && k.rfind(kOpenClipPrefix, 0) != 0)
+        unknown.push_back(k);
+      continue;
+    }
+    static const char* kSchedule[] = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                                      "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
+                                      "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+                                      "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+                                      "logvar", "model_ema.decay", "model_ema.num_updates"};
+    if (std::find_if(std::begin(kSchedule), std::end(kSchedule), [&](const char* s) { return k == s; }) !=
+            std::end(kSchedule) ||
+        k.rfind("model_ema.", 0) == 0)
+      ck.ignored.push_back(k);
+    else
+      unknown.push_back(k);
+  }
+  if (!unknown.empty())
+    throw Error(source + ": " + std::to_string(unknown.size()) + " tensors of no known Stable Diffusion module: " +
+                list(unknown));
+  return ck;
+}
+
+TensorMap to_ldm(const UNet2DConditionConfig& unet_config, const TensorMap& unet, const AutoencoderKLConfig& vae_config,
+                 const TensorMap& vae, const TensorMap& text) {
+  TensorMap out;
+  auto back = [&](const TensorMap& t, const Table& table, const std::string& prefix) {
+    for (const auto& [k, v] : t) {
+      std::string name;
+      const Rule* rule = nullptr;
+      if (!table.map(k, false, &name, &rule)) throw Error("to_ldm: no LDM name for '" + k + "'");
+      out[prefix + name] = rule->attention_1x1 && v.dim() == 2 ? v.reshape({v.size(0), v.size(1), 1, 1}) : v;
+    }
+  };
+  back(unet, unet_table(unet_config), kUnetPrefix);
+  back(vae, vae_table(vae_config), kVaePrefix);
+  for (const auto& [k, v] : text) out[kClipPrefix + k] = v;
+  return out;
+}
+
+}  // namespace diffuse

@@ -1,0 +1,173 @@
+// Single-file (LDM / A1111) checkpoints: the complete SD1.5 key list maps onto the diffusers
+// models with nothing unused and nothing missing; a tiny checkpoint written in LDM names
+// (stored fp32 and bf16) loads and generates what the diffusers folder generates.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "core/safetensors.h"
+#include "fixtures.h"
+#include "models/error_of.h"
+#include "nn/state_dict.h"
+#include "pipelines/ldm_convert.h"
+#include "pipelines/sd_pipeline.h"
+
+namespace diffuse {
+namespace {
+
+// sd15_keys.tsv as uninitialised tensors (never touched, so nearly free).
+TensorMap sd15_tensors() {
+  std::ifstream f(test::fixture("sd15_keys.tsv"));
+  TensorMap t;
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream row(line);
+    std::string name, shape, count, dtype;
+    std::getline(row, name, '\t');
+    std::getline(row, shape, '\t');
+    std::getline(row, count, '\t');
+    std::getline(row, dtype, '\t');
+    std::vector<int64_t> dims;
+    std::istringstream s(shape.substr(1, shape.size() - 2));
+    for (std::string d; std::getline(s, d, ',');) dims.push_back(std::stoll(d));
+    t[name] = torch::empty(dims, safetensors::scalar_type(dtype));
+  }
+  return t;
+}
+
+// Every converted tensor has a parameter of the same name in `reduced` (the architecture with
+// every width divided by `k`) and none is missing; each dimension is equal or k times larger.
+void expect_same_structure(const TensorMap& converted, torch::nn::Module& reduced, int64_t k, const std::string& what) {
+  auto sd = nn::state_dict(reduced);
+  std::set<std::string> a, b;
+  for (const auto& [n, v] : converted) a.insert(n);
+  for (const auto& [n, v] : sd) b.insert(n);
+  std::vector<std::string> extra, missing;
+  std::set_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(extra));
+  std::set_difference(b.begin(), b.end(), a.begin(), a.end(), std::back_inserter(missing));
+  EXPECT_TRUE(extra.empty()) << what << ": unused " << extra.size() << ", first " << (extra.empty() ? "" : extra[0]);
+  EXPECT_TRUE(missing.empty()) << what << ": missing " << missing.size() << ", first "
+                               << (missing.empty() ? "" : missing[0]);
+  for (const auto& [n, v] : converted) {
+    if (!sd.count(n)) continue;
+    const auto& r = sd.at(n);
+    ASSERT_EQ(v.dim(), r.dim()) << what << " " << n;
+    for (int64_t d = 0; d < v.dim(); ++d)
+      EXPECT_TRUE(v.size(d) == r.size(d) || v.size(d) == k * r.size(d))
+          << what << " " << n << " dim " << d << ": " << v.sizes() << " vs reduced " << r.sizes();
+  }
+}
+
+TEST(LdmConvert, Sd15KeyListMapsCompletely) {
+  auto all = sd15_tensors();
+  ASSERT_EQ(all.size(), 1143u);
+  auto ck = convert_ldm(all, "sd15_keys.tsv");
+  EXPECT_EQ(ck.architecture, "SD1");
+  EXPECT_FALSE(ck.openclip);
+  EXPECT_EQ(ck.unet.size(), 686u);
+  EXPECT_EQ(ck.vae.size(), 248u);
+  EXPECT_EQ(ck.text.size(), 196u);
+  EXPECT_EQ(ck.ignored.size(), 13u);  // 12 schedule buffers + position_ids
+  const auto& u = ck.unet_config;
+  EXPECT_EQ(u.block_out_channels, (std::vector<int64_t>{320, 640, 1280, 1280}));
+  EXPECT_EQ(u.layers_per_block.at(0), 2);
+  EXPECT_EQ(u.cross_attention_dim.at(0), 768);
+  EXPECT_EQ(u.in_channels, 4);
+  EXPECT_FALSE(u.use_linear_projection);
+  EXPECT_EQ(u.down_block_types, UNet2DConditionConfig().down_block_types);
+  EXPECT_EQ(u.up_block_types, UNet2DConditionConfig().up_block_types);
+  EXPECT_EQ(ck.vae_config.block_out_channels, (std::vector<int64_t>{128, 256, 512, 512}));
+  EXPECT_EQ(ck.vae_config.layers_per_block, 2);
+  EXPECT_EQ(ck.text_config.hidden_size, 768);
+  EXPECT_EQ(ck.text_config.num_hidden_layers, 12);
+  EXPECT_EQ(ck.text_config.intermediate_size, 3072);
+  EXPECT_EQ(ck.text_config.num_attention_heads, 12);
+  EXPECT_EQ(ck.text_config.hidden_act, "quick_gelu");
+  // VAE attention 1x1 convs became linears
+  EXPECT_EQ(ck.vae.at("encoder.mid_block.attentions.0.to_q.weight").sizes(), (std::vector<int64_t>{512, 512}));
+
+  auto uc = u;
+  uc.block_out_channels = {32, 64, 128, 128};
+  UNet2DConditionModel unet(uc);
+  expect_same_structure(ck.unet, *unet, 10, "UNet");
+  auto vc = ck.vae_config;
+  vc.block_out_channels = {32, 64, 128, 128};
+  AutoencoderKL vae(vc);
+  expect_same_structure(ck.vae, *vae, 4, "VAE");
+  auto tc = ck.text_config;
+  tc.hidden_size = 64;
+  tc.intermediate_size = 256;
+  tc.num_attention_heads = 1;
+  CLIPTextModel text(tc);
+  expect_same_structure(ck.text, *text, 12, "text encoder");
+
+  // inpainting: 9 input channels
+  all["model.diffusion_model.input_blocks.0.0.weight"] = torch::empty({320, 9, 3, 3}, torch::kHalf);
+  EXPECT_EQ(convert_ldm(all, "x").architecture, "SD1 inpainting");
+}
+
+TEST(LdmConvert, UnknownKeysAndMissingComponentsAreListed) {
+  auto all = sd15_tensors();
+  all["model.diffusion_model.extra.weight"] = torch::empty({1});
+  all["lora_unet_down.alpha"] = torch::empty({1});
+  auto err = test::error_of([&] { convert_ldm(all, "f.safetensors"); });
+  EXPECT_NE(err.find("2 tensors of no known"), std::string::npos) << err;
+  EXPECT_NE(err.find("model.diffusion_model.extra.weight"), std::string::npos) << err;
+  TensorMap unet_only;
+  for (const auto& [k, v] : all)
+    if (k.rfind("model.diffusion_model.", 0) == 0) unet_only[k] = v;
+  err = test::error_of([&] { convert_ldm(unet_only, "f.safetensors"); });
+  EXPECT_NE(err.find("missing VAE"), std::string::npos) << err;
+  EXPECT_NE(err.find("text encoder"), std::string::npos) << err;
+}
+
+// The tiny pipeline written as an A1111-style checkpoint loads back and runs one step exactly
+// like the folder (fp32 storage) or closely (bf16 storage, converted to float32).
+TEST(LdmConvert, TinyCheckpointRunsLikeTheFolder) {
+  ::setenv("DIFFUSE_CLIP_VOCAB", test::source_path("models/clip/bpe_simple_vocab_16e6.txt.gz").c_str(), 1);
+  auto folder = SDPipeline::load(test::fixture("sd_pipeline_tiny"));
+  auto ldm = to_ldm(folder.unet->config(), nn::state_dict(*folder.unet), folder.vae->config(),
+                    nn::state_dict(*folder.vae), nn::state_dict(*folder.text->model));
+  ldm["alphas_cumprod"] = DiscreteSchedule(folder.scheduler).alphas_cumprod();
+  LdmConfigOverrides over;
+  over.unet = {{"norm_num_groups", 8}, {"sample_size", 8}};
+  over.vae = {{"norm_num_groups", 8}};
+  over.text = {{"num_attention_heads", 4}, {"vocab_size", 1000}};
+  auto io = safetensors::load(test::fixture("sd_pipeline_tiny/io.safetensors"));
+  SDOptions o;
+  o.prompt_embeds = io.at("prompt_embeds");
+  o.negative_prompt_embeds = io.at("negative_prompt_embeds");
+  o.steps = 1;
+  o.width = o.height = 64;
+  auto ref = generate(folder, o);
+  test::TempDir dir;
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    TensorMap stored;
+    for (const auto& [k, v] : ldm) stored[k] = v.is_floating_point() ? v.to(dt) : v;
+    safetensors::save(dir / "tiny.safetensors", stored);
+    auto pipe = load_single_file(dir / "tiny.safetensors", torch::kCPU, torch::kFloat32, true, over);
+    EXPECT_EQ(pipe.unet->dtype(), torch::kFloat32);
+    EXPECT_EQ(pipe.unet->config().block_out_channels, folder.unet->config().block_out_channels);
+    auto got = generate(pipe, o);
+    const double tol = dt == torch::kFloat32 ? 1e-6 : 0.1;
+    EXPECT_LT(test::max_abs_diff(got.samples, ref.samples), tol) << "stored as " << dt;
+    EXPECT_LT(test::max_abs_diff(pipe.text->encode_ids(io.at("cond_input_ids")), io.at("prompt_embeds")),
+              dt == torch::kFloat32 ? 1e-5 : 0.1);
+  }
+  // a UNet under diffusers names is not an LDM UNet
+  TensorMap wrong;
+  for (const auto& [k, v] : ldm)
+    if (k.rfind("model.diffusion_model.", 0) != 0) wrong[k] = v;
+  for (const auto& [k, v] : nn::state_dict(*folder.unet)) wrong["model.diffusion_model." + k] = v;
+  auto err = test::error_of([&] { convert_ldm(wrong, "x.safetensors"); });
+  EXPECT_NE(err.find("x.safetensors (UNet): tensor 'input_blocks.0.0.weight' not found: unknown architecture"),
+            std::string::npos)
+      << err;
+}
+
+}  // namespace
+}  // namespace diffuse
