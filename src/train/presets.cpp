@@ -70,9 +70,11 @@ struct DiTSize {
   const char* note;
 };
 
-// Peebles & Xie 2023, Table 1; "tiny" is this project's size for tests and CPU smoke runs.
+// Peebles & Xie 2023, Table 1; "tiny" (tests, smoke runs) and "XS" (CPU training) are this
+// project's own sizes.
 const DiTSize kDiTSizes[] = {
     {"tiny", 2, 64, 2, "2 blocks, width 64, 2 heads: tests and smoke runs"},
+    {"XS", 6, 256, 4, "6 blocks, width 256, 4 heads: CPU-sized (~6M with 100 classes)"},
     {"S", 12, 384, 6, "12 blocks, width 384, 6 heads (~33M)"},
     {"B", 12, 768, 12, "12 blocks, width 768, 12 heads (~130M)"},
     {"L", 24, 1024, 16, "24 blocks, width 1024, 16 heads (~458M)"},
