@@ -33,6 +33,11 @@ def cat(cp):
 letters = ranges(lambda cp: cat(cp).startswith("L"))
 numbers = ranges(lambda cp: cat(cp).startswith("N"))
 space = ranges(lambda cp: chr(cp).isspace())
+# Cased and Case_Ignorable (Unicode 3.13), for str.lower()'s final sigma rule. Case_Ignorable's
+# Word_Break part (MidLetter, MidNumLet, Single_Quote) is listed by hand.
+cased = ranges(lambda cp: chr(cp).islower() or chr(cp).isupper() or chr(cp).istitle())
+WORD_BREAK_MID = set(map(ord, "'.:\u00b7\u0387\u055f\u05f4\u2018\u2019\u2024\u2027\ufe13\ufe52\ufe55\uff07\uff0e\uff1a"))
+case_ignorable = ranges(lambda cp: cat(cp) in ("Mn", "Me", "Cf", "Lm", "Sk") or cp in WORD_BREAK_MID)
 
 # Simple lowercase: single code point results; runs of (start, count, delta, stride).
 lower = []
@@ -114,6 +119,10 @@ print("// General category N* (\\p{N}).")
 emit("kNumbers", "Range", numbers)
 print("// str.isspace() (Python's \\s).")
 emit("kSpace", "Range", space)
+print("// Cased (Lowercase, Uppercase or Lt).")
+emit("kCased", "Range", cased)
+print("// Case_Ignorable.")
+emit("kCaseIgnorable", "Range", case_ignorable)
 print("// str.lower() where it maps to one code point: start + k * stride -> itself + delta, k < count.")
 emit("kLower", "LowerRun", runs, 4)
 print("// Canonical combining class (non-zero).")

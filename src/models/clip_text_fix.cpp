@@ -166,6 +166,7 @@ const char16_t kCp1252High[32] = {0x20AC, 0,      0x201A, 0x0192, 0x201E, 0x2026
                                   0,      0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
                                   0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0,      0x017E, 0x0178};
 
+// Whether `b` is valid UTF-8; `multibyte`: it holds a sequence that looks like mojibake.
 bool valid_utf8(const std::string& b, bool& multibyte) {
   multibyte = false;
   for (size_t i = 0; i < b.size();) {
@@ -182,7 +183,12 @@ bool valid_utf8(const std::string& b, bool& multibyte) {
       const auto c1 = static_cast<unsigned char>(b[i + 1]);
       if ((c == 0xF0 && c1 < 0x90) || (c == 0xF4 && c1 >= 0x90)) return false;
     }
-    if (n > 1) multibyte = true;
+    // Lead bytes of typical mojibake (Â Ã Å: Latin, Î Ï: Greek, Ð Ñ: Cyrillic, × Ø Ù: Hebrew and
+    // Arabic, 3- and 4-byte sequences: punctuation, CJK, emoji). A lone "É—" (C9 97) is more likely
+    // meant than mojibake and is left alone.
+    if (n > 2 || c == 0xC2 || c == 0xC3 || c == 0xC5 || c == 0xCE || c == 0xCF || (c >= 0xD0 && c <= 0xD1) ||
+        (c >= 0xD7 && c <= 0xD9))
+      multibyte = true;
     i += n;
   }
   return true;
@@ -422,8 +428,8 @@ std::u32string lower(const std::u32string& text) {
       out += U"i\u0307";
     } else if (c == 0x3A3) {
       // Final_Sigma: preceded by a cased letter and not followed by one (case-ignorable marks skipped).
-      auto cased = [](char32_t x) { return is_letter(x); };  // approximation of the Cased property
-      auto ignorable = [](char32_t x) { return combining_class(x) != 0 || x == '\'' || x == 0xB7 || x == 0x2019; };
+      auto cased = [](char32_t x) { return in_ranges(kCased, x); };
+      auto ignorable = [](char32_t x) { return in_ranges(kCaseIgnorable, x); };
       bool before = false, after = false;
       for (size_t k = i; k-- > 0;) {
         if (ignorable(text[k])) continue;

@@ -114,6 +114,10 @@ TEST(ClipTokenizer, TextFixing) {
   EXPECT_EQ(CLIPTokenizer::normalize("\xce\xa3\xce\x9f\xce\xa6\xce\x9f\xce\xa3"),
             "\xcf\x83\xce\xbf\xcf\x86\xce\xbf\xcf\x82");  // ΣΟΦΟΣ -> σοφος (final sigma)
   EXPECT_EQ(CLIPTokenizer::normalize("a\x07" "b\x1b[31mc"), "abc");  // control chars, terminal escapes
+  // Final sigma needs a cased letter before it: after an uncased letter (Arabic) it stays medial.
+  EXPECT_EQ(CLIPTokenizer::normalize("\xd8\xb1\xce\xa3"), "\xd8\xb1\xcf\x83");
+  // Accented capital + dash is valid UTF-8 in latin-1 bytes but not typical mojibake: kept.
+  EXPECT_EQ(CLIPTokenizer::normalize("CAF\xc3\x89\xe2\x80\x94" "BAR"), "caf\xc3\xa9\xe2\x80\x94" "bar");
   // Invalid UTF-8 becomes U+FFFD rather than failing.
   EXPECT_EQ(CLIPTokenizer::normalize("a\xff"), "a\xef\xbf\xbd");
   EXPECT_TRUE(clip_text::is_letter(U'\u00e9'));
@@ -172,4 +176,20 @@ TEST(ClipTokenizer, BadInput) {
   { std::ofstream(tmp / "short.txt") << "header\na b\n"; }
   e = error_of([&] { CLIPTokenizer::from_bpe_file(tmp / "short.txt"); });
   EXPECT_NE(e.find("merges"), std::string::npos) << e;
+}
+
+TEST(ClipTokenizer, ArbitraryBytesNeverFail) {
+  const auto t = CLIPTokenizer::builtin();
+  uint32_t state = 12345;
+  for (int n = 0; n < 200; ++n) {
+    std::string s;
+    const int len = n % 40;
+    for (int i = 0; i < len; ++i) {
+      state = state * 1664525u + 1013904223u;
+      s += static_cast<char>(state >> 24);
+    }
+    const auto ids = t.tokenize(s);
+    ASSERT_EQ(ids.size(), 77u);
+    for (auto id : ids) ASSERT_TRUE(id >= 0 && id < t.vocab_size());
+  }
 }
