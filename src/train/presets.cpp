@@ -74,7 +74,7 @@ struct DiTSize {
 // project's own sizes.
 const DiTSize kDiTSizes[] = {
     {"tiny", 2, 64, 2, "2 blocks, width 64, 2 heads: tests and smoke runs"},
-    {"XS", 6, 256, 4, "6 blocks, width 256, 4 heads: CPU-sized (~6M with 100 classes)"},
+    {"XS", 6, 256, 4, "6 blocks, width 256, 4 heads: CPU-sized (~8M with 100 classes)"},
     {"S", 12, 384, 6, "12 blocks, width 384, 6 heads (~33M)"},
     {"B", 12, 768, 12, "12 blocks, width 768, 12 heads (~130M)"},
     {"L", 24, 1024, 16, "24 blocks, width 1024, 16 heads (~458M)"},
