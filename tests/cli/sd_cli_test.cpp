@@ -85,6 +85,9 @@ TEST(SdCli, BadInputIsAClearError) {
   auto [c2, o2] = sd_cli("generate --model " + (t / "m.ckpt") + " --out " + (t / "a.png"));
   EXPECT_EQ(c2, 1);
   EXPECT_NE(o2.find("pickled"), std::string::npos) << o2;
+  auto [c4, o4] = sd_cli("generate --model " + io() + " --out " + (t / "a.png"));  // safetensors, not SD
+  EXPECT_EQ(c4, 1);
+  EXPECT_NE(o4.find("not a Stable Diffusion 1.x/2.x checkpoint: missing UNet"), std::string::npos) << o4;
   auto [c3, o3] = sd_cli("generate --model " + tiny() + " --mask x.png --out " + (t / "a.png"));
   EXPECT_EQ(c3, 1);
   EXPECT_NE(o3.find("--mask needs --image"), std::string::npos) << o3;

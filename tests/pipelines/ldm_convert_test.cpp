@@ -62,6 +62,15 @@ void expect_same_structure(const TensorMap& converted, torch::nn::Module& reduce
   }
 }
 
+// What the tensors of the tiny fixture cannot tell (the SD defaults would be wrong).
+LdmConfigOverrides tiny_overrides() {
+  LdmConfigOverrides over;
+  over.unet = {{"norm_num_groups", 8}, {"sample_size", 8}};
+  over.vae = {{"norm_num_groups", 8}};
+  over.text = {{"num_attention_heads", 4}};
+  return over;
+}
+
 TEST(LdmConvert, Sd15KeyListMapsCompletely) {
   auto all = sd15_tensors();
   ASSERT_EQ(all.size(), 1143u);
@@ -133,10 +142,7 @@ TEST(LdmConvert, TinyCheckpointRunsLikeTheFolder) {
   auto ldm = to_ldm(folder.unet->config(), nn::state_dict(*folder.unet), folder.vae->config(),
                     nn::state_dict(*folder.vae), nn::state_dict(*folder.text->model));
   ldm["alphas_cumprod"] = DiscreteSchedule(folder.scheduler).alphas_cumprod();
-  LdmConfigOverrides over;
-  over.unet = {{"norm_num_groups", 8}, {"sample_size", 8}};
-  over.vae = {{"norm_num_groups", 8}};
-  over.text = {{"num_attention_heads", 4}, {"vocab_size", 1000}};
+  const auto over = tiny_overrides();
   auto io = safetensors::load(test::fixture("sd_pipeline_tiny/io.safetensors"));
   SDOptions o;
   o.prompt_embeds = io.at("prompt_embeds");
@@ -167,6 +173,46 @@ TEST(LdmConvert, TinyCheckpointRunsLikeTheFolder) {
   EXPECT_NE(err.find("x.safetensors (UNet): tensor 'input_blocks.0.0.weight' not found: unknown architecture"),
             std::string::npos)
       << err;
+}
+
+// SD 2.x checkpoints carry the OpenCLIP text tower (cond_stage_model.model.*): fused in_proj
+// q/k/v, ln_1/ln_2, c_fc/c_proj; its last block is dropped (SD 2.x uses the penultimate layer).
+TEST(LdmConvert, OpenClipTextTower) {
+  auto folder = SDPipeline::load(test::fixture("sd_pipeline_tiny"), torch::kCPU, torch::kFloat32, true);
+  auto text = nn::state_dict(*folder.text->model);
+  auto ldm = to_ldm(folder.unet->config(), nn::state_dict(*folder.unet), folder.vae->config(),
+                    nn::state_dict(*folder.vae), {});
+  const std::string m = "cond_stage_model.model.";
+  ldm[m + "token_embedding.weight"] = text.at("text_model.embeddings.token_embedding.weight");
+  ldm[m + "positional_embedding"] = text.at("text_model.embeddings.position_embedding.weight");
+  ldm[m + "ln_final.weight"] = text.at("text_model.final_layer_norm.weight");
+  ldm[m + "ln_final.bias"] = text.at("text_model.final_layer_norm.bias");
+  ldm[m + "text_projection"] = torch::zeros({32, 32});
+  ldm[m + "logit_scale"] = torch::zeros({});
+  for (int i = 0; i < 3; ++i) {  // block 2 repeats block 1: the unused last layer
+    const std::string l = "text_model.encoder.layers." + std::to_string(std::min(i, 1)) + ".";
+    const std::string r = m + "transformer.resblocks." + std::to_string(i) + ".";
+    for (const char* kind : {"weight", "bias"}) {
+      const std::string k = kind;
+      ldm[r + "attn.in_proj_" + k] = torch::cat({text.at(l + "self_attn.q_proj." + k), text.at(l + "self_attn.k_proj." + k),
+                                                  text.at(l + "self_attn.v_proj." + k)});
+      ldm[r + "attn.out_proj." + k] = text.at(l + "self_attn.out_proj." + k);
+      ldm[r + "ln_1." + k] = text.at(l + "layer_norm1." + k);
+      ldm[r + "ln_2." + k] = text.at(l + "layer_norm2." + k);
+      ldm[r + "mlp.c_fc." + k] = text.at(l + "mlp.fc1." + k);
+      ldm[r + "mlp.c_proj." + k] = text.at(l + "mlp.fc2." + k);
+    }
+  }
+  auto ck = convert_ldm(ldm, "sd2.safetensors", tiny_overrides());
+  EXPECT_TRUE(ck.openclip);
+  EXPECT_EQ(ck.text_config.hidden_act, "gelu");
+  EXPECT_EQ(ck.text_config.num_hidden_layers, 2);
+  ASSERT_EQ(ck.text.size(), text.size());
+  for (const auto& [k, v] : text) {
+    ASSERT_TRUE(ck.text.count(k)) << k;
+    EXPECT_TRUE(torch::equal(ck.text.at(k), v)) << k;
+  }
+  EXPECT_EQ(ck.ignored.size(), 2u + 12u);  // text_projection, logit_scale, the last block's 12 tensors
 }
 
 }  // namespace
