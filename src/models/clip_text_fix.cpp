@@ -194,36 +194,60 @@ bool valid_utf8(const std::string& b, bool& multibyte) {
   return true;
 }
 
+// The byte a character stands for in sloppy windows-1252 (latin-1 for U+0080..U+009F), or -1.
+int mojibake_byte(char32_t c) {
+  if (c < 0x80 || (c >= 0xA0 && c <= 0xFF)) return static_cast<int>(c);
+  if (c >= 0x80 && c <= 0x9F) return static_cast<int>(c);
+  for (int k = 0; k < 32; ++k)
+    if (kCp1252High[k] == c) return 0x80 + k;
+  return -1;
+}
+
+// Mojibake inside otherwise correct text (ftfy's decode_inconsistent_utf8): each run of characters
+// whose bytes form one UTF-8 sequence with a typical mojibake lead byte is decoded on its own.
+std::u32string fix_inline_mojibake(const std::u32string& s) {
+  std::u32string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    const int b0 = s[i] >= 0xC2 ? mojibake_byte(s[i]) : -1;
+    size_t n = 0;
+    if (b0 >= 0xE0 && b0 <= 0xEF) n = 3;
+    else if (b0 >= 0xF0 && b0 <= 0xF4) n = 4;
+    else if (b0 >= 0xC2 && b0 <= 0xDF) n = 2;
+    if (n > 0 && i + n <= s.size()) {
+      std::string bytes(1, static_cast<char>(b0));
+      for (size_t k = 1; k < n; ++k) {
+        const int b = mojibake_byte(s[i + k]);
+        if (b < 0x80 || b > 0xBF) break;
+        bytes += static_cast<char>(b);
+      }
+      bool typical = false;
+      if (bytes.size() == n && valid_utf8(bytes, typical) && typical) {
+        out += utf8_decode(bytes);
+        i += n;
+        continue;
+      }
+    }
+    out += s[i++];
+  }
+  return out;
+}
+
 // Whole-line mojibake repair: UTF-8 that was decoded as latin-1 / windows-1252.
 std::u32string fix_encoding(const std::u32string& s) {
   bool non_ascii = false;
   for (char32_t c : s) non_ascii = non_ascii || c >= 0x80;
   if (!non_ascii) return s;
-  for (int sloppy = 0; sloppy < 2; ++sloppy) {
-    std::string bytes;
-    bool ok = true;
-    for (char32_t c : s) {
-      if (c < 0x80 || (c >= 0xA0 && c <= 0xFF)) {
-        bytes += static_cast<char>(c);
-      } else if (c >= 0x80 && c <= 0x9F) {
-        // latin-1 maps these to themselves; sloppy-1252 only its five undefined bytes.
-        if (!sloppy || kCp1252High[c - 0x80] == 0) bytes += static_cast<char>(c);
-        else ok = false;
-      } else if (sloppy) {
-        int b = -1;
-        for (int k = 0; k < 32; ++k)
-          if (kCp1252High[k] == c) b = 0x80 + k;
-        if (b < 0) ok = false;
-        else bytes += static_cast<char>(b);
-      } else {
-        ok = false;
-      }
-      if (!ok) break;
-    }
-    bool multibyte = false;
-    if (ok && valid_utf8(bytes, multibyte) && multibyte) return utf8_decode(bytes);
+  // latin-1 or sloppy windows-1252 bytes (a line mixing both is accepted too).
+  std::string bytes;
+  for (char32_t c : s) {
+    const int b = mojibake_byte(c);
+    if (b < 0) return fix_inline_mojibake(s);
+    bytes += static_cast<char>(b);
   }
-  return s;
+  bool multibyte = false;
+  if (valid_utf8(bytes, multibyte) && multibyte) return utf8_decode(bytes);
+  return fix_inline_mojibake(s);
 }
 
 char32_t ligature(char32_t c, std::u32string& out) {

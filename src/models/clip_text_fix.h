@@ -7,8 +7,8 @@
 // named entities and all numeric ones), remove_terminal_escapes, fix_encoding (whole-line mojibake
 // only: a line whose characters all encode to latin-1 or sloppy windows-1252 and whose bytes are
 // valid UTF-8 with a multi-byte sequence of a typical mojibake lead byte (Â Ã Å Î Ï Ð Ñ × Ø Ù, or a
-// 3- or 4-byte sequence) is decoded; ftfy's badness heuristic and its partial, in-line repairs are
-// not reproduced), fix_c1_controls, fix_latin_ligatures, fix_character_width,
+// 3- or 4-byte sequence) is decoded, else each such sequence inside the line is; ftfy's badness
+// heuristic is not reproduced), fix_c1_controls, fix_latin_ligatures, fix_character_width,
 // uncurl_quotes, fix_line_breaks, remove_control_chars and NFC (recomposition of canonical pairs in
 // the order given; marks in non-canonical order are not reordered first).
 #include <string>

@@ -108,6 +108,9 @@ TEST(ClipTokenizer, TextFixing) {
   EXPECT_EQ(CLIPTokenizer::normalize("  Tom &amp; Jerry\t&lt;3  "), "tom & jerry <3");
   EXPECT_EQ(CLIPTokenizer::normalize("<b>&amp;</b>"), "<b>&amp;</b>");  // '<' turns HTML unescaping off
   EXPECT_EQ(CLIPTokenizer::normalize("caf\xc3\x83\xc2\xa9"), "caf\xc3\xa9");  // mojibake "cafÃ©"
+  // Mojibake next to correct text: "café cafÃ© itâ€™s" -> "café café it's".
+  EXPECT_EQ(CLIPTokenizer::normalize("caf\xc3\xa9 caf\xc3\x83\xc2\xa9 it\xc3\xa2\xe2\x82\xac\xe2\x84\xa2s"),
+            "caf\xc3\xa9 caf\xc3\xa9 it's");
   EXPECT_EQ(CLIPTokenizer::normalize("e\xcc\x81"), "\xc3\xa9");               // NFC
   EXPECT_EQ(CLIPTokenizer::normalize("\xef\xac\x81"), "fi");                  // ligature
   EXPECT_EQ(CLIPTokenizer::normalize("\xef\xbc\xa1\xe3\x80\x80" "B"), "a b");   // full width
