@@ -37,6 +37,13 @@ void require_component(const std::string& dir, const nlohmann::json& index, cons
                 "/ does not exist)");
 }
 
+// libtorch 1.13 has no float16 matmul / convolution on the CPU.
+void check_compute_dtype(torch::Device device, torch::Dtype dtype) {
+  if (dtype == torch::kFloat16 && device.is_cpu())
+    throw Error("--dtype fp16: half-precision compute is not available on the CPU; use bf16 or fp32 "
+                "(fp16-stored weights load in either)");
+}
+
 }  // namespace
 
 bool SDPipeline::is_sd_folder(const std::string& dir) {
@@ -47,6 +54,7 @@ bool SDPipeline::is_sd_folder(const std::string& dir) {
 
 SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch::Dtype dtype, bool with_text_encoder) {
   if (!fs::is_directory(dir)) throw Error(dir + ": model folder not found");
+  check_compute_dtype(device, dtype);
   if (!fs::exists(dir + "/model_index.json"))
     throw Error(dir + ": no model_index.json (not a diffusers pipeline folder)");
   auto index = read_json(dir + "/model_index.json");
@@ -102,6 +110,7 @@ torch::Tensor SDTextEncoder::encode(const std::string& prompt, int clip_skip) co
 
 SDPipeline load_single_file(const std::string& path, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
                             const LdmConfigOverrides& overrides) {
+  check_compute_dtype(device, dtype);
   auto file = safetensors::File::open(path);
   TensorMap all;
   for (const auto& name : file.names()) all[name] = file.get(name);  // shares the mapping

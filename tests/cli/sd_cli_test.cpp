@@ -85,6 +85,9 @@ TEST(SdCli, BadInputIsAClearError) {
   auto [c2, o2] = sd_cli("generate --model " + (t / "m.ckpt") + " --out " + (t / "a.png"));
   EXPECT_EQ(c2, 1);
   EXPECT_NE(o2.find("pickled"), std::string::npos) << o2;
+  auto [c5, o5] = sd_cli("generate --model " + tiny() + " --prompt-embeds " + io() + " --dtype fp16 --out " + (t / "a.png"));
+  EXPECT_EQ(c5, 1);
+  EXPECT_NE(o5.find("use bf16 or fp32"), std::string::npos) << o5;
   auto [c4, o4] = sd_cli("generate --model " + io() + " --out " + (t / "a.png"));  // safetensors, not SD
   EXPECT_EQ(c4, 1);
   EXPECT_NE(o4.find("not a Stable Diffusion 1.x/2.x checkpoint: missing UNet"), std::string::npos) << o4;

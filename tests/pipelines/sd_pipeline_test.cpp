@@ -79,6 +79,20 @@ TEST(SdPipeline, Txt2ImgMatchesDiffusersStepByStep) {
   std::cout << "[parity] sd_pipeline_tiny: latents max diff " << worst << ", image max diff " << ei << "\n";
 }
 
+// bfloat16 compute (UNet; the VAE stays float32) stays close to diffusers' float32 result.
+TEST(SdPipeline, Bf16ComputeStaysClose) {
+  const auto& io = fixture_io();
+  auto pipe = SDPipeline::load(test::fixture(kTiny), torch::kCPU, torch::kBFloat16, false);
+  EXPECT_EQ(pipe.unet->dtype(), torch::kBFloat16);
+  auto r = generate(pipe, fixture_options());
+  // relative L2 error: bfloat16 keeps 8 mantissa bits and CFG 7.5 amplifies cond - uncond
+  const auto& ref = io.at("step_latents")[4];
+  const double rel = ((r.latents - ref).norm() / ref.norm()).item<double>();
+  std::cout << "[bf16] relative L2 error of the final latents " << rel << "\n";
+  EXPECT_LT(rel, 0.05);
+  EXPECT_EQ(r.samples.scalar_type(), torch::kFloat32);
+}
+
 TEST(SdPipeline, PromptEmbeddingsOfOneRowServeEveryImage) {
   const auto& io = fixture_io();
   const auto& pipe = tiny();
