@@ -23,6 +23,7 @@
 #include "train/latents.h"
 #include "train/loader.h"
 #include "train/presets.h"
+#include "train/run_helpers.h"
 
 namespace fs = std::filesystem;
 
@@ -55,16 +56,6 @@ void validate(const TrainOptions& o) {
   parse_prediction(o.prediction);
 }
 
-double lr_at(const TrainOptions& o, int64_t step) {
-  double warm = o.warmup > 0 ? std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(o.warmup)) : 1.0;
-  double f = 1.0;
-  if (o.lr_schedule == "cosine") {
-    double progress = std::min(1.0, static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, o.steps)));
-    f = 0.5 * (1.0 + std::cos(M_PI * progress));
-  }
-  return o.lr * warm * f;
-}
-
 nlohmann::json options_json(const TrainOptions& o) {
   return {{"data", o.data},         {"config", o.config},         {"latent", o.latent},         {"image_size", o.image_size},
           {"steps", o.steps},       {"batch", o.batch},           {"grad_accum", o.grad_accum},
@@ -76,14 +67,10 @@ nlohmann::json options_json(const TrainOptions& o) {
 }
 
 // Options that change the meaning of a checkpoint: a resumed run must keep them.
-void check_resume_compatible(const nlohmann::json& saved, const nlohmann::json& now, const std::string& source) {
-  for (const char* key : {"data", "config", "latent", "image_size", "batch", "grad_accum", "prediction", "beta_schedule",
-                          "num_train_timesteps", "seed", "flip", "class_dropout"}) {
-    if (saved.contains(key) && saved[key] != now[key])
-      throw Error(source + ": --resume with a different --" + std::string(key) + " (checkpoint has " +
-                  saved[key].dump() + ", now " + now[key].dump() + ")");
-  }
-}
+const std::vector<std::string> kResumeKeys = {"data",          "config",          "latent", "image_size",
+                                              "batch",         "grad_accum",      "prediction",
+                                              "beta_schedule", "num_train_timesteps", "seed", "flip",
+                                              "class_dropout"};
 
 std::string csv_line(int64_t step, double loss, double lr, double ips, double elapsed, double fid) {
   char buf[160];
@@ -165,7 +152,7 @@ TrainResult train(const TrainOptions& opt) {
   std::optional<CheckpointState> resumed;
   if (opt.resume) {
     resumed = read_checkpoint_state(ckpt_dir);
-    check_resume_compatible(resumed->options, opts_now, ckpt_dir);
+    check_resume_options(resumed->options, opts_now, kResumeKeys, ckpt_dir);
   } else if (fs::exists(ckpt_dir) || fs::exists(out + "/metrics.csv")) {
     throw Error(out + ": already holds a training run (use --resume to continue it, or another --out)");
   }
@@ -309,7 +296,7 @@ TrainResult train(const TrainOptions& opt) {
       result.interrupted = true;
       break;
     }
-    const double lr = lr_at(opt, step);
+    const double lr = scheduled_lr(opt.lr, step, opt.warmup, opt.lr_schedule, opt.steps);
     optimizer.zero_grad();
     double step_loss = 0;
     for (int micro = 0; micro < accum; ++micro) {
@@ -357,13 +344,7 @@ TrainResult train(const TrainOptions& opt) {
                   "); lower --lr or enable --grad-clip");
     if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);
     optimizer.step(lr);
-    {
-      torch::NoGradGuard ng;
-      double d = std::min(opt.ema_decay, (1.0 + step) / (10.0 + step));
-      auto ep = ema.module().parameters();
-      auto mp = model.module().parameters();
-      for (size_t i = 0; i < ep.size(); ++i) ep[i].mul_(d).add_(mp[i].detach(), 1.0 - d);
-    }
+    update_ema(ema.module().parameters(), model.module().parameters(), opt.ema_decay, step);
     ++step;
     smooth_loss = std::isnan(smooth_loss) ? step_loss : 0.98 * smooth_loss + 0.02 * step_loss;
 
