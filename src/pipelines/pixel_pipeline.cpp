@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/json_file.h"
 #include "diffusion/sigmas.h"
+#include "pipelines/image_noise.h"
 #include "pipelines/scheduler_config.h"
 
 namespace fs = std::filesystem;
@@ -161,35 +162,6 @@ CondDenoiser PixelPipeline::denoiser() const {
 }
 
 namespace {
-
-// Per-image generators: image i's noise depends only on its own seed.
-class PerImageNoise : public NoiseSource {
- public:
-  PerImageNoise(const std::string& rng, uint64_t first_seed, int count) {
-    if (rng != "cpu" && rng != "philox") throw Error("--rng " + rng + ": expected cpu or philox");
-    for (int i = 0; i < count; ++i) {
-      uint64_t seed = first_seed + static_cast<uint64_t>(i);
-      if (rng == "cpu")
-        gens_.push_back(std::make_unique<TorchNoise>(seed));
-      else
-        gens_.push_back(std::make_unique<PhiloxNoise>(seed));
-    }
-  }
-  // Standard normal noise of `shape` for image i (CPU, float32).
-  torch::Tensor randn(size_t i, at::IntArrayRef shape) {
-    auto like = torch::empty(shape, torch::kFloat32);
-    return gens_[i]->randn_like(like);
-  }
-  torch::Tensor randn_like(const torch::Tensor& like) override {
-    std::vector<torch::Tensor> rows;
-    auto row = torch::empty(like.sizes().slice(1), torch::kFloat32);
-    for (size_t i = 0; i < gens_.size(); ++i) rows.push_back(gens_[i]->randn_like(row));
-    return torch::stack(rows).to(like.device(), like.scalar_type());
-  }
-
- private:
-  std::vector<std::unique_ptr<NoiseSource>> gens_;
-};
 
 torch::Tensor sigmas_for(const PixelPipeline& pipe, const GenerateOptions& opt, std::string* schedule_used) {
   if (!opt.sigmas.empty()) {

@@ -6,8 +6,8 @@
 #include <set>
 #include <sstream>
 
-#include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/json_file.h"
 #include "core/safetensors.h"
 #include "diffusion/sigmas.h"
 #include "nn/state_dict.h"
@@ -19,14 +19,6 @@ namespace fs = std::filesystem;
 namespace diffuse {
 
 namespace {
-
-nlohmann::json read_json(const std::string& path) {
-  try {
-    return nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(path + ": invalid JSON: " + e.what());
-  }
-}
 
 // A component listed in model_index.json whose folder must exist.
 void require_component(const std::string& dir, const nlohmann::json& index, const std::string& name) {
@@ -48,7 +40,7 @@ void check_compute_dtype(torch::Device device, torch::Dtype dtype) {
 
 bool SDPipeline::is_sd_folder(const std::string& dir) {
   if (!fs::exists(dir + "/model_index.json")) return false;
-  auto j = read_json(dir + "/model_index.json");
+  auto j = read_json_file(dir + "/model_index.json");
   return j.value("_class_name", std::string()).rfind("StableDiffusion", 0) == 0;
 }
 
@@ -57,7 +49,7 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
   check_compute_dtype(device, dtype);
   if (!fs::exists(dir + "/model_index.json"))
     throw Error(dir + ": no model_index.json (not a diffusers pipeline folder)");
-  auto index = read_json(dir + "/model_index.json");
+  auto index = read_json_file(dir + "/model_index.json");
   const std::string cls = index.value("_class_name", std::string());
   if (cls.rfind("StableDiffusion", 0) != 0 || cls.find("XL") != std::string::npos)
     throw Error(dir + "/model_index.json: pipeline class '" + cls +
@@ -72,7 +64,7 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
   const std::string sched = dir + "/scheduler/scheduler_config.json";
   if (!fs::exists(sched)) throw Error(dir + ": missing scheduler/scheduler_config.json");
   p.scheduler = load_scheduler_config(sched);
-  p.scheduler_class = read_json(sched).value("_class_name", std::string("DDIMScheduler"));
+  p.scheduler_class = read_json_file(sched).value("_class_name", std::string("DDIMScheduler"));
   p.unet = load_unet2d_condition(dir + "/unet");
   p.unet->to(device, dtype);
   p.vae = load_autoencoder_kl(dir + "/vae");
