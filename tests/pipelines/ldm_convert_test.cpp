@@ -215,5 +215,31 @@ TEST(LdmConvert, OpenClipTextTower) {
   EXPECT_EQ(ck.ignored.size(), 2u + 12u);  // text_projection, logit_scale, the last block's 12 tensors
 }
 
+// An SD 2.x-layout UNet (linear projections, per-block heads) in LDM names converts back to
+// exactly its diffusers tensors and reproduces diffusers' output.
+TEST(LdmConvert, Sd2LayoutUNetRoundTrip) {
+  auto folder = SDPipeline::load(test::fixture("sd_pipeline_tiny"), torch::kCPU, torch::kFloat32, true);
+  auto unet = load_unet2d_condition(test::fixture("unet_sd2_tiny"));
+  auto sd = nn::state_dict(*unet);
+  auto ldm = to_ldm(unet->config(), sd, folder.vae->config(), nn::state_dict(*folder.vae),
+                    nn::state_dict(*folder.text->model));
+  EXPECT_EQ(ldm.at("model.diffusion_model.input_blocks.1.1.proj_in.weight").dim(), 2);
+  auto over = tiny_overrides();
+  over.unet["attention_head_dim"] = {2, 4};
+  auto ck = convert_ldm(ldm, "sd2_unet.safetensors", over);
+  EXPECT_TRUE(ck.unet_config.use_linear_projection);
+  ASSERT_EQ(ck.unet.size(), sd.size());
+  for (const auto& [k, v] : sd) {
+    ASSERT_TRUE(ck.unet.count(k)) << k;
+    EXPECT_TRUE(torch::equal(ck.unet.at(k), v)) << k;
+  }
+  UNet2DConditionModel m(ck.unet_config);
+  nn::load_state_dict(*m, ck.unet, "converted");
+  auto io = safetensors::load(test::fixture("unet_sd2_tiny/io.safetensors"));
+  torch::NoGradGuard ng;
+  auto out = m->forward(io.at("sample"), io.at("timestep"), io.at("encoder_hidden_states"));
+  EXPECT_LT(test::max_abs_diff(out, io.at("out")), 1e-4);
+}
+
 }  // namespace
 }  // namespace diffuse
