@@ -12,6 +12,7 @@
 #include "diffusion/sigmas.h"
 #include "nn/state_dict.h"
 #include "pipelines/image_noise.h"
+#include "pipelines/prompt_weights.h"
 #include "pipelines/scheduler_config.h"
 
 namespace fs = std::filesystem;
@@ -287,7 +288,7 @@ void check_nchw(const torch::Tensor& t, int64_t channels, const std::string& wha
 torch::Tensor prompt_embeddings(const SDPipeline& pipe, const std::string& prompt, int clip_skip) {
   if (!pipe.text)
     throw Error("prompt: " + pipe.source + " was loaded without its text encoder; give prompt embeddings instead");
-  return pipe.text->encode(prompt, clip_skip);
+  return encode_weighted_prompt(*pipe.text, prompt, clip_skip);  // A1111 syntax and chunks
 }
 
 // A1111's expand_crop_region: grows [x1, x2) x [y1, y2) to the aspect ratio pw:ph inside the image.
@@ -424,6 +425,7 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   if (guided)
     uncond_embeds = opt.negative_prompt_embeds.defined() ? opt.negative_prompt_embeds
                                                          : prompt_embeddings(pipe, opt.negative_prompt, opt.clip_skip);
+  if (guided) match_prompt_lengths(pipe.text.get(), cond_embeds, uncond_embeds, opt.clip_skip);
   for (const auto* e : {&cond_embeds, &uncond_embeds})
     if (e->defined() && (e->dim() != 3 || e->size(2) != pipe.unet->config().cross_attention_dim.at(0)))
       throw Error("prompt embeddings: expected [1 or n, L, " +
