@@ -248,10 +248,11 @@ Plan make_plan(const SDPipeline& pipe, const SDOptions& opt) {
   }
   if (p.schedule.empty()) p.schedule = "discrete";
   p.sigmas = make_sigmas(p.schedule, opt.steps, ds, cfg);
-  if (fam == Family::Euler)
-    p.vp_init = cfg.timestep_spacing == "leading" && p.schedule == "discrete";
-  else
-    p.vp_init = true;
+  // diffusers: Euler-type schedulers' init_noise_sigma is sigma_max for linspace / trailing
+  // spacing, else sqrt(sigma_max^2 + 1); the VP schedulers start at 1 in VP coordinates and feed
+  // the UNet integer timesteps whatever their sigmas.
+  p.vp_init = fam != Family::Euler || cfg.timestep_spacing == "leading";
+  p.quantize = fam != Family::Euler;
   return p;
 }
 
