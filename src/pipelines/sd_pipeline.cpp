@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <sstream>
 
 #include "core/error.h"
@@ -35,6 +37,54 @@ void check_compute_dtype(torch::Device device, torch::Dtype dtype) {
   if (dtype == torch::kFloat16 && device.is_cpu())
     throw Error("--dtype fp16: half-precision compute is not available on the CPU; use bf16 or fp32 "
                 "(fp16-stored weights load in either)");
+}
+
+// Modules constructed in this scope create their parameters in `dtype`.
+struct DefaultDtype {
+  caffe2::TypeMeta saved = torch::get_default_dtype();
+  explicit DefaultDtype(torch::Dtype dtype) { torch::set_default_dtype(caffe2::TypeMeta::fromScalarType(dtype)); }
+  ~DefaultDtype() { torch::set_default_dtype(saved); }
+  DefaultDtype(const DefaultDtype&) = delete;
+  DefaultDtype& operator=(const DefaultDtype&) = delete;
+};
+
+// Returns the pages of a (memory-mapped) tensor that is no longer needed to the kernel, so
+// that a checkpoint's pages do not stay resident next to the model built from them.
+void release_pages(const torch::Tensor& t) {
+  if (!t.defined() || !t.device().is_cpu()) return;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr()), end = begin + t.nbytes();
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
+// Strict state-dict loading, one submodule at a time (a submodule of over 32M elements is split
+// into its children), dropping each part's source tensors once copied: peak memory is the model
+// plus one part of the checkpoint. Consumed entries are erased from `sd`; leftovers are errors.
+void load_part(torch::nn::Module& m, const std::string& prefix, TensorMap& sd, const std::string& source) {
+  int64_t numel = 0;
+  for (const auto& t : m.parameters(true)) numel += t.numel();
+  const bool direct = !m.named_parameters(false).is_empty() || !m.named_buffers(false).is_empty();
+  if (numel > (int64_t{1} << 25) && !direct && !m.named_children().is_empty()) {
+    for (const auto& c : m.named_children()) load_part(*c.value(), prefix + c.key() + ".", sd, source);
+    return;
+  }
+  TensorMap part;
+  for (auto it = sd.lower_bound(prefix); it != sd.end() && it->first.compare(0, prefix.size(), prefix) == 0;) {
+    part[it->first.substr(prefix.size())] = it->second;
+    it = sd.erase(it);
+  }
+  nn::load_state_dict(m, part, source + (prefix.empty() ? "" : " " + prefix.substr(0, prefix.size() - 1)));
+  for (const auto& [k, v] : part) release_pages(v);
+}
+
+void load_in_parts(torch::nn::Module& m, const std::string& prefix, TensorMap& sd, const std::string& source) {
+  load_part(m, prefix, sd, source);
+  if (!sd.empty()) {
+    std::string keys;
+    for (const auto& [k, v] : sd) keys += (keys.empty() ? "" : ", ") + k;
+    throw Error(source + ": weights do not match the model configuration: unexpected keys " + keys);
+  }
 }
 
 }  // namespace
@@ -120,13 +170,15 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   p.scheduler.clip_sample = false;
   p.scheduler.set_alpha_to_one = false;
   p.scheduler_class = "DDIMScheduler";
-  p.unet = UNet2DConditionModel(ck.unet_config);
-  nn::load_state_dict(*p.unet, ck.unet, path + " (UNet)");
-  ck.unet.clear();
+  {
+    DefaultDtype as(dtype == torch::kBFloat16 ? dtype : torch::kFloat32);  // no float32 copy of a bf16 UNet
+    p.unet = UNet2DConditionModel(ck.unet_config);
+  }
+  load_in_parts(*p.unet, "", ck.unet, path + " (UNet)");
   p.unet->eval();
   p.unet->to(device, dtype);
   p.vae = AutoencoderKL(ck.vae_config);
-  nn::load_state_dict(*p.vae, ck.vae, path + " (VAE)");
+  load_in_parts(*p.vae, "", ck.vae, path + " (VAE)");
   p.vae->eval();
   p.vae->to(device);
   if (with_text_encoder) {

@@ -164,6 +164,12 @@ TEST(LdmConvert, TinyCheckpointRunsLikeTheFolder) {
     EXPECT_LT(test::max_abs_diff(pipe.text->encode_ids(io.at("cond_input_ids")), io.at("prompt_embeds")),
               dt == torch::kFloat32 ? 1e-5 : 0.1);
   }
+  // bf16 compute: the UNet is built in bf16 directly, the default dtype is restored
+  auto bf = load_single_file(dir / "tiny.safetensors", torch::kCPU, torch::kBFloat16, false, over);
+  EXPECT_EQ(bf.unet->dtype(), torch::kBFloat16);
+  EXPECT_EQ(bf.vae->dtype(), torch::kFloat32);
+  EXPECT_EQ(torch::get_default_dtype(), caffe2::TypeMeta::Make<float>());
+  EXPECT_TRUE(torch::isfinite(generate(bf, o).samples).all().item<bool>());
   // a UNet under diffusers names is not an LDM UNet
   TensorMap wrong;
   for (const auto& [k, v] : ldm)
