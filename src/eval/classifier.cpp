@@ -312,11 +312,14 @@ std::vector<int64_t> FeatureNet::map_classes(const std::vector<std::string>& nam
   return out;
 }
 
-double classifier_accuracy(const FeatureNet& net, const torch::Tensor& images, const torch::Tensor& labels) {
+double classifier_accuracy(const FeatureNet& net, const torch::Tensor& images, const torch::Tensor& labels, int k) {
   if (!labels.defined() || labels.size(0) != images.size(0)) throw Error("classifier_accuracy: labels do not match");
   if (images.size(0) == 0) throw Error("classifier_accuracy: no images");
-  auto pred = net.embed(images).predicted();
-  return pred.eq(labels.to(torch::kInt64)).to(torch::kFloat64).mean().item<double>();
+  if (k < 1) throw Error("classifier_accuracy: k must be at least 1");
+  auto logits = net.embed(images).logits;
+  k = std::min<int>(k, static_cast<int>(logits.size(1)));
+  auto top = std::get<1>(logits.topk(k, 1));
+  return top.eq(labels.to(torch::kInt64).unsqueeze(1)).any(1).to(torch::kFloat64).mean().item<double>();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -324,8 +327,9 @@ double classifier_accuracy(const FeatureNet& net, const torch::Tensor& images, c
 
 namespace {
 
-bool is_idx_spec(const std::string& spec) {
-  if (spec == "fashion-mnist" || spec == "mnist") return true;
+// Datasets with their own train/test split: IDX (files per split) and emoji (every 10th emoji held out).
+bool has_own_split(const std::string& spec) {
+  if (spec == "fashion-mnist" || spec == "mnist" || spec == "emoji") return true;
   if (!fs::is_directory(spec)) return false;
   for (const auto& e : fs::directory_iterator(spec))
     if (e.path().filename().string().find("idx3-ubyte") != std::string::npos) return true;
@@ -353,7 +357,7 @@ double cpu_seconds_now() {
 
 Dataset load_split(const std::string& spec, const std::string& split, int channels, double holdout) {
   if (split != "train" && split != "test") throw Error("dataset split '" + split + "': expected train or test");
-  if (is_idx_spec(spec)) return load_dataset(spec, split, 0, channels);
+  if (has_own_split(spec)) return load_dataset(spec, split, 0, channels);
   Dataset all = load_dataset(spec, "train", 0, channels);
   int64_t n = all.size();
   int64_t n_test = std::max<int64_t>(1, static_cast<int64_t>(std::llround(n * holdout)));
@@ -478,6 +482,7 @@ ClassifierTrainResult train_classifier(const ClassifierTrainOptions& opt) {
   res.steps = global;
   net->eval();
   if (!opt.progress) res.test_accuracy = classifier_accuracy(FeatureNet(net), data.test.images, data.test.labels);
+  res.test_top5_accuracy = classifier_accuracy(FeatureNet(net), data.test.images, data.test.labels, 5);
   res.test_images = data.test.size();
   res.net = net;
   return res;

@@ -115,7 +115,8 @@ class FeatureNet {
 // Training.
 
 // One split ("train" or "test") of a dataset spec (see load_dataset), at its native size: IDX
-// datasets (fashion-mnist, mnist, IDX folders) use their own train/test files; image folders
+// datasets (fashion-mnist, mnist, IDX folders) use their own train/test files, emoji its own
+// held-out split (every 10th emoji, 64 px; see train/emoji.h); image folders
 // (labelled or not) hold out a deterministic share `holdout` of their images as "test".
 // `channels` > 0 converts (1 -> 3 for IDX; any conversion for image folders).
 Dataset load_split(const std::string& spec, const std::string& split, int channels = 0, double holdout = 0.1);
@@ -156,6 +157,7 @@ struct ClassifierTrainOptions {
 struct ClassifierTrainResult {
   Classifier net{nullptr};
   double test_accuracy = 0;
+  double test_top5_accuracy = 0;  // the label among the 5 highest logits
   int64_t test_images = 0;
   double train_seconds = 0;  // wall time of the training loop
   double cpu_seconds = 0;    // process CPU time spent (all threads)
@@ -164,7 +166,7 @@ struct ClassifierTrainResult {
 
 ClassifierTrainResult train_classifier(const ClassifierTrainOptions& opt);
 
-// Top-1 accuracy of `net` on uint8 images with labels.
-double classifier_accuracy(const FeatureNet& net, const torch::Tensor& images, const torch::Tensor& labels);
+// Top-k accuracy of `net` on uint8 images with labels (k = 1: the predicted class is the label).
+double classifier_accuracy(const FeatureNet& net, const torch::Tensor& images, const torch::Tensor& labels, int k = 1);
 
 }  // namespace diffuse

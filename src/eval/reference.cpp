@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "train/emoji.h"
 
 namespace fs = std::filesystem;
 
@@ -35,6 +36,7 @@ std::string hex(uint64_t h) {
 std::string data_location(const std::string& data) {
   if (data == "fashion-mnist") return default_fashion_mnist_dir();
   if (data == "mnist") return "/usr/share/datasets/mnist";
+  if (data == "emoji") return "emoji:" + default_emoji_font() + "\n" + default_emoji_test();
   std::error_code ec;
   auto p = fs::weakly_canonical(fs::absolute(data), ec);
   return ec ? data : p.string();
@@ -57,6 +59,22 @@ std::string folder_signature(const std::string& dir) {
   std::string s;
   for (auto& r : rows) s += r + "\n";
   return s;
+}
+
+// Size and modification time of one file ("missing" when absent).
+std::string file_signature(const std::string& path) {
+  std::error_code ec;
+  auto size = fs::file_size(path, ec);
+  if (ec) return path + ":missing\n";
+  auto mtime = fs::last_write_time(path, ec).time_since_epoch().count();
+  return path + ":" + std::to_string(size) + ":" + std::to_string(mtime) + "\n";
+}
+
+// What the dataset's content depends on: the emoji font and emoji-test.txt for emoji, else the
+// files of its folder.
+std::string data_signature(const std::string& data, const std::string& location) {
+  if (data == "emoji") return file_signature(default_emoji_font()) + file_signature(default_emoji_test());
+  return folder_signature(location);
 }
 
 std::string sanitize(const std::string& s) {
@@ -110,7 +128,7 @@ std::string reference_key(const FeatureNet& net, const std::string& data, const 
   uint64_t h = fnv1a("diffuse-reference v" + std::to_string(kCacheVersion));
   h = fnv1a(net.fingerprint(), h);
   h = fnv1a(loc + "\n" + split + "\n", h);
-  h = fnv1a(folder_signature(loc), h);
+  h = fnv1a(data_signature(data, loc), h);
   return hex(h);
 }
 

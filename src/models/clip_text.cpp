@@ -156,6 +156,19 @@ CLIPTextModelImpl::CLIPTextModelImpl(const CLIPTextConfig& config) : config_(con
       torch::nn::LayerNorm(torch::nn::LayerNormOptions({config_.hidden_size}).eps(config_.layer_norm_eps)));
 }
 
+int64_t CLIPTextModelImpl::add_token_embeddings(const torch::Tensor& rows) {
+  if (rows.dim() != 2 || rows.size(1) != config_.hidden_size)
+    throw Error("CLIPTextModel: token embeddings must be [n, " + std::to_string(config_.hidden_size) + "], got " +
+                c10::str(rows.sizes()));
+  torch::NoGradGuard ng;
+  const int64_t first = token_embedding->weight.size(0);
+  auto& w = token_embedding->weight;
+  w.set_data(torch::cat({w.detach(), rows.to(w.device(), w.scalar_type())}, 0));
+  config_.vocab_size = w.size(0);
+  token_embedding->options.num_embeddings(config_.vocab_size);
+  return first;
+}
+
 torch::Dtype CLIPTextModelImpl::dtype() const {
   return torch::typeMetaToScalarType(token_embedding->weight.dtype());
 }

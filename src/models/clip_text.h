@@ -91,6 +91,8 @@ class CLIPTextModelImpl : public torch::nn::Module {
   torch::Tensor final_norm(const torch::Tensor& x) { return final_layer_norm->forward(x); }
 
   const CLIPTextConfig& config() const { return config_; }
+  // Appends rows [n, hidden] to the token-embedding table (textual inversion); returns the first new id.
+  int64_t add_token_embeddings(const torch::Tensor& rows);
   torch::Dtype dtype() const;
   torch::Device device() const;
 

@@ -164,6 +164,7 @@ CLIPTokenizer::CLIPTokenizer(const CLIPTokenizer& o)
       pad_id_(o.pad_id_),
       unk_id_(o.unk_id_),
       model_max_length_(o.model_max_length_),
+      expansions_(o.expansions_),
       cache_(std::make_unique<Cache>()) {}
 CLIPTokenizer& CLIPTokenizer::operator=(const CLIPTokenizer& o) {
   if (this != &o) *this = CLIPTokenizer(o);
@@ -478,9 +479,29 @@ std::vector<std::string> CLIPTokenizer::tokens(const std::string& text) const {
   return out;
 }
 
+void CLIPTokenizer::add_token(const std::string& token, const std::vector<int64_t>& ids) {
+  if (token.empty() || ids.empty()) throw Error("CLIP tokenizer: add_token needs a token and its ids");
+  if (token_id(token) >= 0 || expansions_.count(token))
+    throw Error("CLIP tokenizer: token '" + token + "' is already in the vocabulary");
+  token_to_id_[token] = ids.front();
+  if (ids.front() >= static_cast<int64_t>(id_to_token_.size())) id_to_token_.resize(static_cast<size_t>(ids.front() + 1));
+  id_to_token_[static_cast<size_t>(ids.front())] = token;
+  expansions_[token] = ids;
+  split_tokens_.push_back(token);
+  std::sort(split_tokens_.begin(), split_tokens_.end(),
+            [](const std::string& a, const std::string& b) { return a.size() != b.size() ? a.size() > b.size() : a < b; });
+}
+
 std::vector<int64_t> CLIPTokenizer::encode(const std::string& text) const {
   std::vector<int64_t> ids;
   for (const auto& t : tokens(text)) {
+    if (!expansions_.empty()) {
+      auto e = expansions_.find(t);
+      if (e != expansions_.end()) {
+        ids.insert(ids.end(), e->second.begin(), e->second.end());
+        continue;
+      }
+    }
     const auto id = token_id(t);
     ids.push_back(id >= 0 ? id : unk_id_);
   }

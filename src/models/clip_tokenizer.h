@@ -42,6 +42,9 @@ class CLIPTokenizer {
   int64_t pad_id() const { return pad_id_; }
   int64_t vocab_size() const { return static_cast<int64_t>(id_to_token_.size()); }
   int64_t model_max_length() const { return model_max_length_; }
+  // Adds `token` (cut out of the raw text exactly as written, like transformers' added tokens) that
+  // encodes to `ids` (several for multi-vector textual-inversion embeddings). Throws if it exists.
+  void add_token(const std::string& token, const std::vector<int64_t>& ids);
   // Vocabulary id of `token`, or -1.
   int64_t token_id(const std::string& token) const;
   const std::string& id_to_token(int64_t id) const;
@@ -69,6 +72,7 @@ class CLIPTokenizer {
   std::vector<std::string> split_tokens_;  // added tokens cut out of the raw text, longest first
   int64_t bos_id_ = -1, eos_id_ = -1, pad_id_ = -1, unk_id_ = -1;
   int64_t model_max_length_ = 77;
+  std::unordered_map<std::string, std::vector<int64_t>> expansions_;  // add_token()
   std::unique_ptr<Cache> cache_;
 };
 

@@ -10,18 +10,8 @@
 #include "core/error.h"
 #include "core/image.h"
 #include "core/safetensors.h"
+#include "eval_helpers.h"
 #include "fixtures.h"
-
-namespace diffuse::test {
-// Shared eval-test helpers, defined in classifier_test.cpp.
-// Writes `per_class` PNGs of `size` px into dir/<class>/ for each class name ("" = dir itself):
-// class k has a bright bar (vertical for even k, horizontal for odd k) plus noise.
-void write_image_folder(const std::string& dir, const std::vector<std::string>& classes, int per_class, int size = 12,
-                        uint64_t seed = 0, int channels = 1);
-// A small random-initialised classifier (widths {4, 8}, feature_dim 6) with non-trivial BatchNorm statistics.
-Classifier tiny_classifier(const std::vector<std::string>& classes, int size = 12, int channels = 1,
-                           const std::string& dataset = "", uint64_t seed = 0);
-}  // namespace diffuse::test
 
 namespace diffuse::test {
 

@@ -11,18 +11,9 @@
 #include "core/error.h"
 #include "eval/classifier.h"
 #include "eval/reference.h"
+#include "eval_helpers.h"
 #include "fixtures.h"
 
-namespace diffuse::test {
-// Shared eval-test helpers, defined in classifier_test.cpp.
-// Writes `per_class` PNGs of `size` px into dir/<class>/ for each class name ("" = dir itself):
-// class k has a bright bar (vertical for even k, horizontal for odd k) plus noise.
-void write_image_folder(const std::string& dir, const std::vector<std::string>& classes, int per_class, int size = 12,
-                        uint64_t seed = 0, int channels = 1);
-// A small random-initialised classifier (widths {4, 8}, feature_dim 6) with non-trivial BatchNorm statistics.
-Classifier tiny_classifier(const std::vector<std::string>& classes, int size = 12, int channels = 1,
-                           const std::string& dataset = "", uint64_t seed = 0);
-}  // namespace diffuse::test
 
 namespace diffuse {
 namespace {
@@ -147,19 +138,8 @@ TEST(EvaluateImages, BadInput) {
 // A tiny class-conditional pixel pipeline (random weights) generating `size` px images.
 PixelPipeline tiny_pipeline(int size, int channels, std::vector<std::string> classes) {
   torch::manual_seed(0);
-  UNet2DConfig c;
-  c.sample_size = {size};
-  c.in_channels = channels;
-  c.out_channels = channels;
-  c.block_out_channels = {8, 16};
-  c.down_block_types = {"DownBlock2D", "DownBlock2D"};
-  c.up_block_types = {"UpBlock2D", "UpBlock2D"};
-  c.layers_per_block = 1;
-  c.norm_num_groups = 4;
-  c.add_attention = false;
-  if (!classes.empty()) c.num_class_embeds = static_cast<int64_t>(classes.size()) + 1;
   PixelPipeline p;
-  p.net = DiffusionNet(UNet2DModel(c));
+  p.net = DiffusionNet(UNet2DModel(test::tiny_unet_config(size, channels, static_cast<int>(classes.size()))));
   p.net.module().eval();
   p.class_names = std::move(classes);
   if (!p.class_names.empty()) p.null_class = static_cast<int64_t>(p.class_names.size());
@@ -227,3 +207,20 @@ TEST(EvaluatePipeline, ClassBalancedGenerationAndReport) {
 
 }  // namespace
 }  // namespace diffuse
+
+namespace diffuse::test {
+UNet2DConfig tiny_unet_config(int size, int channels, int classes) {
+  UNet2DConfig c;
+  c.sample_size = {size};
+  c.in_channels = channels;
+  c.out_channels = channels;
+  c.block_out_channels = {8, 16};
+  c.down_block_types = {"DownBlock2D", "DownBlock2D"};
+  c.up_block_types = {"UpBlock2D", "UpBlock2D"};
+  c.layers_per_block = 1;
+  c.norm_num_groups = 4;
+  c.add_attention = false;
+  if (classes > 0) c.num_class_embeds = classes + 1;
+  return c;
+}
+}  // namespace diffuse::test

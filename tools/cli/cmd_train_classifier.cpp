@@ -66,10 +66,12 @@ void run(Args& a) {
   }
   auto r = diffuse::train_classifier(o);
   diffuse::save_classifier(r.net, a.out);
-  std::printf("wrote %s: %lld parameters, test accuracy %.2f %% on %lld images, %s wall, %.0f s CPU, %lld steps\n",
-              a.out.c_str(), static_cast<long long>(r.net->num_parameters()), 100 * r.test_accuracy,
-              static_cast<long long>(r.test_images), diffuse::format_duration(r.train_seconds).c_str(), r.cpu_seconds,
-              static_cast<long long>(r.steps));
+  std::printf(
+      "wrote %s: %lld parameters, test accuracy %.2f %% (top-5 %.2f %%) on %lld images, %s wall, %.0f s CPU, %lld "
+      "steps\n",
+      a.out.c_str(), static_cast<long long>(r.net->num_parameters()), 100 * r.test_accuracy,
+      100 * r.test_top5_accuracy, static_cast<long long>(r.test_images),
+      diffuse::format_duration(r.train_seconds).c_str(), r.cpu_seconds, static_cast<long long>(r.steps));
 }
 
 void register_cmd(CLI::App& app) {
@@ -77,7 +79,7 @@ void register_cmd(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "train-classifier", "Train the feature network (a small CNN classifier) used by `diffuse eval` for FID/KID");
   cmd->add_option("--data", a->o.data,
-                  "fashion-mnist, mnist, a folder of IDX files, or an image folder (class = subfolder)")
+                  "fashion-mnist, mnist, emoji, a folder of IDX files, or an image folder (class = subfolder)")
       ->capture_default_str();
   cmd->add_option("--out", a->out, "Output folder (config.json + model.safetensors)")->required();
   cmd->add_option("--epochs", a->o.epochs, "Passes over the training split")

@@ -1,0 +1,65 @@
+#include "pipelines/textual_inversion.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "pipelines/sd_pipeline.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+std::string load_embedding(SDTextEncoder& te, const std::string& path, const std::string& trigger) {
+  if (!fs::is_regular_file(path)) throw Error("--embedding " + path + ": no such file");
+  if (fs::path(path).extension() != ".safetensors")
+    throw Error("--embedding " + path + ": only .safetensors embeddings are read");
+  const auto tensors = safetensors::load(path);
+  std::string token = trigger;
+  torch::Tensor vectors;
+  if (tensors.count("emb_params")) {
+    vectors = tensors.at("emb_params");
+    if (token.empty()) token = fs::path(path).stem().string();
+  } else if (tensors.size() == 1) {
+    vectors = tensors.begin()->second;
+    if (token.empty()) token = tensors.begin()->first;
+  } else {
+    std::string names;
+    for (const auto& [k, v] : tensors) names += (names.empty() ? "" : ", ") + k;
+    throw Error(path + ": not a textual-inversion embedding for SD 1.x / 2.x (expected 'emb_params' or one tensor; has " +
+                names + ")");
+  }
+  if (vectors.dim() == 1) vectors = vectors.unsqueeze(0);
+  const int64_t hidden = te.model->config().hidden_size;
+  if (vectors.dim() != 2 || vectors.size(1) != hidden || vectors.size(0) == 0)
+    throw Error(path + ": embedding of shape " + c10::str(vectors.sizes()) + " does not fit this text encoder (width " +
+                std::to_string(hidden) + ")");
+  if (te.tokenizer.token_id(token) >= 0)
+    throw Error(path + ": trigger '" + token + "' is already a token of the tokenizer");
+  const int64_t first = te.model->add_token_embeddings(vectors.to(torch::kFloat32));
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < vectors.size(0); ++i) ids.push_back(first + i);
+  te.tokenizer.add_token(token, ids);
+  return token;
+}
+
+std::vector<std::string> load_embeddings_for(SDTextEncoder& te, const std::string& dir,
+                                             const std::vector<std::string>& texts) {
+  if (!fs::is_directory(dir)) throw Error("--embeddings-dir " + dir + ": no such folder");
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file() && e.path().extension() == ".safetensors") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  std::vector<std::string> loaded;
+  for (const auto& f : files) {
+    const std::string name = f.stem().string();
+    bool used = false;
+    for (const auto& t : texts) used = used || t.find(name) != std::string::npos;
+    if (!used || te.tokenizer.token_id(name) >= 0) continue;
+    loaded.push_back(load_embedding(te, f.string(), name));
+  }
+  return loaded;
+}
+
+}  // namespace diffuse

@@ -1,0 +1,21 @@
+#pragma once
+// Shared eval-test helpers, defined in classifier_test.cpp and evaluate_test.cpp.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "eval/classifier.h"
+#include "models/unet2d.h"
+
+namespace diffuse::test {
+// Writes `per_class` PNGs of `size` px into dir/<class>/ for each class name ("" = dir itself):
+// class k has a bright bar (vertical for even k, horizontal for odd k) plus noise.
+void write_image_folder(const std::string& dir, const std::vector<std::string>& classes, int per_class, int size = 12,
+                        uint64_t seed = 0, int channels = 1);
+// A small random-initialised classifier (widths {4, 8}, feature_dim 6) with non-trivial BatchNorm statistics.
+Classifier tiny_classifier(const std::vector<std::string>& classes, int size = 12, int channels = 1,
+                           const std::string& dataset = "", uint64_t seed = 0);
+// A two-level UNet without attention (widths 8, 16) on `size` px, `channels` in and out, with
+// `classes` + 1 class embeddings (the last for CFG) when `classes` > 0.
+UNet2DConfig tiny_unet_config(int size, int channels, int classes);
+}  // namespace diffuse::test
