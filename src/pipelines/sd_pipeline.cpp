@@ -192,14 +192,28 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
 }
 
 SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
-                   const std::string& prediction) {
+                   const std::string& prediction, const std::string& config_dir) {
   SDPipeline p;
+  if (!config_dir.empty() && !fs::is_regular_file(path))
+    throw Error(config_dir + ": a config folder applies to single-file checkpoints only");
   if (fs::is_regular_file(path)) {
     const std::string ext = fs::path(path).extension().string();
     if (ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin")
       throw Error(path + ": pickled checkpoints are not loaded (they can run code); convert it to .safetensors");
     if (ext != ".safetensors") throw Error(path + ": expected a pipeline folder or a .safetensors checkpoint");
-    p = load_single_file(path, device, dtype, with_text_encoder);
+    LdmConfigOverrides over;
+    if (!config_dir.empty()) {
+      if (!fs::is_directory(config_dir)) throw Error(config_dir + ": config folder not found");
+      for (auto [dir, json] : {std::pair{"unet", &over.unet}, {"vae", &over.vae}, {"text_encoder", &over.text}})
+        if (fs::exists(config_dir + "/" + dir + "/config.json"))
+          *json = read_json_file(config_dir + "/" + dir + "/config.json");
+    }
+    p = load_single_file(path, device, dtype, with_text_encoder, over);
+    const std::string sched = config_dir + "/scheduler/scheduler_config.json";
+    if (!config_dir.empty() && fs::exists(sched)) {
+      p.scheduler = load_scheduler_config(sched);
+      p.scheduler_class = read_json_file(sched).value("_class_name", p.scheduler_class);
+    }
   } else {
     p = SDPipeline::load(path, device, dtype, with_text_encoder);
   }

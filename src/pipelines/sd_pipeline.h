@@ -77,8 +77,12 @@ struct SDPipeline {
 SDPipeline load_single_file(const std::string& path, torch::Device device = torch::kCPU,
                             torch::Dtype dtype = torch::kFloat32, bool with_text_encoder = true,
                             const LdmConfigOverrides& overrides = {});
+// `config_dir` (single files only, "" = none): a diffusers pipeline folder whose unet/, vae/,
+// text_encoder/ config.json and scheduler/ config replace what the tensors cannot tell (diffusers'
+// from_single_file(config=...)); its weights are not read.
 SDPipeline load_sd(const std::string& path, torch::Device device = torch::kCPU, torch::Dtype dtype = torch::kFloat32,
-                   bool with_text_encoder = true, const std::string& prediction = "");
+                   bool with_text_encoder = true, const std::string& prediction = "",
+                   const std::string& config_dir = "");
 
 struct SDOptions {
   int n = 1;                        // images

@@ -8,6 +8,9 @@
 #include "core/image.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
+#include "nn/state_dict.h"
+#include "pipelines/ldm_convert.h"
+#include "pipelines/sd_pipeline.h"
 
 namespace diffuse {
 namespace {
@@ -41,6 +44,24 @@ TEST(SdCli, ReproducesDiffusersFromLatentsAndEmbeddings) {
   EXPECT_LT(test::max_abs_diff(got.at("latents"), ref.at("step_latents")[4]), 2e-4);
   EXPECT_LT(test::max_abs_diff((got.at("samples") / 2 + 0.5).clamp(0, 1).permute({0, 2, 3, 1}), ref.at("image")), 1e-3);
   EXPECT_TRUE(torch::equal(got.at("noise"), ref.at("latents")));
+}
+
+// The tiny pipeline written as a single-file LDM checkpoint, run with the folder's configs
+// (--model-config), reproduces diffusers' StableDiffusionPipeline.
+TEST(SdCli, SingleFileCheckpointReproducesDiffusers) {
+  TempDir t;
+  auto pipe = SDPipeline::load(tiny());
+  auto ldm = to_ldm(pipe.unet->config(), nn::state_dict(*pipe.unet), pipe.vae->config(), nn::state_dict(*pipe.vae),
+                    nn::state_dict(*pipe.text->model));
+  safetensors::save(t / "tiny.safetensors", ldm);
+  auto [code, out] = sd_cli("generate --model " + (t / "tiny.safetensors") + " --model-config " + tiny() +
+                            " --prompt-embeds " + io() + " --latents " + io() + " --steps 5 --eta 0 --out " +
+                            (t / "o.safetensors"));
+  ASSERT_EQ(code, 0) << out;
+  auto got = safetensors::load(t / "o.safetensors");
+  auto ref = safetensors::load(io());
+  EXPECT_LT(test::max_abs_diff(got.at("latents"), ref.at("step_latents")[4]), 2e-4);
+  EXPECT_LT(test::max_abs_diff((got.at("samples") / 2 + 0.5).clamp(0, 1).permute({0, 2, 3, 1}), ref.at("image")), 1e-3);
 }
 
 TEST(SdCli, PngCarriesA1111Parameters) {

@@ -81,6 +81,8 @@ void add_sd_options(CLI::App* cmd, SdArgs* a) {
   cmd->add_option("--clip-skip", a->clip_skip, "Text-encoder layers skipped at the end (diffusers clip_skip)");
   cmd->add_option("--dtype", a->dtype, "UNet / text-encoder compute dtype: fp32, fp16 or bf16")->capture_default_str();
   cmd->add_option("--prediction", a->prediction, "Single-file checkpoints: epsilon or v_prediction");
+  cmd->add_option("--model-config", a->model_config,
+                  "Single-file checkpoints: a diffusers pipeline folder whose component configs to use");
 }
 
 bool is_sd_model(const std::string& path) {
@@ -134,7 +136,7 @@ void run_sd_generate(const std::string& model, const std::string& out, const std
     o.negative_prompt_embeds = tensor_from(a.prompt_embeds, "negative_prompt_embeds", false);
   }
   const bool need_text = a.prompt_embeds.empty() || (o.guidance > 1 && !o.negative_prompt_embeds.defined());
-  auto pipe = load_sd(model, parse_device(device), parse_dtype(a.dtype), need_text, a.prediction);
+  auto pipe = load_sd(model, parse_device(device), parse_dtype(a.dtype), need_text, a.prediction, a.model_config);
 
   Progress progress(0, "generate", "step");
   int done = 0;

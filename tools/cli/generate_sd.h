@@ -14,7 +14,7 @@ enum class OutKind { Grid, Dir, Raw };
 OutKind output_kind(const std::string& out);
 
 struct SdArgs {
-  std::string prompt, negative_prompt, image, mask, latents, prompt_embeds, outpaint, dtype = "fp32", prediction;
+  std::string prompt, negative_prompt, image, mask, latents, prompt_embeds, outpaint, dtype = "fp32", prediction, model_config;
   int width = 0, height = 0, clip_skip = 0, only_masked_padding = 32;
   double strength = 0.8, mask_blur = 0;
   bool only_masked = false;
