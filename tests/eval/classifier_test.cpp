@@ -189,12 +189,7 @@ TEST(FeatureNet, EmbedIsBatchIndependentAndMapsClasses) {
 TEST(TrainClassifier, LearnsAndIsDeterministic) {
   TempDir tmp;
   test::write_image_folder(tmp / "data", {"a", "b"}, 40, 12);
-  ClassifierTrainOptions o;
-  o.data = tmp / "data";
-  o.model.widths = {4, 8};
-  o.model.convs_per_stage = 1;
-  o.model.head_pool = 2;
-  o.model.feature_dim = 8;
+  ClassifierTrainOptions o = test::tiny_train_options(tmp / "data");
   o.epochs = 4;
   o.batch_size = 16;
   o.lr = 1e-2;
@@ -235,3 +230,15 @@ TEST(LoadSplit, HoldsOutADeterministicShareOfImageFolders) {
 
 }  // namespace
 }  // namespace diffuse
+
+namespace diffuse::test {
+ClassifierTrainOptions tiny_train_options(const std::string& data) {
+  ClassifierTrainOptions o;
+  o.data = data;
+  o.model.widths = {4, 8};
+  o.model.convs_per_stage = 1;
+  o.model.head_pool = 2;
+  o.model.feature_dim = 8;
+  return o;
+}
+}  // namespace diffuse::test

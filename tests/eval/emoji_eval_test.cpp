@@ -99,12 +99,7 @@ TEST(EmojiEval, ReferenceSetOfTheHeldOutSplitMapsSubgroupsAndCaches) {
 }
 
 TEST(EmojiEval, TrainClassifierOnEmojiUsesSubgroupsAndTheHeldOutSplit) {
-  ClassifierTrainOptions o;
-  o.data = "emoji";
-  o.model.widths = {4, 8};
-  o.model.convs_per_stage = 1;
-  o.model.head_pool = 1;
-  o.model.feature_dim = 8;
+  ClassifierTrainOptions o = test::tiny_train_options("emoji");
   o.epochs = 1;
   o.batch_size = 32;
   o.limit = 64;

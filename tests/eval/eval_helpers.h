@@ -15,6 +15,9 @@ void write_image_folder(const std::string& dir, const std::vector<std::string>& 
 // A small random-initialised classifier (widths {4, 8}, feature_dim 6) with non-trivial BatchNorm statistics.
 Classifier tiny_classifier(const std::vector<std::string>& classes, int size = 12, int channels = 1,
                            const std::string& dataset = "", uint64_t seed = 0);
+// Training options for a tiny classifier (widths {4, 8}, one conv per stage, 2x2 head pool,
+// 8 features) on `data`.
+ClassifierTrainOptions tiny_train_options(const std::string& data);
 // A two-level UNet without attention (widths 8, 16) on `size` px, `channels` in and out, with
 // `classes` + 1 class embeddings (the last for CFG) when `classes` > 0.
 UNet2DConfig tiny_unet_config(int size, int channels, int classes);
