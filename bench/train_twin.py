@@ -2,11 +2,13 @@
 """PyTorch-Python twin of `diffuse train`, for the training-throughput benchmark.
 
 A plain-PyTorch re-implementation of diffusers' UNet2DModel (0.28) for the blocks the
-diffuse presets use, with diffusers' parameter names, reading a diffusers config.json,
-and a training loop doing the same work per step as src/train/trainer.cpp.
+diffuse presets use and of DiTTransformer2DModel (adaLN-Zero DiT), with diffusers' parameter
+names, reading a diffusers config.json, and a training loop doing the same work per step as
+src/train/trainer.cpp (pixels, or VAE posteriors sampled per step as `diffuse train --latent`).
 Needs only Debian's python3-torch (no diffusers, no safetensors package).
 
   train_twin.py train    [--preset small] [--batch 64] [--threads N] [--warmup 50] [--steps 50]
+  train_twin.py train    --data synthetic --config CONFIG.json [--items 3300] [--latent --latent-scale S] ...
   train_twin.py forward  --model DIR --inputs IN.safetensors --out OUT.safetensors
   train_twin.py inputs   --model DIR --batch 4 --out IN.safetensors   (random sample/timestep/class_labels)
   train_twin.py compare  A.safetensors B.safetensors [--key out] [--tol 1e-4]
@@ -326,11 +328,192 @@ class UNet2DModel(nn.Module):
             h = block(h, skips, emb)
         return self.conv_out(self.conv_act(self.conv_norm_out(h)))
 
+# ------------------------------------------------------------------ DiTTransformer2DModel (diffusers names)
+
+def get_2d_sincos_pos_embed(embed_dim, grid_h, grid_w, base_size, interpolation_scale):
+    """diffusers get_2d_sincos_pos_embed: float32 grid, float64 frequencies, row-major tokens."""
+    gh = torch.arange(grid_h, dtype=torch.float32) / (grid_h / base_size) / interpolation_scale
+    gw = torch.arange(grid_w, dtype=torch.float32) / (grid_w / base_size) / interpolation_scale
+    omega = torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4.0)
+    omega = 1.0 / 10000 ** omega
+
+    def one_d(pos):
+        out = pos.double()[:, None] * omega[None, :]
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+    w = gw[None, :].expand(grid_h, grid_w).reshape(-1)  # first half from the w coordinate
+    h = gh[:, None].expand(grid_h, grid_w).reshape(-1)
+    return torch.cat([one_d(w), one_d(h)], dim=1).float()
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, sample_size, patch, cin, dim, interpolation_scale):
+        super().__init__()
+        self.patch, self.dim, self.base, self.scale = patch, dim, sample_size // patch, interpolation_scale
+        self.proj = nn.Conv2d(cin, dim, patch, stride=patch)
+        self._pos = {}
+
+    def forward(self, x):
+        gh, gw = x.shape[2] // self.patch, x.shape[3] // self.patch
+        if (gh, gw) not in self._pos:
+            self._pos[(gh, gw)] = get_2d_sincos_pos_embed(self.dim, gh, gw, self.base, self.scale)
+        return self.proj(x).flatten(2).transpose(1, 2) + self._pos[(gh, gw)].to(x.dtype)[None]
+
+
+class LabelEmbedding(nn.Module):  # class dropout is done by the training loop
+    def __init__(self, num_classes, dim):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)  # last row: the CFG null class
+
+
+class CombinedTimestepLabelEmbeddings(nn.Module):
+    def __init__(self, num_classes, dim):
+        super().__init__()
+        self.time_proj = Timesteps(256, True, 1)
+        self.timestep_embedder = TimestepEmbedding(256, dim)
+        self.class_embedder = LabelEmbedding(num_classes, dim)
+
+    def forward(self, t, labels, dtype):
+        return self.timestep_embedder(self.time_proj(t).to(dtype)) + self.class_embedder.embedding_table(labels)
+
+
+class AdaLayerNormZero(nn.Module):
+    def __init__(self, dim, num_classes):
+        super().__init__()
+        self.emb = CombinedTimestepLabelEmbeddings(num_classes, dim)
+        self.silu = nn.SiLU()
+        self.linear = nn.Linear(dim, 6 * dim)
+
+    def forward(self, x, t, labels):
+        e = self.linear(self.silu(self.emb(t, labels, x.dtype)))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = e.chunk(6, dim=1)
+        x = F.layer_norm(x, (x.shape[-1],), eps=1e-6) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+        return x, gate_msa, shift_mlp, scale_mlp, gate_mlp
+
+
+class SelfAttention(nn.Module):
+    """diffusers Attention on tokens (no group norm, no residual), AttnProcessor math."""
+
+    def __init__(self, dim, heads, dim_head, bias):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.scale = heads, dim_head ** -0.5
+        self.to_q = nn.Linear(dim, inner, bias=bias)
+        self.to_k = nn.Linear(dim, inner, bias=bias)
+        self.to_v = nn.Linear(dim, inner, bias=bias)
+        self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        d = q.shape[-1] // self.heads
+
+        def heads(t):  # [B, N, H*D] -> [B*H, N, D]
+            return t.reshape(b, n, self.heads, d).permute(0, 2, 1, 3).reshape(b * self.heads, n, d)
+
+        q, k, v = heads(q), heads(k), heads(v)
+        if Attention.use_bmm:
+            scores = torch.bmm(q, k.transpose(-1, -2)) * self.scale
+        else:
+            scores = torch.baddbmm(torch.empty(q.shape[0], n, n, dtype=q.dtype), q, k.transpose(-1, -2), beta=0,
+                                   alpha=self.scale)
+        h = torch.bmm(scores.float().softmax(dim=-1).to(q.dtype), v)
+        h = h.reshape(b, self.heads, n, d).permute(0, 2, 1, 3).reshape(b, n, self.heads * d)
+        return self.to_out[1](self.to_out[0](h))
+
+
+class GELU(nn.Module):  # ff.net.0
+    def __init__(self, cin, cout, approximate):
+        super().__init__()
+        self.proj = nn.Linear(cin, cout)
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(self.proj(x), approximate=self.approximate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim, approximate, dropout):
+        super().__init__()
+        self.net = nn.ModuleList([GELU(dim, 4 * dim, approximate), nn.Dropout(dropout), nn.Linear(4 * dim, dim)])
+
+    def forward(self, x):
+        for m in self.net:
+            x = m(x)
+        return x
+
+
+class DiTBlock(nn.Module):  # BasicTransformerBlock, norm_type ada_norm_zero, no cross-attention
+    def __init__(self, c):
+        super().__init__()
+        dim = c["num_attention_heads"] * c["attention_head_dim"]
+        self.norm1 = AdaLayerNormZero(dim, c["num_embeds_ada_norm"])
+        self.attn1 = SelfAttention(dim, c["num_attention_heads"], c["attention_head_dim"], c["attention_bias"])
+        self.norm3 = nn.LayerNorm(dim, eps=c["norm_eps"], elementwise_affine=c["norm_elementwise_affine"])
+        self.ff = FeedForward(dim, "tanh" if c["activation_fn"] == "gelu-approximate" else "none", c["dropout"])
+
+    def forward(self, x, t, labels):
+        n, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(x, t, labels)
+        x = x + gate_msa[:, None] * self.attn1(n)
+        m = self.norm3(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        return x + gate_mlp[:, None] * self.ff(m)
+
+
+class DiTTransformer2DModel(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        c = {"num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": None,
+             "num_layers": 28, "dropout": 0.0, "attention_bias": True, "sample_size": 32, "patch_size": 2,
+             "activation_fn": "gelu-approximate", "num_embeds_ada_norm": 1000, "norm_type": "ada_norm_zero",
+             "norm_elementwise_affine": False, "norm_eps": 1e-5, "upcast_attention": False}
+        c.update({k: v for k, v in cfg.items() if not k.startswith("_")})
+        if c["norm_type"] != "ada_norm_zero" or c["activation_fn"] not in ("gelu-approximate", "gelu"):
+            raise ValueError("config: only the DiT form (ada_norm_zero, gelu) is supported by the twin")
+        dim = c["num_attention_heads"] * c["attention_head_dim"]
+        self.patch, self.cout = c["patch_size"], c["out_channels"] or c["in_channels"]
+        self.pos_embed = PatchEmbed(c["sample_size"], self.patch, c["in_channels"], dim,
+                                    c.get("interpolation_scale") or 1.0)
+        self.transformer_blocks = nn.ModuleList([DiTBlock(c) for _ in range(c["num_layers"])])
+        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.proj_out_1 = nn.Linear(dim, 2 * dim)
+        self.proj_out_2 = nn.Linear(dim, self.patch * self.patch * self.cout)
+
+    def forward(self, sample, timestep, class_labels):
+        b, p = sample.shape[0], self.patch
+        gh, gw = sample.shape[2] // p, sample.shape[3] // p
+        t = timestep.reshape(-1)
+        t = t.expand(b) if t.shape[0] == 1 else t
+        labels = class_labels.reshape(-1).long()
+        h = self.pos_embed(sample)
+        for block in self.transformer_blocks:
+            h = block(h, t, labels)
+        cond = self.transformer_blocks[0].norm1.emb(t, labels, h.dtype)
+        shift, scale = self.proj_out_1(F.silu(cond)).chunk(2, dim=1)
+        h = self.proj_out_2(self.norm_out(h) * (1 + scale[:, None]) + shift[:, None])
+        h = h.reshape(b, gh, gw, p, p, self.cout).permute(0, 5, 1, 3, 2, 4)  # nhwpqc -> nchpwq
+        return h.reshape(b, self.cout, gh * p, gw * p)
+
+
+def build_model(cfg):
+    cls = cfg.get("_class_name", "UNet2DModel")
+    if cls == "DiTTransformer2DModel":
+        return DiTTransformer2DModel(cfg)
+    if cls == "UNet2DModel":
+        return UNet2DModel(cfg)
+    raise ValueError(f"config: {cls} is not supported by the twin (UNet2DModel or DiTTransformer2DModel)")
+
+
+def num_classes(cfg):
+    """Real classes of a config (the null class of CFG is the last embedding row)."""
+    if cfg.get("_class_name") == "DiTTransformer2DModel":
+        return cfg["num_embeds_ada_norm"]
+    return (cfg["num_class_embeds"] - 1) if cfg.get("num_class_embeds") else 0
+
 
 def load_model(folder):
     with open(os.path.join(folder, "config.json")) as f:
         cfg = json.load(f)
-    model = UNet2DModel(cfg)
+    model = build_model(cfg)
     model.load_state_dict(load_safetensors(os.path.join(folder, "diffusion_pytorch_model.safetensors")), strict=True)
     return model.eval(), cfg
 
@@ -380,17 +563,42 @@ def cosine_alphas_cumprod(n=1000):
     return torch.cumprod(1.0 - torch.tensor(betas, dtype=torch.float64).float(), dim=0)
 
 
+def load_training_data(a):
+    """uint8 images [N, C, H, W] (or float32 posteriors [N, 2C, h, w] with --latent), labels, config."""
+    if a.data != "synthetic":
+        images = read_idx(os.path.join(a.data, "train-images-idx3-ubyte.gz")).unsqueeze(1)  # uint8 [N, 1, 28, 28]
+        labels = read_idx(os.path.join(a.data, "train-labels-idx1-ubyte.gz")).long()
+        n_cls = int(labels.max()) + 1
+        if a.config:
+            with open(a.config) as f:
+                return images, labels, json.load(f)
+        return images, labels, preset(a.preset, images.shape[-1], images.shape[1], n_cls + 1)
+    # Synthetic data of the shape the config asks for: throughput does not depend on the pixels.
+    if not a.config:
+        raise SystemExit("train_twin.py: --data synthetic needs --config CONFIG.json")
+    with open(a.config) as f:
+        cfg = json.load(f)
+    g = torch.Generator().manual_seed(1234)
+    c, size = cfg["in_channels"], cfg["sample_size"]
+    size = size if isinstance(size, list) else [size, size]
+    n_cls = max(1, num_classes(cfg))
+    labels = torch.randint(n_cls, (a.items,), generator=g)
+    if a.latent:  # posterior mean and standard deviation per item, as `diffuse train --latent` keeps them
+        mean = torch.randn([a.items, c] + size, generator=g)
+        std = torch.rand([a.items, c] + size, generator=g) * 0.1
+        return torch.cat([mean, std], dim=1), labels, cfg
+    return torch.randint(256, [a.items, c] + size, generator=g, dtype=torch.uint8), labels, cfg
+
+
 def train(a):
     torch.set_num_threads(a.threads)
-    images = read_idx(os.path.join(a.data, "train-images-idx3-ubyte.gz")).unsqueeze(1)  # uint8 [N, 1, 28, 28]
-    labels = read_idx(os.path.join(a.data, "train-labels-idx1-ubyte.gz")).long()
-    n_cls = int(labels.max()) + 1
-    null_class = n_cls  # num_class_embeds = classes + 1, the last one is the CFG null class
-    cfg = preset(a.preset, images.shape[-1], images.shape[1], n_cls + 1)
+    images, labels, cfg = load_training_data(a)
+    n_cls = num_classes(cfg)
+    null_class = n_cls  # the last class embedding is the CFG null class
     torch.manual_seed(a.seed)
     gen = torch.Generator().manual_seed(a.seed)
-    model = UNet2DModel(cfg).train()
-    ema = UNet2DModel(cfg).eval()
+    model = build_model(cfg).train()
+    ema = build_model(cfg).eval()
     ema.load_state_dict(model.state_dict())
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -399,7 +607,8 @@ def train(a):
     alphas_cumprod = cosine_alphas_cumprod()
     total = a.warmup + a.steps
     perm, pos = torch.randperm(len(images), generator=gen), 0
-    print(f"twin: {len(images)} images {tuple(images.shape[1:])}, {n_cls} classes | UNet {a.preset} "
+    print(f"twin: {len(images)} {'latents' if a.latent else 'images'} {tuple(images.shape[1:])}, {n_cls} classes | "
+          f"{cfg.get('_class_name', 'UNet2DModel')} {os.path.basename(a.config) if a.config else a.preset} "
           f"{sum(p.numel() for p in params) / 1e6:.2f}M parameters | torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", file=sys.stderr)
     t_start = None
@@ -413,9 +622,14 @@ def train(a):
             perm, pos = torch.randperm(len(images), generator=gen), 0
         idx = perm[pos:pos + a.batch]
         pos += a.batch
-        x0 = images.index_select(0, idx).float().div_(127.5).sub_(1.0)
-        flip = torch.rand(a.batch, generator=gen) < 0.5
-        x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+        if a.latent:  # a fresh sample of each item's posterior, scaled (flips are encoded beforehand)
+            post = images.index_select(0, idx)
+            mean, std = post.chunk(2, dim=1)
+            x0 = (mean + std * torch.randn(mean.shape, generator=gen)) * a.latent_scale
+        else:
+            x0 = images.index_select(0, idx).float().div_(127.5).sub_(1.0)
+            flip = torch.rand(a.batch, generator=gen) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
         y = labels.index_select(0, idx).masked_fill_(torch.rand(a.batch, generator=gen) < a.class_dropout, null_class)
         t = torch.randint(1000, (a.batch,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
@@ -452,8 +666,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="time training steps (img/s on stdout)")
-    t.add_argument("--data", default=os.environ.get("DIFFUSE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+    t.add_argument("--data", default=os.environ.get("DIFFUSE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
+                   help="Fashion-MNIST IDX folder, or 'synthetic' (random data of the config's shape)")
     t.add_argument("--preset", default="small")
+    t.add_argument("--config", help="a UNet2DModel or DiTTransformer2DModel config.json instead of --preset")
+    t.add_argument("--items", type=int, default=3300, help="--data synthetic: number of training items")
+    t.add_argument("--latent", action="store_true",
+                   help="--data synthetic: items are VAE posteriors (mean, std), sampled and scaled per step")
+    t.add_argument("--latent-scale", type=float, default=1.0, help="the VAE's scaling_factor (with --latent)")
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--threads", type=int, default=os.cpu_count())
     t.add_argument("--warmup", type=int, default=50, help="untimed steps first")
@@ -500,7 +720,9 @@ def main():
         size = size if isinstance(size, list) else [size, size]
         x = {"sample": torch.randn([a.batch, cfg["in_channels"]] + size, generator=g),
              "timestep": torch.randint(1000, (a.batch,), generator=g).float()}
-        if cfg.get("num_class_embeds"):
+        if cfg.get("_class_name") == "DiTTransformer2DModel":  # classes and the null class
+            x["class_labels"] = torch.randint(cfg["num_embeds_ada_norm"] + 1, (a.batch,), generator=g)
+        elif cfg.get("num_class_embeds"):
             x["class_labels"] = torch.randint(cfg["num_class_embeds"], (a.batch,), generator=g)
         save_safetensors(a.out, x)
     else:
