@@ -232,7 +232,7 @@ int SDPipeline::default_size() const {
 LatentDistribution SDPipeline::encode(const torch::Tensor& images) const {
   torch::NoGradGuard ng;
   AutoencoderKL v = vae;
-  auto post = v->encode(images.to(device, torch::kFloat32));
+  auto post = vae_encode(v, images.to(device, torch::kFloat32), vae_tiling);
   const auto& c = v->config();
   const double sf = c.scaling_factor;
   // logvar shifted so that std() is scaled as well
@@ -243,7 +243,8 @@ torch::Tensor SDPipeline::decode(const torch::Tensor& latents) const {
   torch::NoGradGuard ng;
   AutoencoderKL v = vae;
   const auto& c = v->config();
-  return v->decode(latents.to(device, torch::kFloat32) / c.scaling_factor + c.shift_factor.value_or(0.0))
+  return vae_decode(v, latents.to(device, torch::kFloat32) / c.scaling_factor + c.shift_factor.value_or(0.0),
+                    vae_tiling)
       .to(torch::kCPU);
 }
 

@@ -21,6 +21,7 @@
 #include "models/clip_tokenizer.h"
 #include "models/unet2d_condition.h"
 #include "pipelines/ldm_convert.h"
+#include "pipelines/vae_tiling.h"
 
 namespace diffuse {
 
@@ -38,6 +39,7 @@ struct SDTextEncoder {
 struct SDPipeline {
   UNet2DConditionModel unet{nullptr};
   AutoencoderKL vae{nullptr};
+  VaeTiling vae_tiling;  // tiled encode / decode for large images (vae_tiling.h)
   std::shared_ptr<SDTextEncoder> text;  // null when the pipeline was loaded without it
   NoiseScheduleConfig scheduler;
   std::string scheduler_class = "DDIMScheduler";  // the folder's scheduler (default sampler)
