@@ -156,10 +156,10 @@ Cond fit_batch(const Cond& c, int64_t b) {
 
 }  // namespace
 
-Denoiser cfg_denoiser(CondDenoiser d, Cond cond, Cond uncond, double scale, double rescale) {
+Denoiser cfg_denoiser(CondDenoiser d, Cond cond, Cond uncond, double scale, double rescale, Prediction space) {
   if (!d) throw Error("cfg_denoiser: empty denoiser");
   if (rescale < 0 || rescale > 1) throw Error("cfg_denoiser: rescale must lie in [0, 1]");
-  return [d = std::move(d), cond = std::move(cond), uncond = std::move(uncond), scale, rescale](
+  return [d = std::move(d), cond = std::move(cond), uncond = std::move(uncond), scale, rescale, space](
              const torch::Tensor& x, const torch::Tensor& sigma) {
     const int64_t b = x.size(0);
     auto sig = sigma.dim() == 0 ? sigma.expand({b}) : sigma.expand({b});
@@ -167,21 +167,25 @@ Denoiser cfg_denoiser(CondDenoiser d, Cond cond, Cond uncond, double scale, doub
     auto out = d(torch::cat({x, x}, 0), torch::cat({sig, sig}, 0), both);
     auto u = out.narrow(0, 0, b), c = out.narrow(0, b, b);
     auto x0 = u + scale * (c - u);
-    if (rescale > 0) {
-      // CFG-rescale (Lin et al. 2023) as diffusers applies it to the noise prediction:
-      // eps_cfg *= std(eps_cond) / std(eps_cfg), mixed with factor `rescale`.
-      auto s = bcast(sig, x);
-      auto safe = torch::where(s > 0, s, torch::ones_like(s));
-      auto eps_cfg = (x - x0) / safe, eps_c = (x - c) / safe;
-      std::vector<int64_t> dims;
-      for (int64_t i = 1; i < x.dim(); ++i) dims.push_back(i);
-      auto std_c = eps_c.std(dims, /*unbiased=*/true, /*keepdim=*/true);
-      auto std_cfg = eps_cfg.std(dims, true, true);
-      auto eps_r = eps_cfg * (std_c / std_cfg);
-      auto eps = rescale * eps_r + (1 - rescale) * eps_cfg;
-      x0 = torch::where(s > 0, x - s * eps, x0);
-    }
-    return x0;
+    if (rescale <= 0) return x0;
+    // CFG-rescale (Lin et al. 2023): p_cfg *= std(p_cond) / std(p_cfg), mixed with factor
+    // `rescale`, where p is the model's prediction. Guidance is linear in x0 and so in p; p is
+    // recovered from x0 (x = x0 + sigma eps in k-diffusion's scaling): eps = (x - x0) / sigma,
+    // v ~ eps - sigma x0 (up to the per-sample factor 1/sqrt(1 + sigma^2), which the std
+    // ratio cancels).
+    std::vector<int64_t> dims;
+    for (int64_t i = 1; i < x.dim(); ++i) dims.push_back(i);
+    auto rescaled = [&](const torch::Tensor& p_cfg, const torch::Tensor& p_c) {
+      auto r = p_cfg * (p_c.std(dims, /*unbiased=*/true, /*keepdim=*/true) / p_cfg.std(dims, true, true));
+      return rescale * r + (1 - rescale) * p_cfg;
+    };
+    if (space == Prediction::Sample) return rescaled(x0, c);
+    auto s = bcast(sig, x);
+    auto safe = torch::where(s > 0, s, torch::ones_like(s));
+    auto eps_cfg = (x - x0) / safe, eps_c = (x - c) / safe;
+    if (space == Prediction::Epsilon) return torch::where(s > 0, x - s * rescaled(eps_cfg, eps_c), x0);
+    auto v = rescaled(eps_cfg - s * x0, eps_c - s * c);
+    return torch::where(s > 0, (x - s * v) / (1 + s * s), x0);
   };
 }
 

@@ -66,8 +66,10 @@ Denoiser bind(CondDenoiser d, Cond cond);
 
 // Classifier-free guidance: one batched pass over [uncond; cond],
 // x0 = u + scale (c - u), then optional CFG-rescale (Lin et al. 2023) with factor `rescale`
-// in [0, 1], applied to the implied noise prediction as diffusers does. Conditioning tensors
-// of batch 1 are repeated to the batch of x.
-Denoiser cfg_denoiser(CondDenoiser d, Cond cond, Cond uncond, double scale, double rescale = 0.0);
+// in [0, 1], applied as diffusers does: to the model's own output, i.e. to the implied noise
+// (`space` Epsilon), velocity (V: v of the variance-preserving process with alpha = 1/sqrt(1 + sigma^2))
+// or x0 (Sample) prediction. Conditioning tensors of batch 1 are repeated to the batch of x.
+Denoiser cfg_denoiser(CondDenoiser d, Cond cond, Cond uncond, double scale, double rescale = 0.0,
+                      Prediction space = Prediction::Epsilon);
 
 }  // namespace diffuse

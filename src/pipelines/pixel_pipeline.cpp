@@ -211,7 +211,8 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
       Cond cond{{{"class_labels", torch::tensor(labels, torch::kInt64).to(pipe.device)}}};
       if (opt.guidance != 1.0) {
         Cond uncond{{{"class_labels", torch::full({end - start}, pipe.null_class, torch::kInt64).to(pipe.device)}}};
-        den = cfg_denoiser(d, cond, uncond, opt.guidance, opt.cfg_rescale);
+        den = cfg_denoiser(d, cond, uncond, opt.guidance, opt.cfg_rescale,
+                           parse_prediction(pipe.scheduler.prediction_type));
       } else {
         den = bind(d, cond);
       }

@@ -116,6 +116,27 @@ TEST(Denoiser, CfgBatchesOnceAndRescales) {
   auto yh = cfg_denoiser(d, cond, uncond, 7.5, 0.5)(x, sigma);
   EXPECT_LT(test::max_abs_diff(yh, 0.5 * (y + yr)), 1e-10);
   EXPECT_THROW(cfg_denoiser(d, cond, uncond, 7.5, 2.0), Error);
+
+  // v-prediction models: diffusers rescales the guided velocity. Recompute that directly in the
+  // variance-preserving scaling (alpha = 1/sqrt(1 + sigma^2), x_vp = alpha x, v = alpha eps -
+  // sigma_vp x0, x0 = alpha x_vp - sigma_vp v) and compare.
+  const double sg = 3.0, alpha = 1 / std::sqrt(1 + sg * sg), sigma_vp = sg * alpha;
+  auto x_vp = alpha * x;
+  auto v_of = [&](const torch::Tensor& x0) { return alpha * (x - x0) / sg - sigma_vp * x0; };
+  auto v_u = v_of(u), v_c = v_of(c);
+  auto v_cfg = v_u + 7.5 * (v_c - v_u);
+  auto v_r = v_cfg * (v_c.std(1, true, true) / v_cfg.std(1, true, true));
+  for (double phi : {1.0, 0.7}) {
+    auto v = phi * v_r + (1 - phi) * v_cfg;
+    auto expect = alpha * x_vp - sigma_vp * v;
+    auto got = cfg_denoiser(d, cond, uncond, 7.5, phi, Prediction::V)(x, sigma);
+    EXPECT_LT(test::max_abs_diff(got, expect), 1e-10) << "phi " << phi;
+  }
+  // x0-prediction models: the guided x0 itself is rescaled.
+  auto ys = cfg_denoiser(d, cond, uncond, 7.5, 1.0, Prediction::Sample)(x, sigma);
+  EXPECT_LT(test::max_abs_diff(ys, y * (c.std(1, true, true) / y.std(1, true, true))), 1e-10);
+  // No rescale: all spaces agree.
+  EXPECT_LT(test::max_abs_diff(cfg_denoiser(d, cond, uncond, 7.5, 0.0, Prediction::V)(x, sigma), y), 1e-12);
 }
 
 TEST(Noise, PhiloxKnownAnswers) {
