@@ -1,9 +1,11 @@
 #include "generate_sd.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
+#include <vector>
 
 #include "core/error.h"
 #include "core/image.h"
@@ -83,6 +85,10 @@ void add_sd_options(CLI::App* cmd, SdArgs* a) {
   cmd->add_option("--prediction", a->prediction, "Single-file checkpoints: epsilon or v_prediction");
   cmd->add_option("--model-config", a->model_config,
                   "Single-file checkpoints: a diffusers pipeline folder whose component configs to use");
+  cmd->add_flag("--timings", a->timings,
+                "Print stage times on stderr as one JSON line: load, each step (the first includes prompt "
+                "encoding), and the VAE decode after the last step");
+  add_sd_extra_options(cmd, &a->extras);
 }
 
 bool is_sd_model(const std::string& path) {
@@ -136,16 +142,35 @@ void run_sd_generate(const std::string& model, const std::string& out, const std
     o.negative_prompt_embeds = tensor_from(a.prompt_embeds, "negative_prompt_embeds", false);
   }
   const bool need_text = a.prompt_embeds.empty() || (o.guidance > 1 && !o.negative_prompt_embeds.defined());
+  using Clock = std::chrono::steady_clock;
+  const auto t_load = Clock::now();
   auto pipe = load_sd(model, parse_device(device), parse_dtype(a.dtype), need_text, a.prediction, a.model_config);
+  apply_sd_extras(pipe, o, a.extras);
+
+  const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
 
   Progress progress(0, "generate", "step");
   int done = 0;
+  std::vector<double> step_s;  // per step; the first also holds prompt encoding and latent setup
+  auto last = Clock::now();
   o.callback = [&](const StepInfo& s) {
+    const auto now = Clock::now();
+    step_s.push_back(std::chrono::duration<double>(now - last).count());
+    last = now;
     if (done == 0) progress = Progress(static_cast<int64_t>(s.total) * ((o.n + o.batch_size - 1) / o.batch_size), "generate", "step");
     progress.update(++done, "sigma " + std::to_string(s.sigma_next).substr(0, 6));
   };
   auto res = generate(pipe, o);
+  // with one batch, the time after the last step callback is the VAE decode
+  const double decode_s = std::chrono::duration<double>(Clock::now() - last).count();
   progress.finish();
+  if (a.timings) {
+    std::ostringstream js;
+    js << "{\"load_s\": " << load_s << ", \"step_s\": [";
+    for (size_t i = 0; i < step_s.size(); ++i) js << (i ? ", " : "") << step_s[i];
+    js << "], \"decode_s\": " << decode_s << "}";
+    std::fprintf(stderr, "timings %s\n", js.str().c_str());
+  }
   if (kind == OutKind::Raw) {
     safetensors::save(out, {{"samples", res.samples}, {"latents", res.latents}, {"noise", res.noise}},
                       {{"parameters", sd_generation_parameters(pipe, o, 0)}});

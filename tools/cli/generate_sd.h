@@ -5,6 +5,7 @@
 #include <string>
 
 #include "pipelines/pixel_pipeline.h"
+#include "sd_extras.h"
 
 namespace diffuse::cli {
 
@@ -18,6 +19,8 @@ struct SdArgs {
   int width = 0, height = 0, clip_skip = 0, only_masked_padding = 32;
   double strength = 0.8, mask_blur = 0;
   bool only_masked = false;
+  bool timings = false;  // --timings: a JSON line of stage times on stderr
+  SdExtras extras;       // LoRA, embeddings, VAE tiling (sd_extras.h)
   // options shared with pixel models whose SD default differs, set when given on the command line
   const CLI::Option *guidance = nullptr, *sampler = nullptr, *batch = nullptr, *num = nullptr;
 };
