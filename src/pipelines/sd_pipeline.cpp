@@ -550,7 +550,9 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
       latent_mask = F::interpolate(msk, F::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kArea))
                         .to(pipe.device);
     }
-    Denoiser den = guided ? cfg_denoiser(cd, cond, uncond, opt.guidance, opt.cfg_rescale) : bind(cd, cond);
+    Denoiser den = guided ? cfg_denoiser(cd, cond, uncond, opt.guidance, opt.cfg_rescale,
+                                         parse_prediction(pipe.scheduler.prediction_type))
+                          : bind(cd, cond);
     if (latent_mask.defined()) {
       // masked img2img (A1111): the known region's x0 is the init image's latents
       den = [den, latent_mask, init](const torch::Tensor& x, const torch::Tensor& s) {
