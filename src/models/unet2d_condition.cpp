@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "models/model_io.h"
+#include "nn/compute_dtype.h"
 #include "nn/state_dict.h"
 
 namespace diffuse {
@@ -286,9 +287,10 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   const int64_t temb = cfg.time_embed_dim();
   const int64_t groups = *cfg.norm_num_groups;
 
-  conv_in = register_module("conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(cfg.in_channels, boc[0],
-                                                                                  cfg.conv_in_kernel)
-                                                             .padding((cfg.conv_in_kernel - 1) / 2)));
+  conv_in = register_module(
+      "conv_in",
+      torch::nn::Conv2d(
+          torch::nn::Conv2dOptions(cfg.in_channels, boc[0], cfg.conv_in_kernel).padding((cfg.conv_in_kernel - 1) / 2)));
   time_proj = register_module("time_proj", nn::Timesteps(boc[0], cfg.flip_sin_to_cos, cfg.freq_shift));
   time_embedding = register_module("time_embedding", nn::TimestepEmbedding(boc[0], temb, cfg.act_fn));
   if (!cfg.class_embed_type && cfg.num_class_embeds) {
@@ -395,14 +397,23 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
     }
   }
 
-  conv_norm_out = register_module(
-      "conv_norm_out", torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, boc[0]).eps(cfg.norm_eps)));
-  conv_out = register_module("conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(boc[0], cfg.out_channels,
-                                                                                    cfg.conv_out_kernel)
-                                                               .padding((cfg.conv_out_kernel - 1) / 2)));
+  conv_norm_out = register_module("conv_norm_out",
+                                  torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, boc[0]).eps(cfg.norm_eps)));
+  conv_out = register_module("conv_out",
+                             torch::nn::Conv2d(torch::nn::Conv2dOptions(boc[0], cfg.out_channels, cfg.conv_out_kernel)
+                                                   .padding((cfg.conv_out_kernel - 1) / 2)));
 }
 
-torch::Dtype UNet2DConditionModelImpl::dtype() const { return conv_in->weight.scalar_type(); }
+torch::Dtype UNet2DConditionModelImpl::dtype() const {
+  return compute_dtype_ ? *compute_dtype_ : conv_in->weight.scalar_type();
+}
+
+namespace {
+template <class Holder>
+torch::nn::Module* module_of(const Holder& h) {
+  return h.is_empty() ? nullptr : h.ptr().get();
+}
+}  // namespace
 torch::Device UNet2DConditionModelImpl::device() const { return conv_in->weight.device(); }
 void UNet2DConditionModelImpl::set_attention_chunk_size(int64_t n) { nn::set_attention_query_chunk_size(*this, n); }
 
@@ -415,6 +426,9 @@ torch::Tensor UNet2DConditionModelImpl::embed(const torch::Tensor& timestep, int
     throw Error(std::string(kClassName) + ": got " + std::to_string(t.size(0)) + " timesteps for a batch of " +
                 std::to_string(batch));
   const auto dt = dtype();
+  nn::ComputeDtypeGuard wide(
+      {module_of(time_embedding), module_of(class_embedding_table), module_of(class_embedding_mlp)}, dt,
+      compute_dtype_.has_value());
   auto emb = time_embedding->forward(time_proj->forward(t).to(dt));
   const bool has_class = class_embedding_table || class_embedding_mlp ||
                          (config_.class_embed_type && *config_.class_embed_type == "identity");
@@ -465,22 +479,29 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torc
   const bool forward_upsample_size = sample.size(2) % factor != 0 || sample.size(3) % factor != 0;
   if (config_.center_input_sample) sample = 2 * sample - 1.0;
 
+  const bool upcast = compute_dtype_.has_value();
   auto emb = embed(timestep, batch, class_labels);
+  nn::ComputeDtypeGuard ends({module_of(conv_in), module_of(conv_norm_out), module_of(conv_out)}, dt, upcast);
   auto h = conv_in->forward(sample.to(dt));
   std::vector<torch::Tensor> res{h};
   for (size_t i = 0; i < n; ++i) {
+    nn::ComputeDtypeGuard wide({module_of(down_cross[i]), module_of(down_plain[i])}, dt, upcast);
     nn::DownBlockOutput out =
         down_cross[i] ? down_cross[i]->forward(h, emb, ehs, mask) : down_plain[i]->forward(h, emb);
     h = out.hidden_states;
     res.insert(res.end(), out.res_samples.begin(), out.res_samples.end());
   }
-  if (mid_block) h = mid_block->forward(h, emb, ehs, mask);
+  if (mid_block) {
+    nn::ComputeDtypeGuard wide({module_of(mid_block)}, dt, upcast);
+    h = mid_block->forward(h, emb, ehs, mask);
+  }
   for (size_t i = 0; i < n; ++i) {
     const auto k = static_cast<size_t>(up_cross[i] ? up_cross[i]->num_resnets() : up_plain[i]->num_resnets());
     std::vector<torch::Tensor> skips(res.end() - k, res.end());
     res.resize(res.size() - k);
     std::vector<int64_t> upsample_size;
     if (i != n - 1 && forward_upsample_size) upsample_size = {res.back().size(2), res.back().size(3)};
+    nn::ComputeDtypeGuard wide({module_of(up_cross[i]), module_of(up_plain[i])}, dt, upcast);
     if (up_cross[i])
       h = up_cross[i]->forward(h, std::move(skips), emb, ehs, upsample_size, mask);
     else

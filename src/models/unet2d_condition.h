@@ -129,7 +129,13 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   torch::Tensor embed(const torch::Tensor& timestep, int64_t batch, const torch::Tensor& class_labels = {});
 
   const UNet2DConditionConfig& config() const { return config_; }
+  // The dtype forward computes in: the compute dtype when set, else the weights' dtype.
   torch::Dtype dtype() const;
+  // Keeps the weights in their (lower-precision) dtype and computes in `compute`: each block's
+  // weights are upcast while it runs (nn::ComputeDtypeGuard), so only one block is held wide.
+  // The output equals that of the weights converted to `compute` once. nullopt: compute in the
+  // weights' dtype.
+  void set_compute_dtype(std::optional<torch::Dtype> compute) { compute_dtype_ = compute; }
   torch::Device device() const;
   void set_attention_chunk_size(int64_t n);
 
@@ -150,6 +156,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
  private:
   UNet2DConditionConfig config_;
+  std::optional<torch::Dtype> compute_dtype_;
 };
 TORCH_MODULE(UNet2DConditionModel);
 

@@ -130,8 +130,8 @@ std::vector<LoraSpec> extract_prompt_loras(std::string& prompt, const std::strin
     if (fields.size() > 1 && !parse_number(fields[1], s.weight))
       throw Error("prompt: " + tag + ": weight '" + fields[1] + "' is not a number");
     if (lora_dir.empty()) throw Error("prompt: " + tag + " needs --lora-dir (the folder of NAME.safetensors files)");
-    s.path = (fs::path(lora_dir) / (ends_with(fields[0], ".safetensors") ? fields[0] : fields[0] + ".safetensors"))
-                 .string();
+    s.path =
+        (fs::path(lora_dir) / (ends_with(fields[0], ".safetensors") ? fields[0] : fields[0] + ".safetensors")).string();
     if (!fs::is_regular_file(s.path)) throw Error("prompt: " + tag + ": no file " + s.path);
     out.push_back(s);
     prompt.erase(pos, end + 1 - pos);
@@ -169,8 +169,8 @@ LoraMergeReport apply_lora(SDPipeline& pipe, const std::map<std::string, torch::
     }
     const auto& w = it->second.weight;
     const int64_t rank = l.down.size(0);
-    if (l.up.dim() < 2 || l.up.size(1) != rank || l.up.size(0) != w.size(0) ||
-        l.up.numel() / l.up.size(0) != rank || l.down.numel() / rank * l.up.size(0) != w.numel())
+    if (l.up.dim() < 2 || l.up.size(1) != rank || l.up.size(0) != w.size(0) || l.up.numel() / l.up.size(0) != rank ||
+        l.down.numel() / rank * l.up.size(0) != w.numel())
       bad.push_back(base + ": up " + c10::str(l.up.sizes()) + " x down " + c10::str(l.down.sizes()) +
                     " does not fit weight " + c10::str(w.sizes()));
   }
@@ -186,12 +186,15 @@ LoraMergeReport apply_lora(SDPipeline& pipe, const std::map<std::string, torch::
     if (it == targets.end()) continue;
     auto w = it->second.weight;
     const int64_t rank = l.down.size(0);
-    const double scale = l.alpha.defined() ? l.alpha.to(torch::kFloat64).item<double>() / static_cast<double>(rank) : 1.0;
+    const double scale =
+        l.alpha.defined() ? l.alpha.to(torch::kFloat64).item<double>() / static_cast<double>(rank) : 1.0;
     ++(it->second.text ? rep.text_layers : rep.unet_layers);
     if (weight == 0) continue;
     auto up = l.up.to(w.device(), torch::kFloat32).reshape({l.up.size(0), rank});
     auto down = l.down.to(w.device(), torch::kFloat32).reshape({rank, -1});
     auto delta = torch::mm(up, down) * (weight * scale);
+    // Weights kept 16-bit for fp32 compute: the merged layer becomes fp32, as if upcast at load.
+    if (pipe.dtype == torch::kFloat32 && w.scalar_type() != torch::kFloat32) w.set_data(w.to(torch::kFloat32));
     w.add_(delta.reshape(w.sizes()).to(w.scalar_type()));
   }
   return rep;

@@ -1,17 +1,19 @@
 #include "pipelines/sd_pipeline.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sys/mman.h>
-#include <unistd.h>
 #include <sstream>
 
 #include "core/error.h"
 #include "core/json_file.h"
 #include "core/safetensors.h"
 #include "diffusion/sigmas.h"
+#include "nn/compute_dtype.h"
 #include "nn/state_dict.h"
 #include "pipelines/image_noise.h"
 #include "pipelines/prompt_weights.h"
@@ -35,8 +37,9 @@ void require_component(const std::string& dir, const nlohmann::json& index, cons
 // libtorch 1.13 has no float16 matmul / convolution on the CPU.
 void check_compute_dtype(torch::Device device, torch::Dtype dtype) {
   if (dtype == torch::kFloat16 && device.is_cpu())
-    throw Error("--dtype fp16: half-precision compute is not available on the CPU; use bf16 or fp32 "
-                "(fp16-stored weights load in either)");
+    throw Error(
+        "--dtype fp16: half-precision compute is not available on the CPU; use bf16 or fp32 "
+        "(fp16-stored weights load in either)");
 }
 
 // Modules constructed in this scope create their parameters in `dtype`.
@@ -78,6 +81,18 @@ void load_part(torch::nn::Module& m, const std::string& prefix, TensorMap& sd, c
   for (const auto& [k, v] : part) release_pages(v);
 }
 
+// The dtype of a state dict whose floating-point tensors are all fp16, or all bf16.
+std::optional<torch::Dtype> uniform_half_dtype(const TensorMap& sd) {
+  std::optional<torch::Dtype> d;
+  for (const auto& [k, v] : sd) {
+    if (!v.is_floating_point()) continue;
+    const auto t = v.scalar_type();
+    if ((t != torch::kFloat16 && t != torch::kBFloat16) || (d && *d != t)) return std::nullopt;
+    d = t;
+  }
+  return d;
+}
+
 void load_in_parts(torch::nn::Module& m, const std::string& prefix, TensorMap& sd, const std::string& source) {
   load_part(m, prefix, sd, source);
   if (!sd.empty()) {
@@ -103,8 +118,9 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
   auto index = read_json_file(dir + "/model_index.json");
   const std::string cls = index.value("_class_name", std::string());
   if (cls.rfind("StableDiffusion", 0) != 0 || cls.find("XL") != std::string::npos)
-    throw Error(dir + "/model_index.json: pipeline class '" + cls +
-                "' is not a Stable Diffusion 1.x/2.x pipeline (StableDiffusionPipeline, StableDiffusionInpaintPipeline)");
+    throw Error(
+        dir + "/model_index.json: pipeline class '" + cls +
+        "' is not a Stable Diffusion 1.x/2.x pipeline (StableDiffusionPipeline, StableDiffusionInpaintPipeline)");
   for (const char* c : {"unet", "vae", "scheduler"}) require_component(dir, index, c);
   if (with_text_encoder)
     for (const char* c : {"text_encoder", "tokenizer"}) require_component(dir, index, c);
@@ -136,9 +152,10 @@ torch::Tensor SDTextEncoder::encode_ids(const torch::Tensor& ids, int clip_skip)
   const int64_t layers = m->config().num_hidden_layers;
   if (clip_skip < 0 || clip_skip >= layers)
     throw Error("clip skip " + std::to_string(clip_skip) + ": must lie in [0, " + std::to_string(layers - 1) + "]");
+  nn::ComputeDtypeGuard wide({m.ptr().get()}, compute_dtype.value_or(torch::kFloat32), compute_dtype.has_value());
   auto out = m->forward(ids.to(m->device(), torch::kInt64), clip_skip > 0);
-  auto h = clip_skip > 0 ? m->final_norm(out.hidden_states[static_cast<size_t>(layers - clip_skip)])
-                         : out.last_hidden_state;
+  auto h =
+      clip_skip > 0 ? m->final_norm(out.hidden_states[static_cast<size_t>(layers - clip_skip)]) : out.last_hidden_state;
   return h.to(torch::kCPU, torch::kFloat32);
 }
 
@@ -170,13 +187,24 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   p.scheduler.clip_sample = false;
   p.scheduler.set_alpha_to_one = false;
   p.scheduler_class = "DDIMScheduler";
+  // fp16 / bf16 weights computed in fp32 stay 16-bit in memory; the UNet upcasts one block at a
+  // time and the text encoder as a whole while it runs (same results, about half the memory).
+  const auto unet_stored = uniform_half_dtype(ck.unet);
+  const auto text_stored = uniform_half_dtype(ck.text);
+  const bool unet_resident = dtype == torch::kFloat32 && unet_stored.has_value();
   {
-    DefaultDtype as(dtype == torch::kBFloat16 ? dtype : torch::kFloat32);  // no float32 copy of a bf16 UNet
+    // no float32 copy of a 16-bit UNet
+    DefaultDtype as(unet_resident ? *unet_stored : dtype == torch::kBFloat16 ? dtype : torch::kFloat32);
     p.unet = UNet2DConditionModel(ck.unet_config);
   }
   load_in_parts(*p.unet, "", ck.unet, path + " (UNet)");
   p.unet->eval();
-  p.unet->to(device, dtype);
+  if (unet_resident) {
+    p.unet->to(device);
+    p.unet->set_compute_dtype(torch::kFloat32);
+  } else {
+    p.unet->to(device, dtype);
+  }
   p.vae = AutoencoderKL(ck.vae_config);
   load_in_parts(*p.vae, "", ck.vae, path + " (VAE)");
   p.vae->eval();
@@ -184,7 +212,10 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   if (with_text_encoder) {
     auto te = std::make_shared<SDTextEncoder>();
     te->tokenizer = CLIPTokenizer::builtin(ck.openclip ? "!" : "<|endoftext|>");
-    te->model = clip_text_model_from_state_dict(ck.text_config, ck.text, path + " (text encoder)", dtype);
+    const bool text_resident = dtype == torch::kFloat32 && text_stored.has_value();
+    te->model = clip_text_model_from_state_dict(ck.text_config, ck.text, path + " (text encoder)",
+                                                text_resident ? *text_stored : dtype);
+    if (text_resident) te->compute_dtype = torch::kFloat32;
     te->model->to(device);
     p.text = te;
   }
@@ -272,8 +303,8 @@ enum class Family { Euler, Ddim, DpmSolver };
 
 Family family_of(const std::string& sampler) {
   static const std::set<std::string> ddim = {"ddim", "ddpm", "plms", "pndm"};
-  static const std::set<std::string> dpm = {"dpm++2m", "dpm++2m_sde", "dpm++3m_sde", "unipc", "unipc_bh1", "deis",
-                                            "lcm", "ipndm"};
+  static const std::set<std::string> dpm = {"dpm++2m",   "dpm++2m_sde", "dpm++3m_sde", "unipc",
+                                            "unipc_bh1", "deis",        "lcm",         "ipndm"};
   if (ddim.count(sampler)) return Family::Ddim;
   if (dpm.count(sampler)) return Family::DpmSolver;
   return Family::Euler;
@@ -285,7 +316,7 @@ struct Plan {
   torch::Tensor sigmas;   // full schedule (before img2img truncation)
   bool quantize = false;  // integer timesteps into the UNet
   // x = latents * init_scale(sigma0): diffusers' init_noise_sigma in VE coordinates
-  bool vp_init = true;    // sqrt(1 + s0^2) (VP schedulers, Euler with leading spacing), else s0
+  bool vp_init = true;  // sqrt(1 + s0^2) (VP schedulers, Euler with leading spacing), else s0
 };
 
 Plan make_plan(const SDPipeline& pipe, const SDOptions& opt) {
@@ -342,10 +373,8 @@ torch::Tensor rows(const torch::Tensor& t, int n, int start, int end, const std:
 torch::Tensor fit_size(const torch::Tensor& t, int64_t h, int64_t w) {
   if (t.size(2) == h && t.size(3) == w) return t;
   namespace F = torch::nn::functional;
-  return F::interpolate(t, F::InterpolateFuncOptions()
-                               .size(std::vector<int64_t>{h, w})
-                               .mode(torch::kBilinear)
-                               .align_corners(false));
+  return F::interpolate(
+      t, F::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kBilinear).align_corners(false));
 }
 
 void check_nchw(const torch::Tensor& t, int64_t channels, const std::string& what) {
@@ -392,9 +421,12 @@ SDResult generate_only_masked(const SDPipeline& pipe, const SDOptions& opt) {
   auto ys = any.any(1).nonzero(), xs = any.any(0).nonzero();
   if (ys.numel() == 0) throw Error("mask: nothing to inpaint (the mask is empty)");
   const int pad = std::max(0, opt.only_masked_padding);
-  int64_t y1 = std::max<int64_t>(0, ys.min().item<int64_t>() - pad), y2 = std::min(ih, ys.max().item<int64_t>() + 1 + pad);
-  int64_t x1 = std::max<int64_t>(0, xs.min().item<int64_t>() - pad), x2 = std::min(iw, xs.max().item<int64_t>() + 1 + pad);
-  const int pw = opt.width > 0 ? opt.width : pipe.default_size(), ph = opt.height > 0 ? opt.height : pipe.default_size();
+  int64_t y1 = std::max<int64_t>(0, ys.min().item<int64_t>() - pad),
+          y2 = std::min(ih, ys.max().item<int64_t>() + 1 + pad);
+  int64_t x1 = std::max<int64_t>(0, xs.min().item<int64_t>() - pad),
+          x2 = std::min(iw, xs.max().item<int64_t>() + 1 + pad);
+  const int pw = opt.width > 0 ? opt.width : pipe.default_size(),
+            ph = opt.height > 0 ? opt.height : pipe.default_size();
   expand_crop(x1, y1, x2, y2, pw, ph, iw, ih);
   auto crop = [&](const torch::Tensor& t) { return t.slice(2, y1, y2).slice(3, x1, x2); };
   SDOptions sub = opt;
@@ -462,8 +494,8 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
                 ": must be positive multiples of " + std::to_string(mult));
   const int64_t C = pipe.latent_channels(), h = opt.height / f, w = opt.width / f;
   const bool inpaint9 = pipe.is_inpaint_model();
-  if (opt.latents.defined() && (opt.latents.dim() != 4 || opt.latents.size(1) != C || opt.latents.size(2) != h ||
-                                opt.latents.size(3) != w))
+  if (opt.latents.defined() &&
+      (opt.latents.dim() != 4 || opt.latents.size(1) != C || opt.latents.size(2) != h || opt.latents.size(3) != w))
     throw Error("latents: expected [1 or n, " + std::to_string(C) + ", " + std::to_string(h) + ", " +
                 std::to_string(w) + "], got " + c10::str(opt.latents.sizes()));
   torch::Tensor image, mask;  // pixel space, full batch of 1 or n
@@ -488,7 +520,8 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
 
   torch::NoGradGuard no_grad;
   const bool guided = opt.guidance > 1.0;
-  auto cond_embeds = opt.prompt_embeds.defined() ? opt.prompt_embeds : prompt_embeddings(pipe, opt.prompt, opt.clip_skip);
+  auto cond_embeds =
+      opt.prompt_embeds.defined() ? opt.prompt_embeds : prompt_embeddings(pipe, opt.prompt, opt.clip_skip);
   torch::Tensor uncond_embeds;
   if (guided)
     uncond_embeds = opt.negative_prompt_embeds.defined() ? opt.negative_prompt_embeds
@@ -541,7 +574,8 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
     torch::Tensor latent_mask;
     if (inpaint9) {
       namespace F = torch::nn::functional;
-      auto m = F::interpolate(mask_bin, F::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kNearest));
+      auto m =
+          F::interpolate(mask_bin, F::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kNearest));
       auto cc = torch::cat({m.to(pipe.device), torch::stack(masked_l)}, 1);
       cond.tensors["c_concat"] = cc;
       uncond.tensors["c_concat"] = cc;
@@ -592,13 +626,16 @@ std::string sd_generation_parameters(const SDPipeline& pipe, const SDOptions& op
   if (!std::isnan(opt.eta)) o << ", Eta: " << opt.eta;
   if (opt.s_noise != 1.0) o << ", S noise: " << opt.s_noise;
   if (opt.rng != "cpu") o << ", RNG: " << opt.rng;
-  const int wd = opt.width > 0 ? opt.width : (opt.image.defined() ? static_cast<int>(opt.image.size(3)) : pipe.default_size());
-  const int ht = opt.height > 0 ? opt.height : (opt.image.defined() ? static_cast<int>(opt.image.size(2)) : pipe.default_size());
+  const int wd =
+      opt.width > 0 ? opt.width : (opt.image.defined() ? static_cast<int>(opt.image.size(3)) : pipe.default_size());
+  const int ht =
+      opt.height > 0 ? opt.height : (opt.image.defined() ? static_cast<int>(opt.image.size(2)) : pipe.default_size());
   o << ", Seed: " << (opt.seed + static_cast<uint64_t>(index)) << ", Size: " << wd << "x" << ht;
   o << ", Model: " << fs::path(pipe.source).filename().string();
   if (opt.image.defined()) o << ", Denoising strength: " << opt.strength;
   if (opt.mask.defined() && opt.mask_blur > 0) o << ", Mask blur: " << opt.mask_blur;
-  if (opt.mask.defined() && opt.only_masked) o << ", Inpaint area: Only masked, Masked area padding: " << opt.only_masked_padding;
+  if (opt.mask.defined() && opt.only_masked)
+    o << ", Inpaint area: Only masked, Masked area padding: " << opt.only_masked_padding;
   if (opt.clip_skip > 0) o << ", Clip skip: " << opt.clip_skip + 1;
   o << ", Version: diffuse 0.1.0";
   return o.str();

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,8 @@ namespace diffuse {
 struct SDTextEncoder {
   CLIPTokenizer tokenizer;
   CLIPTextModel model{nullptr};
+  // Set when the weights are kept 16-bit and computed in this dtype (upcast while encoding).
+  std::optional<torch::Dtype> compute_dtype;
   // ids [B, T] -> [B, T, hidden]: last_hidden_state, or with clip_skip > 0 the hidden state
   // clip_skip layers before the last, through final_layer_norm (diffusers' clip_skip).
   torch::Tensor encode_ids(const torch::Tensor& ids, int clip_skip = 0) const;
@@ -39,7 +42,7 @@ struct SDTextEncoder {
 struct SDPipeline {
   UNet2DConditionModel unet{nullptr};
   AutoencoderKL vae{nullptr};
-  VaeTiling vae_tiling;  // tiled encode / decode for large images (vae_tiling.h)
+  VaeTiling vae_tiling;                 // tiled encode / decode for large images (vae_tiling.h)
   std::shared_ptr<SDTextEncoder> text;  // null when the pipeline was loaded without it
   NoiseScheduleConfig scheduler;
   std::string scheduler_class = "DDIMScheduler";  // the folder's scheduler (default sampler)
@@ -74,8 +77,9 @@ struct SDPipeline {
 // A Stable Diffusion model from a pipeline folder or a single-file .safetensors checkpoint
 // (original LDM / A1111 names, see ldm_convert.h). `prediction` ("" = the model's own, else
 // epsilon | v_prediction) overrides the scheduler's prediction type. .ckpt files are refused.
-// A single-file .safetensors checkpoint (see ldm_convert.h); fp16 / bf16 weights are converted
-// to the compute dtype. The scheduler is diffusers' SD DDIM configuration (epsilon).
+// A single-file .safetensors checkpoint (see ldm_convert.h). fp16 / bf16 weights computed in
+// fp32 stay 16-bit in memory and are upcast block by block while they run (identical results);
+// for bf16 compute they are converted once. The scheduler is diffusers' SD DDIM configuration (epsilon).
 SDPipeline load_single_file(const std::string& path, torch::Device device = torch::kCPU,
                             torch::Dtype dtype = torch::kFloat32, bool with_text_encoder = true,
                             const LdmConfigOverrides& overrides = {});
@@ -87,34 +91,34 @@ SDPipeline load_sd(const std::string& path, torch::Device device = torch::kCPU, 
                    const std::string& config_dir = "");
 
 struct SDOptions {
-  int n = 1;                        // images
-  int width = 0, height = 0;        // 0 = default_size()
+  int n = 1;                  // images
+  int width = 0, height = 0;  // 0 = default_size()
   std::string prompt, negative_prompt;
   // diffusers' prompt_embeds / negative_prompt_embeds: [1 or n, L, C]; override the prompts.
   torch::Tensor prompt_embeds, negative_prompt_embeds;
-  int clip_skip = 0;                // hidden layers skipped at the end of the text encoder
+  int clip_skip = 0;  // hidden layers skipped at the end of the text encoder
   // diffusers' latents=: [1 or n, C, h, w] standard-normal starting latents, scaled by the
   // scheduler's init sigma as diffusers does. Undefined: drawn from the seeds.
   torch::Tensor latents;
-  double guidance = 7.5;            // CFG scale (> 1 enables guidance)
+  double guidance = 7.5;  // CFG scale (> 1 enables guidance)
   double cfg_rescale = 0.0;
-  std::string sampler;              // "" = the folder's scheduler class (DDIMScheduler -> ddim)
-  std::string schedule;             // "" = diffusers' timesteps for the sampler
-  std::string sigmas;               // custom comma-separated sigmas
+  std::string sampler;   // "" = the folder's scheduler class (DDIMScheduler -> ddim)
+  std::string schedule;  // "" = diffusers' timesteps for the sampler
+  std::string sigmas;    // custom comma-separated sigmas
   int steps = 20;
-  uint64_t seed = 0;                // image i uses seed + i
-  std::string rng = "cpu";          // cpu | philox
-  double eta = NAN;                 // NaN = the sampler's default
+  uint64_t seed = 0;        // image i uses seed + i
+  std::string rng = "cpu";  // cpu | philox
+  double eta = NAN;         // NaN = the sampler's default
   double s_noise = 1.0;
-  int batch_size = 1;               // images per UNet call (times 2 with CFG)
+  int batch_size = 1;  // images per UNet call (times 2 with CFG)
   // img2img / inpainting: init image [1 or n, 3, H, W] in [-1, 1] (H, W = height, width).
   torch::Tensor image;
-  double strength = 0.8;            // img2img: fraction of the schedule re-run (1 = from pure noise)
+  double strength = 0.8;  // img2img: fraction of the schedule re-run (1 = from pure noise)
   // Inpainting: [1 or n, 1, H, W] in [0, 1], 1 = repaint. Requires `image`.
   torch::Tensor mask;
-  double mask_blur = 0;             // Gaussian blur sigma of the mask in pixels (A1111's mask blur)
-  bool only_masked = false;         // inpaint only a crop around the mask, resized to width x height
-  int only_masked_padding = 32;     // pixels of context around the mask's bounding box
+  double mask_blur = 0;          // Gaussian blur sigma of the mask in pixels (A1111's mask blur)
+  bool only_masked = false;      // inpaint only a crop around the mask, resized to width x height
+  int only_masked_padding = 32;  // pixels of context around the mask's bounding box
   StepCallback callback;
 };
 

@@ -27,7 +27,8 @@ std::string load_embedding(SDTextEncoder& te, const std::string& path, const std
   } else {
     std::string names;
     for (const auto& [k, v] : tensors) names += (names.empty() ? "" : ", ") + k;
-    throw Error(path + ": not a textual-inversion embedding for SD 1.x / 2.x (expected 'emb_params' or one tensor; has " +
+    throw Error(path +
+                ": not a textual-inversion embedding for SD 1.x / 2.x (expected 'emb_params' or one tensor; has " +
                 names + ")");
   }
   if (vectors.dim() == 1) vectors = vectors.unsqueeze(0);
@@ -37,6 +38,11 @@ std::string load_embedding(SDTextEncoder& te, const std::string& path, const std
                 std::to_string(hidden) + ")");
   if (te.tokenizer.token_id(token) >= 0)
     throw Error(path + ": trigger '" + token + "' is already a token of the tokenizer");
+  if (te.compute_dtype) {  // 16-bit text encoder computed in fp32: keep the new vectors exact
+    torch::NoGradGuard ng;
+    auto& w = te.model->token_embedding->weight;
+    if (w.scalar_type() != *te.compute_dtype) w.set_data(w.to(*te.compute_dtype));
+  }
   const int64_t first = te.model->add_token_embeddings(vectors.to(torch::kFloat32));
   std::vector<int64_t> ids;
   for (int64_t i = 0; i < vectors.size(0); ++i) ids.push_back(first + i);

@@ -1,6 +1,8 @@
 // Single-file (LDM / A1111) checkpoints: the complete SD1.5 key list maps onto the diffusers
 // models with nothing unused and nothing missing; a tiny checkpoint written in LDM names
 // (stored fp32 and bf16) loads and generates what the diffusers folder generates.
+#include "pipelines/ldm_convert.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -12,7 +14,6 @@
 #include "fixtures.h"
 #include "models/error_of.h"
 #include "nn/state_dict.h"
-#include "pipelines/ldm_convert.h"
 #include "pipelines/sd_pipeline.h"
 
 namespace diffuse {
@@ -69,6 +70,28 @@ LdmConfigOverrides tiny_overrides() {
   over.vae = {{"norm_num_groups", 8}};
   over.text = {{"num_attention_heads", 4}};
   return over;
+}
+
+// The tiny fixture pipeline, its LDM-named tensors, and the fixture's prompt embeddings as options.
+struct TinyLdm {
+  SDPipeline folder;
+  TensorMap ldm;
+  TensorMap io;
+  SDOptions options;
+};
+
+TinyLdm tiny_ldm(int steps, int size) {
+  ::setenv("DIFFUSE_CLIP_VOCAB", test::source_path("models/clip/bpe_simple_vocab_16e6.txt.gz").c_str(), 1);
+  TinyLdm t;
+  t.folder = SDPipeline::load(test::fixture("sd_pipeline_tiny"));
+  t.ldm = to_ldm(t.folder.unet->config(), nn::state_dict(*t.folder.unet), t.folder.vae->config(),
+                 nn::state_dict(*t.folder.vae), nn::state_dict(*t.folder.text->model));
+  t.io = safetensors::load(test::fixture("sd_pipeline_tiny/io.safetensors"));
+  t.options.prompt_embeds = t.io.at("prompt_embeds");
+  t.options.negative_prompt_embeds = t.io.at("negative_prompt_embeds");
+  t.options.steps = steps;
+  t.options.width = t.options.height = size;
+  return t;
 }
 
 TEST(LdmConvert, Sd15KeyListMapsCompletely) {
@@ -137,18 +160,9 @@ TEST(LdmConvert, UnknownKeysAndMissingComponentsAreListed) {
 // The tiny pipeline written as an A1111-style checkpoint loads back and runs one step exactly
 // like the folder (fp32 storage) or closely (bf16 storage, converted to float32).
 TEST(LdmConvert, TinyCheckpointRunsLikeTheFolder) {
-  ::setenv("DIFFUSE_CLIP_VOCAB", test::source_path("models/clip/bpe_simple_vocab_16e6.txt.gz").c_str(), 1);
-  auto folder = SDPipeline::load(test::fixture("sd_pipeline_tiny"));
-  auto ldm = to_ldm(folder.unet->config(), nn::state_dict(*folder.unet), folder.vae->config(),
-                    nn::state_dict(*folder.vae), nn::state_dict(*folder.text->model));
+  auto [folder, ldm, io, o] = tiny_ldm(1, 64);
   ldm["alphas_cumprod"] = DiscreteSchedule(folder.scheduler).alphas_cumprod();
   const auto over = tiny_overrides();
-  auto io = safetensors::load(test::fixture("sd_pipeline_tiny/io.safetensors"));
-  SDOptions o;
-  o.prompt_embeds = io.at("prompt_embeds");
-  o.negative_prompt_embeds = io.at("negative_prompt_embeds");
-  o.steps = 1;
-  o.width = o.height = 64;
   auto ref = generate(folder, o);
   test::TempDir dir;
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
@@ -181,6 +195,40 @@ TEST(LdmConvert, TinyCheckpointRunsLikeTheFolder) {
       << err;
 }
 
+// fp16 / bf16 checkpoints computed in fp32 keep their weights 16-bit in memory (the UNet upcasts
+// one block at a time, the text encoder while it encodes) and give bit-identical results to the
+// same weights upcast once at load time.
+TEST(LdmConvert, SixteenBitWeightsStayResidentAndComputeExactly) {
+  auto [folder, ldm, io, o] = tiny_ldm(2, 32);
+  const auto over = tiny_overrides();
+  test::TempDir dir;
+  for (auto dt : {torch::kFloat16, torch::kBFloat16}) {
+    TensorMap half, wide;
+    for (const auto& [k, v] : ldm) {
+      half[k] = v.is_floating_point() ? v.to(dt) : v;
+      wide[k] = v.is_floating_point() ? v.to(dt).to(torch::kFloat32) : v;
+    }
+    safetensors::save(dir / "half.safetensors", half);
+    safetensors::save(dir / "wide.safetensors", wide);
+    auto resident = load_single_file(dir / "half.safetensors", torch::kCPU, torch::kFloat32, true, over);
+    auto upcast = load_single_file(dir / "wide.safetensors", torch::kCPU, torch::kFloat32, true, over);
+    EXPECT_EQ(resident.unet->dtype(), torch::kFloat32) << "compute dtype";
+    EXPECT_EQ(resident.unet->conv_in->weight.scalar_type(), dt);
+    EXPECT_EQ(resident.text->model->token_embedding->weight.scalar_type(), dt);
+    EXPECT_EQ(upcast.unet->conv_in->weight.scalar_type(), torch::kFloat32);
+    auto a = generate(resident, o);
+    auto b = generate(upcast, o);
+    EXPECT_TRUE(torch::equal(a.latents, b.latents))
+        << "stored as " << dt << ": " << test::max_abs_diff(a.latents, b.latents);
+    EXPECT_TRUE(torch::equal(a.samples, b.samples)) << "stored as " << dt;
+    EXPECT_TRUE(torch::equal(resident.text->encode_ids(io.at("cond_input_ids")),
+                             upcast.text->encode_ids(io.at("cond_input_ids"))));
+    // the weights are back in their storage dtype after each use
+    for (const auto& p : resident.unet->parameters()) ASSERT_EQ(p.scalar_type(), dt);
+    for (const auto& p : resident.text->model->parameters()) ASSERT_EQ(p.scalar_type(), dt);
+  }
+}
+
 // SD 2.x checkpoints carry the OpenCLIP text tower (cond_stage_model.model.*): fused in_proj
 // q/k/v, ln_1/ln_2, c_fc/c_proj; its last block is dropped (SD 2.x uses the penultimate layer).
 TEST(LdmConvert, OpenClipTextTower) {
@@ -200,8 +248,9 @@ TEST(LdmConvert, OpenClipTextTower) {
     const std::string r = m + "transformer.resblocks." + std::to_string(i) + ".";
     for (const char* kind : {"weight", "bias"}) {
       const std::string k = kind;
-      ldm[r + "attn.in_proj_" + k] = torch::cat({text.at(l + "self_attn.q_proj." + k), text.at(l + "self_attn.k_proj." + k),
-                                                  text.at(l + "self_attn.v_proj." + k)});
+      ldm[r + "attn.in_proj_" + k] =
+          torch::cat({text.at(l + "self_attn.q_proj." + k), text.at(l + "self_attn.k_proj." + k),
+                      text.at(l + "self_attn.v_proj." + k)});
       ldm[r + "attn.out_proj." + k] = text.at(l + "self_attn.out_proj." + k);
       ldm[r + "ln_1." + k] = text.at(l + "layer_norm1." + k);
       ldm[r + "ln_2." + k] = text.at(l + "layer_norm2." + k);

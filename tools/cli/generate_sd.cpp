@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/image.h"
+#include "core/memory.h"
 #include "core/progress.h"
 #include "core/runtime.h"
 #include "core/safetensors.h"
@@ -72,8 +73,10 @@ void add_sd_options(CLI::App* cmd, SdArgs* a) {
   cmd->add_option("--image", a->image, "img2img / inpainting: init image (PNG or JPEG)");
   cmd->add_option("--strength", a->strength, "img2img: denoising strength in [0, 1]")->capture_default_str();
   cmd->add_option("--mask", a->mask, "Inpainting: mask image, white = repaint");
-  cmd->add_option("--mask-blur", a->mask_blur, "Inpainting: Gaussian blur of the mask in pixels")->capture_default_str();
-  cmd->add_flag("--only-masked", a->only_masked, "Inpainting: work on a crop around the mask, resized to --width/--height");
+  cmd->add_option("--mask-blur", a->mask_blur, "Inpainting: Gaussian blur of the mask in pixels")
+      ->capture_default_str();
+  cmd->add_flag("--only-masked", a->only_masked,
+                "Inpainting: work on a crop around the mask, resized to --width/--height");
   cmd->add_option("--only-masked-padding", a->only_masked_padding, "Inpainting: context pixels around the mask")
       ->capture_default_str();
   cmd->add_option("--outpaint", a->outpaint, "Outpainting: pad --image by L,T,R,B pixels and paint the new area");
@@ -87,7 +90,7 @@ void add_sd_options(CLI::App* cmd, SdArgs* a) {
                   "Single-file checkpoints: a diffusers pipeline folder whose component configs to use");
   cmd->add_flag("--timings", a->timings,
                 "Print stage times on stderr as one JSON line: load, each step (the first includes prompt "
-                "encoding), and the VAE decode after the last step");
+                "encoding), the VAE decode after the last step, and the peak RSS after each stage");
   add_sd_extra_options(cmd, &a->extras);
 }
 
@@ -144,20 +147,27 @@ void run_sd_generate(const std::string& model, const std::string& out, const std
   const bool need_text = a.prompt_embeds.empty() || (o.guidance > 1 && !o.negative_prompt_embeds.defined());
   using Clock = std::chrono::steady_clock;
   const auto t_load = Clock::now();
+  return_large_frees_to_os();  // weights upcast block by block must not pile up in the heap
   auto pipe = load_sd(model, parse_device(device), parse_dtype(a.dtype), need_text, a.prediction, a.model_config);
   apply_sd_extras(pipe, o, a.extras);
 
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
+  const double gb = 1e-9;
+  const double peak_load_gb = static_cast<double>(peak_rss_bytes()) * gb;
 
   Progress progress(0, "generate", "step");
   int done = 0;
   std::vector<double> step_s;  // per step; the first also holds prompt encoding and latent setup
+  double peak_steps_gb = 0;
   auto last = Clock::now();
   o.callback = [&](const StepInfo& s) {
     const auto now = Clock::now();
     step_s.push_back(std::chrono::duration<double>(now - last).count());
     last = now;
-    if (done == 0) progress = Progress(static_cast<int64_t>(s.total) * ((o.n + o.batch_size - 1) / o.batch_size), "generate", "step");
+    peak_steps_gb = static_cast<double>(peak_rss_bytes()) * gb;
+    if (done == 0)
+      progress =
+          Progress(static_cast<int64_t>(s.total) * ((o.n + o.batch_size - 1) / o.batch_size), "generate", "step");
     progress.update(++done, "sigma " + std::to_string(s.sigma_next).substr(0, 6));
   };
   auto res = generate(pipe, o);
@@ -168,7 +178,8 @@ void run_sd_generate(const std::string& model, const std::string& out, const std
     std::ostringstream js;
     js << "{\"load_s\": " << load_s << ", \"step_s\": [";
     for (size_t i = 0; i < step_s.size(); ++i) js << (i ? ", " : "") << step_s[i];
-    js << "], \"decode_s\": " << decode_s << "}";
+    js << "], \"decode_s\": " << decode_s << ", \"peak_rss_gb\": {\"load\": " << peak_load_gb
+       << ", \"steps\": " << peak_steps_gb << ", \"decode\": " << static_cast<double>(peak_rss_bytes()) * gb << "}}";
     std::fprintf(stderr, "timings %s\n", js.str().c_str());
   }
   if (kind == OutKind::Raw) {

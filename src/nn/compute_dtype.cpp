@@ -1,0 +1,36 @@
+#include "nn/compute_dtype.h"
+
+namespace diffuse::nn {
+
+ComputeDtypeGuard::ComputeDtypeGuard(std::initializer_list<torch::nn::Module*> modules, torch::Dtype compute,
+                                     bool enabled) {
+  if (!enabled) return;
+  torch::NoGradGuard ng;
+  auto convert = [&](torch::Tensor& t) {
+    if (!t.defined() || !t.is_floating_point() || t.scalar_type() == compute) return;
+    saved_.emplace_back(t, t.scalar_type());
+    t.set_data(t.to(compute));
+  };
+  for (auto* m : modules) {
+    if (!m) continue;
+    for (auto& p : m->parameters(true)) convert(p);
+    for (auto& b : m->buffers(true)) convert(b);
+  }
+}
+
+ComputeDtypeGuard::~ComputeDtypeGuard() {
+  torch::NoGradGuard ng;
+  for (auto& [t, d] : saved_) {
+    if (t.scalar_type() != d) t.set_data(t.to(d));
+  }
+}
+
+bool has_other_float_dtype(const torch::nn::Module& m, torch::Dtype d) {
+  for (const auto& p : m.parameters(true))
+    if (p.is_floating_point() && p.scalar_type() != d) return true;
+  for (const auto& b : m.buffers(true))
+    if (b.is_floating_point() && b.scalar_type() != d) return true;
+  return false;
+}
+
+}  // namespace diffuse::nn
