@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <set>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -23,7 +24,9 @@ bool is_integral(const json& v) {
   const double d = v.get<double>();
   return std::isfinite(d) && d == std::floor(d) && std::abs(d) < 9.0e15;
 }
-int64_t as_int(const json& v) { return v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(v.get<double>()); }
+int64_t as_int(const json& v) {
+  return v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(v.get<double>());
+}
 
 void ConfigReader::type_error(const std::string& key, const std::string& expected) const {
   throw Error(cls + " config: key '" + key + "' must be " + expected + ", got " + j.at(key).dump());
@@ -157,6 +160,36 @@ json read_config(const std::string& dir, const std::string& cls) {
   }
 }
 
+std::optional<torch::Dtype> stored_half_dtype(const std::string& dir, const std::string& weights_file) {
+  std::vector<std::string> files;
+  const auto single = (fs::path(dir) / weights_file).string();
+  if (fs::exists(single)) {
+    files.push_back(single);
+  } else if (fs::exists(single + ".index.json")) {
+    try {
+      std::set<std::string> shards;
+      for (const auto& [name, file] : json::parse(read_file(single + ".index.json")).at("weight_map").items())
+        shards.insert((fs::path(dir) / file.get<std::string>()).string());
+      files.assign(shards.begin(), shards.end());
+    } catch (const std::exception&) {
+      return std::nullopt;  // load_weights reports a bad index
+    }
+  }
+  std::string common;
+  for (const auto& f : files) {
+    const auto file = safetensors::File::open(f);
+    for (const auto& [name, info] : file.tensors()) {
+      const bool is_float = info.dtype == "F64" || info.dtype == "F32" || info.dtype == "F16" || info.dtype == "BF16";
+      if (!is_float) continue;
+      if ((info.dtype != "F16" && info.dtype != "BF16") || (!common.empty() && common != info.dtype))
+        return std::nullopt;
+      common = info.dtype;
+    }
+  }
+  if (common.empty()) return std::nullopt;
+  return common == "F16" ? torch::kFloat16 : torch::kBFloat16;
+}
+
 std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const std::string& cls) {
   return load_weights(dir, cls, kWeightsFile);
 }
@@ -193,8 +226,7 @@ std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const 
     return sd;
   }
   const auto bin = (fs::path(dir) / (fs::path(weights_file).stem().string() + ".bin")).string();
-  if (fs::exists(bin))
-    throw Error(bin + ": PyTorch pickle weights are not supported; convert them to " + weights_file);
+  if (fs::exists(bin)) throw Error(bin + ": PyTorch pickle weights are not supported; convert them to " + weights_file);
   throw Error("no " + cls + " weights in " + dir + ": expected " + single);
 }
 

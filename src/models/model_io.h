@@ -61,6 +61,11 @@ std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const 
 std::map<std::string, torch::Tensor> load_weights(const std::string& dir, const std::string& cls,
                                                   const std::string& weights_file);
 
+// fp16 or bf16 when every floating-point tensor of `dir`/`weights_file` (a single file, or
+// each shard of its .index.json) is stored in that one 16-bit dtype; nullopt otherwise or when the
+// file is missing. Reads headers only.
+std::optional<torch::Dtype> stored_half_dtype(const std::string& dir, const std::string& weights_file);
+
 // Renames legacy attention keys (.query. .key. .value. .proj_attn.) under ".attentions." to
 // to_q / to_k / to_v / to_out.0.
 void convert_legacy_attention_keys(std::map<std::string, torch::Tensor>& sd);

@@ -13,6 +13,7 @@
 #include "core/json_file.h"
 #include "core/safetensors.h"
 #include "diffusion/sigmas.h"
+#include "models/model_io.h"
 #include "nn/compute_dtype.h"
 #include "nn/state_dict.h"
 #include "pipelines/image_noise.h"
@@ -133,13 +134,23 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
   p.scheduler = load_scheduler_config(sched);
   p.scheduler_class = read_json_file(sched).value("_class_name", std::string("DDIMScheduler"));
   p.unet = load_unet2d_condition(dir + "/unet");
-  p.unet->to(device, dtype);
+  // fp16 / bf16 weights computed in fp32 go back to their 16-bit dtype (exact) and are upcast
+  // block by block while they run, as for single files.
+  const auto unet_stored = dtype == torch::kFloat32
+                               ? model_io::stored_half_dtype(dir + "/unet", "diffusion_pytorch_model.safetensors")
+                               : std::nullopt;
+  p.unet->to(device, unet_stored.value_or(dtype));
+  if (unet_stored) p.unet->set_compute_dtype(torch::kFloat32);
   p.vae = load_autoencoder_kl(dir + "/vae");
   p.vae->to(device);
   if (with_text_encoder) {
     auto te = std::make_shared<SDTextEncoder>();
     te->tokenizer = CLIPTokenizer::from_folder(dir + "/tokenizer");
-    te->model = load_clip_text_model(dir + "/text_encoder", dtype);
+    const auto text_stored = dtype == torch::kFloat32
+                                 ? model_io::stored_half_dtype(dir + "/text_encoder", "model.safetensors")
+                                 : std::nullopt;
+    te->model = load_clip_text_model(dir + "/text_encoder", text_stored.value_or(dtype));
+    if (text_stored) te->compute_dtype = torch::kFloat32;
     te->model->to(device);
     p.text = te;
   }

@@ -51,7 +51,8 @@ struct SDPipeline {
   std::string source;                    // folder or file it was loaded from
 
   // Loads a StableDiffusionPipeline / StableDiffusionInpaintPipeline folder. A missing
-  // component or file throws diffuse::Error naming it. `with_text_encoder` false skips
+  // component or file throws diffuse::Error naming it. fp16 / bf16 UNet and text-encoder weights
+  // computed in fp32 stay 16-bit in memory (upcast while they run; identical results). `with_text_encoder` false skips
   // text_encoder/ and tokenizer/ (prompt embeddings must then be given).
   static SDPipeline load(const std::string& dir, torch::Device device = torch::kCPU,
                          torch::Dtype dtype = torch::kFloat32, bool with_text_encoder = true);

@@ -1,5 +1,7 @@
 // Stable Diffusion pipeline: end-to-end parity with diffusers' StableDiffusionPipeline on the
 // tiny fixture (DDIM, 5 steps, CFG 7.5), img2img / inpainting invariants, bad input.
+#include "pipelines/sd_pipeline.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,7 +13,6 @@
 #include "diffusion/noise.h"
 #include "fixtures.h"
 #include "models/error_of.h"
-#include "pipelines/sd_pipeline.h"
 
 namespace fs = std::filesystem;
 
@@ -277,6 +278,43 @@ TEST(SdPipeline, TextEncoderReproducesThePromptEmbeddings) {
   EXPECT_LT(test::max_abs_diff(pipe.text->encode_ids(io.at("cond_input_ids"), 1), expect), 1e-6);
   EXPECT_EQ(pipe.text->tokenizer.tokenize("a photo").size(), 77u);
   EXPECT_NE(test::error_of([&] { pipe.text->encode("a photo of a cat"); }).find("vocabulary"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace diffuse
+
+namespace diffuse {
+namespace {
+
+// A folder saved in fp16 (diffusers' save_pretrained after .half()) and computed in fp32 keeps
+// 16-bit UNet and text-encoder weights and matches the same weights upcast once, bit for bit.
+TEST(SdPipeline, HalfPrecisionFolderComputedInFp32StaysHalfAndExact) {
+  test::TempDir dir;
+  const fs::path half = dir / "half", wide = dir / "wide";
+  for (const auto& d : {half, wide}) fs::copy(test::fixture(kTiny), d, fs::copy_options::recursive);
+  for (const char* file : {"unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"}) {
+    TensorMap h, w;
+    for (const auto& [k, v] : safetensors::load(test::fixture(std::string(kTiny) + "/" + file))) {
+      h[k] = v.is_floating_point() ? v.to(torch::kFloat16) : v;
+      w[k] = v.is_floating_point() ? v.to(torch::kFloat16).to(torch::kFloat32) : v;
+    }
+    safetensors::save((half / file).string(), h);
+    safetensors::save((wide / file).string(), w);
+  }
+  auto a = SDPipeline::load(half.string());
+  auto b = SDPipeline::load(wide.string());
+  EXPECT_EQ(a.unet->conv_in->weight.scalar_type(), torch::kFloat16);
+  EXPECT_EQ(a.unet->dtype(), torch::kFloat32);
+  EXPECT_EQ(a.text->model->token_embedding->weight.scalar_type(), torch::kFloat16);
+  EXPECT_EQ(b.unet->conv_in->weight.scalar_type(), torch::kFloat32);
+  auto ra = generate(a, fixture_options());
+  auto rb = generate(b, fixture_options());
+  EXPECT_TRUE(torch::equal(ra.latents, rb.latents)) << test::max_abs_diff(ra.latents, rb.latents);
+  const auto& ids = fixture_io().at("cond_input_ids");
+  EXPECT_TRUE(torch::equal(a.text->encode_ids(ids), b.text->encode_ids(ids)));
+  // bf16 compute converts once, as before
+  EXPECT_EQ(SDPipeline::load(half.string(), torch::kCPU, torch::kBFloat16).unet->conv_in->weight.scalar_type(),
+            torch::kBFloat16);
 }
 
 }  // namespace
