@@ -119,15 +119,22 @@ ClassifierImpl::ClassifierImpl(ClassifierConfig cfg) : cfg_(std::move(cfg)) {
   out_ = register_module("out", torch::nn::Linear(cfg_.feature_dim, cfg_.num_classes));
 }
 
-torch::Tensor ClassifierImpl::features(const torch::Tensor& x) {
+std::vector<torch::Tensor> ClassifierImpl::stage_outputs(const torch::Tensor& x) {
   if (x.dim() != 4 || x.size(1) != cfg_.in_channels)
     throw Error("classifier: expected input [N, " + std::to_string(cfg_.in_channels) + ", H, W]");
+  std::vector<torch::Tensor> outs;
   auto h = x;
   size_t k = 0;
   for (size_t s = 0; s < cfg_.widths.size(); ++s) {
     if (s > 0) h = F::max_pool2d(h, F::MaxPool2dFuncOptions(2));
     for (int i = 0; i < cfg_.convs_per_stage; ++i, ++k) h = torch::relu(norms_[k]->forward(convs_[k]->forward(h)));
+    outs.push_back(h);
   }
+  return outs;
+}
+
+torch::Tensor ClassifierImpl::features(const torch::Tensor& x) {
+  auto h = stage_outputs(x).back();
   h = cfg_.head_pool == 1 ? h.mean({2, 3})
                           : F::adaptive_avg_pool2d(h, F::AdaptiveAvgPool2dFuncOptions(cfg_.head_pool)).flatten(1);
   if (cfg_.dropout > 0) h = F::dropout(h, F::DropoutFuncOptions().p(cfg_.dropout).training(is_training()));

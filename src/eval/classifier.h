@@ -37,6 +37,10 @@ class ClassifierImpl : public torch::nn::Module {
   explicit ClassifierImpl(ClassifierConfig cfg);
   // x: [N, C, image_size, image_size] float in [-1, 1] (already prepared) -> [N, feature_dim].
   torch::Tensor features(const torch::Tensor& x);
+  // The activations at the end of each convolutional stage (after its last conv + BN + ReLU):
+  // widths.size() maps [N, widths[s], image_size / 2^s, image_size / 2^s]. The perceptual
+  // distance (eval/perceptual.h) compares images on them.
+  std::vector<torch::Tensor> stage_outputs(const torch::Tensor& x);
   // Penultimate features -> logits [N, num_classes].
   torch::Tensor head(const torch::Tensor& features);
   torch::Tensor logits(const torch::Tensor& x) { return head(features(x)); }

@@ -1,5 +1,6 @@
 #include "train/vae_trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -39,15 +40,9 @@ const std::vector<std::pair<std::string, std::string>>& vae_presets() {
 }
 
 nlohmann::json vae_preset(const std::string& name, int channels, int image_size) {
-  nlohmann::json j = {{"_class_name", "AutoencoderKL"},
-                      {"act_fn", "silu"},
-                      {"in_channels", channels},
-                      {"out_channels", channels},
-                      {"latent_channels", 4},
-                      {"norm_num_groups", 32},
-                      {"sample_size", image_size},
-                      {"scaling_factor", 1.0},
-                      {"force_upcast", true}};
+  nlohmann::json j = {{"_class_name", "AutoencoderKL"}, {"act_fn", "silu"},      {"in_channels", channels},
+                      {"out_channels", channels},       {"latent_channels", 4},  {"norm_num_groups", 32},
+                      {"sample_size", image_size},      {"scaling_factor", 1.0}, {"force_upcast", true}};
   std::vector<int> widths;
   if (name == "tiny") {
     widths = {32, 64, 64};
@@ -90,7 +85,8 @@ double latent_scaling_factor(AutoencoderKL& vae, const Dataset& data, int batche
     latents.push_back((post.mean + post.std() * noise).to(torch::kCPU, torch::kFloat64).flatten());
   }
   double sd = torch::cat(latents).std(/*unbiased=*/false).item<double>();
-  if (!(sd > 0) || !std::isfinite(sd)) throw Error("scaling factor: latents have standard deviation " + std::to_string(sd));
+  if (!(sd > 0) || !std::isfinite(sd))
+    throw Error("scaling factor: latents have standard deviation " + std::to_string(sd));
   return 1.0 / sd;
 }
 
@@ -129,20 +125,42 @@ void validate(const VaeTrainOptions& o) {
   if (o.save_every < 0 || o.sample_every < 0) throw Error("--save-every and --sample-every must be >= 0");
   if (o.scale_batches < 1) throw Error("--scale-batches must be at least 1");
   if (o.eval_images < 1) throw Error("--eval-images must be at least 1");
+  if (!(o.perceptual_weight >= 0)) throw Error("--perceptual-weight must be >= 0");
+  if (o.perceptual_weight > 0 && !o.perceptual)
+    throw Error("--perceptual-weight " + std::to_string(o.perceptual_weight) +
+                " needs a feature network (--perceptual)");
+  if (o.freeze_encoder && o.init.empty())
+    throw Error("--freeze-encoder needs --init (a trained AutoencoderKL folder whose encoder is kept)");
+  if (!o.init.empty() && !fs::is_directory(o.init)) throw Error("--init " + o.init + ": folder not found");
 }
 
 nlohmann::json options_json(const VaeTrainOptions& o) {
-  return {{"data", o.data},           {"config", o.config},
-          {"image_size", o.image_size}, {"channels", o.channels},
-          {"steps", o.steps},         {"batch", o.batch},
-          {"lr", o.lr},               {"lr_schedule", o.lr_schedule},
-          {"warmup", o.warmup},       {"weight_decay", o.weight_decay},
-          {"grad_clip", o.grad_clip}, {"ema_decay", o.ema_decay},
-          {"recon_loss", o.recon_loss}, {"kl_weight", o.kl_weight},
-          {"disc_weight", o.disc_weight}, {"disc_start", o.disc_start},
-          {"disc_adaptive", o.disc_adaptive}, {"disc_channels", o.disc_channels},
-          {"disc_lr", o.disc_lr},     {"flip", o.flip},
-          {"seed", o.seed},           {"scale_batches", o.scale_batches}};
+  return {{"data", o.data},
+          {"config", o.config},
+          {"image_size", o.image_size},
+          {"channels", o.channels},
+          {"steps", o.steps},
+          {"batch", o.batch},
+          {"lr", o.lr},
+          {"lr_schedule", o.lr_schedule},
+          {"warmup", o.warmup},
+          {"weight_decay", o.weight_decay},
+          {"grad_clip", o.grad_clip},
+          {"ema_decay", o.ema_decay},
+          {"recon_loss", o.recon_loss},
+          {"kl_weight", o.kl_weight},
+          {"disc_weight", o.disc_weight},
+          {"disc_start", o.disc_start},
+          {"disc_adaptive", o.disc_adaptive},
+          {"disc_channels", o.disc_channels},
+          {"disc_lr", o.disc_lr},
+          {"flip", o.flip},
+          {"seed", o.seed},
+          {"scale_batches", o.scale_batches},
+          {"perceptual", o.perceptual_weight > 0 ? o.perceptual_source : ""},
+          {"perceptual_weight", o.perceptual_weight},
+          {"init", o.init},
+          {"freeze_encoder", o.freeze_encoder}};
 }
 
 bool is_idx_dataset(const std::string& spec) {
@@ -180,7 +198,15 @@ void load_splits(const VaeTrainOptions& o, Dataset& train, Dataset& held_out) {
 
 AutoencoderKLConfig make_config(const VaeTrainOptions& o, const Dataset& data) {
   nlohmann::json j;
-  if (fs::is_regular_file(o.config)) {
+  if (!o.init.empty()) {
+    const std::string path = o.init + "/config.json";
+    if (!fs::is_regular_file(path)) throw Error("--init " + o.init + ": no config.json (not an AutoencoderKL folder)");
+    try {
+      j = nlohmann::json::parse(read_file(path));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(path + ": invalid JSON: " + e.what());
+    }
+  } else if (fs::is_regular_file(o.config)) {
     try {
       j = nlohmann::json::parse(read_file(o.config));
     } catch (const nlohmann::json::exception& e) {
@@ -193,24 +219,34 @@ AutoencoderKLConfig make_config(const VaeTrainOptions& o, const Dataset& data) {
   cfg.validate();
   if (cfg.in_channels != data.channels() || cfg.out_channels != data.channels())
     throw Error(o.config + ": in_channels " + std::to_string(cfg.in_channels) + " / out_channels " +
-                std::to_string(cfg.out_channels) + " but the data has " + std::to_string(data.channels()) + " channels");
+                std::to_string(cfg.out_channels) + " but the data has " + std::to_string(data.channels()) +
+                " channels");
   const int64_t f = cfg.downsample_factor();
   if (data.image_size() % f != 0)
     throw Error(o.data + ": image size " + std::to_string(data.image_size()) + " is not divisible by the VAE's " +
                 "downsampling factor " + std::to_string(f) + " (" + std::to_string(cfg.block_out_channels.size()) +
                 " levels in " + o.config + "); pick --image-size as a multiple of " + std::to_string(f));
+  if (!o.init.empty()) {
+    // Checked here as well as at load, so that the error names --init rather than a shape.
+    if (cfg.in_channels != data.channels())
+      throw Error("--init " + o.init + ": the VAE takes " + std::to_string(cfg.in_channels) +
+                  " channel(s) but the data has " + std::to_string(data.channels()));
+  }
   cfg.sample_size = data.image_size();
   return cfg;
 }
 
 struct Smoothed {
-  double loss = NAN, recon = NAN, kl = NAN, psnr = NAN, d_loss = NAN;
+  double loss = NAN, recon = NAN, kl = NAN, psnr = NAN, d_loss = NAN, perceptual = NAN;
   void add(double& s, double v) { s = std::isnan(s) ? v : 0.98 * s + 0.02 * v; }
-  torch::Tensor to_tensor() const { return torch::tensor({loss, recon, kl, psnr, d_loss}, torch::kFloat64); }
+  torch::Tensor to_tensor() const {
+    return torch::tensor({loss, recon, kl, psnr, d_loss, perceptual}, torch::kFloat64);
+  }
   void from_tensor(const torch::Tensor& t) {
     auto a = t.to(torch::kFloat64).contiguous();
     const double* p = a.data_ptr<double>();
     loss = p[0], recon = p[1], kl = p[2], psnr = p[3], d_loss = p[4];
+    perceptual = a.numel() > 5 ? p[5] : NAN;  // checkpoints from before the perceptual loss hold 5
   }
 };
 
@@ -224,12 +260,16 @@ std::string fmt(double v) {
 void write_plots(const std::string& out) {
   auto cols = read_csv_columns(out + "/metrics.csv");
   PlotSeries recon{"reconstruction loss", cols["step"], cols["recon"]}, psnr{"PSNR (dB)", cols["step"], cols["psnr"]};
+  std::vector<PlotSeries> losses = {recon};
+  if (cols.count("perceptual") &&
+      std::any_of(cols["perceptual"].begin(), cols["perceptual"].end(), [](double v) { return std::isfinite(v); }))
+    losses.push_back({"perceptual loss", cols["step"], cols["perceptual"]});
   PlotOptions po;
   po.title = "VAE reconstruction loss";
   po.xlabel = "step";
   po.ylabel = "loss";
   po.log_y = true;
-  save_plot(out + "/loss.png", {recon}, po);
+  save_plot(out + "/loss.png", losses, po);
   po.title = "VAE training PSNR";
   po.ylabel = "dB";
   po.log_y = false;
@@ -247,10 +287,11 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
   std::optional<CheckpointState> resumed;
   if (opt.resume) {
     resumed = read_checkpoint_state(ckpt_dir);
-    check_resume_options(resumed->options, opts_now,
-                         {"data", "config", "image_size", "channels", "batch", "seed", "flip", "recon_loss", "kl_weight",
-                          "disc_weight", "disc_start", "disc_adaptive", "disc_channels"},
-                         ckpt_dir);
+    check_resume_options(
+        resumed->options, opts_now,
+        {"data", "config", "image_size", "channels", "batch", "seed", "flip", "recon_loss", "kl_weight", "disc_weight",
+         "disc_start", "disc_adaptive", "disc_channels", "init", "freeze_encoder"},
+        ckpt_dir);
   } else if (fs::exists(ckpt_dir) || fs::exists(out + "/metrics.csv")) {
     throw Error(out + ": already holds a training run (use --resume to continue it, or another --out)");
   }
@@ -262,12 +303,40 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
   const bool has_held_out = held_out.images.defined() && held_out.size() > 0;
   const Dataset& eval_set = has_held_out ? held_out : data;
 
+  if (opt.perceptual_weight > 0) {
+    // One image through the perceptual loss before anything is written: a feature network that
+    // cannot take this data fails here, with its own message.
+    torch::NoGradGuard ng;
+    const int64_t n = std::min<int64_t>(2, data.size());
+    auto probe = data.images.narrow(0, 0, n).to(torch::kFloat32).div(127.5).sub(1.0).to(device);
+    auto d = opt.perceptual(probe, probe);
+    if (!d.defined() || d.dim() != 1 || d.size(0) != n)
+      throw Error((opt.perceptual_source.empty() ? std::string("perceptual loss") : opt.perceptual_source) +
+                  ": expected one distance per image");
+  }
+
   torch::manual_seed(opt.seed);
   AutoencoderKL model(cfg), ema(cfg);
   {
     torch::NoGradGuard ng;
+    if (!opt.init.empty()) {
+      AutoencoderKL init = load_autoencoder_kl(opt.init);
+      nn::load_state_dict(*model, nn::state_dict(*init), opt.init);
+    }
     nn::load_state_dict(*ema, nn::state_dict(*model), "initial weights");
   }
+  // With a frozen encoder only the decoder side (post_quant_conv + decoder) is trained, and the
+  // EMA touches only those weights, so the encoder stays bit-identical to --init.
+  if (opt.freeze_encoder) {
+    for (auto& p : model->encoder->parameters()) p.set_requires_grad(false);
+    if (model->quant_conv) {
+      for (auto& p : model->quant_conv->parameters()) p.set_requires_grad(false);
+    }
+  }
+  if (opt.perceptual_weight > 0 && !opt.quiet)
+    std::fprintf(stderr, "perceptual loss: %s, weight %g\n",
+                 opt.perceptual_source.empty() ? "supplied network" : opt.perceptual_source.c_str(),
+                 opt.perceptual_weight);
   model->to(device);
   ema->to(device);
   model->train();
@@ -283,14 +352,24 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
 
   auto named_params = [](torch::nn::Module& m) {
     std::vector<std::pair<std::string, torch::Tensor>> named;
-    for (auto& p : m.named_parameters(true)) named.emplace_back(p.key(), p.value());
+    for (auto& p : m.named_parameters(true))
+      if (p.value().requires_grad()) named.emplace_back(p.key(), p.value());
     return named;
   };
   // LDM's Adam betas (0.5, 0.9) for both the autoencoder and the discriminator.
   AdamW optimizer(named_params(*model), AdamW::Options{0.5, 0.9, 1e-8, opt.weight_decay});
   std::optional<AdamW> disc_opt;
   if (use_disc) disc_opt.emplace(named_params(*disc), AdamW::Options{0.5, 0.9, 1e-8, 0.0});
-  std::vector<torch::Tensor> params = model->parameters();
+  // The trained parameters and their EMA twins, in the same order.
+  std::vector<torch::Tensor> params, ema_params;
+  {
+    auto ema_named = ema->named_parameters(true);
+    for (auto& p : model->named_parameters(true))
+      if (p.value().requires_grad()) {
+        params.push_back(p.value());
+        ema_params.push_back(ema_named[p.key()]);
+      }
+  }
 
   int64_t step = 0;
   Smoothed sm;
@@ -312,15 +391,20 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
   fs::create_directories(out + "/samples");
   write_file_atomically(out + "/train_config.json", opts_now.dump(2) + "\n");
   if (!resumed)
-    write_file_atomically(out + "/metrics.csv", "step,loss,recon,kl,psnr,d_loss,lr,img_per_s,elapsed_s\n");
+    write_file_atomically(out + "/metrics.csv", "step,loss,recon,kl,psnr,d_loss,lr,img_per_s,elapsed_s,perceptual\n");
+  // Runs begun before the perceptual column keep their nine columns.
+  const bool csv_perceptual = read_file(out + "/metrics.csv").find(",perceptual") != std::string::npos;
   if (!opt.quiet) {
-    int64_t nparams = 0;
-    for (auto& p : params) nparams += p.numel();
+    int64_t nparams = 0, ntrained = 0;
+    for (auto& p : model->parameters()) nparams += p.numel();
+    for (auto& p : params) ntrained += p.numel();
+    char trained[64] = "";
+    if (ntrained != nparams) std::snprintf(trained, sizeof trained, " (%.2fM trained: decoder side)", ntrained / 1e6);
     std::fprintf(stderr,
-                 "diffuse train-vae: %lld images %dx%dx%d (%lld held out) | AutoencoderKL %.2fM parameters, f=%lld, "
+                 "diffuse train-vae: %lld images %dx%dx%d (%lld held out) | AutoencoderKL %.2fM parameters%s, f=%lld, "
                  "%lld latent channels%s | %s | %s\n",
                  static_cast<long long>(data.size()), data.channels(), data.image_size(), data.image_size(),
-                 static_cast<long long>(has_held_out ? held_out.size() : 0), nparams / 1e6,
+                 static_cast<long long>(has_held_out ? held_out.size() : 0), nparams / 1e6, trained,
                  static_cast<long long>(cfg.downsample_factor()), static_cast<long long>(cfg.latent_channels),
                  use_disc ? " + PatchGAN" : "", device.str().c_str(), runtime_summary().c_str());
     if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(step));
@@ -346,7 +430,8 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
 
   double scaling = 1.0;
   auto save_vae_folder = [&] {
-    scaling = latent_scaling_factor(ema, data, opt.scale_batches, opt.batch, opt.seed);
+    scaling = opt.freeze_encoder ? cfg.scaling_factor
+                                 : latent_scaling_factor(ema, data, opt.scale_batches, opt.batch, opt.seed);
     nlohmann::json j = cfg.to_json();
     j["scaling_factor"] = scaling;
     auto sd = nn::state_dict(*ema);
@@ -388,7 +473,13 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
     auto gen = at::detail::createCPUGenerator(mix_seed(opt.seed, static_cast<uint64_t>(b.step)));
     auto x = b.images.to(device);
     optimizer.zero_grad();
-    auto post = model->encode(x);
+    LatentDistribution post;
+    if (opt.freeze_encoder) {
+      torch::NoGradGuard ng;
+      post = model->encode(x);
+    } else {
+      post = model->encode(x);
+    }
     auto noise = torch::randn(post.mean.sizes(), gen).to(device);
     auto rec = model->decode(post.mean + post.std() * noise);
     auto diff = rec - x;
@@ -396,13 +487,20 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
     // KL to N(0, 1), summed over latent elements, averaged over the batch (LDM's kl_loss).
     auto kl = (0.5 * (post.mean.pow(2) + post.logvar.exp() - 1.0 - post.logvar)).sum({1, 2, 3}).mean();
     auto loss = rec_loss + (opt.kl_weight / pixels) * kl;
+    torch::Tensor p_loss;
+    if (opt.perceptual_weight > 0) {
+      p_loss = opt.perceptual(rec, x).mean();
+      loss = loss + opt.perceptual_weight * p_loss;
+    }
     const bool adversarial = use_disc && step >= opt.disc_start;
     if (adversarial) {
       auto g_loss = hinge_g_loss(disc->forward(rec));
       double w = opt.disc_weight;
       if (opt.disc_adaptive) {
         auto last = model->decoder->conv_out->weight;
-        auto gr = torch::autograd::grad({rec_loss}, {last}, {}, /*retain_graph=*/true)[0];
+        // LDM balances against the whole reconstruction term (pixel + perceptual).
+        auto nll = p_loss.defined() ? rec_loss + opt.perceptual_weight * p_loss : rec_loss;
+        auto gr = torch::autograd::grad({nll}, {last}, {}, /*retain_graph=*/true)[0];
         auto gg = torch::autograd::grad({g_loss}, {last}, {}, /*retain_graph=*/true)[0];
         w *= std::min(1e4, gr.norm().item<double>() / (gg.norm().item<double>() + 1e-4));
       }
@@ -423,7 +521,7 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
       disc_opt->step(scheduled_lr(disc_lr, step, opt.warmup, opt.lr_schedule, opt.steps));
       d_loss = dl.item<double>();
     }
-    update_ema(ema->parameters(), params, opt.ema_decay, step);
+    update_ema(ema_params, params, opt.ema_decay, step);
     ++step;
     imgs_since += x.size(0);
     sm.add(sm.loss, step_loss);
@@ -431,19 +529,24 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
     sm.add(sm.kl, kl.item<double>());
     sm.add(sm.psnr, psnr_per_image(rec.detach().clamp(-1, 1), x).mean().item<double>());
     if (!std::isnan(d_loss)) sm.add(sm.d_loss, d_loss);
+    if (p_loss.defined()) sm.add(sm.perceptual, p_loss.item<double>());
 
     auto now = std::chrono::steady_clock::now();
     trained_seconds += std::chrono::duration<double>(now - t_last).count();
     t_last = now;
     char text[128];
-    std::snprintf(text, sizeof text, "rec %.4f kl %.1f psnr %.2f dB", sm.recon, sm.kl, sm.psnr);
+    if (std::isnan(sm.perceptual))
+      std::snprintf(text, sizeof text, "rec %.4f kl %.1f psnr %.2f dB", sm.recon, sm.kl, sm.psnr);
+    else
+      std::snprintf(text, sizeof text, "rec %.4f perc %.4f kl %.1f psnr %.2f dB", sm.recon, sm.perceptual, sm.kl,
+                    sm.psnr);
     progress.update(step, text, static_cast<double>(opt.batch), "img");
     const bool save_now = (opt.save_every > 0 && step % opt.save_every == 0) || step == opt.steps;
     if (step % 50 == 0 || step == opt.steps || save_now) {
       double el = std::chrono::duration<double>(now - t0).count();
       csv += std::to_string(step) + "," + fmt(sm.loss) + "," + fmt(sm.recon) + "," + fmt(sm.kl) + "," + fmt(sm.psnr) +
              "," + fmt(sm.d_loss) + "," + fmt(lr) + "," + fmt(el > 0 ? imgs_since / el : 0) + "," +
-             fmt(trained_seconds) + "\n";
+             fmt(trained_seconds) + (csv_perceptual ? "," + fmt(sm.perceptual) : std::string()) + "\n";
     }
     if (save_now) {
       std::ofstream(out + "/metrics.csv", std::ios::app) << csv;
@@ -472,19 +575,22 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
   result.heldout_images = has_held_out ? n_eval : 0;
   result.scaling_factor = scaling;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  nlohmann::json m = {{"steps", step},
-                      {"heldout_psnr_db", result.heldout_psnr},
-                      {"heldout_images", result.heldout_images},
-                      {"psnr_on", has_held_out ? "held-out images" : "training images (the data has no held-out split)"},
-                      {"train_psnr_db", sm.psnr},
-                      {"recon_loss", sm.recon},
-                      {"kl", sm.kl},
-                      {"scaling_factor", scaling},
-                      {"train_seconds", trained_seconds},
-                      {"data", opt.data},
-                      {"image_size", data.image_size()},
-                      {"latent_shape", {cfg.latent_channels, data.image_size() / cfg.downsample_factor(),
-                                        data.image_size() / cfg.downsample_factor()}}};
+  nlohmann::json m = {
+      {"steps", step},
+      {"heldout_psnr_db", result.heldout_psnr},
+      {"heldout_images", result.heldout_images},
+      {"psnr_on", has_held_out ? "held-out images" : "training images (the data has no held-out split)"},
+      {"train_psnr_db", sm.psnr},
+      {"recon_loss", sm.recon},
+      {"kl", sm.kl},
+      {"perceptual", std::isnan(sm.perceptual) ? nlohmann::json() : nlohmann::json(sm.perceptual)},
+      {"scaling_factor", scaling},
+      {"train_seconds", trained_seconds},
+      {"data", opt.data},
+      {"image_size", data.image_size()},
+      {"latent_shape",
+       {cfg.latent_channels, data.image_size() / cfg.downsample_factor(),
+        data.image_size() / cfg.downsample_factor()}}};
   write_file_atomically(out + "/metrics.json", m.dump(2) + "\n");
   if (!opt.quiet)
     std::fprintf(stderr, "held-out reconstruction PSNR %.2f dB over %lld images, scaling_factor %.5f\n",

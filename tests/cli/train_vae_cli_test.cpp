@@ -55,6 +55,43 @@ TEST(TrainVaeCli, WritesALoadableAutoencoderFolderWithMetrics) {
   EXPECT_NE(r.output.find("raise --steps"), std::string::npos) << r.output;
 }
 
+TEST(TrainVaeCli, DecoderFineTuneWithThePerceptualLoss) {
+  TempDir dir;
+  write_data(dir, 8);
+  const std::string common = " --config " + dir / "vae.json" + " --batch 4 --scale-batches 1 --threads 1 --quiet";
+  auto r = run_cli("train-vae --data " + dir / "data" + " --out " + dir / "base" + common + " --steps 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string emoji_net = std::string(DIFFUSE_SOURCE_DIR) + "/models/emoji-classifier";
+  r = run_cli("train-vae --data " + dir / "data" + " --out " + dir / "ft" + common + " --steps 2 --init " +
+              dir / "base" + " --freeze-encoder --perceptual " + emoji_net);
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto cfg = nlohmann::json::parse(read_file(dir / "ft/train_config.json"));
+  EXPECT_EQ(cfg.at("perceptual"), emoji_net);
+  EXPECT_DOUBLE_EQ(cfg.at("perceptual_weight").get<double>(), 1.0);  // the default with --perceptual
+  EXPECT_GT(nlohmann::json::parse(read_file(dir / "ft/metrics.json")).at("perceptual").get<double>(), 0.0);
+  auto base = load_autoencoder_kl(dir / "base"), ft = load_autoencoder_kl(dir / "ft");
+  EXPECT_TRUE(torch::equal(base->encoder->conv_in->weight, ft->encoder->conv_in->weight));
+  EXPECT_FALSE(torch::equal(base->decoder->conv_out->weight, ft->decoder->conv_out->weight));
+  EXPECT_DOUBLE_EQ(base->config().scaling_factor, ft->config().scaling_factor);
+
+  // A feature network for other images (greyscale Fashion-MNIST): one clear error, nothing written.
+  const std::string grey_net = std::string(DIFFUSE_SOURCE_DIR) + "/models/fashion-mnist-classifier";
+  r = run_cli("train-vae --data " + dir / "data" + " --out " + dir / "grey" + common + " --steps 2 --perceptual " +
+              grey_net);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find(grey_net), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("channel"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "grey"));
+  r = run_cli("train-vae --data " + dir / "data" + " --out " + dir / "w" + common + " --perceptual-weight 2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("--perceptual"), std::string::npos) << r.output;
+  r = run_cli("train-vae --data " + dir / "data" + " --out " + dir / "f" + common + " --freeze-encoder");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("--init"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "w"));
+  EXPECT_FALSE(fs::exists(dir / "f"));
+}
+
 TEST(TrainVaeCli, BadInputGivesOneClearError) {
   TempDir dir;
   write_data(dir, 10);

@@ -5,6 +5,8 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "core/runtime.h"
+#include "eval/perceptual.h"
 #include "train/trainer.h"
 #include "train/vae_trainer.h"
 
@@ -18,6 +20,7 @@ extern "C" void on_vae_sigint(int) {
 void register_cmd(CLI::App& app) {
   auto o = std::make_shared<diffuse::VaeTrainOptions>();
   auto threads = std::make_shared<int>(0);
+  auto perceptual = std::make_shared<std::string>();
   std::string presets;
   for (const auto& [n, d] : diffuse::vae_presets()) presets += "\n    " + n + ": " + d;
   auto* cmd = app.add_subcommand("train-vae", "Train an AutoencoderKL (VAE for latent diffusion)");
@@ -47,6 +50,15 @@ void register_cmd(CLI::App& app) {
   cmd->add_flag("!--no-disc-adaptive", o->disc_adaptive, "Use --disc-weight as is (no LDM adaptive weight)");
   cmd->add_option("--disc-channels", o->disc_channels, "Discriminator base width (ndf)")->capture_default_str();
   cmd->add_option("--disc-lr", o->disc_lr, "Discriminator learning rate (0 = --lr)")->capture_default_str();
+  cmd->add_option("--perceptual", *perceptual,
+                  "Perceptual loss on a feature network of ours (a classifier folder, e.g. models/emoji-classifier): "
+                  "LPIPS' unit-normalised stage activations, uniform weights")
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--perceptual-weight", o->perceptual_weight,
+                  "Weight of the perceptual loss against the per-pixel loss (default 1 with --perceptual, as in LDM)");
+  cmd->add_option("--init", o->init, "Start from this AutoencoderKL folder (its config and weights)");
+  cmd->add_flag("--freeze-encoder", o->freeze_encoder,
+                "Train the decoder only (needs --init): the latents, and any denoiser trained on them, stay valid");
   cmd->add_flag("!--no-flip", o->flip, "Disable random horizontal flips");
   cmd->add_option("--seed", o->seed, "Seed for initialisation, data order and noise")->capture_default_str();
   cmd->add_option("--save-every", o->save_every, "Checkpoint every N steps (and at the end / on Ctrl-C)")
@@ -61,8 +73,17 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   diffuse::cli::add_threads_option(cmd, threads.get());
-  cmd->callback([o, threads] {
+  cmd->callback([o, threads, perceptual, cmd] {
     diffuse::cli::apply_threads(*threads);
+    if (!perceptual->empty()) {
+      if (cmd->count("--perceptual-weight") == 0) o->perceptual_weight = 1.0;
+      auto dist = std::make_shared<diffuse::PerceptualDistance>(
+          diffuse::PerceptualDistance::load(*perceptual, diffuse::parse_device(o->device)));
+      o->perceptual_source = *perceptual;
+      o->perceptual = [dist](const torch::Tensor& rec, const torch::Tensor& ref) { return (*dist)(rec, ref); };
+    } else if (o->perceptual_weight > 0) {
+      throw diffuse::Error("--perceptual-weight needs --perceptual DIR (a feature network folder)");
+    }
     std::signal(SIGINT, on_vae_sigint);
     std::signal(SIGTERM, on_vae_sigint);
     auto r = diffuse::train_vae(*o);
