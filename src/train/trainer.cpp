@@ -53,24 +53,40 @@ void validate(const TrainOptions& o) {
   if (o.class_dropout < 0 || o.class_dropout >= 1) throw Error("--class-dropout must be in [0, 1)");
   if (o.save_every < 0 || o.sample_every < 0 || o.eval_every < 0) throw Error("--*-every must be >= 0");
   if (o.min_snr_gamma < 0) throw Error("--min-snr-gamma must be >= 0");
+  if (!o.init.empty() && !fs::is_directory(o.init)) throw Error("--init " + o.init + ": folder not found");
   parse_prediction(o.prediction);
 }
 
 nlohmann::json options_json(const TrainOptions& o) {
-  return {{"data", o.data},         {"config", o.config},         {"latent", o.latent},         {"image_size", o.image_size},
-          {"steps", o.steps},       {"batch", o.batch},           {"grad_accum", o.grad_accum},
-          {"lr", o.lr},             {"lr_schedule", o.lr_schedule}, {"warmup", o.warmup},
-          {"weight_decay", o.weight_decay}, {"grad_clip", o.grad_clip}, {"ema_decay", o.ema_decay},
-          {"class_dropout", o.class_dropout}, {"prediction", o.prediction}, {"beta_schedule", o.beta_schedule},
-          {"num_train_timesteps", o.num_train_timesteps}, {"min_snr_gamma", o.min_snr_gamma}, {"flip", o.flip},
-          {"bf16", o.bf16},         {"seed", o.seed}};
+  return {{"data", o.data},
+          {"config", o.config},
+          {"latent", o.latent},
+          {"image_size", o.image_size},
+          {"steps", o.steps},
+          {"batch", o.batch},
+          {"grad_accum", o.grad_accum},
+          {"lr", o.lr},
+          {"lr_schedule", o.lr_schedule},
+          {"warmup", o.warmup},
+          {"weight_decay", o.weight_decay},
+          {"grad_clip", o.grad_clip},
+          {"ema_decay", o.ema_decay},
+          {"class_dropout", o.class_dropout},
+          {"prediction", o.prediction},
+          {"beta_schedule", o.beta_schedule},
+          {"num_train_timesteps", o.num_train_timesteps},
+          {"min_snr_gamma", o.min_snr_gamma},
+          {"flip", o.flip},
+          {"bf16", o.bf16},
+          {"seed", o.seed},
+          {"init", o.init}};
 }
 
 // Options that change the meaning of a checkpoint: a resumed run must keep them.
-const std::vector<std::string> kResumeKeys = {"data",          "config",          "latent", "image_size",
-                                              "batch",         "grad_accum",      "prediction",
-                                              "beta_schedule", "num_train_timesteps", "seed", "flip",
-                                              "class_dropout"};
+const std::vector<std::string> kResumeKeys = {
+    "data",       "config",        "latent",        "image_size",          "batch",
+    "grad_accum", "prediction",    "beta_schedule", "num_train_timesteps", "seed",
+    "flip",       "class_dropout", "init"};
 
 std::string csv_line(int64_t step, double loss, double lr, double ips, double elapsed, double fid) {
   char buf[160];
@@ -113,6 +129,34 @@ void write_loss_plot(const std::string& out) {
   }
 }
 
+// A fine-tuned model keeps the meaning of its outputs and of its class ids.
+void check_init_compatible(const PixelPipeline& init, const TrainOptions& o,
+                           const std::vector<std::string>& data_classes) {
+  const auto& s = init.scheduler;
+  auto mismatch = [&](const std::string& option, const std::string& ours, const std::string& theirs) {
+    throw Error("--init " + o.init + ": it was trained with " + option + " " + theirs + " but this run has " + ours +
+                " (pass " + option + " " + theirs + ")");
+  };
+  if (s.prediction_type != o.prediction) mismatch("--prediction", o.prediction, s.prediction_type);
+  if (s.beta_schedule != o.beta_schedule) mismatch("--beta-schedule", o.beta_schedule, s.beta_schedule);
+  if (s.num_train_timesteps != o.num_train_timesteps)
+    throw Error("--init " + o.init + ": its scheduler has " + std::to_string(s.num_train_timesteps) +
+                " training timesteps but this run has " + std::to_string(o.num_train_timesteps));
+  if (init.latent() != !o.latent.empty())
+    throw Error("--init " + o.init + ": a " + (init.latent() ? "latent" : "pixel-space") + " model, but this run is " +
+                (o.latent.empty() ? "in pixel space" : "on VAE latents") +
+                (init.latent() ? " (pass --latent with a VAE of the same latent channels)" : ""));
+  if (!init.class_names.empty() && !data_classes.empty() && init.class_names != data_classes) {
+    size_t i = 0;
+    while (i < init.class_names.size() && i < data_classes.size() && init.class_names[i] == data_classes[i]) ++i;
+    throw Error("--init " + o.init + ": its classes differ from the data's (" +
+                std::to_string(init.class_names.size()) + " vs " + std::to_string(data_classes.size()) +
+                "; first difference at class " + std::to_string(i) + ": " +
+                (i < init.class_names.size() ? init.class_names[i] : "none") + " vs " +
+                (i < data_classes.size() ? data_classes[i] : "none") + ")");
+  }
+}
+
 void write_sample_grid(const PixelPipeline& pipe, const std::string& path, int64_t step) {
   GenerateOptions g;
   const int per_row = 8;
@@ -131,8 +175,9 @@ void write_sample_grid(const PixelPipeline& pipe, const std::string& path, int64
   g.seed = 1000;
   auto res = generate(pipe, g);
   auto grid = make_grid(res.samples.clamp(-1, 1), per_row, 2, 1.0);
-  write_png(path, to_image(grid), {{"parameters", "training samples at step " + std::to_string(step) + "\n" +
-                                                       generation_parameters(pipe, g, 0)}});
+  write_png(
+      path, to_image(grid),
+      {{"parameters", "training samples at step " + std::to_string(step) + "\n" + generation_parameters(pipe, g, 0)}});
 }
 
 }  // namespace
@@ -178,9 +223,14 @@ TrainResult train(const TrainOptions& opt) {
     sample_size = data.image_size() / static_cast<int>(f);
   }
 
-  // Model configuration: a preset or a diffusers config.json.
+  // Model configuration: the --init model's, a preset or a diffusers config.json.
   nlohmann::json cfg_json;
-  if (fs::is_regular_file(opt.config)) {
+  PixelPipeline init;
+  if (!opt.init.empty()) {
+    init = PixelPipeline::load(opt.init);
+    cfg_json = init.net.config_json();
+    check_init_compatible(init, opt, labelled ? data.class_names : std::vector<std::string>{});
+  } else if (fs::is_regular_file(opt.config)) {
     try {
       cfg_json = nlohmann::json::parse(read_file(opt.config));
     } catch (const nlohmann::json::exception& e) {
@@ -189,20 +239,21 @@ TrainResult train(const TrainOptions& opt) {
   } else {
     cfg_json = model_preset(opt.config, sample_size, sample_channels, num_classes);
   }
-  DiffusionNet model = DiffusionNet::from_config(cfg_json, opt.config);  // initialised below
+  const std::string cfg_source = opt.init.empty() ? opt.config : opt.init;
+  DiffusionNet model = DiffusionNet::from_config(cfg_json, cfg_source);  // initialised below
   const std::string what = vae ? "the VAE's latents have" : "the data has";
   if (model.in_channels() != sample_channels)
-    throw Error(opt.config + ": in_channels " + std::to_string(model.in_channels()) + " but " + what + " " +
+    throw Error(cfg_source + ": in_channels " + std::to_string(model.in_channels()) + " but " + what + " " +
                 std::to_string(sample_channels) + " channels");
   if (model.is_dit() && (model.sample_size() != sample_size || sample_size % model.size_multiple() != 0))
-    throw Error(opt.config + ": the DiT's sample_size is " + std::to_string(model.sample_size()) + " (patch " +
+    throw Error(cfg_source + ": the DiT's sample_size is " + std::to_string(model.sample_size()) + " (patch " +
                 std::to_string(model.size_multiple()) + ") but " + what + " size " + std::to_string(sample_size));
   const int64_t class_embeds = model.class_embeddings();
   if (labelled && class_embeds < num_classes)
-    throw Error(opt.config + ": " + std::to_string(class_embeds) + " class embeddings but the data has " +
+    throw Error(cfg_source + ": " + std::to_string(class_embeds) + " class embeddings but the data has " +
                 std::to_string(num_classes) + " classes");
   if (model.is_dit() && labelled && model.builtin_null_class() != num_classes)
-    throw Error(opt.config + ": num_embeds_ada_norm " + std::to_string(model.builtin_null_class()) +
+    throw Error(cfg_source + ": num_embeds_ada_norm " + std::to_string(model.builtin_null_class()) +
                 " but the data has " + std::to_string(num_classes) + " classes");
 
   PixelPipeline pipe;
@@ -223,6 +274,11 @@ TrainResult train(const TrainOptions& opt) {
 
   torch::manual_seed(opt.seed);  // parameter initialisation
   model = model.clone_architecture();
+  if (init.net.defined()) {
+    torch::NoGradGuard ng;
+    nn::load_state_dict(model.module(), nn::state_dict(init.net.module()), opt.init);
+    init = PixelPipeline();  // free the copy
+  }
   model.module().to(device);
   model.module().train();
   DiffusionNet ema = model.clone_architecture();  // exponential moving average, saved as the model
@@ -258,7 +314,8 @@ TrainResult train(const TrainOptions& opt) {
     step = resumed->step;
     smooth_loss = resumed->smooth_loss;
     trained_seconds = resumed->seconds;
-    if (step >= opt.steps) throw Error(ckpt_dir + ": already at step " + std::to_string(step) + " (raise --steps to train further)");
+    if (step >= opt.steps)
+      throw Error(ckpt_dir + ": already at step " + std::to_string(step) + " (raise --steps to train further)");
   }
 
   fs::create_directories(out + "/samples");
@@ -384,7 +441,8 @@ TrainResult train(const TrainOptions& opt) {
   if (!csv.empty()) std::ofstream(out + "/metrics.csv", std::ios::app) << csv;
   if (result.interrupted) {
     save_all(true);
-    if (!opt.quiet) std::fprintf(stderr, "\ninterrupted: checkpoint written at step %lld\n", static_cast<long long>(step));
+    if (!opt.quiet)
+      std::fprintf(stderr, "\ninterrupted: checkpoint written at step %lld\n", static_cast<long long>(step));
   } else {
     progress.finish("loss " + std::to_string(smooth_loss));
   }

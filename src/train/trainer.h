@@ -10,42 +10,44 @@
 namespace diffuse {
 
 struct TrainOptions {
-  std::string data;                 // dataset spec (see load_dataset)
-  std::string out;                  // output folder
-  std::string config = "small";     // preset name (UNet or DiT-*/*) or a UNet2DModel / DiT config.json
-  std::string latent;               // AutoencoderKL folder: train on its latents ("" = pixel space)
-  int image_size = 0;               // 0 = the dataset's own size
+  std::string data;              // dataset spec (see load_dataset)
+  std::string out;               // output folder
+  std::string config = "small";  // preset name (UNet or DiT-*/*) or a UNet2DModel / DiT config.json
+  std::string latent;            // AutoencoderKL folder: train on its latents ("" = pixel space)
+  std::string init;              // fine-tune: start from this pipeline (or UNet/DiT) folder's network
+                                 // (its config replaces `config`; prediction, schedule and classes must match)
+  int image_size = 0;            // 0 = the dataset's own size
   int64_t steps = 10000;
   int batch = 64;
-  int grad_accum = 1;               // micro-batches per optimizer step
+  int grad_accum = 1;  // micro-batches per optimizer step
   double lr = 2e-4;
   std::string lr_schedule = "constant";  // constant | cosine (both after linear warm-up)
   int64_t warmup = 500;
   double weight_decay = 0.0;
-  double grad_clip = 1.0;           // 0 = off
+  double grad_clip = 1.0;  // 0 = off
   double ema_decay = 0.9995;
-  double class_dropout = 0.1;       // probability of the null class (for CFG)
-  std::string prediction = "epsilon";       // epsilon | v_prediction | sample
+  double class_dropout = 0.1;          // probability of the null class (for CFG)
+  std::string prediction = "epsilon";  // epsilon | v_prediction | sample
   std::string beta_schedule = "squaredcos_cap_v2";
   int num_train_timesteps = 1000;
-  double min_snr_gamma = 0.0;       // 0 = plain MSE
+  double min_snr_gamma = 0.0;  // 0 = plain MSE
   bool flip = true;
   bool bf16 = false;
   uint64_t seed = 0;
   int64_t save_every = 1000;
   int64_t sample_every = 1000;
-  int64_t eval_every = 0;           // FID tracking (needs a feature network)
-  std::string eval_classifier;      // feature network folder for eval_every
+  int64_t eval_every = 0;       // FID tracking (needs a feature network)
+  std::string eval_classifier;  // feature network folder for eval_every
   bool resume = false;
   std::string device = "auto";
   bool quiet = false;
 };
 
 struct TrainResult {
-  int64_t steps = 0;          // optimizer steps completed
-  double final_loss = 0;      // smoothed loss at the end
-  double seconds = 0;         // wall time of this run
-  bool interrupted = false;   // stopped by request (Ctrl-C); a checkpoint was written
+  int64_t steps = 0;         // optimizer steps completed
+  double final_loss = 0;     // smoothed loss at the end
+  double seconds = 0;        // wall time of this run
+  bool interrupted = false;  // stopped by request (Ctrl-C); a checkpoint was written
 };
 
 // Set to true (e.g. from a SIGINT handler) to stop at the next step boundary.

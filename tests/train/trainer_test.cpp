@@ -3,14 +3,17 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <thread>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/image.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
-#include "two_class_data.h"
+#include "models/error_of.h"
 #include "pipelines/pixel_pipeline.h"
+#include "two_class_data.h"
 
 namespace diffuse {
 namespace {
@@ -101,6 +104,66 @@ TEST(Trainer, ResumedRunEqualsUninterruptedBitwise) {
   for (auto& [k, v] : wa) EXPECT_TRUE(torch::equal(v, wb.at(k))) << k;
 }
 
+TEST(Trainer, InitFineTunesFromAModelFolder) {
+  TempDir dir;
+  write_two_class_set(dir / "data", 8);
+  auto a = tiny_options(dir / "data", dir / "a");
+  a.steps = 120;
+  a.prediction = "v_prediction";
+  a.ema_decay = 0.9;
+  auto ra = train(a);
+
+  // Five steps from the trained model stay near its loss; five steps from scratch do not.
+  auto b = tiny_options(dir / "data", dir / "b");
+  b.config = "enormous";  // ignored: the network's config comes from --init
+  b.init = dir / "a";
+  b.prediction = "v_prediction";
+  b.steps = 5;
+  b.warmup = 1;
+  auto rb = train(b);
+  auto c = b;
+  c.out = dir / "c";
+  c.config = "tiny";
+  c.init.clear();
+  auto rc = train(c);
+  std::printf("smoothed loss: %.4f after 120 steps, %.4f after 5 more from it, %.4f after 5 from scratch\n",
+              ra.final_loss, rb.final_loss, rc.final_loss);
+  EXPECT_LT(rb.final_loss, 2.0 * ra.final_loss);
+  EXPECT_GT(rc.final_loss, 3.0 * rb.final_loss);
+  EXPECT_EQ(read_file(dir / "a/unet/config.json"), read_file(dir / "b/unet/config.json"));
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir / "b/train_config.json")).at("init"), dir / "a");
+
+  // With a negligible learning rate the fine-tuned weights are the initial ones.
+  auto d = b;
+  d.out = dir / "d";
+  d.steps = 1;
+  d.lr = 1e-9;
+  train(d);
+  auto wa = safetensors::load(dir / "a/unet/diffusion_pytorch_model.safetensors");
+  auto wd = safetensors::load(dir / "d/unet/diffusion_pytorch_model.safetensors");
+  ASSERT_EQ(wa.size(), wd.size());
+  for (auto& [k, v] : wa) EXPECT_TRUE(torch::allclose(v, wd.at(k), 0.0, 1e-6)) << k;
+
+  // What a fine-tune may not change: the prediction type, the classes; a missing folder.
+  auto e = b;
+  e.out = dir / "e";
+  e.prediction = "epsilon";
+  std::string msg = test::error_of([&] { train(e); });
+  EXPECT_NE(msg.find("--prediction v_prediction"), std::string::npos) << msg;
+  fs::create_directories(dir / "other");
+  fs::copy(dir / "data/bottom", dir / "other/bottom");
+  fs::copy(dir / "data/top", dir / "other/upper");
+  e.prediction = "v_prediction";
+  e.data = dir / "other";
+  msg = test::error_of([&] { train(e); });
+  EXPECT_NE(msg.find("top vs upper"), std::string::npos) << msg;
+  e.data = dir / "data";
+  e.init = dir / "nothing";
+  msg = test::error_of([&] { train(e); });
+  EXPECT_NE(msg.find(dir / "nothing"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(dir / "e"));
+}
+
 TEST(Trainer, RejectsBadOptionsAndExistingRuns) {
   TempDir dir;
   write_two_class_set(dir / "data", 2);
@@ -117,7 +180,7 @@ TEST(Trainer, RejectsBadOptionsAndExistingRuns) {
   train(o);
   EXPECT_THROW(train(o), Error);  // out already holds a run
   o.resume = true;
-  o.batch = 3;                    // incompatible with the checkpoint
+  o.batch = 3;  // incompatible with the checkpoint
   EXPECT_THROW(train(o), Error);
 }
 

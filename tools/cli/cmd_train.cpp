@@ -22,7 +22,8 @@ void register_cmd(CLI::App& app) {
   for (const auto& [n, d] : diffuse::unet_presets()) presets += "\n    " + n + ": " + d;
   for (const auto& [n, d] : diffuse::dit_presets()) presets += "\n    " + n + ": " + d;
   auto* cmd = app.add_subcommand("train", "Train a diffusion model (UNet2DModel or DiT; pixels or VAE latents)");
-  cmd->add_option("--data", o->data, "fashion-mnist, mnist, a folder of IDX files, or an image folder (class = subfolder)")
+  cmd->add_option("--data", o->data,
+                  "fashion-mnist, mnist, a folder of IDX files, or an image folder (class = subfolder)")
       ->required();
   cmd->add_option("--out", o->out, "Output folder (diffusers pipeline + checkpoint + metrics)")->required();
   cmd->add_option("--config", o->config,
@@ -31,6 +32,10 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--latent", o->latent,
                   "AutoencoderKL folder: train on its latents (encoded once, sampled per item) and save a latent "
                   "pipeline (DiTPipeline for a DiT)");
+  cmd->add_option("--init", o->init,
+                  "Fine-tune: start from this pipeline (or UNet/DiT) folder; its network config replaces --config, "
+                  "and --prediction, --beta-schedule and the classes must match it")
+      ->check(CLI::ExistingDirectory);
   cmd->add_option("--image-size", o->image_size, "Training resolution (0 = the data's own)")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Optimizer steps in total")->capture_default_str();
   cmd->add_option("--batch", o->batch, "Batch size")->capture_default_str();
@@ -68,8 +73,8 @@ void register_cmd(CLI::App& app) {
     std::signal(SIGTERM, on_sigint);
     auto r = diffuse::train(*o);
     std::signal(SIGINT, SIG_DFL);
-    std::printf("%s: %lld steps, loss %.5f, %.1f s%s\n", o->out.c_str(), static_cast<long long>(r.steps),
-                r.final_loss, r.seconds, r.interrupted ? " (interrupted; continue with --resume)" : "");
+    std::printf("%s: %lld steps, loss %.5f, %.1f s%s\n", o->out.c_str(), static_cast<long long>(r.steps), r.final_loss,
+                r.seconds, r.interrupted ? " (interrupted; continue with --resume)" : "");
     if (r.interrupted) throw CLI::RuntimeError(130);
   });
 }
