@@ -104,7 +104,7 @@ fi
 
 # diffuse: elapsed_s in metrics.csv is the time spent in training steps (no start-up, data
 # loading or final save). Time of steps warmup+1 .. warmup+steps = difference of two runs.
-common=("${data_args[@]}" --config "$preset" --batch "$batch" --threads "$threads" --seed 0
+common=("${data_args[@]}" --config "$preset" --batch "$batch" --threads "$threads" --seed 0 --flip
         --sample-every 0 --save-every 0 --quiet)
 elapsed() { tail -n 1 "$1/metrics.csv" | cut -d, -f5; }
 echo "preset $preset, data $data${latent:+ (latents of $latent)}, batch $batch, threads $threads:" \

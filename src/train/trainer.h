@@ -31,7 +31,7 @@ struct TrainOptions {
   std::string beta_schedule = "squaredcos_cap_v2";
   int num_train_timesteps = 1000;
   double min_snr_gamma = 0.0;  // 0 = plain MSE
-  bool flip = true;
+  bool flip = false;           // random horizontal flips: off, since many datasets have an orientation
   bool bf16 = false;
   uint64_t seed = 0;
   int64_t save_every = 1000;

@@ -5,7 +5,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/image.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
@@ -115,6 +117,25 @@ TEST_F(Cli, RawOutputIsReproducibleAndPerImageSeeded) {
   // Image 2 of seed 7 is image 0 of seed 9, alone in its batch.
   EXPECT_TRUE(torch::equal(a.at("noise")[2], c.at("noise")[0]));
   EXPECT_LE(test::max_abs_diff(a.at("samples")[2], c.at("samples")[0]), 1e-4);
+}
+
+// Flips are opt-in (many datasets face one way: Fashion-MNIST's shoes all point left); the choice is
+// recorded and a resumed run must keep it.
+TEST_F(Cli, TrainFlipsOnlyWhenAsked) {
+  auto flip_of = [](const std::string& run_dir) {
+    return nlohmann::json::parse(read_file(run_dir + "/train_config.json")).at("flip").get<bool>();
+  };
+  EXPECT_FALSE(flip_of(model()));
+  TempDir t;
+  std::string base = "train --data " + dir_->path + "/data --out " + (t / "f") +
+                     " --config tiny --batch 4 --sample-every 0 --save-every 0 --threads 1 --quiet";
+  auto r = run(base + " --steps 1 --flip");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(flip_of(t / "f"));
+  r = run(base + " --steps 2 --resume");
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(contains(r.output, "flip")) << r.output;
+  ASSERT_EQ(run(base + " --steps 2 --resume --flip").code, 0);
 }
 
 TEST_F(Cli, BadInputGivesOneClearErrorAndNoOutput) {

@@ -54,7 +54,8 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--min-snr-gamma", o->min_snr_gamma, "Min-SNR loss weighting gamma (0 = off; 5 is typical)")
       ->capture_default_str();
   cmd->add_flag("--bf16", o->bf16, "bf16 autocast for the forward pass (weights and optimizer stay fp32)");
-  cmd->add_flag("!--no-flip", o->flip, "Disable random horizontal flips");
+  cmd->add_flag("--flip,!--no-flip", o->flip,
+                "Random horizontal flips (off by default: Fashion-MNIST's shoes and most text face one way)");
   cmd->add_option("--seed", o->seed, "Seed for initialisation, data order and noise")->capture_default_str();
   cmd->add_option("--save-every", o->save_every, "Checkpoint every N steps (and at the end / on Ctrl-C)")
       ->capture_default_str();
