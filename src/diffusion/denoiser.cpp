@@ -189,4 +189,24 @@ Denoiser cfg_denoiser(CondDenoiser d, Cond cond, Cond uncond, double scale, doub
   };
 }
 
+Denoiser guidance_interval(Denoiser guided, Denoiser unguided, double sigma_lo, double sigma_hi) {
+  if (!guided || !unguided) throw Error("guidance_interval: empty denoiser");
+  if (!(sigma_lo >= 0 && sigma_lo < sigma_hi))
+    throw Error("guidance interval: need 0 <= low < high, got " + std::to_string(sigma_lo) + ", " +
+                std::to_string(sigma_hi));
+  return [guided = std::move(guided), unguided = std::move(unguided), sigma_lo, sigma_hi](const torch::Tensor& x,
+                                                                                          const torch::Tensor& sigma) {
+    check_sigma(x, sigma);
+    auto sig = sigma.to(torch::kCPU, torch::kDouble).reshape({-1}).expand({x.size(0)});
+    auto inside = (sig > sigma_lo).logical_and(sig <= sigma_hi);
+    const int64_t n_in = inside.sum().item<int64_t>();
+    if (n_in == x.size(0)) return guided(x, sigma);
+    if (n_in == 0) return unguided(x, sigma);
+    // Mixed batch (per-sample sigmas): both denoisers see the whole batch, since their
+    // conditioning is bound to it, and each sample takes its own result.
+    auto mask = bcast(inside.to(x.device()), x).to(torch::kBool);
+    return torch::where(mask, guided(x, sigma), unguided(x, sigma));
+  };
+}
+
 }  // namespace diffuse

@@ -72,4 +72,10 @@ Denoiser bind(CondDenoiser d, Cond cond);
 Denoiser cfg_denoiser(CondDenoiser d, Cond cond, Cond uncond, double scale, double rescale = 0.0,
                       Prediction space = Prediction::Epsilon);
 
+// Guidance in a limited interval (Kynkaanniemi et al. 2024): `guided` where
+// sigma_lo < sigma <= sigma_hi, `unguided` (the conditional denoiser) elsewhere, per sample.
+// Outside the interval the unconditional pass is skipped. Throws diffuse::Error unless
+// 0 <= sigma_lo < sigma_hi.
+Denoiser guidance_interval(Denoiser guided, Denoiser unguided, double sigma_lo, double sigma_hi);
+
 }  // namespace diffuse

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -264,6 +265,11 @@ std::string EvalReport::to_json() const {
     j["guidance"] = generate.guidance;
     j["seed"] = generate.seed;
     if (!generate.schedule.empty()) j["schedule"] = generate.schedule;
+    if (!generate.sigmas.empty()) j["sigmas"] = generate.sigmas;
+    if (generate.guidance_sigma_lo > 0 || std::isfinite(generate.guidance_sigma_hi))
+      j["guidance_interval"] = {generate.guidance_sigma_lo, std::isfinite(generate.guidance_sigma_hi)
+                                                                ? nlohmann::json(generate.guidance_sigma_hi)
+                                                                : nlohmann::json(nullptr)};
   }
   j["conditional"] = conditional;
   if (!class_note.empty()) j["class_note"] = class_note;
@@ -286,6 +292,15 @@ std::string EvalReport::table() const {
                   generate.sampler.c_str(), generate.steps, generate.guidance,
                   static_cast<unsigned long long>(generate.seed), static_cast<long long>(samples.n));
     s += line;
+    if (!generate.sigmas.empty())
+      s += "sigmas:     " + generate.sigmas + "\n";
+    else if (!generate.schedule.empty())
+      s += "schedule:   " + generate.schedule + "\n";
+    if (generate.guidance_sigma_lo > 0 || std::isfinite(generate.guidance_sigma_hi)) {
+      std::snprintf(line, sizeof line, "guidance:   only for sigma in (%g, %g]\n", generate.guidance_sigma_lo,
+                    generate.guidance_sigma_hi);
+      s += line;
+    }
   } else {
     s += "n:          " + std::to_string(samples.n) + "\n";
   }

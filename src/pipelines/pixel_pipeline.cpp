@@ -20,9 +20,7 @@ int PixelPipeline::latent_channels() const { return static_cast<int>(net.in_chan
 int PixelPipeline::image_size() const {
   return latent_size() * (vae ? static_cast<int>(vae->config().downsample_factor()) : 1);
 }
-int PixelPipeline::channels() const {
-  return vae ? static_cast<int>(vae->config().out_channels) : latent_channels();
-}
+int PixelPipeline::channels() const { return vae ? static_cast<int>(vae->config().out_channels) : latent_channels(); }
 
 torch::Tensor PixelPipeline::decode(const torch::Tensor& z) const {
   if (!vae) return z;
@@ -213,6 +211,8 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
         Cond uncond{{{"class_labels", torch::full({end - start}, pipe.null_class, torch::kInt64).to(pipe.device)}}};
         den = cfg_denoiser(d, cond, uncond, opt.guidance, opt.cfg_rescale,
                            parse_prediction(pipe.scheduler.prediction_type));
+        if (opt.guidance_sigma_lo > 0 || std::isfinite(opt.guidance_sigma_hi))
+          den = guidance_interval(den, bind(d, cond), opt.guidance_sigma_lo, opt.guidance_sigma_hi);
       } else {
         den = bind(d, cond);
       }
@@ -245,6 +245,8 @@ std::string generation_parameters(const PixelPipeline& pipe, const GenerateOptio
   if (!opt.sigmas.empty()) o << ", Sigmas: \"" << opt.sigmas << "\"";
   if (pipe.class_conditional()) o << ", CFG scale: " << opt.guidance;
   if (opt.cfg_rescale != 0) o << ", CFG rescale: " << opt.cfg_rescale;
+  if (opt.guidance_sigma_lo > 0 || std::isfinite(opt.guidance_sigma_hi))
+    o << ", Guidance interval: \"" << opt.guidance_sigma_lo << ", " << opt.guidance_sigma_hi << "\"";
   if (!std::isnan(opt.eta)) o << ", Eta: " << opt.eta;
   if (opt.s_noise != 1.0) o << ", S noise: " << opt.s_noise;
   if (opt.rng != "cpu") o << ", RNG: " << opt.rng;

@@ -28,13 +28,13 @@ struct PixelPipeline {
   std::vector<std::string> class_names;  // empty for unconditional models
   int64_t null_class = -1;               // class id used for the unconditional branch of CFG (-1: none)
   torch::Device device = torch::kCPU;
-  std::string source;                    // folder it was loaded from
+  std::string source;  // folder it was loaded from
 
   bool class_conditional() const { return !class_names.empty(); }
   bool latent() const { return static_cast<bool>(vae); }
-  int image_size() const;      // side of the generated images (pixels)
-  int channels() const;        // channels of the generated images
-  int latent_size() const;     // side of the sampled tensor (= image_size() for pixel pipelines)
+  int image_size() const;   // side of the generated images (pixels)
+  int channels() const;     // channels of the generated images
+  int latent_size() const;  // side of the sampled tensor (= image_size() for pixel pipelines)
   int latent_channels() const;
   // Latents of the diffusion model -> images in [-1, 1] nominal (identity for pixel pipelines):
   // vae.decode(z / scaling_factor + shift_factor).
@@ -56,16 +56,20 @@ struct GenerateOptions {
   std::vector<int64_t> classes;  // per image (size n) for class-conditional models; empty = unconditional
   double guidance = 1.0;         // CFG scale (1 = off)
   double cfg_rescale = 0.0;
+  // Guidance only for noise levels guidance_sigma_lo < sigma <= guidance_sigma_hi
+  // (Kynkaanniemi et al. 2024); the default interval covers every step.
+  double guidance_sigma_lo = 0.0;
+  double guidance_sigma_hi = INFINITY;
   std::string sampler = "dpm++2m";
-  std::string schedule = "";     // "" = the sampler's natural default (discrete)
-  std::string sigmas = "";       // custom comma-separated sigmas, overrides schedule/steps
+  std::string schedule = "";  // "" = the sampler's natural default (discrete)
+  std::string sigmas = "";    // custom comma-separated sigmas, overrides schedule/steps
   int steps = 20;
-  uint64_t seed = 0;             // image i uses seed + i (its noise and sampler noise)
-  std::string rng = "cpu";       // cpu: torch's CPU generator (diffusers, ComfyUI); philox: A1111's GPU-style noise
-  double eta = NAN;              // NaN = the sampler's default (DDIM 0, ancestral samplers 1)
+  uint64_t seed = 0;        // image i uses seed + i (its noise and sampler noise)
+  std::string rng = "cpu";  // cpu: torch's CPU generator (diffusers, ComfyUI); philox: A1111's GPU-style noise
+  double eta = NAN;         // NaN = the sampler's default (DDIM 0, ancestral samplers 1)
   double s_noise = 1.0;
-  int batch_size = 64;           // images per forward pass
-  StepCallback callback;         // progress (step counts per batch)
+  int batch_size = 64;    // images per forward pass
+  StepCallback callback;  // progress (step counts per batch)
 };
 
 struct GenerateResult {

@@ -598,6 +598,8 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
     Denoiser den = guided ? cfg_denoiser(cd, cond, uncond, opt.guidance, opt.cfg_rescale,
                                          parse_prediction(pipe.scheduler.prediction_type))
                           : bind(cd, cond);
+    if (guided && (opt.guidance_sigma_lo > 0 || std::isfinite(opt.guidance_sigma_hi)))
+      den = guidance_interval(den, bind(cd, cond), opt.guidance_sigma_lo, opt.guidance_sigma_hi);
     if (latent_mask.defined()) {
       // masked img2img (A1111): the known region's x0 is the init image's latents
       den = [den, latent_mask, init](const torch::Tensor& x, const torch::Tensor& s) {
@@ -634,6 +636,8 @@ std::string sd_generation_parameters(const SDPipeline& pipe, const SDOptions& op
   if (!opt.sigmas.empty()) o << ", Sigmas: \"" << opt.sigmas << "\"";
   o << ", CFG scale: " << opt.guidance;
   if (opt.cfg_rescale != 0) o << ", CFG rescale: " << opt.cfg_rescale;
+  if (opt.guidance_sigma_lo > 0 || std::isfinite(opt.guidance_sigma_hi))
+    o << ", Guidance interval: \"" << opt.guidance_sigma_lo << ", " << opt.guidance_sigma_hi << "\"";
   if (!std::isnan(opt.eta)) o << ", Eta: " << opt.eta;
   if (opt.s_noise != 1.0) o << ", S noise: " << opt.s_noise;
   if (opt.rng != "cpu") o << ", RNG: " << opt.rng;

@@ -103,6 +103,10 @@ struct SDOptions {
   torch::Tensor latents;
   double guidance = 7.5;  // CFG scale (> 1 enables guidance)
   double cfg_rescale = 0.0;
+  // Guidance only for noise levels guidance_sigma_lo < sigma <= guidance_sigma_hi
+  // (Kynkaanniemi et al. 2024); the default interval covers every step.
+  double guidance_sigma_lo = 0.0;
+  double guidance_sigma_hi = INFINITY;
   std::string sampler;   // "" = the folder's scheduler class (DDIMScheduler -> ddim)
   std::string schedule;  // "" = diffusers' timesteps for the sampler
   std::string sigmas;    // custom comma-separated sigmas

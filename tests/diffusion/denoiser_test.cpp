@@ -4,6 +4,10 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <utility>
+#include <vector>
+
 #include "core/error.h"
 #include "diffusion/noise.h"
 #include "fixtures.h"
@@ -137,6 +141,40 @@ TEST(Denoiser, CfgBatchesOnceAndRescales) {
   EXPECT_LT(test::max_abs_diff(ys, y * (c.std(1, true, true) / y.std(1, true, true))), 1e-10);
   // No rescale: all spaces agree.
   EXPECT_LT(test::max_abs_diff(cfg_denoiser(d, cond, uncond, 7.5, 0.0, Prediction::V)(x, sigma), y), 1e-12);
+}
+
+TEST(Denoiser, GuidanceIntervalPicksPerNoiseLevel) {
+  int guided_calls = 0, plain_calls = 0;
+  Denoiser guided = [&](const torch::Tensor& x, const torch::Tensor&) {
+    ++guided_calls;
+    return x + 1;
+  };
+  Denoiser plain = [&](const torch::Tensor& x, const torch::Tensor&) {
+    ++plain_calls;
+    return x - 1;
+  };
+  auto g = guidance_interval(guided, plain, 0.5, 2.0);
+  auto x = torch::zeros({3, 2}, torch::kFloat64);
+  // The interval is (lo, hi]: lo itself is outside, hi inside.
+  for (auto [sigma, expect] :
+       std::vector<std::pair<double, double>>{{0.1, -1}, {0.5, -1}, {0.7, 1}, {2.0, 1}, {2.5, -1}}) {
+    guided_calls = plain_calls = 0;
+    auto y = g(x, torch::full({3}, sigma, torch::kFloat64));
+    EXPECT_TRUE(torch::all(y == expect).item<bool>()) << "sigma " << sigma;
+    EXPECT_EQ(guided_calls, expect > 0 ? 1 : 0) << "sigma " << sigma;
+    EXPECT_EQ(plain_calls, expect > 0 ? 0 : 1) << "sigma " << sigma;
+  }
+  // A scalar sigma, and a batch whose samples sit on both sides of the interval.
+  EXPECT_TRUE(torch::all(g(x, torch::tensor(1.0, torch::kFloat64)) == 1).item<bool>());
+  auto mixed = g(x, torch::tensor({0.2, 1.0, 3.0}, torch::kFloat64));
+  EXPECT_TRUE(torch::equal(mixed, torch::tensor({-1.0, 1.0, -1.0}, torch::kFloat64).reshape({3, 1}).expand({3, 2})));
+  // An unbounded interval guides at every noise level (sigma 0 is the only exception when lo = 0).
+  auto all = guidance_interval(guided, plain, 0.0, INFINITY);
+  EXPECT_TRUE(torch::all(all(x, torch::full({3}, 1e4, torch::kFloat64)) == 1).item<bool>());
+  EXPECT_THROW(guidance_interval(guided, plain, 2.0, 1.0), Error);
+  EXPECT_THROW(guidance_interval(guided, plain, -1.0, 1.0), Error);
+  EXPECT_THROW(guidance_interval(guided, plain, 1.0, 1.0), Error);
+  EXPECT_THROW(guidance_interval(nullptr, plain, 0.0, 1.0), Error);
 }
 
 TEST(Noise, PhiloxKnownAnswers) {

@@ -120,6 +120,40 @@ TEST(SdPipeline, SeedsDrawDiffusersNoise) {
 
 // img2img with strength 0 re-runs nothing: the output is the VAE round trip of the input
 // (posterior sample drawn from the image's generator, as diffusers does).
+TEST(SdPipeline, GuidanceIntervalGuidesOnlyItsNoiseLevels) {
+  const auto& pipe = tiny();
+  auto run = [&](double lo, double hi, double guidance, std::vector<torch::Tensor>* xs,
+                 std::vector<double>* sigmas = nullptr) {
+    auto o = fixture_options();
+    o.guidance = guidance;
+    o.guidance_sigma_lo = lo;
+    o.guidance_sigma_hi = hi;
+    o.callback = [&](const StepInfo& s) {
+      xs->push_back(s.x.clone());
+      if (sigmas) sigmas->push_back(s.sigma);
+    };
+    return generate(pipe, o).latents;
+  };
+  std::vector<torch::Tensor> full, none, plain, split;
+  std::vector<double> sig;
+  auto l_full = run(0, INFINITY, 7.5, &full, &sig);
+  ASSERT_EQ(sig.size(), 5u);
+  // An interval holding every step is plain guidance; one holding none is no guidance.
+  EXPECT_TRUE(torch::equal(run(0, 1e9, 7.5, &none), l_full));
+  auto l_plain = run(0, INFINITY, 1.0, &plain);
+  none.clear();
+  EXPECT_TRUE(torch::equal(run(1e8, 1e9, 7.5, &none), l_plain));
+  // Guidance for the first three steps only: those match the guided run, the rest do not.
+  const double lo = 0.5 * (sig[2] + sig[3]);
+  run(lo, INFINITY, 7.5, &split);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(torch::equal(split[i], full[i])) << "step " << i;
+  EXPECT_GT(test::max_abs_diff(split[3], full[3]), 1e-3);
+  EXPECT_GT(test::max_abs_diff(split[4], plain[4]), 1e-3);
+  auto o = fixture_options();
+  o.guidance_sigma_lo = lo;
+  EXPECT_NE(sd_generation_parameters(pipe, o, 0).find("Guidance interval: \""), std::string::npos);
+}
+
 TEST(SdPipeline, Img2ImgStrengthZeroIsTheVaeRoundTrip) {
   const auto& pipe = tiny();
   auto o = seeded(7, 5);

@@ -88,9 +88,12 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("-n,--n", a->o.n, "Samples to generate (images: at most this many, 0 = all)")->capture_default_str();
   cmd->add_option("--sampler", a->o.generate.sampler, "Sampler (see `diffuse samplers`)")->capture_default_str();
   cmd->add_option("--schedule", a->o.generate.schedule, "Sigma schedule (default: the sampler's)");
+  cmd->add_option("--sigmas", a->o.generate.sigmas,
+                  "Custom descending sigmas a,b,c,... (overrides --schedule, --steps)");
   cmd->add_option("--steps", a->o.generate.steps, "Sampling steps")->capture_default_str();
   cmd->add_option("--guidance,--cfg", a->o.generate.guidance, "Classifier-free guidance scale (1 = off)")
       ->capture_default_str();
+  diffuse::cli::add_guidance_interval_option(cmd, &a->o.generate.guidance_sigma_lo, &a->o.generate.guidance_sigma_hi);
   cmd->add_option("--eta", a->o.generate.eta, "Noise of ancestral / DDIM steps");
   cmd->add_option("--seed", a->o.generate.seed, "Seed of sample 0 (sample i uses seed + i)")->capture_default_str();
   cmd->add_option("--batch-size", a->o.generate.batch_size, "Images per forward pass")

@@ -48,7 +48,8 @@ void run(Args& a) {
   int total_batches = (g.n + g.batch_size - 1) / g.batch_size;
   int batch_idx = 0;
   auto cb = [&](const diffuse::StepInfo& s) {
-    if (s.step == 0 && batch_idx == 0) progress = diffuse::Progress(static_cast<int64_t>(s.total) * total_batches, "generate", "step");
+    if (s.step == 0 && batch_idx == 0)
+      progress = diffuse::Progress(static_cast<int64_t>(s.total) * total_batches, "generate", "step");
     int64_t done = static_cast<int64_t>(batch_idx) * s.total + s.step + 1;
     if (s.step + 1 == s.total) ++batch_idx;
     progress.update(done, "sigma " + std::to_string(s.sigma_next).substr(0, 6));
@@ -92,6 +93,7 @@ void register_cmd(CLI::App& app) {
                                    "Classifier-free guidance scale (1 = off; Stable Diffusion default 7.5)")
                        ->capture_default_str();
   cmd->add_option("--cfg-rescale", a->g.cfg_rescale, "CFG-rescale factor phi (0 = off)")->capture_default_str();
+  diffuse::cli::add_guidance_interval_option(cmd, &a->g.guidance_sigma_lo, &a->g.guidance_sigma_hi);
   a->sd.sampler = cmd->add_option("--sampler", a->g.sampler,
                                   "Sampler (see `diffuse samplers`; Stable Diffusion default: the folder's scheduler)")
                       ->capture_default_str();

@@ -3,7 +3,6 @@
 // with DIFFUSE_COMMAND. A command's callback throws diffuse::Error for bad input;
 // main() prints it and exits 1.
 #include <CLI/CLI.hpp>
-
 #include <functional>
 #include <string>
 
@@ -16,6 +15,10 @@ bool add_command(int order, const std::string& name, Registrar reg);
 // Shared option: --threads N (0 = one per core), applied by the command itself via apply_threads.
 void add_threads_option(CLI::App* cmd, int* threads);
 void apply_threads(int threads);
+
+// Shared option: --guidance-interval LO,HI (noise levels sigma in (LO, HI] get guidance;
+// HI may be `inf`). Rejects anything but two numbers with 0 <= LO < HI.
+void add_guidance_interval_option(CLI::App* cmd, double* lo, double* hi);
 
 }  // namespace diffuse::cli
 

@@ -111,6 +111,8 @@ void run_sd_generate(const std::string& model, const std::string& out, const std
   o.clip_skip = a.clip_skip;
   o.guidance = a.guidance && a.guidance->count() ? g.guidance : 7.5;
   o.cfg_rescale = g.cfg_rescale;
+  o.guidance_sigma_lo = g.guidance_sigma_lo;
+  o.guidance_sigma_hi = g.guidance_sigma_hi;
   o.sampler = a.sampler && a.sampler->count() ? g.sampler : "";
   o.schedule = g.schedule;
   o.sigmas = g.sigmas;

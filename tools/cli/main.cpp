@@ -1,7 +1,10 @@
 // diffuse: train, generate and inspect diffusion models.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <stdexcept>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -28,6 +31,32 @@ void add_threads_option(CLI::App* cmd, int* threads) {
 }
 
 void apply_threads(int threads) { diffuse::set_threads(threads); }
+
+void add_guidance_interval_option(CLI::App* cmd, double* lo, double* hi) {
+  cmd->add_option_function<std::string>(
+         "--guidance-interval",
+         [lo, hi](const std::string& v) {
+           const auto comma = v.find(',');
+           double a = NAN, b = NAN;
+           try {
+             if (comma == std::string::npos) throw std::invalid_argument(v);
+             size_t ua = 0, ub = 0;
+             const std::string sa = v.substr(0, comma), sb = v.substr(comma + 1);
+             a = std::stod(sa, &ua);
+             b = std::stod(sb, &ub);
+             if (ua != sa.size() || ub != sb.size()) throw std::invalid_argument(v);
+           } catch (const std::logic_error&) {
+             throw CLI::ValidationError("--guidance-interval",
+                                        "expected LO,HI (two sigmas, HI may be inf), got '" + v + "'");
+           }
+           if (!(a >= 0 && a < b))
+             throw CLI::ValidationError("--guidance-interval", "need 0 <= LO < HI, got '" + v + "'");
+           *lo = a;
+           *hi = b;
+         },
+         "Guide only at noise levels sigma in (LO, HI] (Kynkaanniemi et al. 2024); e.g. 0.3,5")
+      ->type_name("LO,HI");
+}
 
 }  // namespace diffuse::cli
 
