@@ -209,4 +209,15 @@ Denoiser guidance_interval(Denoiser guided, Denoiser unguided, double sigma_lo, 
   };
 }
 
+Denoiser autoguidance(Denoiser main, Denoiser guide, double scale) {
+  if (!main || !guide) throw Error("autoguidance: empty denoiser");
+  if (!std::isfinite(scale)) throw Error("autoguidance: the guidance scale must be finite");
+  if (scale == 1.0) return main;
+  return [main = std::move(main), guide = std::move(guide), scale](const torch::Tensor& x, const torch::Tensor& sigma) {
+    auto m = main(x, sigma);
+    auto g = guide(x, sigma);
+    return g + scale * (m - g);
+  };
+}
+
 }  // namespace diffuse

@@ -78,4 +78,11 @@ Denoiser cfg_denoiser(CondDenoiser d, Cond cond, Cond uncond, double scale, doub
 // 0 <= sigma_lo < sigma_hi.
 Denoiser guidance_interval(Denoiser guided, Denoiser unguided, double sigma_lo, double sigma_hi);
 
+// Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
+// x0 = g + scale (m - g), where `guide` is a weaker version of the main model (smaller, or
+// trained for less time) conditioned like it. Unlike CFG it also guides unconditional models.
+// scale 1 returns `main` without calling `guide`. Throws diffuse::Error for empty denoisers
+// or a non-finite scale.
+Denoiser autoguidance(Denoiser main, Denoiser guide, double scale);
+
 }  // namespace diffuse

@@ -270,6 +270,10 @@ std::string EvalReport::to_json() const {
       j["guidance_interval"] = {generate.guidance_sigma_lo, std::isfinite(generate.guidance_sigma_hi)
                                                                 ? nlohmann::json(generate.guidance_sigma_hi)
                                                                 : nlohmann::json(nullptr)};
+    if (generate.guide) {
+      j["guide_model"] = generate.guide->source;
+      j["guide_unconditional"] = generate.guide_unconditional;
+    }
   }
   j["conditional"] = conditional;
   if (!class_note.empty()) j["class_note"] = class_note;
@@ -301,6 +305,9 @@ std::string EvalReport::table() const {
                     generate.guidance_sigma_hi);
       s += line;
     }
+    if (generate.guide)
+      s += "guided by:  " + generate.guide->source +
+           (generate.guide_unconditional ? " (autoguidance, unconditional)\n" : " (autoguidance)\n");
   } else {
     s += "n:          " + std::to_string(samples.n) + "\n";
   }

@@ -180,10 +180,16 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
   if (opt.n < 1) throw Error("-n " + std::to_string(opt.n) + ": must be at least 1");
   if (!opt.classes.empty() && static_cast<int>(opt.classes.size()) != opt.n)
     throw Error("generate: one class per image expected");
-  if (opt.guidance != 1.0 && !pipe.class_conditional())
+  if (opt.guide) {
+    check_guide(pipe, *opt.guide);
+    if (opt.cfg_rescale != 0) throw Error("--cfg-rescale: applies to classifier-free guidance, not to --guide-model");
+    if (opt.guide_unconditional && opt.guide->class_conditional() && opt.guide->null_class < 0)
+      throw Error("--guide-unconditional: the guide model " + opt.guide->source + " has no null class");
+  } else if (opt.guidance != 1.0 && !pipe.class_conditional()) {
     throw Error("--guidance: this model is unconditional (classifier-free guidance needs class labels)");
-  if (opt.guidance != 1.0 && pipe.null_class < 0)
+  } else if (opt.guidance != 1.0 && pipe.null_class < 0) {
     throw Error("--guidance: this model has no null class to guide against");
+  }
   const SamplerDesc& sampler = find_sampler(opt.sampler);
   std::string schedule_used;
   torch::Tensor sigmas = sigmas_for(pipe, opt, &schedule_used);
@@ -192,6 +198,8 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
   torch::Tensor latents_all = pipe.latent() ? torch::empty({opt.n, c, s, s}) : torch::Tensor();
   auto noise_all = torch::empty({opt.n, c, s, s});
   CondDenoiser d = pipe.denoiser();
+  CondDenoiser guide_d = opt.guide ? opt.guide->denoiser() : CondDenoiser();
+  const bool guided = opt.guidance != 1.0;
   torch::NoGradGuard no_grad;
   const int bs = std::max(1, opt.batch_size);
   for (int start = 0; start < opt.n; start += bs) {
@@ -201,24 +209,31 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
     for (int i = start; i < end; ++i) noise.push_back(sampler_noise.randn(static_cast<size_t>(i - start), {c, s, s}));
     auto n0 = torch::stack(noise);
     noise_all.slice(0, start, end).copy_(n0);
-    Denoiser den;
+    Cond cond;
+    std::vector<int64_t> labels;
     if (pipe.class_conditional()) {
-      std::vector<int64_t> labels;
       for (int i = start; i < end; ++i)
         labels.push_back(opt.classes.empty() ? (pipe.null_class >= 0 ? pipe.null_class : 0) : opt.classes[i]);
-      Cond cond{{{"class_labels", torch::tensor(labels, torch::kInt64).to(pipe.device)}}};
-      if (opt.guidance != 1.0) {
-        Cond uncond{{{"class_labels", torch::full({end - start}, pipe.null_class, torch::kInt64).to(pipe.device)}}};
-        den = cfg_denoiser(d, cond, uncond, opt.guidance, opt.cfg_rescale,
-                           parse_prediction(pipe.scheduler.prediction_type));
-        if (opt.guidance_sigma_lo > 0 || std::isfinite(opt.guidance_sigma_hi))
-          den = guidance_interval(den, bind(d, cond), opt.guidance_sigma_lo, opt.guidance_sigma_hi);
-      } else {
-        den = bind(d, cond);
-      }
-    } else {
-      den = bind(d, Cond{});
+      cond.tensors["class_labels"] = torch::tensor(labels, torch::kInt64).to(pipe.device);
     }
+    Denoiser den = bind(d, cond);
+    if (guided && opt.guide) {
+      Cond guide_cond;
+      if (opt.guide->class_conditional()) {
+        // check_guide: the same classes, or a null class when the main model has none.
+        std::vector<int64_t> guide_labels = labels;
+        if (guide_labels.empty() || opt.guide_unconditional)
+          guide_labels.assign(static_cast<size_t>(end - start), opt.guide->null_class);
+        guide_cond.tensors["class_labels"] = torch::tensor(guide_labels, torch::kInt64).to(opt.guide->device);
+      }
+      den = autoguidance(den, bind(guide_d, guide_cond), opt.guidance);
+    } else if (guided) {
+      Cond uncond{{{"class_labels", torch::full({end - start}, pipe.null_class, torch::kInt64).to(pipe.device)}}};
+      den = cfg_denoiser(d, cond, uncond, opt.guidance, opt.cfg_rescale,
+                         parse_prediction(pipe.scheduler.prediction_type));
+    }
+    if (guided && (opt.guidance_sigma_lo > 0 || std::isfinite(opt.guidance_sigma_hi)))
+      den = guidance_interval(den, bind(d, cond), opt.guidance_sigma_lo, opt.guidance_sigma_hi);
     SamplerOptions so;
     if (!std::isnan(opt.eta)) so.eta = opt.eta;  // otherwise the sampler's default
     so.s_noise = opt.s_noise;
@@ -232,6 +247,37 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
   return {samples, noise_all, latents_all};
 }
 
+void check_guide(const PixelPipeline& pipe, const PixelPipeline& guide) {
+  const std::string what = "--guide-model " + guide.source + ": ";
+  auto shape = [](const PixelPipeline& p) {
+    return std::to_string(p.latent_channels()) + "x" + std::to_string(p.latent_size()) + "x" +
+           std::to_string(p.latent_size());
+  };
+  if (pipe.latent() != guide.latent())
+    throw Error(what + (guide.latent() ? "a latent model" : "a pixel model") + " cannot guide " +
+                (pipe.latent() ? "a latent model" : "a pixel model"));
+  if (shape(pipe) != shape(guide)) throw Error(what + "samples " + shape(guide) + ", the model " + shape(pipe));
+  if (pipe.latent()) {
+    const auto& a = pipe.vae->config();
+    const auto& b = guide.vae->config();
+    bool same = a.scaling_factor == b.scaling_factor && a.shift_factor == b.shift_factor;
+    auto pa = pipe.vae->named_parameters(), pb = guide.vae->named_parameters();
+    same = same && pa.size() == pb.size();
+    torch::NoGradGuard ng;
+    for (const auto& it : pa) {
+      if (!same) break;
+      const auto* other = pb.find(it.key());
+      same = other && other->sizes() == it.value().sizes() &&
+             torch::equal(other->to(torch::kCPU), it.value().to(torch::kCPU));
+    }
+    if (!same) throw Error(what + "its VAE differs from the model's (autoguidance needs one latent space)");
+  }
+  if (pipe.class_conditional() && guide.class_conditional() && pipe.class_names != guide.class_names)
+    throw Error(what + "its classes differ from the model's");
+  if (!pipe.class_conditional() && guide.class_conditional() && guide.null_class < 0)
+    throw Error(what + "class-conditional without a null class, so it cannot guide an unconditional model");
+}
+
 std::string generation_parameters(const PixelPipeline& pipe, const GenerateOptions& opt, int index) {
   std::ostringstream o;
   if (pipe.class_conditional() && !opt.classes.empty()) {
@@ -243,7 +289,12 @@ std::string generation_parameters(const PixelPipeline& pipe, const GenerateOptio
   o << "Steps: " << opt.steps << ", Sampler: " << sd.name;
   if (!opt.schedule.empty()) o << ", Schedule type: " << opt.schedule;
   if (!opt.sigmas.empty()) o << ", Sigmas: \"" << opt.sigmas << "\"";
-  if (pipe.class_conditional()) o << ", CFG scale: " << opt.guidance;
+  if (opt.guide)
+    o << ", Autoguidance scale: " << opt.guidance
+      << ", Guide model: " << fs::path(opt.guide->source).filename().string()
+      << (opt.guide_unconditional ? " (unconditional)" : "");
+  else if (pipe.class_conditional())
+    o << ", CFG scale: " << opt.guidance;
   if (opt.cfg_rescale != 0) o << ", CFG rescale: " << opt.cfg_rescale;
   if (opt.guidance_sigma_lo > 0 || std::isfinite(opt.guidance_sigma_hi))
     o << ", Guidance interval: \"" << opt.guidance_sigma_lo << ", " << opt.guidance_sigma_hi << "\"";

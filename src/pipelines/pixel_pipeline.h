@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,13 @@ struct GenerateOptions {
   // (Kynkaanniemi et al. 2024); the default interval covers every step.
   double guidance_sigma_lo = 0.0;
   double guidance_sigma_hi = INFINITY;
+  // Autoguidance (Karras et al. 2024): guide with this weaker version of the model (smaller,
+  // or trained for less time) instead of the unconditional branch; `guidance` is then its
+  // scale, and unconditional models can be guided too. See check_guide.
+  std::shared_ptr<const PixelPipeline> guide;
+  // Run the guide unconditionally (its null class): x0 = g(null) + scale (m(c) - g(null)),
+  // classifier-free guidance whose unconditional branch is the weaker model.
+  bool guide_unconditional = false;
   std::string sampler = "dpm++2m";
   std::string schedule = "";  // "" = the sampler's natural default (discrete)
   std::string sigmas = "";    // custom comma-separated sigmas, overrides schedule/steps
@@ -79,6 +87,12 @@ struct GenerateResult {
 };
 
 GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt);
+
+// Throws diffuse::Error naming `guide.source` unless `guide` samples the same space as `pipe`:
+// pixel or latent alike, the same sample shape, the same VAE (latent pipelines) and, when both
+// are class-conditional, the same classes. An unconditional main model needs a guide that is
+// unconditional or has a null class.
+void check_guide(const PixelPipeline& pipe, const PixelPipeline& guide);
 
 // A1111-style "parameters" text for image i of a generation.
 std::string generation_parameters(const PixelPipeline& pipe, const GenerateOptions& opt, int index);

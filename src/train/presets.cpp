@@ -10,7 +10,8 @@ namespace diffuse {
 const std::vector<std::pair<std::string, std::string>>& unet_presets() {
   static const std::vector<std::pair<std::string, std::string>> p = {
       {"tiny", "2 levels (16, 32), 1 layer per block: tests and smoke runs (~0.1M parameters)"},
-      {"small", "3 levels (32, 64, 128), 2 layers per block, attention at the two lower levels (~3M)"},
+      {"xs", "small at half width (16, 32, 64): a guide model for autoguidance (~1M)"},
+      {"small", "3 levels (32, 64, 128), 2 layers per block, attention at the two lower levels (~4M)"},
       {"medium", "3 levels (64, 128, 256), 2 layers per block, attention at the two lower levels (~12M)"},
       {"ddpm-cifar10", "the DDPM paper's CIFAR-10 UNet (128, 256, 256, 256), attention at 16x16 (~36M)"},
   };
@@ -39,12 +40,12 @@ nlohmann::json unet_preset(const std::string& name, int image_size, int channels
     j["norm_num_groups"] = 8;
     j["down_block_types"] = {"DownBlock2D", "AttnDownBlock2D"};
     j["up_block_types"] = {"AttnUpBlock2D", "UpBlock2D"};
-  } else if (name == "small" || name == "medium") {
-    int c = name == "small" ? 32 : 64;
+  } else if (name == "xs" || name == "small" || name == "medium") {
+    int c = name == "xs" ? 16 : name == "small" ? 32 : 64;
     j["block_out_channels"] = {c, 2 * c, 4 * c};
     j["layers_per_block"] = 2;
-    j["norm_num_groups"] = name == "small" ? 16 : 32;
-    j["attention_head_dim"] = 32;
+    j["norm_num_groups"] = c / 2;
+    j["attention_head_dim"] = name == "xs" ? 16 : 32;
     j["down_block_types"] = {"DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"};
     j["up_block_types"] = {"AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"};
   } else if (name == "ddpm-cifar10") {

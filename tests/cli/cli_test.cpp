@@ -119,6 +119,18 @@ TEST_F(Cli, RawOutputIsReproducibleAndPerImageSeeded) {
   EXPECT_LE(test::max_abs_diff(a.at("samples")[2], c.at("samples")[0]), 1e-4);
 }
 
+// Autoguidance by the model itself changes nothing (g + w (m - g) with m = g); the option
+// reaches the pipeline from generate.
+TEST_F(Cli, GuideModelByItselfLeavesSamplesUnchanged) {
+  TempDir t;
+  std::string base = "generate --model " + model() + " --steps 3 --sampler euler --class a -n 2 --threads 1 ";
+  ASSERT_EQ(run(base + "--out " + (t / "a.safetensors")).code, 0);
+  auto r = run(base + "--guidance 3 --guide-model " + model() + " --out " + (t / "b.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(torch::equal(safetensors::load(t / "a.safetensors").at("samples"),
+                           safetensors::load(t / "b.safetensors").at("samples")));
+}
+
 // Flips are opt-in (many datasets face one way: Fashion-MNIST's shoes all point left); the choice is
 // recorded and a resumed run must keep it.
 TEST_F(Cli, TrainFlipsOnlyWhenAsked) {
@@ -154,6 +166,16 @@ TEST_F(Cli, BadInputGivesOneClearErrorAndNoOutput) {
       {"generate --model " + model() + " --guidance 2 --guidance-interval 1 --out " + (t / "x.png"),
        "--guidance-interval"},
       {"eval --model " + model() + " --guidance-interval 0,abc", "--guidance-interval"},
+      {"generate --model " + model() + " --guidance 2 --guide-model /nonexistent/guide --out " + (t / "x.png"),
+       "--guide-model: /nonexistent/guide"},
+      {"generate --model " + model() + " --guidance 2 --guide-unconditional --out " + (t / "x.png"),
+       "--guide-unconditional requires --guide-model"},
+      {"generate --model " + model() + " --guidance 2 --guide-model " + DIFFUSE_SOURCE_DIR +
+           "/models/emoji-dit --out " + (t / "x.png"),
+       "--guide-model " DIFFUSE_SOURCE_DIR "/models/emoji-dit: a latent model cannot guide a pixel model"},
+      {std::string("eval --model ") + DIFFUSE_SOURCE_DIR + "/models/fashion-mnist --guidance 2 --guide-model " +
+           model(),
+       "--guide-model " + model() + ": samples 1x8x8, the model 1x28x28"},
       {"train --data /nonexistent/d --out " + (t / "run"), "/nonexistent/d"},
       {"forward --model " + model() + "/unet --inputs /nonexistent.safetensors --out " + (t / "x.safetensors"),
        "/nonexistent.safetensors"},

@@ -177,6 +177,43 @@ TEST(Denoiser, GuidanceIntervalPicksPerNoiseLevel) {
   EXPECT_THROW(guidance_interval(nullptr, plain, 0.0, 1.0), Error);
 }
 
+TEST(Denoiser, AutoguidanceExtrapolatesAwayFromTheGuide) {
+  int main_calls = 0, guide_calls = 0;
+  Denoiser main = [&](const torch::Tensor& x, const torch::Tensor& sigma) {
+    ++main_calls;
+    return x * 0.5 + sigma.reshape({-1, 1});
+  };
+  Denoiser guide = [&](const torch::Tensor& x, const torch::Tensor&) {
+    ++guide_calls;
+    return x * 0.25;
+  };
+  auto x = torch::randn({4, 3}, torch::kFloat64);
+  auto sigma = torch::tensor({0.1, 1.0, 2.0, 10.0}, torch::kFloat64);
+  auto m = x * 0.5 + sigma.reshape({-1, 1}), g = x * 0.25;
+  for (double w : {0.0, 1.5, 2.0, 3.0}) {
+    main_calls = guide_calls = 0;
+    auto y = autoguidance(main, guide, w)(x, sigma);
+    EXPECT_TRUE(torch::allclose(y, g + w * (m - g), 0, 1e-12)) << "scale " << w;
+    EXPECT_EQ(main_calls, 1);
+    EXPECT_EQ(guide_calls, 1);
+  }
+  // Scale 1 is the main model alone: the guide is never evaluated.
+  main_calls = guide_calls = 0;
+  EXPECT_TRUE(torch::equal(autoguidance(main, guide, 1.0)(x, sigma), m));
+  EXPECT_EQ(guide_calls, 0);
+  // A guide equal to the main model leaves it unchanged at any scale.
+  EXPECT_TRUE(torch::allclose(autoguidance(main, main, 2.5)(x, sigma), m, 0, 1e-12));
+  // It composes with the guidance interval like CFG does.
+  auto limited = guidance_interval(autoguidance(main, guide, 2.0), main, 0.5, 5.0);
+  auto y = limited(x, sigma);
+  EXPECT_TRUE(torch::allclose(y[0], m[0], 0, 1e-12));
+  EXPECT_TRUE(torch::allclose(y[2], g[2] + 2.0 * (m[2] - g[2]), 0, 1e-12));
+  EXPECT_TRUE(torch::allclose(y[3], m[3], 0, 1e-12));
+  EXPECT_THROW(autoguidance(nullptr, guide, 2.0), Error);
+  EXPECT_THROW(autoguidance(main, nullptr, 2.0), Error);
+  EXPECT_THROW(autoguidance(main, guide, NAN), Error);
+}
+
 TEST(Noise, PhiloxKnownAnswers) {
   // Random123 kat_vectors, philox4x32_10
   using A4 = std::array<uint32_t, 4>;

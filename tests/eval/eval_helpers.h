@@ -6,6 +6,7 @@
 
 #include "eval/classifier.h"
 #include "models/unet2d.h"
+#include "tiny_unet.h"
 
 namespace diffuse::test {
 // Writes `per_class` PNGs of `size` px into dir/<class>/ for each class name ("" = dir itself):
@@ -18,7 +19,4 @@ Classifier tiny_classifier(const std::vector<std::string>& classes, int size = 1
 // Training options for a tiny classifier (widths {4, 8}, one conv per stage, 2x2 head pool,
 // 8 features) on `data`.
 ClassifierTrainOptions tiny_train_options(const std::string& data);
-// A two-level UNet without attention (widths 8, 16) on `size` px, `channels` in and out, with
-// `classes` + 1 class embeddings (the last for CFG) when `classes` > 0.
-UNet2DConfig tiny_unet_config(int size, int channels, int classes);
 }  // namespace diffuse::test

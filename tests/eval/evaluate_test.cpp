@@ -14,7 +14,6 @@
 #include "eval_helpers.h"
 #include "fixtures.h"
 
-
 namespace diffuse {
 namespace {
 
@@ -207,20 +206,3 @@ TEST(EvaluatePipeline, ClassBalancedGenerationAndReport) {
 
 }  // namespace
 }  // namespace diffuse
-
-namespace diffuse::test {
-UNet2DConfig tiny_unet_config(int size, int channels, int classes) {
-  UNet2DConfig c;
-  c.sample_size = {size};
-  c.in_channels = channels;
-  c.out_channels = channels;
-  c.block_out_channels = {8, 16};
-  c.down_block_types = {"DownBlock2D", "DownBlock2D"};
-  c.up_block_types = {"UpBlock2D", "UpBlock2D"};
-  c.layers_per_block = 1;
-  c.norm_num_groups = 4;
-  c.add_attention = false;
-  if (classes > 0) c.num_class_embeds = classes + 1;
-  return c;
-}
-}  // namespace diffuse::test

@@ -16,7 +16,7 @@ namespace {
 const bool kTrainHookInstalled = (diffuse::install_train_eval_hook(), true);
 
 struct Args {
-  std::string model, images, data, classifier, device = "cpu", json_out;
+  std::string model, images, data, classifier, guide_model, device = "cpu", json_out;
   diffuse::EvalOptions o;
   int threads = 0;
   bool json = false, no_floor = false, quiet = false;
@@ -56,6 +56,7 @@ void run(Args& a) {
   if (!a.model.empty()) {
     auto pipe = diffuse::PixelPipeline::load(a.model, device);
     diffuse::check_compatible(pipe, net);  // before any generation
+    if (!a.guide_model.empty()) o.generate.guide = diffuse::cli::load_guide(a.guide_model, pipe);
     r = diffuse::evaluate_pipeline(pipe, net, o);
   } else {
     r = diffuse::evaluate_images(a.images, net, o);
@@ -94,6 +95,7 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--guidance,--cfg", a->o.generate.guidance, "Classifier-free guidance scale (1 = off)")
       ->capture_default_str();
   diffuse::cli::add_guidance_interval_option(cmd, &a->o.generate.guidance_sigma_lo, &a->o.generate.guidance_sigma_hi);
+  diffuse::cli::add_guide_model_option(cmd, &a->guide_model, &a->o.generate.guide_unconditional);
   cmd->add_option("--eta", a->o.generate.eta, "Noise of ancestral / DDIM steps");
   cmd->add_option("--seed", a->o.generate.seed, "Seed of sample 0 (sample i uses seed + i)")->capture_default_str();
   cmd->add_option("--batch-size", a->o.generate.batch_size, "Images per forward pass")

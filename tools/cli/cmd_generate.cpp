@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Args {
-  std::string model, out = "samples.png", cls, device = "cpu";
+  std::string model, guide_model, out = "samples.png", cls, device = "cpu";
   int threads = 0, nrow = 0;
   diffuse::GenerateOptions g;
   diffuse::cli::SdArgs sd;
@@ -25,14 +25,20 @@ struct Args {
 
 void run(Args& a) {
   diffuse::cli::apply_threads(a.threads);
-  if (diffuse::cli::is_sd_model(a.model))
+  if (diffuse::cli::is_sd_model(a.model)) {
+    if (!a.guide_model.empty())
+      throw diffuse::Error(
+          "--guide-model: autoguidance is for class-conditional and unconditional models, not "
+          "Stable Diffusion");
     return diffuse::cli::run_sd_generate(a.model, a.out, a.device, a.nrow, a.g, a.sd);
+  }
   // Validate the output target before any work.
   using diffuse::cli::OutKind;
   const OutKind kind = diffuse::cli::output_kind(a.out);
 
   auto pipe = diffuse::PixelPipeline::load(a.model, diffuse::parse_device(a.device));
   auto& g = a.g;
+  if (!a.guide_model.empty()) g.guide = diffuse::cli::load_guide(a.guide_model, pipe);
   if (!a.cls.empty()) {
     int64_t k = pipe.class_index(a.cls);
     g.classes.assign(static_cast<size_t>(g.n), k);
@@ -94,6 +100,7 @@ void register_cmd(CLI::App& app) {
                        ->capture_default_str();
   cmd->add_option("--cfg-rescale", a->g.cfg_rescale, "CFG-rescale factor phi (0 = off)")->capture_default_str();
   diffuse::cli::add_guidance_interval_option(cmd, &a->g.guidance_sigma_lo, &a->g.guidance_sigma_hi);
+  diffuse::cli::add_guide_model_option(cmd, &a->guide_model, &a->g.guide_unconditional);
   a->sd.sampler = cmd->add_option("--sampler", a->g.sampler,
                                   "Sampler (see `diffuse samplers`; Stable Diffusion default: the folder's scheduler)")
                       ->capture_default_str();

@@ -4,7 +4,12 @@
 // main() prints it and exits 1.
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <memory>
 #include <string>
+
+namespace diffuse {
+struct PixelPipeline;
+}
 
 namespace diffuse::cli {
 
@@ -19,6 +24,11 @@ void apply_threads(int threads);
 // Shared option: --guidance-interval LO,HI (noise levels sigma in (LO, HI] get guidance;
 // HI may be `inf`). Rejects anything but two numbers with 0 <= LO < HI.
 void add_guidance_interval_option(CLI::App* cmd, double* lo, double* hi);
+
+// Shared options: --guide-model DIR (autoguidance) and --guide-unconditional, and the loader: the guide on the model's
+// device, checked against the model (check_guide); errors name --guide-model.
+void add_guide_model_option(CLI::App* cmd, std::string* dir, bool* unconditional);
+std::shared_ptr<const PixelPipeline> load_guide(const std::string& dir, const PixelPipeline& pipe);
 
 }  // namespace diffuse::cli
 
