@@ -3,6 +3,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -299,6 +300,14 @@ Embedding FeatureNet::embed(const torch::Tensor& images, bool allow_resize, int 
   return e;
 }
 
+std::string class_folder_name(const std::string& class_name) {
+  std::string out;
+  for (unsigned char c : class_name)
+    out += (std::isalnum(c) || c == ' ' || c == '.' || c == '_' || c == '+' || c == '-') ? static_cast<char>(c) : '_';
+  if (out.empty() || out[0] == '.') out = "_" + out;
+  return out;
+}
+
 std::vector<int64_t> FeatureNet::map_classes(const std::vector<std::string>& names) const {
   const auto& cfg = config();
   auto lower = [](std::string s) {
@@ -308,8 +317,10 @@ std::vector<int64_t> FeatureNet::map_classes(const std::vector<std::string>& nam
   std::vector<int64_t> out;
   for (const auto& name : names) {
     int64_t id = -1;
-    for (size_t k = 0; k < cfg.class_names.size(); ++k)
+    for (size_t k = 0; k < cfg.class_names.size() && id < 0; ++k)
       if (lower(cfg.class_names[k]) == lower(name)) id = static_cast<int64_t>(k);
+    for (size_t k = 0; k < cfg.class_names.size() && id < 0; ++k)
+      if (lower(class_folder_name(cfg.class_names[k])) == lower(name)) id = static_cast<int64_t>(k);
     if (id < 0 && !name.empty() && std::all_of(name.begin(), name.end(), ::isdigit) && name.size() < 9) {
       int64_t v = std::stoll(name);
       if (v < cfg.num_classes) id = v;

@@ -73,6 +73,10 @@ torch::Tensor prepare_classifier_input(const torch::Tensor& images, const Classi
 // Whether images of `size` x `size` can be fed without resizing (equal or centre-croppable).
 bool classifier_accepts_size(const ClassifierConfig& cfg, int size);
 
+// The folder name under which images of a class are saved: characters outside [A-Za-z0-9 ._+-]
+// become '_', and a leading '.' (or an empty name) gets a '_' in front. map_classes accepts it.
+std::string class_folder_name(const std::string& class_name);
+
 // Embeddings of a set of images.
 struct Embedding {
   torch::Tensor features;  // float32 [N, feature_dim], CPU
@@ -106,7 +110,8 @@ class FeatureNet {
   torch::Tensor logits(const torch::Tensor& images, bool allow_resize = false) const {
     return embed(images, allow_resize).logits;
   }
-  // Maps class names (or decimal indices) to this network's class ids; -1 for unknown names.
+  // Maps class names (or decimal indices, or class_folder_name of a name) to this network's class
+  // ids, ignoring case; -1 for unknown names.
   std::vector<int64_t> map_classes(const std::vector<std::string>& names) const;
 
  private:

@@ -15,6 +15,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/image.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -144,6 +145,49 @@ QualityMetrics real_data_floor(const ReferenceSet& test, const ReferenceSet& ref
   return score_embedding(e, test.labels.index_select(0, idx), ref, opt);
 }
 
+std::vector<ClassMetrics> per_class_metrics(const Embedding& samples, const torch::Tensor& wanted,
+                                            const ReferenceSet& ref, const std::vector<std::string>& class_names,
+                                            const ReferenceSet* test, uint64_t seed) {
+  if (!wanted.defined() || wanted.dim() != 1 || !samples.features.defined() ||
+      wanted.size(0) != samples.features.size(0))
+    throw Error("per-class metrics: need one wanted class per sample");
+  auto labelled = [](const ReferenceSet& r) { return r.labels.defined() && r.labels.size(0) == r.size(); };
+  if (!labelled(ref)) throw Error("per-class metrics: the reference set " + ref.data + " has no labels");
+  if (test && !labelled(*test)) throw Error("per-class metrics: the held-out set " + test->data + " has no labels");
+  // FID of rows `idx` of `e` against a class's statistics (NaN for fewer than 2), and their agreement with k.
+  auto score = [](const Embedding& e, const torch::Tensor& idx, int64_t k, const FeatureStats* stats, double* fid,
+                  double* agreement) {
+    const int64_t n = idx.size(0);
+    if (n == 0) return;
+    if (e.logits.defined())
+      *agreement = class_agreement(e.logits.index_select(0, idx), torch::full({n}, k, torch::kInt64));
+    if (n >= 2 && stats) *fid = frechet_distance(feature_stats(e.features.index_select(0, idx)), *stats);
+  };
+  const auto want = wanted.to(torch::kCPU, torch::kInt64);
+  std::vector<ClassMetrics> out;
+  for (int64_t k = 0; k < static_cast<int64_t>(class_names.size()); ++k) {
+    ClassMetrics c;
+    c.name = class_names[static_cast<size_t>(k)].empty() ? std::to_string(k) : class_names[static_cast<size_t>(k)];
+    auto ref_idx = ref.labels.eq(k).nonzero().flatten();
+    FeatureStats stats;
+    const bool has_ref = ref_idx.size(0) >= 2;
+    if (has_ref) stats = feature_stats(ref.features.index_select(0, ref_idx));
+    auto idx = want.eq(k).nonzero().flatten();
+    c.n = idx.size(0);
+    score(samples, idx, k, has_ref ? &stats : nullptr, &c.fid, &c.class_agreement);
+    if (test && c.n > 0) {
+      // As many random held-out images of the class as there are samples (all when fewer).
+      auto of_k = test->labels.eq(k).nonzero().flatten();
+      auto pick = of_k.index_select(0, random_subset(of_k.size(0), c.n, seed + 4 + static_cast<uint64_t>(k)));
+      c.floor_n = pick.size(0);
+      Embedding te{test->features, test->logits};
+      score(te, pick, k, has_ref ? &stats : nullptr, &c.floor_fid, &c.floor_class_agreement);
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
 QualityMetrics real_data_floor(const FeatureNet& net, const std::string& data, const ReferenceSet& ref, int64_t n,
                                const std::string& cache_dir, const MetricOptions& opt, const EvalProgress& progress) {
   auto test = reference_set(net, data, "test", cache_dir, [&](int64_t d, int64_t t) {
@@ -186,15 +230,85 @@ void finish_report(EvalReport& r, const FeatureNet& net, const Embedding& e, con
     r.floor = real_data_floor(test, ref, r.samples.n, opt.metrics);
     if (opt.progress) opt.progress("metrics", 2, sets);
   }
+  if (opt.per_class && wanted.defined()) {
+    std::vector<std::string> names = net.config().class_names;
+    names.resize(static_cast<size_t>(net.config().num_classes));
+    r.per_class = per_class_metrics(e, wanted, ref, names, opt.floor ? &test : nullptr, opt.metrics.seed);
+  }
   r.total_seconds = seconds_since(t0);
 }
 
 }  // namespace
 
+namespace {
+
+// Throws unless `dir` is absent or an empty folder.
+void check_samples_dir(const std::string& dir) {
+  std::error_code ec;
+  if (dir.empty()) throw Error("--save-samples: empty folder name");
+  if (!fs::exists(dir, ec)) return;
+  if (!fs::is_directory(dir, ec)) throw Error("--save-samples " + dir + ": exists and is not a folder");
+  if (!fs::is_empty(dir, ec)) throw Error("--save-samples " + dir + ": the folder is not empty");
+}
+
+}  // namespace
+
+void save_eval_samples(const std::string& dir, const torch::Tensor& images, const PixelPipeline& pipe,
+                       const GenerateOptions& opt, const std::vector<int64_t>& classes) {
+  check_samples_dir(dir);
+  if (!images.defined() || images.dim() != 4 || images.scalar_type() != torch::kUInt8)
+    throw Error("save_eval_samples: expected uint8 images [N, C, H, W]");
+  const int64_t n = images.size(0);
+  if (!classes.empty() && static_cast<int64_t>(classes.size()) != n)
+    throw Error("save_eval_samples: " + std::to_string(classes.size()) + " classes for " + std::to_string(n) +
+                " images");
+  fs::path target = fs::absolute(fs::path(dir)).lexically_normal();
+  if (target.filename().empty()) target = target.parent_path();
+  std::error_code ec;
+  fs::create_directories(target.parent_path(), ec);
+  if (ec) throw Error("--save-samples " + dir + ": cannot create " + target.parent_path().string());
+  fs::path tmp = target.parent_path() / ("." + target.filename().string() + ".partial-" + std::to_string(::getpid()));
+  fs::remove_all(tmp, ec);
+  try {
+    fs::create_directories(tmp);
+    GenerateOptions g = opt;
+    g.classes = classes;
+    auto hwc = images.permute({0, 2, 3, 1}).contiguous();
+    char name[32];
+    for (int64_t i = 0; i < n; ++i) {
+      fs::path sub = tmp;
+      if (!classes.empty()) {
+        int64_t k = classes[static_cast<size_t>(i)];
+        sub /= class_folder_name(k >= 0 && k < static_cast<int64_t>(pipe.class_names.size())
+                                     ? pipe.class_names[static_cast<size_t>(k)]
+                                     : std::to_string(k));
+        fs::create_directories(sub);
+      }
+      Image img;
+      img.height = static_cast<int>(images.size(2));
+      img.width = static_cast<int>(images.size(3));
+      img.channels = static_cast<int>(images.size(1));
+      const uint8_t* p = hwc[i].data_ptr<uint8_t>();
+      img.data.assign(p, p + hwc[i].numel());
+      std::snprintf(name, sizeof name, "%06lld.png", static_cast<long long>(i));
+      write_png((sub / name).string(), img, {{"parameters", generation_parameters(pipe, g, static_cast<int>(i))}});
+    }
+    if (fs::exists(target)) fs::remove(target);  // an empty folder (checked above)
+    fs::rename(tmp, target);
+  } catch (const fs::filesystem_error& e) {
+    fs::remove_all(tmp, ec);
+    throw Error("--save-samples " + dir + ": " + e.what());
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
 EvalReport evaluate_pipeline(const PixelPipeline& pipe, const FeatureNet& net, const EvalOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();
   if (opt.n < 2) throw Error("--n must be at least 2 (got " + std::to_string(opt.n) + ")");
   check_compatible(pipe, net);
+  if (!opt.save_samples.empty()) check_samples_dir(opt.save_samples);  // before any generation
   EvalReport r = start_report(net, opt, "model", pipe.source);
   r.conditional = pipe.class_conditional();
   r.generate = opt.generate;
@@ -203,6 +317,12 @@ EvalReport evaluate_pipeline(const PixelPipeline& pipe, const FeatureNet& net, c
   std::vector<int64_t> cls;
   auto images = generate_for_eval(pipe, opt.generate, opt.n, &cls, opt.progress);
   r.generate_seconds = seconds_since(t0);
+  if (!opt.save_samples.empty()) {
+    GenerateOptions g = opt.generate;
+    g.n = opt.n;
+    save_eval_samples(opt.save_samples, images, pipe, g, cls);
+    r.samples_dir = opt.save_samples;
+  }
   torch::Tensor wanted;
   if (!cls.empty()) {
     auto map = net.map_classes(pipe.class_names);
@@ -282,6 +402,20 @@ std::string EvalReport::to_json() const {
   j["real_floor"] = floor.n > 0 ? metrics_json(floor) : nlohmann::json(nullptr);
   double ratio = fid_ratio();
   j["fid_ratio"] = std::isnan(ratio) ? nlohmann::json(nullptr) : nlohmann::json(ratio);
+  if (!per_class.empty()) {
+    auto num = [](double v) -> nlohmann::json { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
+    auto& pc = j["per_class"] = nlohmann::json::array();
+    for (const auto& c : per_class) {
+      nlohmann::json e = {
+          {"class", c.name}, {"n", c.n}, {"fid", num(c.fid)}, {"class_agreement", num(c.class_agreement)}};
+      if (floor.n > 0)
+        e["real_floor"] = {
+            {"n", c.floor_n}, {"fid", num(c.floor_fid)}, {"class_agreement", num(c.floor_class_agreement)}};
+      e["fid_ratio"] = num(c.fid_ratio());
+      pc.push_back(e);
+    }
+  }
+  if (!samples_dir.empty()) j["samples_dir"] = samples_dir;
   j["precision_recall_k"] = 3;
   j["seconds"] = {{"generate", generate_seconds}, {"total", total_seconds}};
   return j.dump(2) + "\n";
@@ -332,6 +466,20 @@ std::string EvalReport::table() const {
     s += line;
   }
   if (std::isnan(samples.class_agreement) && !class_note.empty()) s += "class agreement: n/a (" + class_note + ")\n";
+  if (!per_class.empty()) {
+    s += "\nper class (FID against the training images of the class)\n";
+    std::snprintf(line, sizeof line, "%-16s %6s %8s %8s %7s %10s %10s\n", "class", "n", "FID", "floor", "ratio",
+                  "agreement", "floor");
+    s += line;
+    for (const auto& c : per_class) {
+      std::snprintf(line, sizeof line, "%-16s %6lld %8s %8s %7s %10s %10s\n", c.name.substr(0, 16).c_str(),
+                    static_cast<long long>(c.n), fmt("%.3f", c.fid).c_str(), fmt("%.3f", c.floor_fid).c_str(),
+                    fmt("%.2f", c.fid_ratio()).c_str(), fmt("%.1f %%", c.class_agreement * 100).c_str(),
+                    fmt("%.1f %%", c.floor_class_agreement * 100).c_str());
+      s += line;
+    }
+  }
+  if (!samples_dir.empty()) s += "\nsamples saved to " + samples_dir + "\n";
   return s;
 }
 

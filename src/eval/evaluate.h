@@ -28,6 +28,20 @@ struct QualityMetrics {
   double class_agreement = NAN;
 };
 
+// The samples' metrics restricted to one class of the feature network, beside the same for the
+// floor's held-out images of that class. FID is against the training images of that class.
+struct ClassMetrics {
+  std::string name;  // the feature network's class name (its id when it has none)
+  int64_t n = 0;     // samples asked for this class
+  double fid = NAN;
+  double class_agreement = NAN;
+  int64_t floor_n = 0;  // held-out images of this class scored for its floor
+  double floor_fid = NAN;
+  double floor_class_agreement = NAN;
+
+  double fid_ratio() const { return floor_fid > 0 ? fid / floor_fid : NAN; }
+};
+
 struct MetricOptions {
   int k = 3;          // precision/recall neighbourhood
   KidOptions kid;     // 100 subsets of min(1000, n)
@@ -42,6 +56,14 @@ struct MetricOptions {
 QualityMetrics score_embedding(const Embedding& samples, const torch::Tensor& wanted, const ReferenceSet& ref,
                                const MetricOptions& opt = {});
 
+// Per-class FID and class agreement for each of `class_names` (ids 0..K-1): the samples whose wanted
+// class is k against the reference images labelled k (FID stays NaN with fewer than 2 of either).
+// With `test` (a labelled held-out split), class k's floor is as many random held-out images of
+// class k as there are samples of it (`seed` picks them), scored the same way.
+std::vector<ClassMetrics> per_class_metrics(const Embedding& samples, const torch::Tensor& wanted,
+                                            const ReferenceSet& ref, const std::vector<std::string>& class_names,
+                                            const ReferenceSet* test = nullptr, uint64_t seed = 0);
+
 // Progress of a long stage ("generate", "embed", "reference", "metrics").
 using EvalProgress = std::function<void(const std::string& stage, int64_t done, int64_t total)>;
 
@@ -50,6 +72,13 @@ using EvalProgress = std::function<void(const std::string& stage, int64_t done, 
 // images [n, C, H, W] (quantised as a saved PNG would be); `classes` receives the pipeline class ids.
 torch::Tensor generate_for_eval(const PixelPipeline& pipe, const GenerateOptions& opt, int n,
                                 std::vector<int64_t>* classes = nullptr, const EvalProgress& progress = {});
+
+// Writes 8-bit images [n, C, H, W] from generate_for_eval to `dir` as dir/<class folder>/<i>.png
+// (dir/<i>.png without classes), each with its generation parameters (seed opt.seed + i), all or
+// nothing: into a temporary sibling folder renamed to `dir` at the end. Throws when `dir` is a
+// file or a non-empty folder.
+void save_eval_samples(const std::string& dir, const torch::Tensor& images, const PixelPipeline& pipe,
+                       const GenerateOptions& opt, const std::vector<int64_t>& classes);
 
 // Throws diffuse::Error when the pipeline's images cannot be fed to the feature network
 // (channel count differs, or the size is neither equal nor centre-croppable).
@@ -62,6 +91,11 @@ struct EvalOptions {
   MetricOptions metrics;
   std::string cache_dir = default_cache_dir();  // "" = no cache
   bool floor = true;                            // also score n held-out real images
+  bool per_class = false;                       // also report per-class FID and agreement
+  // Model evaluations: also write the scored images as PNGs to this folder (one subfolder per class,
+  // named by class_folder_name; file i is seed + i), so `evaluate_images` can score them again.
+  // The folder must not exist or be empty; it appears only when every image is written.
+  std::string save_samples;
   EvalProgress progress;
 };
 
@@ -78,6 +112,8 @@ struct EvalReport {
   GenerateOptions generate;  // settings used (model evaluations)
   QualityMetrics samples;
   QualityMetrics floor;
+  std::vector<ClassMetrics> per_class;  // with EvalOptions::per_class and known classes
+  std::string samples_dir;              // where the samples were saved ("" = not saved)
   double generate_seconds = 0;
   double total_seconds = 0;
 

@@ -152,6 +152,8 @@ TEST_F(Cli, TrainFlipsOnlyWhenAsked) {
 
 TEST_F(Cli, BadInputGivesOneClearErrorAndNoOutput) {
   TempDir t;
+  fs::create_directories(t / "full");
+  std::ofstream(t / "full/keep.txt") << "x";
   struct Case {
     std::string args, expect;
   } cases[] = {
@@ -176,6 +178,9 @@ TEST_F(Cli, BadInputGivesOneClearErrorAndNoOutput) {
       {std::string("eval --model ") + DIFFUSE_SOURCE_DIR + "/models/fashion-mnist --guidance 2 --guide-model " +
            model(),
        "--guide-model " + model() + ": samples 1x8x8, the model 1x28x28"},
+      {std::string("eval --model ") + DIFFUSE_SOURCE_DIR + "/models/fashion-mnist --n 4 --save-samples " + (t / "full"),
+       "--save-samples " + (t / "full") + ": the folder is not empty"},
+      {"eval --images " + (t / "full") + " --save-samples " + (t / "s"), "--save-samples requires --model"},
       {"train --data /nonexistent/d --out " + (t / "run"), "/nonexistent/d"},
       {"forward --model " + model() + "/unet --inputs /nonexistent.safetensors --out " + (t / "x.safetensors"),
        "/nonexistent.safetensors"},
@@ -190,6 +195,7 @@ TEST_F(Cli, BadInputGivesOneClearErrorAndNoOutput) {
   EXPECT_FALSE(fs::exists(t / "x.png"));
   EXPECT_FALSE(fs::exists(t / "x.safetensors"));
   EXPECT_FALSE(fs::exists(t / "run"));
+  EXPECT_FALSE(fs::exists(t / "s"));
 }
 
 TEST_F(Cli, CorruptWeightsNameTheFile) {

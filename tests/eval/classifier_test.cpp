@@ -186,6 +186,17 @@ TEST(FeatureNet, EmbedIsBatchIndependentAndMapsClasses) {
   EXPECT_THROW(net.embed(torch::rand({2, 3, 12, 12})), Error);
 }
 
+TEST(FeatureNet, ClassFolderNamesAreSafeAndMapBack) {
+  EXPECT_EQ(class_folder_name("ankle-boot"), "ankle-boot");
+  EXPECT_EQ(class_folder_name("T-shirt/top"), "T-shirt_top");
+  EXPECT_EQ(class_folder_name(".."), "_..");
+  EXPECT_EQ(class_folder_name(""), "_");
+  EXPECT_EQ(class_folder_name("a\\b:c*"), "a_b_c_");
+  FeatureNet net(test::tiny_classifier({"T-shirt/top", "..", "bag"}));
+  EXPECT_EQ(net.map_classes({class_folder_name("T-shirt/top"), class_folder_name(".."), "BAG", "T-shirt_Top"}),
+            (std::vector<int64_t>{0, 1, 2, 0}));
+}
+
 TEST(TrainClassifier, LearnsAndIsDeterministic) {
   TempDir tmp;
   test::write_image_folder(tmp / "data", {"a", "b"}, 40, 12);

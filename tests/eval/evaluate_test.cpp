@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/image.h"
 #include "eval/classifier.h"
 #include "eval/reference.h"
 #include "eval_helpers.h"
@@ -202,6 +203,143 @@ TEST(EvaluatePipeline, ClassBalancedGenerationAndReport) {
   double q = quick_fid(pipe, w.net, stats, 8, g);
   EXPECT_NEAR(q, r.samples.fid, 1e-9);  // same samples (seed 0, class-balanced), same reference statistics
   EXPECT_THROW(quick_fid(pipe, w.net, stats, 1, g), Error);
+}
+
+// A labelled reference set whose class k has features N(3k, 1) and logits favouring class k.
+ReferenceSet gaussian_classes(int64_t per_class, int classes, int64_t dim, uint64_t seed) {
+  torch::manual_seed(seed);
+  ReferenceSet r;
+  r.data = "gaussians";
+  std::vector<torch::Tensor> f, l;
+  for (int k = 0; k < classes; ++k) {
+    f.push_back(torch::randn({per_class, dim}) + 3.0 * k);
+    l.push_back(torch::full({per_class}, k, torch::kInt64));
+  }
+  r.features = torch::cat(f);
+  r.labels = torch::cat(l);
+  r.logits = torch::nn::functional::one_hot(r.labels, classes).to(torch::kFloat32);
+  r.stats = feature_stats(r.features);
+  return r;
+}
+
+TEST(PerClass, MetricsMatchTheirOracle) {
+  auto ref = gaussian_classes(400, 3, 4, 1);
+  auto test_set = gaussian_classes(50, 3, 4, 2);
+  // 30 samples asked for class 0 drawn from class 0; 20 asked for class 1 drawn from class 2's
+  // region (so the classifier's logits say 2); none asked for class 2.
+  auto from0 = torch::randn({30, 4});
+  auto from2 = torch::randn({20, 4}) + 6.0;
+  Embedding e{torch::cat({from0, from2}),
+              torch::cat({torch::nn::functional::one_hot(torch::zeros({30}, torch::kInt64), 3),
+                          torch::nn::functional::one_hot(torch::full({20}, 2, torch::kInt64), 3)})
+                  .to(torch::kFloat32)};
+  auto wanted = torch::cat({torch::zeros({30}, torch::kInt64), torch::ones({20}, torch::kInt64)});
+  auto pc = per_class_metrics(e, wanted, ref, {"zero", "", "two"}, &test_set, 0);
+  ASSERT_EQ(pc.size(), 3u);
+  auto class_stats = [&](int64_t k) { return feature_stats(ref.features.index({ref.labels.eq(k)})); };
+  EXPECT_EQ(pc[0].name, "zero");
+  EXPECT_EQ(pc[1].name, "1");  // unnamed: its id
+  EXPECT_EQ(pc[0].n, 30);
+  EXPECT_EQ(pc[1].n, 20);
+  EXPECT_EQ(pc[2].n, 0);
+  EXPECT_NEAR(pc[0].fid, frechet_distance(feature_stats(from0), class_stats(0)), 1e-9);
+  EXPECT_NEAR(pc[1].fid, frechet_distance(feature_stats(from2), class_stats(1)), 1e-9);
+  EXPECT_GT(pc[1].fid, 4 * 9.0 * 0.8);  // means 3 apart in each of 4 dimensions: about 36
+  EXPECT_DOUBLE_EQ(pc[0].class_agreement, 1.0);
+  EXPECT_DOUBLE_EQ(pc[1].class_agreement, 0.0);
+  EXPECT_TRUE(std::isnan(pc[2].fid));
+  EXPECT_TRUE(std::isnan(pc[2].class_agreement));
+  // The floor draws as many held-out images of the class as there are samples (all 50 when more).
+  EXPECT_EQ(pc[0].floor_n, 30);
+  EXPECT_EQ(pc[1].floor_n, 20);
+  EXPECT_EQ(pc[2].floor_n, 0);
+  EXPECT_DOUBLE_EQ(pc[1].floor_class_agreement, 1.0);
+  EXPECT_LT(pc[1].floor_fid, 3.0);  // real class-1 images are near class 1
+  EXPECT_GT(pc[1].fid_ratio(), 10.0);
+  auto many = per_class_metrics(Embedding{torch::randn({70, 4}), e.logits.narrow(0, 0, 1).expand({70, 3})},
+                                torch::zeros({70}, torch::kInt64), ref, {"a", "b", "c"}, &test_set, 0);
+  EXPECT_EQ(many[0].floor_n, 50);
+  // Without a held-out set: no floor columns.
+  auto bare = per_class_metrics(e, wanted, ref, {"a", "b", "c"});
+  EXPECT_EQ(bare[0].floor_n, 0);
+  EXPECT_TRUE(std::isnan(bare[0].floor_fid));
+  EXPECT_DOUBLE_EQ(bare[0].fid, pc[0].fid);
+  // Bad input.
+  EXPECT_THROW(per_class_metrics(e, wanted.narrow(0, 0, 10), ref, {"a"}), Error);
+  ReferenceSet unlabelled = ref;
+  unlabelled.labels = torch::Tensor();
+  EXPECT_THROW(per_class_metrics(e, wanted, unlabelled, {"a"}), Error);
+}
+
+TEST(EvaluatePipeline, SavedSamplesScoreTheSameAsTheModel) {
+  World w;
+  auto pipe = tiny_pipeline(12, 1, {"b", "a"});
+  EvalOptions o;
+  o.n = 10;
+  o.generate.steps = 2;
+  o.generate.seed = 5;
+  o.cache_dir = w.cache;
+  o.metrics.kid.subsets = 5;
+  o.per_class = true;
+  o.save_samples = w.tmp / "out/samples";
+  auto r = evaluate_pipeline(pipe, w.net, o);
+  EXPECT_EQ(r.samples_dir, o.save_samples);
+  ASSERT_EQ(r.per_class.size(), 2u);
+  EXPECT_EQ(r.per_class[0].name, "a");
+  EXPECT_EQ(r.per_class[0].n + r.per_class[1].n, 10);
+  // Sample i has class i mod 2 of the model ("b" first) and seed 5 + i.
+  auto p6 = read_png_text(w.tmp / "out/samples/b/000006.png");
+  EXPECT_NE(p6["parameters"].find("Seed: 11,"), std::string::npos) << p6["parameters"];
+  EXPECT_EQ(p6["parameters"].rfind("b\n", 0), 0u) << p6["parameters"];
+  EXPECT_TRUE(std::filesystem::exists(w.tmp / "out/samples/a/000009.png"));
+  int files = 0;
+  for (const auto& f : std::filesystem::recursive_directory_iterator(w.tmp / "out"))
+    files += f.is_regular_file() ? 1 : 0;
+  EXPECT_EQ(files, 10);  // nothing else left behind
+  auto j = nlohmann::json::parse(r.to_json());
+  EXPECT_EQ(j["per_class"].size(), 2u);
+  EXPECT_EQ(j["per_class"][0]["class"].get<std::string>(), "a");
+  EXPECT_TRUE(j["per_class"][0]["real_floor"]["fid"].is_number());
+  EXPECT_EQ(j["samples_dir"].get<std::string>(), o.save_samples);
+  EXPECT_NE(r.table().find("per class"), std::string::npos);
+
+  // Scoring the saved folder gives the same numbers.
+  EvalOptions io = o;
+  io.n = 0;
+  io.save_samples.clear();
+  auto back = evaluate_images(o.save_samples, w.net, io);
+  EXPECT_EQ(back.samples.n, 10);
+  EXPECT_NEAR(back.samples.fid, r.samples.fid, 1e-6);
+  EXPECT_DOUBLE_EQ(back.samples.class_agreement, r.samples.class_agreement);
+  ASSERT_EQ(back.per_class.size(), 2u);
+  for (size_t k = 0; k < 2; ++k) {
+    EXPECT_EQ(back.per_class[k].n, r.per_class[k].n);
+    EXPECT_NEAR(back.per_class[k].fid, r.per_class[k].fid, 1e-6);
+    EXPECT_EQ(back.per_class[k].floor_n, r.per_class[k].floor_n);  // held-out: 5 of class a, 1 of b
+    if (r.per_class[k].floor_n >= 2)
+      EXPECT_NEAR(back.per_class[k].floor_fid, r.per_class[k].floor_fid, 1e-9);
+    else
+      EXPECT_TRUE(std::isnan(back.per_class[k].floor_fid) && std::isnan(r.per_class[k].floor_fid));
+  }
+
+  // The folder now holds images: refused before generating; so is a file.
+  int calls = 0;
+  o.generate.callback = [&](const StepInfo&) { ++calls; };
+  EXPECT_THROW(evaluate_pipeline(pipe, w.net, o), Error);
+  o.save_samples = w.tmp / "out/samples/a/000009.png";
+  EXPECT_THROW(evaluate_pipeline(pipe, w.net, o), Error);
+  EXPECT_EQ(calls, 0);
+  // An empty folder is fine.
+  std::filesystem::create_directories(w.tmp / "empty");
+  o.save_samples = w.tmp / "empty";
+  o.generate.callback = nullptr;
+  o.per_class = false;
+  o.floor = false;
+  EXPECT_NO_THROW(evaluate_pipeline(pipe, w.net, o));
+  EXPECT_TRUE(std::filesystem::exists(w.tmp / "empty/a/000001.png"));
+  EXPECT_THROW(save_eval_samples(w.tmp / "new", torch::zeros({2, 1, 4, 4}, torch::kUInt8), pipe, o.generate, {0}),
+               Error);  // one class for two images
+  EXPECT_FALSE(std::filesystem::exists(w.tmp / "new"));
 }
 
 }  // namespace

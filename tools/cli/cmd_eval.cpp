@@ -103,6 +103,13 @@ void register_cmd(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--cache-dir", a->o.cache_dir, "Cache of reference features (\"\" = none)")->capture_default_str();
   cmd->add_flag("--no-floor", a->no_floor, "Skip the real-data floor (held-out real images)");
+  cmd->add_flag("--per-class", a->o.per_class,
+                "Also report FID (against the class's training images) and agreement for each class, beside the "
+                "floor's");
+  cmd->add_option("--save-samples", a->o.save_samples,
+                  "Also write the scored samples as PNGs to this new folder (a subfolder per class; `eval --images` "
+                  "scores it again)")
+      ->needs(model);
   cmd->add_flag("--json", a->json, "Print JSON instead of the table");
   cmd->add_option("--json-out", a->json_out, "Also write the JSON report to this file");
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
