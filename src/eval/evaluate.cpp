@@ -54,6 +54,7 @@ nlohmann::json metrics_json(const QualityMetrics& m) {
   auto num = [](double v) -> nlohmann::json { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
   return {{"n", m.n},
           {"fid", num(m.fid)},
+          {"fid_mean_term", num(m.fid_mean)},
           {"kid", num(m.kid)},
           {"kid_std", num(m.kid_std)},
           {"precision", num(m.precision)},
@@ -69,7 +70,9 @@ QualityMetrics score_embedding(const Embedding& samples, const torch::Tensor& wa
   m.n = samples.features.defined() ? samples.features.size(0) : 0;
   if (m.n < 2) throw Error("evaluation needs at least 2 samples, got " + std::to_string(m.n));
   if (ref.size() < 2) throw Error("evaluation: the reference set has fewer than 2 images");
-  m.fid = frechet_distance(feature_stats(samples.features), ref.stats);
+  const auto parts = frechet_parts(feature_stats(samples.features), ref.stats);
+  m.fid = std::max(0.0, parts.total());
+  m.fid_mean = parts.mean;
   if (opt.compute_kid) {
     KidOptions ko = opt.kid;
     ko.seed = opt.seed;
@@ -456,6 +459,7 @@ std::string EvalReport::table() const {
     s += line;
   };
   row("FID", fmt("%.3f", samples.fid), fmt("%.3f", floor.fid));
+  row("  (mean term)", fmt("%.3f", samples.fid_mean), fmt("%.3f", floor.fid_mean));
   row("KID", fmt("%.5f", samples.kid), fmt("%.5f", floor.kid));
   row("  (std over subsets)", fmt("%.5f", samples.kid_std), fmt("%.5f", floor.kid_std));
   row("precision (k=3)", fmt("%.3f", samples.precision), fmt("%.3f", floor.precision));

@@ -21,6 +21,7 @@ namespace diffuse {
 struct QualityMetrics {
   int64_t n = 0;
   double fid = NAN;
+  double fid_mean = NAN;  // the mean term ||mu - mu_ref||^2 of the FID (the rest is the covariances')
   double kid = NAN;
   double kid_std = NAN;
   double precision = NAN;

@@ -75,7 +75,7 @@ FeatureStats feature_stats(const torch::Tensor& features) {
   return s;
 }
 
-double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
+FrechetParts frechet_parts(const FeatureStats& a, const FeatureStats& b) {
   if (!a.defined() || !b.defined()) throw Error("FID: statistics are empty");
   if (a.n < 2 || b.n < 2) throw Error("FID: needs at least 2 samples on each side");
   if (a.dim() != b.dim())
@@ -92,9 +92,15 @@ double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
   m = 0.5 * (m + m.t());
   double tr_covmean = at::linalg_eigvalsh(m, "L").clamp_min(0).sqrt().sum().item<double>();
   double diff = (mu1 - mu2).pow(2).sum().item<double>();
-  double v = diff + s1.trace().item<double>() + s2.trace().item<double>() - 2 * tr_covmean;
-  if (!std::isfinite(v)) throw Error("FID: result is not finite (degenerate statistics?)");
-  return std::max(0.0, v);
+  FrechetParts p;
+  p.mean = diff;
+  p.cov = s1.trace().item<double>() + s2.trace().item<double>() - 2 * tr_covmean;
+  if (!std::isfinite(p.total())) throw Error("FID: result is not finite (degenerate statistics?)");
+  return p;
+}
+
+double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
+  return std::max(0.0, frechet_parts(a, b).total());
 }
 
 double fid(const torch::Tensor& a, const torch::Tensor& b) {

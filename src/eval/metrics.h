@@ -26,6 +26,14 @@ FeatureStats feature_stats(const torch::Tensor& features);
 // with tr sqrtm(S1 S2) = sum sqrt(eig(sqrt(S1) S2 sqrt(S1))) (symmetric, stays real;
 // tiny negative eigenvalues from rounding are clipped to 0). Clamped at 0.
 double frechet_distance(const FeatureStats& a, const FeatureStats& b);
+// The two terms of the Frechet distance: what the means contribute and what the covariances do.
+// A model whose samples sit off-centre shows in `mean`; one with the wrong spread or shape in `cov`.
+struct FrechetParts {
+  double mean = 0;  // ||mu1 - mu2||^2
+  double cov = 0;   // tr(S1) + tr(S2) - 2 tr sqrtm(S1 S2)
+  double total() const { return mean + cov; }
+};
+FrechetParts frechet_parts(const FeatureStats& a, const FeatureStats& b);
 // FID between two feature sets.
 double fid(const torch::Tensor& a, const torch::Tensor& b);
 

@@ -92,7 +92,12 @@ TEST(EvaluateImages, ReportsMetricsBesideTheFloor) {
     EXPECT_TRUE(j.contains(k)) << k;
   EXPECT_EQ(j["samples"]["n"].get<int64_t>(), 30);
   EXPECT_TRUE(j["samples"]["fid"].is_number());
+  // The mean term is part of the FID: between 0 and the whole when the covariance term is non-negative.
+  EXPECT_GE(r.samples.fid_mean, 0);
+  EXPECT_LE(r.samples.fid_mean, r.samples.fid + 1e-9);
+  EXPECT_DOUBLE_EQ(j["samples"]["fid_mean_term"].get<double>(), r.samples.fid_mean);
   auto table = r.table();
+  EXPECT_NE(table.find("(mean term)"), std::string::npos);
   EXPECT_NE(table.find("FID"), std::string::npos);
   EXPECT_NE(table.find("precision (k=3)"), std::string::npos);
   EXPECT_NE(table.find("real floor"), std::string::npos);

@@ -58,6 +58,16 @@ TEST(Fid, KnownClosedFormForDiagonalGaussians) {
   b.sigma = torch::tensor({{9.0}}, torch::kFloat64);
   b.n = 10;
   EXPECT_NEAR(frechet_distance(a, b), 4.0 + 1.0, 1e-9);
+  const auto p = frechet_parts(a, b);
+  EXPECT_NEAR(p.mean, 4.0, 1e-12);
+  EXPECT_NEAR(p.cov, 1.0, 1e-9);
+  // Swapping the sides changes neither term; equal means leave only the covariance term.
+  const auto q = frechet_parts(b, a);
+  EXPECT_NEAR(q.mean, 4.0, 1e-12);
+  EXPECT_NEAR(q.cov, 1.0, 1e-9);
+  b.mu = a.mu.clone();
+  EXPECT_EQ(frechet_parts(a, b).mean, 0.0);
+  EXPECT_NEAR(frechet_distance(a, b), 1.0, 1e-9);
 }
 
 TEST(Fid, MatchesClosedFormForGaussianSamples) {
