@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages diffuse needs to build, test and run. Idempotent; run as root.
 set -euo pipefail
 PKGS=(
-  build-essential cmake ccache pkg-config git
+  build-essential cmake ninja-build ccache pkg-config git
   libtorch-dev              # tensor engine (PyTorch 1.13 C++ API, CPU, oneDNN)
   libopenblas0-openmp       # makes libblas.so.3 OpenBLAS (the reference BLAS is ~30x slower)
   nlohmann-json3-dev libcli11-dev libcpp-httplib-dev

@@ -1,9 +1,8 @@
 #pragma once
 // Access to the reference fixtures in ../shared/fixtures (see its README).
 #include <gtest/gtest.h>
-#include <torch/torch.h>
-
 #include <stdlib.h>
+#include <torch/torch.h>
 
 #include <filesystem>
 #include <string>
@@ -13,6 +12,9 @@
 namespace diffuse::test {
 
 inline std::string fixture(const std::string& rel) { return std::string(DIFFUSE_FIXTURES) + "/" + rel; }
+// Max |error| allowed when a float32 forward pass is compared with a reference fixture.
+constexpr double kParityTol = 1e-4;
+
 inline std::string source_path(const std::string& rel) { return std::string(DIFFUSE_SOURCE_DIR) + "/" + rel; }
 
 // Max |a - b| as a double (shapes must match).

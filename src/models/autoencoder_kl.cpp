@@ -10,19 +10,19 @@ namespace diffuse {
 using nlohmann::json;
 
 namespace {
-constexpr const char* kClassName = "AutoencoderKL";
-constexpr const char* kDiffusersVersion = "0.28.2";
+constexpr const char* kAutoencoderKLClass = "AutoencoderKL";
 }  // namespace
 
 // ---------------------------------------------------------------- config
 
 AutoencoderKLConfig AutoencoderKLConfig::from_json(const json& j) {
   if (!j.is_object()) throw Error("AutoencoderKL config: expected a JSON object");
-  model_io::ConfigReader r{j, kClassName};
+  model_io::ConfigReader r{j, kAutoencoderKLClass};
   if (j.contains("_class_name")) {
     std::string cls;
     r.read("_class_name", cls);
-    if (cls != kClassName) throw Error("AutoencoderKL config: _class_name is '" + cls + "', expected AutoencoderKL");
+    if (cls != kAutoencoderKLClass)
+      throw Error("AutoencoderKL config: _class_name is '" + cls + "', expected AutoencoderKL");
   }
   AutoencoderKLConfig c;
   r.read("in_channels", c.in_channels);
@@ -54,8 +54,8 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const json& j) {
 
 json AutoencoderKLConfig::to_json() const {
   json j = json::object();
-  j["_class_name"] = kClassName;
-  j["_diffusers_version"] = kDiffusersVersion;
+  j["_class_name"] = kAutoencoderKLClass;
+  j["_diffusers_version"] = model_io::kDiffusersVersion;
   j["act_fn"] = act_fn;
   j["block_out_channels"] = block_out_channels;
   j["down_block_types"] = down_block_types;
@@ -155,7 +155,8 @@ torch::Tensor UpDecoderBlock2DImpl::forward(const torch::Tensor& x) {
 VAEEncoderImpl::VAEEncoderImpl(const AutoencoderKLConfig& c) {
   const auto& boc = c.block_out_channels;
   const int64_t n = static_cast<int64_t>(boc.size());
-  conv_in = register_module("conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, boc[0], 3).padding(1)));
+  conv_in =
+      register_module("conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, boc[0], 3).padding(1)));
   down_blocks = register_module("down_blocks", torch::nn::ModuleList());
   int64_t out = boc[0];
   for (int64_t i = 0; i < n; ++i) {
@@ -191,8 +192,8 @@ torch::Tensor VAEEncoderImpl::forward(const torch::Tensor& x) {
 VAEDecoderImpl::VAEDecoderImpl(const AutoencoderKLConfig& c) {
   const auto& boc = c.block_out_channels;
   const int64_t n = static_cast<int64_t>(boc.size());
-  conv_in = register_module(
-      "conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.latent_channels, boc.back(), 3).padding(1)));
+  conv_in = register_module("conv_in",
+                            torch::nn::Conv2d(torch::nn::Conv2dOptions(c.latent_channels, boc.back(), 3).padding(1)));
   mid_block = register_module("mid_block", UNetMidBlock2D(vae_mid(c)));
   up_blocks = register_module("up_blocks", torch::nn::ModuleList());
   std::vector<int64_t> rev(boc.rbegin(), boc.rend());
@@ -268,7 +269,7 @@ torch::Tensor AutoencoderKLImpl::forward(const torch::Tensor& x) { return decode
 // ---------------------------------------------------------------- folder I/O
 
 AutoencoderKL load_autoencoder_kl(const std::string& dir) {
-  const auto j = model_io::read_config(dir, kClassName);
+  const auto j = model_io::read_config(dir, kAutoencoderKLClass);
   AutoencoderKLConfig cfg;
   try {
     cfg = AutoencoderKLConfig::from_json(j);
@@ -277,7 +278,7 @@ AutoencoderKL load_autoencoder_kl(const std::string& dir) {
     throw Error(dir + "/config.json: " + e.what());
   }
   AutoencoderKL model(cfg);
-  auto sd = model_io::load_weights(dir, kClassName);
+  auto sd = model_io::load_weights(dir, kAutoencoderKLClass);
   model_io::convert_legacy_attention_keys(sd);
   nn::load_state_dict(*model, nn::StateDict(sd.begin(), sd.end()), dir + "/diffusion_pytorch_model.safetensors");
   model->eval();

@@ -12,10 +12,10 @@ namespace diffuse {
 
 namespace {
 
-constexpr const char* kClassName = "CLIPTextModel";
-constexpr const char* kWeightsFile = "model.safetensors";
+constexpr const char* kCLIPTextClass = "CLIPTextModel";
+constexpr const char* kCLIPWeightsFile = "model.safetensors";
 
-torch::Tensor activate(const std::string& act, const torch::Tensor& x) {
+torch::Tensor clip_activate(const std::string& act, const torch::Tensor& x) {
   if (act == "quick_gelu") return x * torch::sigmoid(1.702 * x);
   if (act == "gelu") return torch::gelu(x);
   if (act == "gelu_new" || act == "gelu_pytorch_tanh") return torch::gelu(x, "tanh");
@@ -28,10 +28,10 @@ torch::Tensor activate(const std::string& act, const torch::Tensor& x) {
 CLIPTextConfig CLIPTextConfig::from_json(const nlohmann::json& jin) {
   if (!jin.is_object()) throw Error("CLIPTextModel config: expected a JSON object");
   // A CLIPModel config nests the text tower under "text_config".
-  const nlohmann::json& j = (jin.contains("text_config") && jin.at("text_config").is_object() &&
-                             !jin.contains("hidden_size"))
-                                ? jin.at("text_config")
-                                : jin;
+  const nlohmann::json& j =
+      (jin.contains("text_config") && jin.at("text_config").is_object() && !jin.contains("hidden_size"))
+          ? jin.at("text_config")
+          : jin;
   if (j.contains("_class_name"))
     throw Error("CLIPTextModel config: this is a diffusers config (_class_name " + j.at("_class_name").dump() +
                 "), not a transformers CLIPTextModel config");
@@ -39,14 +39,15 @@ CLIPTextConfig CLIPTextConfig::from_json(const nlohmann::json& jin) {
     bool ok = false;
     for (const auto& a : j.at("architectures"))
       if (a.is_string() && (a == "CLIPTextModel" || a == "CLIPTextModelWithProjection" || a == "CLIPModel")) ok = true;
-    if (!ok) throw Error("CLIPTextModel config: architectures " + j.at("architectures").dump() + " is not CLIPTextModel");
+    if (!ok)
+      throw Error("CLIPTextModel config: architectures " + j.at("architectures").dump() + " is not CLIPTextModel");
   }
   if (j.contains("model_type") && j.at("model_type").is_string()) {
     const auto t = j.at("model_type").get<std::string>();
     if (t != "clip_text_model" && t != "clip")
       throw Error("CLIPTextModel config: model_type '" + t + "' is not clip_text_model");
   }
-  model_io::ConfigReader r{j, kClassName};
+  model_io::ConfigReader r{j, kCLIPTextClass};
   CLIPTextConfig c;
   r.read("vocab_size", c.vocab_size);
   r.read("hidden_size", c.hidden_size);
@@ -132,7 +133,7 @@ CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& c) : act_(c.hid
 
 torch::Tensor CLIPEncoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
   auto h = x + self_attn->forward(layer_norm1->forward(x), mask);
-  return h + fc2->forward(activate(act_, fc1->forward(layer_norm2->forward(h))));
+  return h + fc2->forward(clip_activate(act_, fc1->forward(layer_norm2->forward(h))));
 }
 
 }  // namespace nn
@@ -169,9 +170,7 @@ int64_t CLIPTextModelImpl::add_token_embeddings(const torch::Tensor& rows) {
   return first;
 }
 
-torch::Dtype CLIPTextModelImpl::dtype() const {
-  return torch::typeMetaToScalarType(token_embedding->weight.dtype());
-}
+torch::Dtype CLIPTextModelImpl::dtype() const { return torch::typeMetaToScalarType(token_embedding->weight.dtype()); }
 torch::Device CLIPTextModelImpl::device() const { return token_embedding->weight.device(); }
 
 torch::Tensor CLIPTextModelImpl::eos_positions(const torch::Tensor& input_ids) const {
@@ -203,8 +202,7 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, bool o
                                                            : static_cast<double>(std::numeric_limits<float>::lowest());
   auto blocked = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(h.device())).triu(1);
   auto keep = blocked.logical_not().view({1, 1, T, T});
-  if (attention_mask.defined())
-    keep = keep.logical_and(attention_mask.to(h.device()).ne(0).view({B, 1, 1, T}));
+  if (attention_mask.defined()) keep = keep.logical_and(attention_mask.to(h.device()).ne(0).view({B, 1, 1, T}));
   auto mask = torch::zeros(keep.sizes(), opts).masked_fill(keep.logical_not(), neg);
 
   CLIPTextOutput out;
@@ -232,7 +230,7 @@ CLIPTextModel clip_text_model_from_state_dict(const CLIPTextConfig& config,
 }
 
 CLIPTextModel load_clip_text_model(const std::string& dir, torch::Dtype dtype) {
-  const auto j = model_io::read_config(dir, kClassName);
+  const auto j = model_io::read_config(dir, kCLIPTextClass);
   CLIPTextConfig cfg;
   try {
     cfg = CLIPTextConfig::from_json(j);
@@ -240,8 +238,8 @@ CLIPTextModel load_clip_text_model(const std::string& dir, torch::Dtype dtype) {
   } catch (const Error& e) {
     throw Error(dir + "/config.json: " + e.what());
   }
-  const auto sd = model_io::load_weights(dir, kClassName, kWeightsFile);
-  return clip_text_model_from_state_dict(cfg, sd, dir + "/" + kWeightsFile, dtype);
+  const auto sd = model_io::load_weights(dir, kCLIPTextClass, kCLIPWeightsFile);
+  return clip_text_model_from_state_dict(cfg, sd, dir + "/" + kCLIPWeightsFile, dtype);
 }
 
 }  // namespace diffuse

@@ -11,19 +11,18 @@ namespace diffuse {
 using nlohmann::json;
 
 namespace {
-constexpr const char* kClassName = "DiTTransformer2DModel";
+constexpr const char* kDiTClass = "DiTTransformer2DModel";
 constexpr const char* kLegacyClassName = "Transformer2DModel";
-constexpr const char* kDiffusersVersion = "0.28.2";
 }  // namespace
 
 // ---------------------------------------------------------------- config
 
 DiTConfig DiTConfig::from_json(const json& j) {
   if (!j.is_object()) throw Error("DiTTransformer2DModel config: expected a JSON object");
-  std::string cls = kClassName;
+  std::string cls = kDiTClass;
   if (j.contains("_class_name")) {
-    model_io::ConfigReader{j, kClassName}.read("_class_name", cls);
-    if (cls != kClassName && cls != kLegacyClassName)
+    model_io::ConfigReader{j, kDiTClass}.read("_class_name", cls);
+    if (cls != kDiTClass && cls != kLegacyClassName)
       throw Error("DiTTransformer2DModel config: _class_name is '" + cls +
                   "', expected DiTTransformer2DModel or Transformer2DModel");
   }
@@ -43,8 +42,8 @@ DiTConfig DiTConfig::from_json(const json& j) {
     c.patch_size = -1;
     auto must_be_null = [&](const char* key) {
       if (j.contains(key) && !j.at(key).is_null())
-        throw Error("Transformer2DModel config: only the DiT form is supported, but '" + std::string(key) +
-                    "' is " + j.at(key).dump());
+        throw Error("Transformer2DModel config: only the DiT form is supported, but '" + std::string(key) + "' is " +
+                    j.at(key).dump());
     };
     must_be_null("cross_attention_dim");
     must_be_null("num_vector_embeds");
@@ -93,8 +92,8 @@ DiTConfig DiTConfig::from_json(const json& j) {
 
 json DiTConfig::to_json() const {
   json j = json::object();
-  j["_class_name"] = kClassName;
-  j["_diffusers_version"] = kDiffusersVersion;
+  j["_class_name"] = kDiTClass;
+  j["_diffusers_version"] = model_io::kDiffusersVersion;
   j["activation_fn"] = activation_fn;
   j["attention_bias"] = attention_bias;
   j["attention_head_dim"] = attention_head_dim;
@@ -163,9 +162,9 @@ PatchEmbedImpl::PatchEmbedImpl(int64_t sample_size, int64_t patch_size, int64_t 
       embed_dim_(embed_dim),
       base_size_(static_cast<double>(sample_size / patch_size)),
       interpolation_scale_(interpolation_scale) {
-  proj = register_module("proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, embed_dim, patch_size)
-                                                       .stride(patch_size)
-                                                       .bias(true)));
+  proj = register_module(
+      "proj",
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, embed_dim, patch_size).stride(patch_size).bias(true)));
 }
 
 torch::Tensor PatchEmbedImpl::forward(const torch::Tensor& x) {
@@ -216,9 +215,9 @@ DiTBlockImpl::DiTBlockImpl(const DiTConfig& c) : gelu_tanh_(c.activation_fn == "
   a.upcast_attention = c.upcast_attention;
   a.dropout = c.dropout;
   attn1 = register_module("attn1", Attention(a));
-  norm3 = register_module("norm3", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})
-                                                            .eps(c.norm_eps)
-                                                            .elementwise_affine(c.norm_elementwise_affine)));
+  norm3 = register_module(
+      "norm3", torch::nn::LayerNorm(
+                   torch::nn::LayerNormOptions({dim}).eps(c.norm_eps).elementwise_affine(c.norm_elementwise_affine)));
   // ff.net.0 (GELU with .proj), ff.net.1 (Dropout), ff.net.2 (Linear)
   auto net = torch::nn::ModuleList();
   auto gelu = std::make_shared<torch::nn::Module>();
@@ -249,18 +248,18 @@ torch::Tensor DiTBlockImpl::forward(const torch::Tensor& x, const torch::Tensor&
 DiTTransformer2DModelImpl::DiTTransformer2DModelImpl(const DiTConfig& cfg) : config_(cfg) {
   cfg.validate();
   const int64_t dim = cfg.inner_dim();
-  pos_embed = register_module(
-      "pos_embed", nn::PatchEmbed(cfg.sample_size, cfg.patch_size, cfg.in_channels, dim, cfg.pos_interpolation_scale()));
+  pos_embed = register_module("pos_embed", nn::PatchEmbed(cfg.sample_size, cfg.patch_size, cfg.in_channels, dim,
+                                                          cfg.pos_interpolation_scale()));
   transformer_blocks = register_module("transformer_blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
     blocks.emplace_back(cfg);
     transformer_blocks->push_back(blocks.back());
   }
-  norm_out =
-      register_module("norm_out", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(1e-6).elementwise_affine(false)));
+  norm_out = register_module(
+      "norm_out", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(1e-6).elementwise_affine(false)));
   proj_out_1 = register_module("proj_out_1", torch::nn::Linear(dim, 2 * dim));
-  proj_out_2 = register_module(
-      "proj_out_2", torch::nn::Linear(dim, cfg.patch_size * cfg.patch_size * cfg.output_channels()));
+  proj_out_2 =
+      register_module("proj_out_2", torch::nn::Linear(dim, cfg.patch_size * cfg.patch_size * cfg.output_channels()));
 }
 
 torch::Dtype DiTTransformer2DModelImpl::dtype() const { return proj_out_1->weight.scalar_type(); }
@@ -279,8 +278,8 @@ torch::Tensor DiTTransformer2DModelImpl::forward(const torch::Tensor& sample, co
   const int64_t batch = sample.size(0);
   if (!timestep.defined()) throw Error("DiTTransformer2DModel: timestep is required");
   if (!class_labels.defined())
-    throw Error("DiTTransformer2DModel: class_labels are required (use " +
-                std::to_string(config_.num_embeds_ada_norm) + " for unconditional)");
+    throw Error("DiTTransformer2DModel: class_labels are required (use " + std::to_string(config_.num_embeds_ada_norm) +
+                " for unconditional)");
   auto t = timestep.reshape({-1}).to(device());
   if (t.size(0) == 1 && batch != 1) t = t.expand({batch}).contiguous();
   if (t.size(0) != batch)
@@ -308,7 +307,7 @@ torch::Tensor DiTTransformer2DModelImpl::forward(const torch::Tensor& sample, co
 // ---------------------------------------------------------------- folder I/O
 
 DiTTransformer2DModel load_dit(const std::string& dir) {
-  const auto j = model_io::read_config(dir, kClassName);
+  const auto j = model_io::read_config(dir, kDiTClass);
   DiTConfig cfg;
   try {
     cfg = DiTConfig::from_json(j);
@@ -317,7 +316,7 @@ DiTTransformer2DModel load_dit(const std::string& dir) {
     throw Error(dir + "/config.json: " + e.what());
   }
   DiTTransformer2DModel model(cfg);
-  auto sd = model_io::load_weights(dir, kClassName);
+  auto sd = model_io::load_weights(dir, kDiTClass);
   // Older BasicTransformerBlock checkpoints name the feed-forward norm `norm2`.
   std::vector<std::pair<std::string, std::string>> renames;
   for (const auto& [k, v] : sd) {

@@ -12,6 +12,9 @@
 
 namespace diffuse::model_io {
 
+// `_diffusers_version` written into the config.json of every saved model.
+constexpr const char* kDiffusersVersion = "0.28.2";
+
 // Reads JSON config keys of model class `cls`; a wrong type throws diffuse::Error
 // "<cls> config: key 'k' must be ...". Missing keys leave the output unchanged; null
 // resets optionals (and is rejected for non-optionals).

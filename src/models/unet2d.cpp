@@ -17,8 +17,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kClassName = "UNet2DModel";
-constexpr const char* kDiffusersVersion = "0.28.2";
+constexpr const char* kUNet2DClass = "UNet2DModel";
 
 using model_io::nullable;
 using model_io::number;
@@ -33,7 +32,7 @@ std::string join(const std::vector<int64_t>& v) {
 
 UNet2DConfig UNet2DConfig::from_json(const json& j) {
   if (!j.is_object()) throw Error("UNet2DModel config: expected a JSON object");
-  const model_io::ConfigReader r{j, kClassName};
+  const model_io::ConfigReader r{j, kUNet2DClass};
   r.check_class_name();
   UNet2DConfig c;
   r.read_size("sample_size", c.sample_size);
@@ -67,8 +66,8 @@ UNet2DConfig UNet2DConfig::from_json(const json& j) {
 
 json UNet2DConfig::to_json() const {
   json j = json::object();
-  j["_class_name"] = kClassName;
-  j["_diffusers_version"] = kDiffusersVersion;
+  j["_class_name"] = kUNet2DClass;
+  j["_diffusers_version"] = model_io::kDiffusersVersion;
   if (sample_size.empty())
     j["sample_size"] = nullptr;
   else if (sample_size.size() == 1)
@@ -342,7 +341,7 @@ void convert_legacy_keys(nn::StateDict& sd) {
 }  // namespace
 
 UNet2DModel load_unet2d(const std::string& dir) {
-  const auto j = model_io::read_config(dir, kClassName);
+  const auto j = model_io::read_config(dir, kUNet2DClass);
   UNet2DConfig cfg;
   try {
     cfg = UNet2DConfig::from_json(j);
@@ -351,7 +350,7 @@ UNet2DModel load_unet2d(const std::string& dir) {
     throw Error((fs::path(dir) / "config.json").string() + ": " + e.what());
   }
   UNet2DModel model(cfg);
-  auto sd = model_io::load_weights(dir, kClassName);
+  auto sd = model_io::load_weights(dir, kUNet2DClass);
   convert_legacy_keys(sd);
   nn::load_state_dict(*model, sd, (fs::path(dir) / "diffusion_pytorch_model.safetensors").string());
   model->eval();

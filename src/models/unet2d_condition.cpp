@@ -16,8 +16,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kClassName = "UNet2DConditionModel";
-constexpr const char* kDiffusersVersion = "0.28.2";
+constexpr const char* kUNet2DConditionClass = "UNet2DConditionModel";
 
 using model_io::nullable;
 using model_io::number;
@@ -59,8 +58,8 @@ void read(const model_io::ConfigReader& r, const char* key, std::optional<PerBlo
 json PerBlockInt::to_json() const { return list ? json(values) : json(values.at(0)); }
 
 UNet2DConditionConfig UNet2DConditionConfig::from_json(const json& j) {
-  if (!j.is_object()) throw Error(std::string(kClassName) + " config: expected a JSON object");
-  const model_io::ConfigReader r{j, kClassName};
+  if (!j.is_object()) throw Error(std::string(kUNet2DConditionClass) + " config: expected a JSON object");
+  const model_io::ConfigReader r{j, kUNet2DConditionClass};
   r.check_class_name();
   UNet2DConditionConfig c;
   r.read_size("sample_size", c.sample_size);
@@ -132,8 +131,8 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const json& j) {
 
 json UNet2DConditionConfig::to_json() const {
   json j = json::object();
-  j["_class_name"] = kClassName;
-  j["_diffusers_version"] = kDiffusersVersion;
+  j["_class_name"] = kUNet2DConditionClass;
+  j["_diffusers_version"] = model_io::kDiffusersVersion;
   if (sample_size.empty())
     j["sample_size"] = nullptr;
   else if (sample_size.size() == 1)
@@ -203,7 +202,7 @@ int64_t UNet2DConditionConfig::heads(size_t i) const {
 }
 
 void UNet2DConditionConfig::validate() const {
-  auto fail = [](const std::string& m) { throw Error(std::string(kClassName) + " config: " + m); };
+  auto fail = [](const std::string& m) { throw Error(std::string(kUNet2DConditionClass) + " config: " + m); };
   const size_t n = block_out_channels.size();
   if (n == 0) fail("block_out_channels must not be empty");
   for (auto ch : block_out_channels)
@@ -369,7 +368,7 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
     const bool final_block = i == n - 1;
     if (cfg.up_block_types[i] == "CrossAttnUpBlock2D") {
       if (output_channel % cfg.heads(r) != 0)
-        throw Error(std::string(kClassName) + " config: up block " + std::to_string(i) + " has " +
+        throw Error(std::string(kUNet2DConditionClass) + " config: up block " + std::to_string(i) + " has " +
                     std::to_string(output_channel) + " channels, not divisible by " + std::to_string(cfg.heads(r)) +
                     " attention heads");
       auto o = cross_options(r, cfg.layers_per_block.at(r) + 1);
@@ -419,12 +418,12 @@ void UNet2DConditionModelImpl::set_attention_chunk_size(int64_t n) { nn::set_att
 
 torch::Tensor UNet2DConditionModelImpl::embed(const torch::Tensor& timestep, int64_t batch,
                                               const torch::Tensor& class_labels) {
-  if (!timestep.defined()) throw Error(std::string(kClassName) + ": timestep is required");
+  if (!timestep.defined()) throw Error(std::string(kUNet2DConditionClass) + ": timestep is required");
   auto t = timestep.reshape({-1}).to(device());
   if (t.size(0) == 1 && batch != 1) t = t.expand({batch}).contiguous();
   if (t.size(0) != batch)
-    throw Error(std::string(kClassName) + ": got " + std::to_string(t.size(0)) + " timesteps for a batch of " +
-                std::to_string(batch));
+    throw Error(std::string(kUNet2DConditionClass) + ": got " + std::to_string(t.size(0)) +
+                " timesteps for a batch of " + std::to_string(batch));
   const auto dt = dtype();
   nn::ComputeDtypeGuard wide(
       {module_of(time_embedding), module_of(class_embedding_table), module_of(class_embedding_mlp)}, dt,
@@ -434,7 +433,7 @@ torch::Tensor UNet2DConditionModelImpl::embed(const torch::Tensor& timestep, int
                          (config_.class_embed_type && *config_.class_embed_type == "identity");
   if (has_class) {
     if (!class_labels.defined())
-      throw Error(std::string(kClassName) + ": class_labels are required for class conditioning");
+      throw Error(std::string(kUNet2DConditionClass) + ": class_labels are required for class conditioning");
     auto labels = class_labels.to(device());
     torch::Tensor class_emb;
     if (class_embedding_table)
@@ -447,7 +446,7 @@ torch::Tensor UNet2DConditionModelImpl::embed(const torch::Tensor& timestep, int
       class_emb = labels;
     emb = emb + class_emb.to(dt);
   } else if (class_labels.defined()) {
-    throw Error(std::string(kClassName) + ": class_labels given but the model has no class embedding");
+    throw Error(std::string(kUNet2DConditionClass) + ": class_labels given but the model has no class embedding");
   }
   if (config_.time_embedding_act_fn) emb = nn::activate(nn::parse_activation(*config_.time_embedding_act_fn), emb);
   return emb;
@@ -457,7 +456,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torc
                                                 const torch::Tensor& encoder_hidden_states,
                                                 const torch::Tensor& class_labels,
                                                 const torch::Tensor& encoder_attention_mask) {
-  const std::string cls = kClassName;
+  const std::string cls = kUNet2DConditionClass;
   if (sample.dim() != 4 || sample.size(1) != config_.in_channels)
     throw Error(cls + ": expected sample [B, " + std::to_string(config_.in_channels) + ", H, W], got shape " +
                 c10::str(sample.sizes()));
@@ -515,7 +514,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torc
 // ---------------------------------------------------------------- folder I/O
 
 UNet2DConditionModel load_unet2d_condition(const std::string& dir) {
-  const auto j = model_io::read_config(dir, kClassName);
+  const auto j = model_io::read_config(dir, kUNet2DConditionClass);
   UNet2DConditionConfig cfg;
   try {
     cfg = UNet2DConditionConfig::from_json(j);
@@ -524,7 +523,7 @@ UNet2DConditionModel load_unet2d_condition(const std::string& dir) {
     throw Error((fs::path(dir) / "config.json").string() + ": " + e.what());
   }
   UNet2DConditionModel model(cfg);
-  auto sd = model_io::load_weights(dir, kClassName);
+  auto sd = model_io::load_weights(dir, kUNet2DConditionClass);
   nn::load_state_dict(*model, sd, (fs::path(dir) / "diffusion_pytorch_model.safetensors").string());
   model->eval();
   return model;

@@ -14,7 +14,7 @@ namespace diffuse {
 
 namespace {
 
-torch::Tensor need(const TensorMap& in, const std::string& name, const std::string& cls) {
+torch::Tensor need_input(const TensorMap& in, const std::string& name, const std::string& cls) {
   auto it = in.find(name);
   if (it == in.end()) throw Error("inputs: " + cls + " needs a tensor named '" + name + "'");
   return it->second;
@@ -44,8 +44,8 @@ TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device
     auto m = load_unet2d(dir);
     m->eval();
     m->to(device);
-    auto sample = need(in, "sample", cls).to(device, torch::kFloat32);
-    auto t = need(in, "timestep", cls).to(device, torch::kFloat32);
+    auto sample = need_input(in, "sample", cls).to(device, torch::kFloat32);
+    auto t = need_input(in, "timestep", cls).to(device, torch::kFloat32);
     auto labels = optional(in, "class_labels");
     if (labels.defined()) labels = labels.to(device, torch::kInt64);
     return {{"out", m->forward(sample, t, labels).to(torch::kCPU)}};
@@ -53,9 +53,9 @@ TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device
   if (cls == "UNet2DConditionModel") {
     auto m = load_unet2d_condition(dir);
     m->to(device);
-    auto sample = need(in, "sample", cls).to(device, torch::kFloat32);
-    auto t = need(in, "timestep", cls).to(device, torch::kFloat32);
-    auto ehs = need(in, "encoder_hidden_states", cls).to(device, torch::kFloat32);
+    auto sample = need_input(in, "sample", cls).to(device, torch::kFloat32);
+    auto t = need_input(in, "timestep", cls).to(device, torch::kFloat32);
+    auto ehs = need_input(in, "encoder_hidden_states", cls).to(device, torch::kFloat32);
     auto labels = optional(in, "class_labels");
     if (labels.defined()) labels = labels.to(device);
     auto mask = optional(in, "encoder_attention_mask");
@@ -82,15 +82,15 @@ TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device
   if (cls == "DiTTransformer2DModel" || cls == "Transformer2DModel") {
     auto m = load_dit(dir);
     m->to(device);
-    auto sample = need(in, "sample", cls).to(device, torch::kFloat32);
-    auto t = need(in, "timestep", cls).to(device, torch::kFloat32);
-    auto labels = need(in, "class_labels", cls).to(device, torch::kInt64);
+    auto sample = need_input(in, "sample", cls).to(device, torch::kFloat32);
+    auto t = need_input(in, "timestep", cls).to(device, torch::kFloat32);
+    auto labels = need_input(in, "class_labels", cls).to(device, torch::kInt64);
     return {{"out", m->forward(sample, t, labels).to(torch::kCPU)}};
   }
   if (cls == "CLIPTextModel") {
     auto m = load_clip_text_model(dir);
     m->to(device);
-    auto ids = need(in, "input_ids", cls).to(device, torch::kInt64);
+    auto ids = need_input(in, "input_ids", cls).to(device, torch::kInt64);
     auto mask = optional(in, "attention_mask");
     if (mask.defined()) mask = mask.to(device);
     auto r = m->forward(ids, true, mask);

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "core/strings.h"
 #include "pipelines/ldm_convert.h"
 #include "pipelines/sd_pipeline.h"
 
@@ -14,10 +15,6 @@ namespace fs = std::filesystem;
 namespace diffuse {
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
 
 std::string underscored(std::string s) {
   for (char& c : s)

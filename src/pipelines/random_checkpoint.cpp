@@ -13,6 +13,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "core/strings.h"
 
 namespace diffuse {
 
@@ -70,12 +71,7 @@ std::map<std::string, torch::Tensor> schedule_buffers() {
           {"posterior_mean_coef2", (1 - ac_prev) * alphas.sqrt() / (1 - ac)}};
 }
 
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
-
-torch::Tensor make_tensor(const std::string& name, const Key& k,
-                          const std::map<std::string, torch::Tensor>& schedule) {
+torch::Tensor make_tensor(const std::string& name, const Key& k, const std::map<std::string, torch::Tensor>& schedule) {
   const auto type = safetensors::scalar_type(k.dtype);
   torch::Tensor t;
   if (auto it = schedule.find(name); it != schedule.end()) {

@@ -27,7 +27,6 @@ namespace diffuse {
 namespace {
 
 using nlohmann::json;
-constexpr double kTol = 1e-4;
 
 torch::Tensor initial_noise() {
   static torch::Tensor n = safetensors::load(test::fixture("schedulers/common.safetensors")).at("noise");
@@ -138,7 +137,7 @@ void euler_family(const std::string& variant, const SamplerFn& fn) {
       auto xs64 = run_collect(fn, D, x.to(torch::kFloat64), sigmas, opt);
       for (int i = 0; i < n; ++i) {
         EXPECT_TRUE(torch::isfinite(xs[i]).all().item<bool>()) << key;
-        EXPECT_LE(rel_err(xs[i], xs64[i]), kTol) << key << " step " << i;
+        EXPECT_LE(rel_err(xs[i], xs64[i]), test::kParityTol) << key << " step " << i;
       }
       ++nan_cases;
       continue;
@@ -150,7 +149,7 @@ void euler_family(const std::string& variant, const SamplerFn& fn) {
       int j = heun ? (i + 1 < n ? 2 * i + 1 : 2 * n - 2) : i;
       double e = rel_err(xs[i], ref[j][0].unsqueeze(0));
       sum.worst = std::max(sum.worst, e);
-      EXPECT_LE(e, kTol) << variant << " " << key << " step " << i;
+      EXPECT_LE(e, test::kParityTol) << variant << " " << key << " step " << i;
       ++sum.steps;
     }
     ++sum.cases;
@@ -192,7 +191,7 @@ void vp_multistep(const std::string& variant, const SamplerFn& fn) {
       auto xs64 = run_collect(fn, discrete_fake(ds, pred, true), x.to(torch::kFloat64), sigmas, opt);
       for (int i = 0; i < n; ++i) {
         EXPECT_TRUE(torch::isfinite(xs[i]).all().item<bool>()) << key;
-        EXPECT_LE(rel_err(xs[i], xs64[i]), kTol) << key << " step " << i;
+        EXPECT_LE(rel_err(xs[i], xs64[i]), test::kParityTol) << key << " step " << i;
       }
       continue;
     }
@@ -202,7 +201,7 @@ void vp_multistep(const std::string& variant, const SamplerFn& fn) {
       auto vp = xs[i] / std::sqrt(1 + sig[i + 1] * sig[i + 1]);
       double e = rel_err(vp, ref[i][0].unsqueeze(0));
       sum.worst = std::max(sum.worst, e);
-      EXPECT_LE(e, kTol) << variant << " " << key << " step " << i;
+      EXPECT_LE(e, test::kParityTol) << variant << " " << key << " step " << i;
       ++sum.steps;
     }
     ++sum.cases;
@@ -257,7 +256,7 @@ void ddim_family(const std::string& variant, bool ddpm) {
       x_vp = x_ve / std::sqrt(1 + sn * sn);
       double e = rel_err(x_vp, ref[k][0].unsqueeze(0));
       sum.worst = std::max(sum.worst, e);
-      EXPECT_LE(e, kTol) << variant << " " << key << " step " << k;
+      EXPECT_LE(e, test::kParityTol) << variant << " " << key << " step " << k;
       ++sum.steps;
     }
     ++sum.cases;
@@ -332,7 +331,7 @@ TEST(Parity, Pndm) {
       auto vp = xs[i] / std::sqrt(1 + sig[i + 1] * sig[i + 1]);
       double e = rel_err(vp, ref[j][0].unsqueeze(0));
       sum.worst = std::max(sum.worst, e);
-      EXPECT_LE(e, kTol) << key << " step " << i;
+      EXPECT_LE(e, test::kParityTol) << key << " step " << i;
       ++sum.steps;
     }
     ++sum.cases;
@@ -382,7 +381,7 @@ TEST(Parity, SdPipelineDdimWithGuidance) {
     auto vp = xs[i] / std::sqrt(1 + sig[i + 1] * sig[i + 1]);
     double e = rel_err(vp, io.at("step_latents")[i]);
     worst = std::max(worst, e);
-    EXPECT_LE(e, kTol) << "step " << i;
+    EXPECT_LE(e, test::kParityTol) << "step " << i;
   }
   std::cout << "[parity] sd_pipeline_tiny DDIM + CFG 7.5: 5 steps, max rel err " << worst << "\n";
 }

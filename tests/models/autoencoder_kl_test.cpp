@@ -17,8 +17,6 @@ using diffuse::test::TempDir;
 
 namespace {
 
-constexpr double kTol = 1e-4;
-
 std::map<std::string, torch::Tensor> vae_io() { return safetensors::load(fixture("vae_tiny/io.safetensors")); }
 
 }  // namespace
@@ -36,11 +34,11 @@ TEST(AutoencoderKL, ParityWithDiffusers) {
   RecordProperty("latent_mean", std::to_string(d_mean));
   std::printf("vae_tiny max abs diff: latent_mean %.3g latent_logvar %.3g latent_std %.3g decoded %.3g recon %.3g\n",
               d_mean, d_logvar, d_std, d_dec, d_rec);
-  EXPECT_LT(d_mean, kTol);
-  EXPECT_LT(d_logvar, kTol);
-  EXPECT_LT(d_std, kTol);
-  EXPECT_LT(d_dec, kTol);
-  EXPECT_LT(d_rec, kTol);
+  EXPECT_LT(d_mean, test::kParityTol);
+  EXPECT_LT(d_logvar, test::kParityTol);
+  EXPECT_LT(d_std, test::kParityTol);
+  EXPECT_LT(d_dec, test::kParityTol);
+  EXPECT_LT(d_rec, test::kParityTol);
 }
 
 TEST(AutoencoderKL, IntermediatesMatch) {
@@ -48,15 +46,15 @@ TEST(AutoencoderKL, IntermediatesMatch) {
   auto vae = load_autoencoder_kl(fixture("vae_tiny"));
   auto io = vae_io();
   auto h = vae->encoder->conv_in->forward(io.at("sample"));
-  EXPECT_LT(max_abs_diff(h, io.at("inter.encoder.conv_in")), kTol);
+  EXPECT_LT(max_abs_diff(h, io.at("inter.encoder.conv_in")), test::kParityTol);
   h = vae->encoder->down[0]->forward(h, {}).hidden_states;
-  EXPECT_LT(max_abs_diff(h, io.at("inter.encoder.down_blocks.0")), kTol);
+  EXPECT_LT(max_abs_diff(h, io.at("inter.encoder.down_blocks.0")), test::kParityTol);
   auto z = vae->decoder->conv_in->forward(io.at("inter.post_quant_conv"));
-  EXPECT_LT(max_abs_diff(z, io.at("inter.decoder.conv_in")), kTol);
+  EXPECT_LT(max_abs_diff(z, io.at("inter.decoder.conv_in")), test::kParityTol);
   z = vae->decoder->mid_block->forward(z);
-  EXPECT_LT(max_abs_diff(z, io.at("inter.decoder.mid_block")), kTol);
+  EXPECT_LT(max_abs_diff(z, io.at("inter.decoder.mid_block")), test::kParityTol);
   z = vae->decoder->up[0]->forward(z);
-  EXPECT_LT(max_abs_diff(z, io.at("inter.decoder.up_blocks.0")), kTol);
+  EXPECT_LT(max_abs_diff(z, io.at("inter.decoder.up_blocks.0")), test::kParityTol);
 }
 
 TEST(AutoencoderKL, ConfigRoundTripAndSaveLoad) {

@@ -21,8 +21,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr double kTol = 1e-4;
-
 void check_parity(const std::string& name, const std::string& act) {
   torch::NoGradGuard ng;
   auto model = load_clip_text_model(fixture(name));
@@ -33,23 +31,23 @@ void check_parity(const std::string& name, const std::string& act) {
   const double d_last = max_abs_diff(out.last_hidden_state, io.at("last_hidden_state"));
   const double d_pool = max_abs_diff(out.pooler_output, io.at("pooler_output"));
   std::printf("%s: last_hidden_state %.3g, pooler_output %.3g", name.c_str(), d_last, d_pool);
-  EXPECT_LT(d_last, kTol);
-  EXPECT_LT(d_pool, kTol);
+  EXPECT_LT(d_last, test::kParityTol);
+  EXPECT_LT(d_pool, test::kParityTol);
   ASSERT_EQ(out.hidden_states.size(), 3u);
   for (size_t i = 0; i < out.hidden_states.size(); ++i) {
     const double d = max_abs_diff(out.hidden_states[i], io.at("hidden_states." + std::to_string(i)));
     std::printf(", hidden_states.%zu %.3g", i, d);
-    EXPECT_LT(d, kTol) << "hidden_states." << i;
+    EXPECT_LT(d, test::kParityTol) << "hidden_states." << i;
   }
   std::printf("\n");
   // Clip-skip as SD 2.x uses it: final_layer_norm of the penultimate hidden state.
   auto skip = model->final_norm(out.hidden_states[1]);
   auto ref = model->final_norm(io.at("hidden_states.1"));
-  EXPECT_LT(max_abs_diff(skip, ref), kTol);
+  EXPECT_LT(max_abs_diff(skip, ref), test::kParityTol);
   // Without hidden states: same outputs, empty list.
   auto plain = model->forward(io.at("input_ids"));
   EXPECT_TRUE(plain.hidden_states.empty());
-  EXPECT_LT(max_abs_diff(plain.last_hidden_state, io.at("last_hidden_state")), kTol);
+  EXPECT_LT(max_abs_diff(plain.last_hidden_state, io.at("last_hidden_state")), test::kParityTol);
 }
 
 }  // namespace
@@ -130,9 +128,13 @@ TEST(ClipText, BadInput) {
 
   torch::NoGradGuard ng;
   auto m = load_clip_text_model(fixture("clip_text_tiny_gelu"));
-  EXPECT_NE(error_of([&] { m->forward(torch::full({1, 4}, 1000, torch::kLong)); }).find("vocabulary"),
+  EXPECT_NE(error_of([&] {
+              m->forward(torch::full({1, 4}, 1000, torch::kLong));
+            }).find("vocabulary"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { m->forward(torch::zeros({1, 78}, torch::kLong)); }).find("max_position_embeddings"),
+  EXPECT_NE(error_of([&] {
+              m->forward(torch::zeros({1, 78}, torch::kLong));
+            }).find("max_position_embeddings"),
             std::string::npos);
   EXPECT_NE(error_of([&] { m->forward(torch::zeros({4}, torch::kLong)); }).find("input_ids"), std::string::npos);
 }

@@ -21,8 +21,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr double kTol = 1e-4;
-
 std::map<std::string, torch::Tensor> dit_io() { return safetensors::load(fixture("dit_tiny/io.safetensors")); }
 
 // dit_tiny with config_as_Transformer2DModel.json as its config.json.
@@ -43,13 +41,13 @@ TEST(DiT, ParityWithDiffusers) {
   auto out = dit->forward(io.at("sample"), io.at("timestep"), io.at("class_labels"));
   const double d = max_abs_diff(out, io.at("out"));
   std::printf("dit_tiny (DiTTransformer2DModel config) max abs diff: %.3g\n", d);
-  EXPECT_LT(d, kTol);
+  EXPECT_LT(d, test::kParityTol);
   auto pe = dit->pos_embed->forward(io.at("sample"));
-  EXPECT_LT(max_abs_diff(pe, io.at("inter.pos_embed")), kTol);
+  EXPECT_LT(max_abs_diff(pe, io.at("inter.pos_embed")), test::kParityTol);
   auto t = io.at("timestep");
   auto l = io.at("class_labels");
   auto h = dit->blocks[0]->forward(pe, t, l);
-  EXPECT_LT(max_abs_diff(h, io.at("inter.transformer_blocks.0")), kTol);
+  EXPECT_LT(max_abs_diff(h, io.at("inter.transformer_blocks.0")), test::kParityTol);
 }
 
 TEST(DiT, LegacyTransformer2DModelConfig) {
@@ -60,7 +58,7 @@ TEST(DiT, LegacyTransformer2DModelConfig) {
   auto out = dit->forward(io.at("sample"), io.at("timestep"), io.at("class_labels"));
   const double d = max_abs_diff(out, io.at("out"));
   std::printf("dit_tiny (Transformer2DModel config) max abs diff: %.3g\n", d);
-  EXPECT_LT(d, kTol);
+  EXPECT_LT(d, test::kParityTol);
   auto modern = load_dit(fixture("dit_tiny"));
   EXPECT_EQ(dit->config().to_json(), modern->config().to_json());
 }
@@ -106,17 +104,25 @@ TEST(DiT, Errors) {
   auto dit = load_dit(fixture("dit_tiny"));
   auto t = torch::tensor({1.0});
   auto l = torch::tensor({int64_t{1}});
-  EXPECT_NE(error_of([&] { dit->forward(torch::zeros({1, 4, 7, 8}), t, l); }).find("divisible by patch_size 2"),
+  EXPECT_NE(error_of([&] {
+              dit->forward(torch::zeros({1, 4, 7, 8}), t, l);
+            }).find("divisible by patch_size 2"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { dit->forward(torch::zeros({1, 3, 8, 8}), t, l); }).find("expected sample"),
+  EXPECT_NE(error_of([&] {
+              dit->forward(torch::zeros({1, 3, 8, 8}), t, l);
+            }).find("expected sample"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { dit->forward(torch::zeros({1, 4, 8, 8}), t, torch::tensor({int64_t{1001}})); })
-                .find("class_labels"),
+  EXPECT_NE(error_of([&] {
+              dit->forward(torch::zeros({1, 4, 8, 8}), t, torch::tensor({int64_t{1001}}));
+            }).find("class_labels"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { dit->forward(torch::zeros({1, 4, 8, 8}), t, {}); }).find("class_labels"),
-            std::string::npos);
-  nlohmann::json bad = {{"_class_name", "Transformer2DModel"}, {"in_channels", 4}, {"patch_size", 2},
-                        {"sample_size", 8}, {"norm_type", "ada_norm_zero"}, {"num_embeds_ada_norm", 10},
+  EXPECT_NE(error_of([&] { dit->forward(torch::zeros({1, 4, 8, 8}), t, {}); }).find("class_labels"), std::string::npos);
+  nlohmann::json bad = {{"_class_name", "Transformer2DModel"},
+                        {"in_channels", 4},
+                        {"patch_size", 2},
+                        {"sample_size", 8},
+                        {"norm_type", "ada_norm_zero"},
+                        {"num_embeds_ada_norm", 10},
                         {"cross_attention_dim", 32}};
   EXPECT_NE(error_of([&] { DiTConfig::from_json(bad); }).find("cross_attention_dim"), std::string::npos);
   nlohmann::json other = {{"_class_name", "UNet2DModel"}};

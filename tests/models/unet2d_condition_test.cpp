@@ -8,23 +8,17 @@
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
+#include "models/param_count.h"
 #include "nn/state_dict.h"
 
 using namespace diffuse;
 using diffuse::test::fixture;
 using diffuse::test::max_abs_diff;
+using diffuse::test::param_count;
 using diffuse::test::TempDir;
 using nlohmann::json;
 
 namespace {
-
-constexpr double kTol = 1e-4;
-
-int64_t param_count(const torch::nn::Module& m) {
-  int64_t n = 0;
-  for (auto& [k, v] : nn::state_dict(m)) n += v.numel();
-  return n;
-}
 
 void check_parity(const std::string& name) {
   auto m = load_unet2d_condition(fixture(name));
@@ -34,22 +28,22 @@ void check_parity(const std::string& name) {
   auto ehs = t.at("encoder_hidden_states");
   auto out = m->forward(t.at("sample"), t.at("timestep"), ehs);
   const double diff = max_abs_diff(out, t.at("out"));
-  EXPECT_LE(diff, kTol);
+  EXPECT_LE(diff, test::kParityTol);
   std::cout << "[ " << name << " ] max abs diff " << diff << "\n";
 
   // Stages, each fed with the reference input of its stage.
   auto emb = m->embed(t.at("timestep"), 2);
-  EXPECT_LE(max_abs_diff(emb, t.at("inter.time_embedding")), kTol);
-  EXPECT_LE(max_abs_diff(m->conv_in(t.at("sample")), t.at("inter.conv_in")), kTol);
+  EXPECT_LE(max_abs_diff(emb, t.at("inter.time_embedding")), test::kParityTol);
+  EXPECT_LE(max_abs_diff(m->conv_in(t.at("sample")), t.at("inter.conv_in")), test::kParityTol);
   auto d0 = m->down_cross[0]->forward(t.at("inter.conv_in"), emb, ehs);
-  EXPECT_LE(max_abs_diff(d0.hidden_states, t.at("inter.down_blocks.0")), kTol);
+  EXPECT_LE(max_abs_diff(d0.hidden_states, t.at("inter.down_blocks.0")), test::kParityTol);
   ASSERT_EQ(d0.res_samples.size(), 2u);
-  EXPECT_LE(max_abs_diff(d0.res_samples[0], t.at("inter.down_blocks.0.res0")), kTol);
+  EXPECT_LE(max_abs_diff(d0.res_samples[0], t.at("inter.down_blocks.0.res0")), test::kParityTol);
   auto mid = m->mid_block->forward(t.at("inter.down_blocks.1"), emb, ehs);
-  EXPECT_LE(max_abs_diff(mid, t.at("inter.mid_block")), kTol);
+  EXPECT_LE(max_abs_diff(mid, t.at("inter.mid_block")), test::kParityTol);
   auto up1 = m->up_cross[1]->forward(t.at("inter.up_blocks.0"),
                                      {t.at("inter.conv_in"), t.at("inter.down_blocks.0.res0")}, emb, ehs);
-  EXPECT_LE(max_abs_diff(up1, t.at("inter.up_blocks.1")), kTol);
+  EXPECT_LE(max_abs_diff(up1, t.at("inter.up_blocks.1")), test::kParityTol);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "core/safetensors.h"
 #include "fixtures.h"
 #include "models/error_of.h"
+#include "models/param_count.h"
 #include "nn/deterministic.h"
 #include "nn/state_dict.h"
 
@@ -17,14 +18,13 @@ using namespace diffuse;
 using diffuse::test::error_of;
 using diffuse::test::fixture;
 using diffuse::test::max_abs_diff;
+using diffuse::test::param_count;
 using diffuse::test::TempDir;
 using nlohmann::json;
 
 namespace fs = std::filesystem;
 
 namespace {
-
-constexpr double kTol = 1e-4;
 
 std::map<std::string, torch::Tensor> io(const std::string& name) {
   return safetensors::load(fixture(name + "/io.safetensors"));
@@ -46,12 +46,6 @@ std::vector<std::string> key_list(const torch::nn::Module& m) {
   return out;
 }
 
-int64_t param_count(const torch::nn::Module& m) {
-  int64_t n = 0;
-  for (auto& [k, v] : nn::state_dict(m)) n += v.numel();
-  return n;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------- parity with diffusers
@@ -63,30 +57,32 @@ TEST(UNet2D, DdpmMatchesDiffusers) {
   torch::NoGradGuard ng;
   auto out = m->forward(t.at("sample"), t.at("timestep"));
   const double diff = max_abs_diff(out, t.at("out"));
-  EXPECT_LE(diff, kTol);
+  EXPECT_LE(diff, test::kParityTol);
   std::cout << "[ unet2d_ddpm ] max abs diff " << diff << "\n";
 
   // Intermediates, each fed with the reference input of its stage.
-  EXPECT_LE(max_abs_diff(m->conv_in(t.at("sample")), t.at("inter.conv_in")), kTol);
+  EXPECT_LE(max_abs_diff(m->conv_in(t.at("sample")), t.at("inter.conv_in")), test::kParityTol);
   auto emb = m->embed(t.at("timestep"), 2);
-  EXPECT_LE(max_abs_diff(emb, t.at("inter.time_embedding")), kTol);
+  EXPECT_LE(max_abs_diff(emb, t.at("inter.time_embedding")), test::kParityTol);
   auto d0 = m->down[0]->forward(t.at("inter.conv_in"), emb);
-  EXPECT_LE(max_abs_diff(d0.hidden_states, t.at("inter.down_blocks.0")), kTol);
+  EXPECT_LE(max_abs_diff(d0.hidden_states, t.at("inter.down_blocks.0")), test::kParityTol);
   ASSERT_EQ(d0.res_samples.size(), 2u);
-  EXPECT_LE(max_abs_diff(d0.res_samples[0], t.at("inter.down_blocks.0.res0")), kTol);
-  EXPECT_LE(max_abs_diff(d0.res_samples[1], t.at("inter.down_blocks.0.res1")), kTol);
+  EXPECT_LE(max_abs_diff(d0.res_samples[0], t.at("inter.down_blocks.0.res0")), test::kParityTol);
+  EXPECT_LE(max_abs_diff(d0.res_samples[1], t.at("inter.down_blocks.0.res1")), test::kParityTol);
   auto d1 = m->down[1]->forward(t.at("inter.down_blocks.0"), emb);
-  EXPECT_LE(max_abs_diff(d1.hidden_states, t.at("inter.down_blocks.1")), kTol);
-  EXPECT_LE(max_abs_diff(d1.res_samples[0], t.at("inter.down_blocks.1.res0")), kTol);
-  EXPECT_LE(max_abs_diff(m->mid_block->forward(t.at("inter.down_blocks.1"), emb), t.at("inter.mid_block")), kTol);
+  EXPECT_LE(max_abs_diff(d1.hidden_states, t.at("inter.down_blocks.1")), test::kParityTol);
+  EXPECT_LE(max_abs_diff(d1.res_samples[0], t.at("inter.down_blocks.1.res0")), test::kParityTol);
+  EXPECT_LE(max_abs_diff(m->mid_block->forward(t.at("inter.down_blocks.1"), emb), t.at("inter.mid_block")),
+            test::kParityTol);
   auto u0 = m->up[0]->forward(t.at("inter.mid_block"),
                               {t.at("inter.down_blocks.0.res1"), t.at("inter.down_blocks.1.res0")}, emb);
-  EXPECT_LE(max_abs_diff(u0, t.at("inter.up_blocks.0")), kTol);
+  EXPECT_LE(max_abs_diff(u0, t.at("inter.up_blocks.0")), test::kParityTol);
   auto u1 =
       m->up[1]->forward(t.at("inter.up_blocks.0"), {t.at("inter.conv_in"), t.at("inter.down_blocks.0.res0")}, emb);
-  EXPECT_LE(max_abs_diff(u1, t.at("inter.up_blocks.1")), kTol);
-  EXPECT_LE(max_abs_diff(m->conv_norm_out(t.at("inter.up_blocks.1")), t.at("inter.conv_norm_out")), kTol);
-  EXPECT_LE(max_abs_diff(m->conv_out(torch::silu(t.at("inter.conv_norm_out"))), t.at("inter.conv_out")), kTol);
+  EXPECT_LE(max_abs_diff(u1, t.at("inter.up_blocks.1")), test::kParityTol);
+  EXPECT_LE(max_abs_diff(m->conv_norm_out(t.at("inter.up_blocks.1")), t.at("inter.conv_norm_out")), test::kParityTol);
+  EXPECT_LE(max_abs_diff(m->conv_out(torch::silu(t.at("inter.conv_norm_out"))), t.at("inter.conv_out")),
+            test::kParityTol);
 }
 
 TEST(UNet2D, ClassConditionalMatchesDiffusers) {
@@ -96,14 +92,17 @@ TEST(UNet2D, ClassConditionalMatchesDiffusers) {
   torch::NoGradGuard ng;
   auto out = m->forward(t.at("sample"), t.at("timestep"), t.at("class_labels"));
   const double diff = max_abs_diff(out, t.at("out"));
-  EXPECT_LE(diff, kTol);
+  EXPECT_LE(diff, test::kParityTol);
   std::cout << "[ unet2d_classcond ] max abs diff " << diff << "\n";
 
-  EXPECT_LE(max_abs_diff(m->class_embedding_table(t.at("class_labels")), t.at("inter.class_embedding")), kTol);
-  EXPECT_LE(max_abs_diff(m->time_embedding(m->time_features(t.at("timestep"), 2)), t.at("inter.time_embedding")), kTol);
+  EXPECT_LE(max_abs_diff(m->class_embedding_table(t.at("class_labels")), t.at("inter.class_embedding")),
+            test::kParityTol);
+  EXPECT_LE(max_abs_diff(m->time_embedding(m->time_features(t.at("timestep"), 2)), t.at("inter.time_embedding")),
+            test::kParityTol);
   auto emb = m->embed(t.at("timestep"), 2, t.at("class_labels"));
-  EXPECT_LE(max_abs_diff(emb, t.at("inter.time_embedding") + t.at("inter.class_embedding")), kTol);
-  EXPECT_LE(max_abs_diff(m->mid_block->forward(t.at("inter.down_blocks.1"), emb), t.at("inter.mid_block")), kTol);
+  EXPECT_LE(max_abs_diff(emb, t.at("inter.time_embedding") + t.at("inter.class_embedding")), test::kParityTol);
+  EXPECT_LE(max_abs_diff(m->mid_block->forward(t.at("inter.down_blocks.1"), emb), t.at("inter.mid_block")),
+            test::kParityTol);
 
   // The class labels matter, and are required.
   auto other = m->forward(t.at("sample"), t.at("timestep"), torch::tensor({4, 7}, torch::kLong));
@@ -134,11 +133,11 @@ TEST(UNet2D, TimestepBroadcastAndChunkedAttention) {
 
   // channels-last inputs give the same result.
   EXPECT_LE(max_abs_diff(m->forward(x.contiguous(torch::MemoryFormat::ChannelsLast), t.at("timestep")), t.at("out")),
-            kTol);
+            test::kParityTol);
 
   m->set_attention_chunk_size(5);
   const double diff = max_abs_diff(m->forward(x, t.at("timestep")), t.at("out"));
-  EXPECT_LE(diff, kTol);
+  EXPECT_LE(diff, test::kParityTol);
 }
 
 TEST(UNet2D, Bfloat16) {
@@ -375,7 +374,7 @@ void check_oracle(const Oracle& o, const torch::Tensor& timestep, const torch::T
   EXPECT_NEAR(flat.abs().sum().item<double>(), o.abs_sum, 1e-4 * o.abs_sum);
   double worst = 0;
   for (auto [i, v] : o.values) worst = std::max(worst, std::abs(flat[i].item<double>() - v));
-  EXPECT_LE(worst, kTol);
+  EXPECT_LE(worst, test::kParityTol);
   std::cout << "[ oracle ] max abs diff at sampled outputs " << worst << "\n";
 }
 

@@ -10,7 +10,7 @@
 #include "core/runtime.h"
 #include "eval/evaluate.h"
 
-namespace {
+namespace cmd_eval {
 
 // `diffuse train --eval-every N` computes FID through this hook.
 const bool kTrainHookInstalled = (diffuse::install_train_eval_hook(), true);
@@ -120,4 +120,4 @@ void register_cmd(CLI::App& app) {
 
 DIFFUSE_COMMAND(60, "eval", register_cmd);
 
-}  // namespace
+}  // namespace cmd_eval

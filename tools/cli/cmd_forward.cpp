@@ -7,7 +7,7 @@
 #include "core/safetensors.h"
 #include "pipelines/forward.h"
 
-namespace {
+namespace cmd_forward {
 
 struct Args {
   std::string model, inputs, out, device = "cpu";
@@ -36,4 +36,4 @@ void register_cmd(CLI::App& app) {
 
 DIFFUSE_COMMAND(40, "forward", register_cmd);
 
-}  // namespace
+}  // namespace cmd_forward

@@ -14,7 +14,7 @@
 
 namespace fs = std::filesystem;
 
-namespace {
+namespace cmd_generate {
 
 struct Args {
   std::string model, guide_model, out = "samples.png", cls, device = "cpu";
@@ -127,4 +127,4 @@ void register_cmd(CLI::App& app) {
 
 DIFFUSE_COMMAND(20, "generate", register_cmd);
 
-}  // namespace
+}  // namespace cmd_generate

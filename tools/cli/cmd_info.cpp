@@ -10,14 +10,11 @@
 #include "core/error.h"
 #include "core/image.h"
 #include "core/safetensors.h"
+#include "core/strings.h"
 
 namespace fs = std::filesystem;
 
-namespace {
-
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
+namespace cmd_info {
 
 void describe_safetensors(const std::string& path, bool all) {
   auto f = diffuse::safetensors::File::open(path);
@@ -71,7 +68,8 @@ void describe_folder(const std::string& dir, bool all) {
     if (p.extension() == ".safetensors") {
       describe_safetensors(p.string(), all);
     } else {
-      std::printf("== %s\n%s\n", p.string().c_str(), nlohmann::json::parse(diffuse::read_file(p.string())).dump(2).c_str());
+      std::printf("== %s\n%s\n", p.string().c_str(),
+                  nlohmann::json::parse(diffuse::read_file(p.string())).dump(2).c_str());
     }
   }
   if (!any) throw diffuse::Error(dir + ": no model files (config.json, model_index.json, *.safetensors)");
@@ -89,7 +87,7 @@ void register_cmd(CLI::App& app) {
       describe_folder(p, *all);
     } else if (!fs::exists(p)) {
       throw diffuse::Error(p + ": no such file or folder");
-    } else if (ends_with(p, ".png") || ends_with(p, ".PNG")) {
+    } else if (diffuse::ends_with(p, ".png") || diffuse::ends_with(p, ".PNG")) {
       auto text = diffuse::read_png_text(p);
       auto it = text.find("parameters");
       if (it == text.end()) throw diffuse::Error(p + ": no generation parameters in this PNG");
@@ -104,4 +102,4 @@ void register_cmd(CLI::App& app) {
 
 DIFFUSE_COMMAND(50, "info", register_cmd);
 
-}  // namespace
+}  // namespace cmd_info

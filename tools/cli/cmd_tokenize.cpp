@@ -10,7 +10,7 @@
 #include "core/error.h"
 #include "models/clip_tokenizer.h"
 
-namespace {
+namespace cmd_tokenize {
 
 namespace fs = std::filesystem;
 
@@ -28,16 +28,18 @@ diffuse::CLIPTokenizer open_tokenizer(const std::string& model) {
     const auto name = p.filename().string();
     if (name.size() > 4 && (name.substr(name.size() - 3) == ".gz" || name.substr(name.size() - 4) == ".txt"))
       return diffuse::CLIPTokenizer::from_bpe_file(model);
-    throw diffuse::Error("--model " + model + ": expected a pipeline folder, a tokenizer folder or a bpe_simple_vocab file");
+    throw diffuse::Error("--model " + model +
+                         ": expected a pipeline folder, a tokenizer folder or a bpe_simple_vocab file");
   }
   if (!fs::is_directory(p)) throw diffuse::Error("--model " + model + " does not exist");
-  if (fs::exists(p / "tokenizer" / "vocab.json")) return diffuse::CLIPTokenizer::from_folder((p / "tokenizer").string());
+  if (fs::exists(p / "tokenizer" / "vocab.json"))
+    return diffuse::CLIPTokenizer::from_folder((p / "tokenizer").string());
   if (fs::exists(p / "vocab.json")) return diffuse::CLIPTokenizer::from_folder(model);
   if (fs::exists(p / "model_index.json"))
-    throw diffuse::Error("--model " + model + ": pipeline has no tokenizer (" + (p / "tokenizer" / "vocab.json").string() +
-                         " does not exist)");
-  throw diffuse::Error("--model " + model + ": no tokenizer found (looked for " + (p / "tokenizer" / "vocab.json").string() +
-                       " and " + (p / "vocab.json").string() + ")");
+    throw diffuse::Error("--model " + model + ": pipeline has no tokenizer (" +
+                         (p / "tokenizer" / "vocab.json").string() + " does not exist)");
+  throw diffuse::Error("--model " + model + ": no tokenizer found (looked for " +
+                       (p / "tokenizer" / "vocab.json").string() + " and " + (p / "vocab.json").string() + ")");
 }
 
 void register_cmd(CLI::App& app) {
@@ -62,4 +64,4 @@ void register_cmd(CLI::App& app) {
 
 DIFFUSE_COMMAND(45, "tokenize", register_cmd);
 
-}  // namespace
+}  // namespace cmd_tokenize

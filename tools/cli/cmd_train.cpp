@@ -8,7 +8,7 @@
 #include "train/presets.h"
 #include "train/trainer.h"
 
-namespace {
+namespace cmd_train {
 
 extern "C" void on_sigint(int) {
   if (diffuse::train_stop_flag()) std::_Exit(130);  // second Ctrl-C: stop now
@@ -82,4 +82,4 @@ void register_cmd(CLI::App& app) {
 
 DIFFUSE_COMMAND(10, "train", register_cmd);
 
-}  // namespace
+}  // namespace cmd_train

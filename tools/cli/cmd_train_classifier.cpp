@@ -11,7 +11,7 @@
 #include "core/runtime.h"
 #include "eval/classifier.h"
 
-namespace {
+namespace cmd_train_classifier {
 
 struct Args {
   diffuse::ClassifierTrainOptions o;
@@ -69,9 +69,9 @@ void run(Args& a) {
   std::printf(
       "wrote %s: %lld parameters, test accuracy %.2f %% (top-5 %.2f %%) on %lld images, %s wall, %.0f s CPU, %lld "
       "steps\n",
-      a.out.c_str(), static_cast<long long>(r.net->num_parameters()), 100 * r.test_accuracy,
-      100 * r.test_top5_accuracy, static_cast<long long>(r.test_images),
-      diffuse::format_duration(r.train_seconds).c_str(), r.cpu_seconds, static_cast<long long>(r.steps));
+      a.out.c_str(), static_cast<long long>(r.net->num_parameters()), 100 * r.test_accuracy, 100 * r.test_top5_accuracy,
+      static_cast<long long>(r.test_images), diffuse::format_duration(r.train_seconds).c_str(), r.cpu_seconds,
+      static_cast<long long>(r.steps));
 }
 
 void register_cmd(CLI::App& app) {
@@ -114,4 +114,4 @@ void register_cmd(CLI::App& app) {
 
 DIFFUSE_COMMAND(65, "train-classifier", register_cmd);
 
-}  // namespace
+}  // namespace cmd_train_classifier

@@ -10,7 +10,7 @@
 #include "train/trainer.h"
 #include "train/vae_trainer.h"
 
-namespace {
+namespace cmd_train_vae {
 
 extern "C" void on_vae_sigint(int) {
   if (diffuse::train_stop_flag()) std::_Exit(130);  // second Ctrl-C: stop now
@@ -101,4 +101,4 @@ void register_cmd(CLI::App& app) {
 
 DIFFUSE_COMMAND(11, "train-vae", register_cmd);
 
-}  // namespace
+}  // namespace cmd_train_vae

@@ -1,6 +1,7 @@
 #pragma once
 // Each `diffuse` sub-command lives in its own file (cmd_*.cpp) and registers itself
-// with DIFFUSE_COMMAND. A command's callback throws diffuse::Error for bad input;
+// with DIFFUSE_COMMAND inside a namespace named after the file (cmd_generate, ...), so that
+// the files also build as one unity translation unit. A command's callback throws diffuse::Error for bad input;
 // main() prints it and exits 1.
 #include <CLI/CLI.hpp>
 #include <functional>
@@ -35,4 +36,4 @@ std::shared_ptr<const PixelPipeline> load_guide(const std::string& dir, const Pi
 #define DIFFUSE_CMD_CAT2(a, b) a##b
 #define DIFFUSE_CMD_CAT(a, b) DIFFUSE_CMD_CAT2(a, b)
 #define DIFFUSE_COMMAND(order, name, fn) \
-  static const bool DIFFUSE_CMD_CAT(diffuse_cmd_registered_, __LINE__) = ::diffuse::cli::add_command(order, name, fn)
+  static const bool DIFFUSE_CMD_CAT(diffuse_cmd_registered_, __COUNTER__) = ::diffuse::cli::add_command(order, name, fn)

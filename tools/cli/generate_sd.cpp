@@ -13,6 +13,7 @@
 #include "core/progress.h"
 #include "core/runtime.h"
 #include "core/safetensors.h"
+#include "core/strings.h"
 #include "pipelines/sd_pipeline.h"
 
 namespace fs = std::filesystem;
@@ -20,10 +21,6 @@ namespace fs = std::filesystem;
 namespace diffuse::cli {
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
 
 torch::Tensor load_image(const std::string& path, int channels) {
   auto t = to_tensor(convert_channels(read_image(path), channels)).unsqueeze(0);
