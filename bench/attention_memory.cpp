@@ -85,11 +85,16 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     long v = std::stol(argv[i + 1]);
-    if (k == "--tokens") s.tokens = v;
-    else if (k == "--channels") s.channels = v;
-    else if (k == "--heads") s.heads = v;
-    else if (k == "--batch") s.batch = v;
-    else if (k == "--threads") threads = static_cast<int>(v);
+    if (k == "--tokens")
+      s.tokens = v;
+    else if (k == "--channels")
+      s.channels = v;
+    else if (k == "--heads")
+      s.heads = v;
+    else if (k == "--batch")
+      s.batch = v;
+    else if (k == "--threads")
+      threads = static_cast<int>(v);
   }
   set_threads(threads);
   const double score_mib = static_cast<double>(s.batch * s.heads) * s.tokens * s.tokens * 4 / (1 << 20);
@@ -101,10 +106,8 @@ int main(int argc, char** argv) {
     const char* name;
     int64_t chunk;
   };
-  const Config configs[] = {{"off (whole matrix)", -1},
-                            {"automatic (128 MiB budget)", 0},
-                            {"1024", 1024},
-                            {"256", 256}};
+  const Config configs[] = {
+      {"off (whole matrix)", -1}, {"automatic (128 MiB budget)", 0}, {"1024", 1024}, {"256", 256}};
   for (const auto& c : configs) {
     std::string r = run_child(s, c.chunk);
     double mib = 0, ms = 0;

@@ -20,15 +20,17 @@ struct Case {
 };
 
 // Fashion-MNIST shapes (28x28x1, 10 classes + null) for the small presets, CIFAR-10 for the DDPM one.
-const Case kCases[] = {{"tiny", 28, 1, 11, 64}, {"small", 28, 1, 11, 64}, {"medium", 28, 1, 11, 64},
-                       {"ddpm-cifar10", 32, 3, 0, 8}};
+const Case kCases[] = {
+    {"tiny", 28, 1, 11, 64}, {"small", 28, 1, 11, 64}, {"medium", 28, 1, 11, 64}, {"ddpm-cifar10", 32, 3, 0, 8}};
 
 void run(benchmark::State& state, const Case& c, bool backward) {
   torch::manual_seed(0);
-  auto cfg = diffuse::UNet2DConfig::from_json(
-      diffuse::unet_preset(c.preset, c.image_size, c.channels, c.classes));
+  auto cfg = diffuse::UNet2DConfig::from_json(diffuse::unet_preset(c.preset, c.image_size, c.channels, c.classes));
   diffuse::UNet2DModel model(cfg);
-  if (backward) model->train(); else model->eval();
+  if (backward)
+    model->train();
+  else
+    model->eval();
   auto x = torch::randn({c.batch, c.channels, c.image_size, c.image_size});
   auto t = torch::randint(1000, {c.batch}).to(torch::kFloat32);
   torch::Tensor y = c.classes > 0 ? torch::randint(c.classes, {c.batch}, torch::kInt64) : torch::Tensor();

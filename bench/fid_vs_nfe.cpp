@@ -136,13 +136,20 @@ int main(int argc, char** argv) {
   double guidance = 1.0;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--model") model = v;
-    else if (k == "--data") data = v;
-    else if (k == "--n") n = std::stoi(v);
-    else if (k == "--guidance") guidance = std::stod(v);
-    else if (k == "--out") out = v;
-    else if (k == "--nfe") nfe_list = v;
-    else if (k == "--samplers") sampler_list = v;
+    if (k == "--model")
+      model = v;
+    else if (k == "--data")
+      data = v;
+    else if (k == "--n")
+      n = std::stoi(v);
+    else if (k == "--guidance")
+      guidance = std::stod(v);
+    else if (k == "--out")
+      out = v;
+    else if (k == "--nfe")
+      nfe_list = v;
+    else if (k == "--samplers")
+      sampler_list = v;
     else {
       std::cerr << "unknown option " << k << "\n";
       return 2;
@@ -156,8 +163,8 @@ int main(int argc, char** argv) {
     auto ref = reference_set(net, data, "train");
     MetricOptions mo;
     auto floor = real_data_floor(net, data, ref, n, default_cache_dir(), mo);
-    std::printf("real-data floor at n=%d: FID %.4f  precision %.3f  recall %.3f  class agreement %.3f\n", n,
-                floor.fid, floor.precision, floor.recall, floor.class_agreement);
+    std::printf("real-data floor at n=%d: FID %.4f  precision %.3f  recall %.3f  class agreement %.3f\n", n, floor.fid,
+                floor.precision, floor.recall, floor.class_agreement);
     Row floor_row{"floor", 0, 0, floor, 0};
     auto rows = read_csv(out + ".csv");
     std::set<std::pair<std::string, int>> done;

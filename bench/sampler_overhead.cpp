@@ -50,12 +50,18 @@ int main(int argc, char** argv) {
   int steps = 20, repeats = 2, threads = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--model") model = v;
-    else if (k == "--batch") batches = v;
-    else if (k == "--steps") steps = std::atoi(v.c_str());
-    else if (k == "--repeats") repeats = std::atoi(v.c_str());
-    else if (k == "--threads") threads = std::atoi(v.c_str());
-    else if (k == "--sampler") only = v;
+    if (k == "--model")
+      model = v;
+    else if (k == "--batch")
+      batches = v;
+    else if (k == "--steps")
+      steps = std::atoi(v.c_str());
+    else if (k == "--repeats")
+      repeats = std::atoi(v.c_str());
+    else if (k == "--threads")
+      threads = std::atoi(v.c_str());
+    else if (k == "--sampler")
+      only = v;
     else {
       std::cerr << "unknown option " << k << "\n";
       return 2;
@@ -73,8 +79,8 @@ int main(int argc, char** argv) {
   else
     for (const auto& n : split(only)) list.push_back(&find_sampler(n));
 
-  std::printf("model %s (%dx%dx%d), schedule discrete, %d steps, %d repeat(s), %d thread(s)\n\n", model.c_str(), c,
-              s, s, steps, repeats, torch::get_num_threads());
+  std::printf("model %s (%dx%dx%d), schedule discrete, %d steps, %d repeat(s), %d thread(s)\n\n", model.c_str(), c, s,
+              s, steps, repeats, torch::get_num_threads());
   std::printf("| batch | sampler | NFE | step ms | model ms | overhead ms | overhead %% |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   double worst = 0;

@@ -89,7 +89,9 @@ Image read_png_from(const std::string& what, FILE* fp, PngMemSource* mem,
     png_textp text = nullptr;
     int n = 0;
     png_get_text(png, info, &text, &n);
-    for (int i = 0; i < n; ++i) (*text_out)[text[i].key] = std::string(text[i].text, text[i].text_length ? text[i].text_length : std::strlen(text[i].text));
+    for (int i = 0; i < n; ++i)
+      (*text_out)[text[i].key] =
+          std::string(text[i].text, text[i].text_length ? text[i].text_length : std::strlen(text[i].text));
   }
   png_destroy_read_struct(&png, &info, nullptr);
   if (fp) std::fclose(fp);
@@ -224,7 +226,8 @@ void write_png(const std::string& path, const Image& img, const std::map<std::st
 }
 
 torch::Tensor to_tensor(const Image& img) {
-  auto t = torch::from_blob(const_cast<uint8_t*>(img.data.data()), {img.height, img.width, img.channels}, torch::kUInt8);
+  auto t =
+      torch::from_blob(const_cast<uint8_t*>(img.data.data()), {img.height, img.width, img.channels}, torch::kUInt8);
   return t.permute({2, 0, 1}).to(torch::kFloat32).div(127.5).sub(1.0).contiguous();
 }
 

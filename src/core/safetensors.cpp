@@ -25,9 +25,9 @@ struct DType {
   size_t size;
 };
 const DType kTypes[] = {
-    {"F64", torch::kFloat64, 8}, {"F32", torch::kFloat32, 4}, {"F16", torch::kFloat16, 2},
-    {"BF16", torch::kBFloat16, 2}, {"I64", torch::kInt64, 8}, {"I32", torch::kInt32, 4},
-    {"I16", torch::kInt16, 2},   {"I8", torch::kInt8, 1},     {"U8", torch::kUInt8, 1},
+    {"F64", torch::kFloat64, 8},   {"F32", torch::kFloat32, 4}, {"F16", torch::kFloat16, 2},
+    {"BF16", torch::kBFloat16, 2}, {"I64", torch::kInt64, 8},   {"I32", torch::kInt32, 4},
+    {"I16", torch::kInt16, 2},     {"I8", torch::kInt8, 1},     {"U8", torch::kUInt8, 1},
     {"BOOL", torch::kBool, 1},
 };
 }  // namespace
@@ -174,7 +174,8 @@ torch::Tensor File::get(const std::string& name) const {
     return t;
   }
   auto keep = map_;
-  return torch::from_blob(base, info.shape, [keep](void*) {}, opts);
+  return torch::from_blob(
+      base, info.shape, [keep](void*) {}, opts);
 }
 
 std::map<std::string, torch::Tensor> File::load_all() const {
@@ -193,15 +194,16 @@ std::string serialize(const std::map<std::string, torch::Tensor>& tensors,
     if (kv.first == "__metadata__") throw Error("'__metadata__' cannot be used as a tensor name");
     order.emplace_back(kv.first, kv.second.detach().to(torch::kCPU).contiguous());
   }
-  std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
-    return a.second.element_size() > b.second.element_size();
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [](const auto& a, const auto& b) { return a.second.element_size() > b.second.element_size(); });
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& [name, t] : order) {
     uint64_t nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
-    header[name] = {{"dtype", dtype_name(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + nbytes}}};
+    header[name] = {{"dtype", dtype_name(t.scalar_type())},
+                    {"shape", t.sizes().vec()},
+                    {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
   }
   std::string h = header.dump();

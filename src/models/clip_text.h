@@ -113,7 +113,7 @@ TORCH_MODULE(CLIPTextModel);
 CLIPTextModel load_clip_text_model(const std::string& dir, torch::Dtype dtype = torch::kFloat);
 // Builds the model from a config and a state dict already in memory (`source` names it in errors).
 CLIPTextModel clip_text_model_from_state_dict(const CLIPTextConfig& config,
-                                              const std::map<std::string, torch::Tensor>& sd,
-                                              const std::string& source, torch::Dtype dtype = torch::kFloat);
+                                              const std::map<std::string, torch::Tensor>& sd, const std::string& source,
+                                              torch::Dtype dtype = torch::kFloat);
 
 }  // namespace diffuse

@@ -52,27 +52,26 @@ char32_t simple_lower(char32_t c) {
   if (it == std::begin(kLower)) return c;
   --it;
   const uint32_t off = static_cast<uint32_t>(c) - it->start;
-  if (off % it->stride == 0 && off / it->stride < it->count) return static_cast<char32_t>(static_cast<int64_t>(c) + it->delta);
+  if (off % it->stride == 0 && off / it->stride < it->count)
+    return static_cast<char32_t>(static_cast<int64_t>(c) + it->delta);
   return c;
 }
 
 // Named entities ftfy unescapes that prompts plausibly contain (HTML5 names; ftfy also accepts the
 // all-caps spelling of lowercase names).
 const std::pair<const char*, char32_t> kEntities[] = {
-    {"amp", '&'},        {"lt", '<'},         {"gt", '>'},          {"quot", '"'},        {"apos", '\''},
-    {"nbsp", 0xA0},      {"copy", 0xA9},      {"reg", 0xAE},        {"trade", 0x2122},    {"hellip", 0x2026},
-    {"mdash", 0x2014},   {"ndash", 0x2013},   {"lsquo", 0x2018},    {"rsquo", 0x2019},    {"ldquo", 0x201C},
-    {"rdquo", 0x201D},   {"sbquo", 0x201A},   {"bdquo", 0x201E},    {"laquo", 0xAB},      {"raquo", 0xBB},
-    {"deg", 0xB0},       {"times", 0xD7},     {"divide", 0xF7},     {"middot", 0xB7},     {"bull", 0x2022},
-    {"euro", 0x20AC},    {"pound", 0xA3},     {"yen", 0xA5},        {"cent", 0xA2},       {"sect", 0xA7},
-    {"para", 0xB6},      {"plusmn", 0xB1},    {"frac12", 0xBD},     {"frac14", 0xBC},     {"frac34", 0xBE},
-    {"iexcl", 0xA1},     {"iquest", 0xBF},    {"micro", 0xB5},      {"shy", 0xAD},        {"eacute", 0xE9},
-    {"egrave", 0xE8},    {"agrave", 0xE0},    {"aacute", 0xE1},     {"ccedil", 0xE7},     {"ntilde", 0xF1},
-    {"ouml", 0xF6},      {"uuml", 0xFC},      {"auml", 0xE4},       {"szlig", 0xDF},      {"Eacute", 0xC9},
-    {"hearts", 0x2665},  {"star", 0x2606},    {"larr", 0x2190},     {"rarr", 0x2192},     {"uarr", 0x2191},
-    {"darr", 0x2193},    {"infin", 0x221E},   {"ne", 0x2260},       {"le", 0x2264},       {"ge", 0x2265},
-    {"sup2", 0xB2},      {"sup3", 0xB3},      {"ensp", 0x2002},     {"emsp", 0x2003},     {"thinsp", 0x2009},
-    {"zwj", 0x200D},     {"zwnj", 0x200C},
+    {"amp", '&'},      {"lt", '<'},       {"gt", '>'},        {"quot", '"'},      {"apos", '\''},     {"nbsp", 0xA0},
+    {"copy", 0xA9},    {"reg", 0xAE},     {"trade", 0x2122},  {"hellip", 0x2026}, {"mdash", 0x2014},  {"ndash", 0x2013},
+    {"lsquo", 0x2018}, {"rsquo", 0x2019}, {"ldquo", 0x201C},  {"rdquo", 0x201D},  {"sbquo", 0x201A},  {"bdquo", 0x201E},
+    {"laquo", 0xAB},   {"raquo", 0xBB},   {"deg", 0xB0},      {"times", 0xD7},    {"divide", 0xF7},   {"middot", 0xB7},
+    {"bull", 0x2022},  {"euro", 0x20AC},  {"pound", 0xA3},    {"yen", 0xA5},      {"cent", 0xA2},     {"sect", 0xA7},
+    {"para", 0xB6},    {"plusmn", 0xB1},  {"frac12", 0xBD},   {"frac14", 0xBC},   {"frac34", 0xBE},   {"iexcl", 0xA1},
+    {"iquest", 0xBF},  {"micro", 0xB5},   {"shy", 0xAD},      {"eacute", 0xE9},   {"egrave", 0xE8},   {"agrave", 0xE0},
+    {"aacute", 0xE1},  {"ccedil", 0xE7},  {"ntilde", 0xF1},   {"ouml", 0xF6},     {"uuml", 0xFC},     {"auml", 0xE4},
+    {"szlig", 0xDF},   {"Eacute", 0xC9},  {"hearts", 0x2665}, {"star", 0x2606},   {"larr", 0x2190},   {"rarr", 0x2192},
+    {"uarr", 0x2191},  {"darr", 0x2193},  {"infin", 0x221E},  {"ne", 0x2260},     {"le", 0x2264},     {"ge", 0x2265},
+    {"sup2", 0xB2},    {"sup3", 0xB3},    {"ensp", 0x2002},   {"emsp", 0x2003},   {"thinsp", 0x2009}, {"zwj", 0x200D},
+    {"zwnj", 0x200C},
 };
 
 bool is_alnum_ascii(char32_t c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
@@ -106,8 +105,10 @@ std::u32string unescape_html(const std::u32string& s) {
         ok = name.size() > 1;
         for (size_t p = 1; p < name.size() && ok; ++p) {
           const char c = name[p];
-          const int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-                                                         : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+          const int d = (c >= '0' && c <= '9')   ? c - '0'
+                        : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                        : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                                 : -1;
           ok = d >= 0;
           v = std::min<uint64_t>(v * 16 + static_cast<uint64_t>(std::max(d, 0)), 0x7FFFFFFF);
         }
@@ -171,7 +172,11 @@ bool valid_utf8(const std::string& b, bool& multibyte) {
   multibyte = false;
   for (size_t i = 0; i < b.size();) {
     const auto c = static_cast<unsigned char>(b[i]);
-    size_t n = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+    size_t n = c < 0x80                   ? 1
+               : (c >= 0xC2 && c <= 0xDF) ? 2
+               : (c >= 0xE0 && c <= 0xEF) ? 3
+               : (c >= 0xF0 && c <= 0xF4) ? 4
+                                          : 0;
     if (n == 0 || i + n > b.size()) return false;
     for (size_t k = 1; k < n; ++k)
       if ((static_cast<unsigned char>(b[i + k]) & 0xC0) != 0x80) return false;
@@ -211,9 +216,12 @@ std::u32string fix_inline_mojibake(const std::u32string& s) {
   for (size_t i = 0; i < s.size();) {
     const int b0 = s[i] >= 0xC2 ? mojibake_byte(s[i]) : -1;
     size_t n = 0;
-    if (b0 >= 0xE0 && b0 <= 0xEF) n = 3;
-    else if (b0 >= 0xF0 && b0 <= 0xF4) n = 4;
-    else if (b0 >= 0xC2 && b0 <= 0xDF) n = 2;
+    if (b0 >= 0xE0 && b0 <= 0xEF)
+      n = 3;
+    else if (b0 >= 0xF0 && b0 <= 0xF4)
+      n = 4;
+    else if (b0 >= 0xC2 && b0 <= 0xDF)
+      n = 2;
     if (n > 0 && i + n <= s.size()) {
       std::string bytes(1, static_cast<char>(b0));
       for (size_t k = 1; k < n; ++k) {
@@ -252,29 +260,74 @@ std::u32string fix_encoding(const std::u32string& s) {
 
 char32_t ligature(char32_t c, std::u32string& out) {
   switch (c) {
-    case 0x0132: out += U"IJ"; return 1;
-    case 0x0133: out += U"ij"; return 1;
-    case 0x0149: out += U"\u02BCn"; return 1;
-    case 0x01F1: out += U"DZ"; return 1;
-    case 0x01F2: out += U"Dz"; return 1;
-    case 0x01F3: out += U"dz"; return 1;
-    case 0x01C4: out += U"D\u017D"; return 1;
-    case 0x01C5: out += U"D\u017E"; return 1;
-    case 0x01C6: out += U"d\u017E"; return 1;
-    case 0x01C7: out += U"LJ"; return 1;
-    case 0x01C8: out += U"Lj"; return 1;
-    case 0x01C9: out += U"lj"; return 1;
-    case 0x01CA: out += U"NJ"; return 1;
-    case 0x01CB: out += U"Nj"; return 1;
-    case 0x01CC: out += U"nj"; return 1;
-    case 0xFB00: out += U"ff"; return 1;
-    case 0xFB01: out += U"fi"; return 1;
-    case 0xFB02: out += U"fl"; return 1;
-    case 0xFB03: out += U"ffi"; return 1;
-    case 0xFB04: out += U"ffl"; return 1;
-    case 0xFB05: out += U"\u017Ft"; return 1;
-    case 0xFB06: out += U"st"; return 1;
-    default: return 0;
+    case 0x0132:
+      out += U"IJ";
+      return 1;
+    case 0x0133:
+      out += U"ij";
+      return 1;
+    case 0x0149:
+      out += U"\u02BCn";
+      return 1;
+    case 0x01F1:
+      out += U"DZ";
+      return 1;
+    case 0x01F2:
+      out += U"Dz";
+      return 1;
+    case 0x01F3:
+      out += U"dz";
+      return 1;
+    case 0x01C4:
+      out += U"D\u017D";
+      return 1;
+    case 0x01C5:
+      out += U"D\u017E";
+      return 1;
+    case 0x01C6:
+      out += U"d\u017E";
+      return 1;
+    case 0x01C7:
+      out += U"LJ";
+      return 1;
+    case 0x01C8:
+      out += U"Lj";
+      return 1;
+    case 0x01C9:
+      out += U"lj";
+      return 1;
+    case 0x01CA:
+      out += U"NJ";
+      return 1;
+    case 0x01CB:
+      out += U"Nj";
+      return 1;
+    case 0x01CC:
+      out += U"nj";
+      return 1;
+    case 0xFB00:
+      out += U"ff";
+      return 1;
+    case 0xFB01:
+      out += U"fi";
+      return 1;
+    case 0xFB02:
+      out += U"fl";
+      return 1;
+    case 0xFB03:
+      out += U"ffi";
+      return 1;
+    case 0xFB04:
+      out += U"ffl";
+      return 1;
+    case 0xFB05:
+      out += U"\u017Ft";
+      return 1;
+    case 0xFB06:
+      out += U"st";
+      return 1;
+    default:
+      return 0;
   }
 }
 
@@ -298,15 +351,20 @@ std::u32string fix_chars(const std::u32string& s) {
   std::u32string a;
   a.reserve(s.size());
   for (char32_t c : s) {  // fix_c1_controls (sloppy windows-1252)
-    if (c >= 0x80 && c <= 0x9F && kCp1252High[c - 0x80]) a += static_cast<char32_t>(kCp1252High[c - 0x80]);
-    else a += c;
+    if (c >= 0x80 && c <= 0x9F && kCp1252High[c - 0x80])
+      a += static_cast<char32_t>(kCp1252High[c - 0x80]);
+    else
+      a += c;
   }
   std::u32string b;
   for (char32_t c : a) {  // fix_latin_ligatures, fix_character_width, uncurl_quotes
     if (ligature(c, b) || width_map(c, b)) continue;
-    if (c == 0x02BC || (c >= 0x2018 && c <= 0x201B)) b += U'\'';
-    else if (c >= 0x201C && c <= 0x201F) b += U'"';
-    else b += c;
+    if (c == 0x02BC || (c >= 0x2018 && c <= 0x201B))
+      b += U'\'';
+    else if (c >= 0x201C && c <= 0x201F)
+      b += U'"';
+    else
+      b += c;
   }
   std::u32string d;
   for (size_t i = 0; i < b.size(); ++i) {  // fix_line_breaks
@@ -327,7 +385,11 @@ std::u32string utf8_decode(const std::string& s) {
   out.reserve(s.size());
   for (size_t i = 0; i < s.size();) {
     const auto c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+    size_t n = c < 0x80                   ? 1
+               : (c >= 0xC2 && c <= 0xDF) ? 2
+               : (c >= 0xE0 && c <= 0xEF) ? 3
+               : (c >= 0xF0 && c <= 0xF4) ? 4
+                                          : 0;
     bool ok = n > 0 && i + n <= s.size();
     for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
     char32_t cp = 0;

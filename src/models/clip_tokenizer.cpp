@@ -188,7 +188,8 @@ void CLIPTokenizer::init(std::unordered_map<std::string, int64_t> vocab,
     merge_ranks_.emplace(merges[i].first + " " + merges[i].second, static_cast<int64_t>(i));
   auto need = [&](const std::string& tok, const char* role) {
     const auto id = token_id(tok);
-    if (id < 0) throw Error("CLIP tokenizer: " + source + ": " + role + " token '" + tok + "' is not in the vocabulary");
+    if (id < 0)
+      throw Error("CLIP tokenizer: " + source + ": " + role + " token '" + tok + "' is not in the vocabulary");
     return id;
   };
   bos_id_ = need(special.bos, "bos");
@@ -201,8 +202,9 @@ void CLIPTokenizer::init(std::unordered_map<std::string, int64_t> vocab,
     if (!t.empty()) split_tokens_.push_back(t);
   for (const auto& t : special.added)
     if (!t.empty() && token_id(t) >= 0) split_tokens_.push_back(t);
-  std::sort(split_tokens_.begin(), split_tokens_.end(),
-            [](const std::string& a, const std::string& b) { return a.size() != b.size() ? a.size() > b.size() : a < b; });
+  std::sort(split_tokens_.begin(), split_tokens_.end(), [](const std::string& a, const std::string& b) {
+    return a.size() != b.size() ? a.size() > b.size() : a < b;
+  });
   split_tokens_.erase(std::unique(split_tokens_.begin(), split_tokens_.end()), split_tokens_.end());
   cache_->words.clear();
   cache_->words[kBos] = {kBos};
@@ -220,7 +222,8 @@ CLIPTokenizer CLIPTokenizer::from_folder(const std::string& dir) {
   std::unordered_map<std::string, int64_t> vocab;
   vocab.reserve(v.size());
   for (const auto& [tok, id] : v.items()) {
-    if (!id.is_number_integer()) throw Error("CLIP tokenizer: " + vocab_path + ": id of '" + tok + "' is not an integer");
+    if (!id.is_number_integer())
+      throw Error("CLIP tokenizer: " + vocab_path + ": id of '" + tok + "' is not an integer");
     vocab.emplace(tok, id.get<int64_t>());
   }
   std::string text = read_text_file(merges_path, "merges file");
@@ -363,9 +366,12 @@ std::vector<std::string> CLIPTokenizer::bpe(const std::string& token) const {
   for (size_t i = 0; i < token.size();) {
     size_t n = 1;
     const auto c = static_cast<unsigned char>(token[i]);
-    if (c >= 0xF0) n = 4;
-    else if (c >= 0xE0) n = 3;
-    else if (c >= 0xC0) n = 2;
+    if (c >= 0xF0)
+      n = 4;
+    else if (c >= 0xE0)
+      n = 3;
+    else if (c >= 0xC0)
+      n = 2;
     word.push_back(token.substr(i, n));
     i += n;
   }
@@ -484,12 +490,14 @@ void CLIPTokenizer::add_token(const std::string& token, const std::vector<int64_
   if (token_id(token) >= 0 || expansions_.count(token))
     throw Error("CLIP tokenizer: token '" + token + "' is already in the vocabulary");
   token_to_id_[token] = ids.front();
-  if (ids.front() >= static_cast<int64_t>(id_to_token_.size())) id_to_token_.resize(static_cast<size_t>(ids.front() + 1));
+  if (ids.front() >= static_cast<int64_t>(id_to_token_.size()))
+    id_to_token_.resize(static_cast<size_t>(ids.front() + 1));
   id_to_token_[static_cast<size_t>(ids.front())] = token;
   expansions_[token] = ids;
   split_tokens_.push_back(token);
-  std::sort(split_tokens_.begin(), split_tokens_.end(),
-            [](const std::string& a, const std::string& b) { return a.size() != b.size() ? a.size() > b.size() : a < b; });
+  std::sort(split_tokens_.begin(), split_tokens_.end(), [](const std::string& a, const std::string& b) {
+    return a.size() != b.size() ? a.size() > b.size() : a < b;
+  });
 }
 
 std::vector<int64_t> CLIPTokenizer::encode(const std::string& text) const {

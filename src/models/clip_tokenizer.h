@@ -69,7 +69,7 @@ class CLIPTokenizer {
   std::unordered_map<std::string, int64_t> token_to_id_;
   std::vector<std::string> id_to_token_;
   std::unordered_map<std::string, int64_t> merge_ranks_;  // "a b" -> rank
-  std::vector<std::string> split_tokens_;  // added tokens cut out of the raw text, longest first
+  std::vector<std::string> split_tokens_;                 // added tokens cut out of the raw text, longest first
   int64_t bos_id_ = -1, eos_id_ = -1, pad_id_ = -1, unk_id_ = -1;
   int64_t model_max_length_ = 77;
   std::unordered_map<std::string, std::vector<int64_t>> expansions_;  // add_token()

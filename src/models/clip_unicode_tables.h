@@ -3,6 +3,7 @@
 // Tables for the CLIP tokenizer's text fixing and pre-tokenizer (see clip_text_fix.h).
 #include <cstdint>
 
+// clang-format off
 namespace diffuse::clip_unicode {
 
 struct Range { uint32_t lo, hi; };
@@ -629,3 +630,4 @@ inline constexpr Width kWidth[] = {
 };
 
 }  // namespace diffuse::clip_unicode
+// clang-format on

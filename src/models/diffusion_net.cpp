@@ -48,9 +48,7 @@ torch::nn::Module& DiffusionNet::module() const {
   return *unet_.ptr();
 }
 
-int64_t DiffusionNet::in_channels() const {
-  return dit_ ? dit_->config().in_channels : unet_->config().in_channels;
-}
+int64_t DiffusionNet::in_channels() const { return dit_ ? dit_->config().in_channels : unet_->config().in_channels; }
 
 int64_t DiffusionNet::sample_size() const {
   if (dit_) return dit_->config().sample_size;
@@ -68,9 +66,7 @@ int64_t DiffusionNet::class_embeddings() const {
 
 int64_t DiffusionNet::builtin_null_class() const { return dit_ ? dit_->config().num_embeds_ada_norm : -1; }
 
-nlohmann::json DiffusionNet::config_json() const {
-  return dit_ ? dit_->config().to_json() : unet_->config().to_json();
-}
+nlohmann::json DiffusionNet::config_json() const { return dit_ ? dit_->config().to_json() : unet_->config().to_json(); }
 
 int64_t DiffusionNet::num_parameters() const {
   int64_t n = 0;

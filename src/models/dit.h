@@ -109,7 +109,7 @@ class DiTBlockImpl : public torch::nn::Module {
 
   AdaLayerNormZero norm1{nullptr};
   Attention attn1{nullptr};
-  torch::nn::LayerNorm norm3{nullptr};  // no parameters unless norm_elementwise_affine
+  torch::nn::LayerNorm norm3{nullptr};    // no parameters unless norm_elementwise_affine
   std::shared_ptr<torch::nn::Module> ff;  // ff.net.0.proj, ff.net.2
   torch::nn::Linear ff_proj{nullptr}, ff_out{nullptr};
 

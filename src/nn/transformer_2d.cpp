@@ -50,8 +50,8 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(const BasicTransformerBlock
     attn2 = register_module("attn2", Attention(a2));
   }
   norm3 = ln("norm3");
-  ff = register_module("ff", GEGLUFeedForward(o.dim, -1, 4, o.dropout, o.ff_inner_dim ? *o.ff_inner_dim : -1,
-                                              o.ff_bias));
+  ff = register_module("ff",
+                       GEGLUFeedForward(o.dim, -1, 4, o.dropout, o.ff_inner_dim ? *o.ff_inner_dim : -1, o.ff_bias));
 }
 
 torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& encoder_hidden_states,
@@ -85,7 +85,8 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& 
   if (o.use_linear_projection)
     proj_in_linear = register_module("proj_in", torch::nn::Linear(o.in_channels, inner_dim_));
   else
-    proj_in_conv = register_module("proj_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels, inner_dim_, 1)));
+    proj_in_conv =
+        register_module("proj_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels, inner_dim_, 1)));
   transformer_blocks = register_module("transformer_blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.num_layers; ++i) {
     BasicTransformerBlockOptions b;

@@ -23,7 +23,7 @@ class GEGLUFeedForwardImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   torch::nn::ModuleList net{nullptr};
-  torch::nn::Linear proj{nullptr};  // net.0.proj
+  torch::nn::Linear proj{nullptr};   // net.0.proj
   torch::nn::Dropout drop{nullptr};  // net.1
   torch::nn::Linear out{nullptr};    // net.2
 };
@@ -36,7 +36,7 @@ struct BasicTransformerBlockOptions {
   double dropout = 0.0;
   std::optional<int64_t> cross_attention_dim;  // attn2 key/value width; default dim
   bool attention_bias = false;
-  bool only_cross_attention = false;  // attn1 also attends to encoder_hidden_states
+  bool only_cross_attention = false;   // attn1 also attends to encoder_hidden_states
   bool double_self_attention = false;  // attn2 is a second self-attention
   bool upcast_attention = false;
   bool norm_elementwise_affine = true;
@@ -90,8 +90,8 @@ class Transformer2DModelImpl : public torch::nn::Module {
   const Transformer2DModelOptions& options() const { return opt_; }
 
   torch::nn::GroupNorm norm{nullptr};
-  torch::nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};        // use_linear_projection false
-  torch::nn::Linear proj_in_linear{nullptr}, proj_out_linear{nullptr};    // use_linear_projection true
+  torch::nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};      // use_linear_projection false
+  torch::nn::Linear proj_in_linear{nullptr}, proj_out_linear{nullptr};  // use_linear_projection true
   torch::nn::ModuleList transformer_blocks{nullptr};
   std::vector<BasicTransformerBlock> blocks;
 

@@ -73,9 +73,8 @@ DownBlockOutput CrossAttnDownBlock2DImpl::forward(const torch::Tensor& x, const 
   return out;
 }
 
-CrossAttnUpBlock2DImpl::CrossAttnUpBlock2DImpl(int64_t in_channels, int64_t out_channels,
-                                               int64_t prev_output_channel, const CrossAttnBlockOptions& o,
-                                               bool add_upsample) {
+CrossAttnUpBlock2DImpl::CrossAttnUpBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t prev_output_channel,
+                                               const CrossAttnBlockOptions& o, bool add_upsample) {
   resnets = register_module("resnets", torch::nn::ModuleList());
   attentions = register_module("attentions", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.num_layers; ++i) {

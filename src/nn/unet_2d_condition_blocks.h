@@ -20,7 +20,7 @@ namespace diffuse::nn {
 
 // Settings shared by the three cross-attention blocks.
 struct CrossAttnBlockOptions {
-  int64_t num_layers = 1;                   // resnets (down/mid: attention layers) per block
+  int64_t num_layers = 1;                    // resnets (down/mid: attention layers) per block
   int64_t transformer_layers_per_block = 1;  // BasicTransformerBlocks per Transformer2DModel
   int64_t temb_channels = 0;
   double dropout = 0.0;

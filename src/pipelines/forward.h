@@ -13,7 +13,8 @@ using TensorMap = std::map<std::string, torch::Tensor>;
 
 // Reads `_class_name` (diffusers) or `architectures` (transformers: CLIPTextModel, input_ids
 // [+ attention_mask] -> last_hidden_state, pooler_output, hidden_states.N) from DIR/config.json
-// and runs that network on the inputs it needs (other tensors are ignored). Throws diffuse::Error naming a missing input or unknown class.
+// and runs that network on the inputs it needs (other tensors are ignored). Throws diffuse::Error naming a missing
+// input or unknown class.
 TensorMap run_forward(const std::string& model_dir, const TensorMap& inputs, torch::Device device = torch::kCPU);
 
 }  // namespace diffuse

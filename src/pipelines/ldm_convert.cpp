@@ -17,11 +17,11 @@ const std::string kOpenClipPrefix = "cond_stage_model.model.";
 using Pairs = std::vector<std::pair<std::string, std::string>>;  // LDM name, diffusers name
 
 // Renames inside a module, LDM -> diffusers.
-const Pairs kUnetResnet = {{"in_layers.0", "norm1"},         {"in_layers.2", "conv1"}, {"emb_layers.1", "time_emb_proj"},
-                           {"out_layers.0", "norm2"},        {"out_layers.3", "conv2"},
-                           {"skip_connection", "conv_shortcut"}};
+const Pairs kUnetResnet = {{"in_layers.0", "norm1"},  {"in_layers.2", "conv1"},  {"emb_layers.1", "time_emb_proj"},
+                           {"out_layers.0", "norm2"}, {"out_layers.3", "conv2"}, {"skip_connection", "conv_shortcut"}};
 const Pairs kVaeResnet = {{"nin_shortcut", "conv_shortcut"}};
-const Pairs kVaeAttention = {{"norm", "group_norm"}, {"q", "to_q"}, {"k", "to_k"}, {"v", "to_v"}, {"proj_out", "to_out.0"}};
+const Pairs kVaeAttention = {
+    {"norm", "group_norm"}, {"q", "to_q"}, {"k", "to_k"}, {"v", "to_v"}, {"proj_out", "to_out.0"}};
 const Pairs kNone = {};
 
 // One module: its LDM path, its diffusers path and the renames of its tensors.
@@ -94,7 +94,8 @@ Table unet_table(const UNet2DConditionConfig& c) {
       const std::string ob = "output_blocks." + std::to_string(idx);
       t.add(ob + ".0", ub + ".resnets." + std::to_string(l), &kUnetResnet);
       int k = 1;
-      if (has_attention(c.up_block_types[b])) t.add(ob + "." + std::to_string(k++), ub + ".attentions." + std::to_string(l));
+      if (has_attention(c.up_block_types[b]))
+        t.add(ob + "." + std::to_string(k++), ub + ".attentions." + std::to_string(l));
       if (l == L && b != n - 1) t.add(ob + "." + std::to_string(k) + ".conv", ub + ".upsamplers.0.conv");
     }
   }
@@ -115,10 +116,12 @@ Table vae_table(const AutoencoderKLConfig& c) {
   }
   for (int i = 0; i < n; ++i) {
     const std::string d = "encoder.down." + std::to_string(i), db = "encoder.down_blocks." + std::to_string(i);
-    for (int j = 0; j < L; ++j) t.add(d + ".block." + std::to_string(j), db + ".resnets." + std::to_string(j), &kVaeResnet);
+    for (int j = 0; j < L; ++j)
+      t.add(d + ".block." + std::to_string(j), db + ".resnets." + std::to_string(j), &kVaeResnet);
     if (i != n - 1) t.add(d + ".downsample.conv", db + ".downsamplers.0.conv");
     const std::string u = "decoder.up." + std::to_string(i), ub = "decoder.up_blocks." + std::to_string(n - 1 - i);
-    for (int j = 0; j <= L; ++j) t.add(u + ".block." + std::to_string(j), ub + ".resnets." + std::to_string(j), &kVaeResnet);
+    for (int j = 0; j <= L; ++j)
+      t.add(u + ".block." + std::to_string(j), ub + ".resnets." + std::to_string(j), &kVaeResnet);
     if (i != 0) t.add(u + ".upsample.conv", ub + ".upsamplers.0.conv");
   }
   t.add("quant_conv", "quant_conv");
@@ -222,7 +225,8 @@ AutoencoderKLConfig detect_vae(const TensorMap& t, const std::string& src) {
   if (n == 0) throw Error(what + ": no encoder.down blocks: unknown architecture");
   c.block_out_channels.clear();
   for (int i = 0; i < n; ++i)
-    c.block_out_channels.push_back(need(t, "encoder.down." + std::to_string(i) + ".block.0.conv1.weight", what).size(0));
+    c.block_out_channels.push_back(
+        need(t, "encoder.down." + std::to_string(i) + ".block.0.conv1.weight", what).size(0));
   c.layers_per_block = count_indexed(t, "encoder.down.0.block.");
   c.down_block_types.assign(static_cast<size_t>(n), "DownEncoderBlock2D");
   c.up_block_types.assign(static_cast<size_t>(n), "UpDecoderBlock2D");
@@ -315,7 +319,8 @@ LdmCheckpoint convert_ldm(const TensorMap& all, const std::string& source, const
   std::vector<std::string> missing;
   if (unet_t.empty()) missing.push_back("UNet (" + kUnetPrefix + "*)");
   if (vae_t.empty()) missing.push_back("VAE (" + kVaePrefix + "*)");
-  if (clip_t.empty() && openclip_t.empty()) missing.push_back("text encoder (" + kClipPrefix + "text_model.* or " + kOpenClipPrefix + "*)");
+  if (clip_t.empty() && openclip_t.empty())
+    missing.push_back("text encoder (" + kClipPrefix + "text_model.* or " + kOpenClipPrefix + "*)");
   if (!missing.empty()) {
     std::string m;
     for (const auto& s : missing) m += (m.empty() ? "" : ", ") + s;
@@ -362,11 +367,21 @@ LdmCheckpoint convert_ldm(const TensorMap& all, const std::string& source, const
         unknown.push_back(k);
       continue;
     }
-    static const char* kSchedule[] = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-                                      "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
-                                      "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
-                                      "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
-                                      "logvar", "model_ema.decay", "model_ema.num_updates"};
+    static const char* kSchedule[] = {"betas",
+                                      "alphas_cumprod",
+                                      "alphas_cumprod_prev",
+                                      "sqrt_alphas_cumprod",
+                                      "sqrt_one_minus_alphas_cumprod",
+                                      "log_one_minus_alphas_cumprod",
+                                      "sqrt_recip_alphas_cumprod",
+                                      "sqrt_recipm1_alphas_cumprod",
+                                      "posterior_variance",
+                                      "posterior_log_variance_clipped",
+                                      "posterior_mean_coef1",
+                                      "posterior_mean_coef2",
+                                      "logvar",
+                                      "model_ema.decay",
+                                      "model_ema.num_updates"};
     if (std::find_if(std::begin(kSchedule), std::end(kSchedule), [&](const char* s) { return k == s; }) !=
             std::end(kSchedule) ||
         k.rfind("model_ema.", 0) == 0)
@@ -375,8 +390,8 @@ LdmCheckpoint convert_ldm(const TensorMap& all, const std::string& source, const
       unknown.push_back(k);
   }
   if (!unknown.empty())
-    throw Error(source + ": " + std::to_string(unknown.size()) + " tensors of no known Stable Diffusion module: " +
-                list(unknown));
+    throw Error(source + ": " + std::to_string(unknown.size()) +
+                " tensors of no known Stable Diffusion module: " + list(unknown));
   return ck;
 }
 

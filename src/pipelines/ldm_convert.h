@@ -40,7 +40,8 @@ struct LdmConfigOverrides {
 
 // Converts every tensor of an LDM checkpoint. Unknown keys, missing components and shapes the
 // converted model would not accept raise one diffuse::Error listing them (`source` names the file).
-LdmCheckpoint convert_ldm(const TensorMap& tensors, const std::string& source, const LdmConfigOverrides& overrides = {});
+LdmCheckpoint convert_ldm(const TensorMap& tensors, const std::string& source,
+                          const LdmConfigOverrides& overrides = {});
 
 // The inverse: diffusers state dicts (SD1 layout) -> LDM names, for writing A1111-style checkpoints.
 TensorMap to_ldm(const UNet2DConditionConfig& unet_config, const TensorMap& unet, const AutoencoderKLConfig& vae_config,

@@ -28,7 +28,8 @@ NoiseScheduleConfig scheduler_config_from_json(const nlohmann::json& j, const st
   get("set_alpha_to_one", c.set_alpha_to_one);
   if (c.num_train_timesteps < 2) throw Error(source + ": num_train_timesteps must be at least 2");
   if (c.beta_schedule != "linear" && c.beta_schedule != "scaled_linear" && c.beta_schedule != "squaredcos_cap_v2")
-    throw Error(source + ": beta_schedule '" + c.beta_schedule + "' is not supported (linear, scaled_linear, squaredcos_cap_v2)");
+    throw Error(source + ": beta_schedule '" + c.beta_schedule +
+                "' is not supported (linear, scaled_linear, squaredcos_cap_v2)");
   parse_prediction(c.prediction_type);
   return c;
 }

@@ -75,17 +75,17 @@ torch::Tensor tiled_encode_moments(AutoencoderKL& vae, const torch::Tensor& imag
   const int64_t f = vae->config().downsample_factor();
   const auto [latent_tile, stride] = latent_tile_stride(f, tile_pixels, overlap);
   return tiled_apply(images.to(vae->device(), vae->dtype()), tile_pixels, stride * f, latent_tile - stride, stride,
-                   [&](const torch::Tensor& tile) {
-                     auto h = vae->encoder->forward(tile);
-                     return vae->quant_conv ? vae->quant_conv->forward(h) : h;
-                   });
+                     [&](const torch::Tensor& tile) {
+                       auto h = vae->encoder->forward(tile);
+                       return vae->quant_conv ? vae->quant_conv->forward(h) : h;
+                     });
 }
 
 torch::Tensor tiled_decode(AutoencoderKL& vae, const torch::Tensor& z, int64_t tile_pixels, double overlap) {
   const int64_t f = vae->config().downsample_factor();
   const auto [latent_tile, stride] = latent_tile_stride(f, tile_pixels, overlap);
   return tiled_apply(z, latent_tile, stride, tile_pixels - stride * f, stride * f,
-                   [&](const torch::Tensor& tile) { return vae->decode(tile); });
+                     [&](const torch::Tensor& tile) { return vae->decode(tile); });
 }
 
 LatentDistribution vae_encode(AutoencoderKL& vae, const torch::Tensor& images, const VaeTiling& t) {

@@ -55,7 +55,8 @@ void AdamW::load_state(const std::map<std::string, torch::Tensor>& st, int64_t s
     for (auto [suffix, dst] : {std::pair<const char*, torch::Tensor*>{".exp_avg", &m_[i]}, {".exp_avg_sq", &v_[i]}}) {
       auto it = st.find(params_[i].first + suffix);
       if (it == st.end()) throw Error(source + ": optimizer state lacks '" + params_[i].first + suffix + "'");
-      if (it->second.sizes() != dst->sizes()) throw Error(source + ": optimizer state '" + it->first + "' has the wrong shape");
+      if (it->second.sizes() != dst->sizes())
+        throw Error(source + ": optimizer state '" + it->first + "' has the wrong shape");
       dst->copy_(it->second);
     }
   }

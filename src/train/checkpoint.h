@@ -2,8 +2,8 @@
 // Training checkpoints: a folder with state.json, model.safetensors (raw weights),
 // ema.safetensors and optimizer.safetensors. A new checkpoint is written beside the
 // old one and swapped in by rename, so a complete checkpoint exists at every moment.
-#include <nlohmann/json.hpp>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "models/unet2d.h"
@@ -14,8 +14,8 @@ namespace diffuse {
 struct CheckpointState {
   int64_t step = 0;
   double smooth_loss = 0;
-  double seconds = 0;        // accumulated training time
-  nlohmann::json options;    // the run's options (checked on resume)
+  double seconds = 0;      // accumulated training time
+  nlohmann::json options;  // the run's options (checked on resume)
 };
 
 // Further tensors a trainer keeps (e.g. a discriminator and its optimizer): name -> tensors,

@@ -51,7 +51,8 @@ torch::Tensor read_idx(const std::string& path) {
   while (done < count) {
     int chunk = static_cast<int>(std::min<int64_t>(count - done, 1 << 26));
     int got = gzread(f, p + done, chunk);
-    if (got <= 0) throw fail("truncated IDX data (" + std::to_string(done) + " of " + std::to_string(count) + " bytes)");
+    if (got <= 0)
+      throw fail("truncated IDX data (" + std::to_string(done) + " of " + std::to_string(count) + " bytes)");
     done += got;
   }
   gzclose(f);
@@ -153,7 +154,8 @@ Dataset load_dataset(const std::string& spec, const std::string& split, int imag
     if (!fs::is_directory(dir))
       throw Error("--data " + spec + ": " + dir + " not found (install the Debian package dataset-" + spec + ")");
     d = load_idx_dir(dir, split);
-    if (spec == "fashion-mnist" && d.class_names.size() == kFashionMnistClasses.size()) d.class_names = kFashionMnistClasses;
+    if (spec == "fashion-mnist" && d.class_names.size() == kFashionMnistClasses.size())
+      d.class_names = kFashionMnistClasses;
   } else if (spec == "emoji") {
     EmojiOptions eo;
     eo.image_size = image_size > 0 ? image_size : 64;
@@ -171,7 +173,8 @@ Dataset load_dataset(const std::string& spec, const std::string& split, int imag
     if (d.channels() == 1 && channels == 3)
       d.images = d.images.repeat({1, 3, 1, 1});
     else
-      throw Error(d.source + ": has " + std::to_string(d.channels()) + " channels, " + std::to_string(channels) + " wanted");
+      throw Error(d.source + ": has " + std::to_string(d.channels()) + " channels, " + std::to_string(channels) +
+                  " wanted");
   }
   if (image_size > 0 && d.image_size() != image_size) {
     int64_t diff = image_size - d.image_size();

@@ -25,12 +25,11 @@ struct Dataset {
 std::string default_fashion_mnist_dir();
 extern const std::vector<std::string> kFashionMnistClasses;
 
-// `spec` is "fashion-mnist", "mnist", "emoji" (see train/emoji.h), a directory of IDX files (train-images-idx3-ubyte[.gz] ...),
-// or an image folder. `split` is "train" or "test" (IDX only). `image_size` > 0 resizes/centre-crops
-// image folders and pads IDX images (with their background) to that size; 0 keeps the native size.
+// `spec` is "fashion-mnist", "mnist", "emoji" (see train/emoji.h), a directory of IDX files
+// (train-images-idx3-ubyte[.gz] ...), or an image folder. `split` is "train" or "test" (IDX only). `image_size` > 0
+// resizes/centre-crops image folders and pads IDX images (with their background) to that size; 0 keeps the native size.
 // `channels` 0 keeps the native channel count. Throws diffuse::Error naming the path.
-Dataset load_dataset(const std::string& spec, const std::string& split = "train", int image_size = 0,
-                     int channels = 0);
+Dataset load_dataset(const std::string& spec, const std::string& split = "train", int image_size = 0, int channels = 0);
 
 // Reads one IDX file (optionally gzip-compressed) as a uint8 tensor with the file's dimensions.
 torch::Tensor read_idx(const std::string& path);

@@ -74,7 +74,8 @@ std::vector<EmojiEntry> read_emoji_test(const std::string& path) {
     // Comment: "<emoji> E<version> <name>".
     std::string comment = line.substr(hash + 1);
     size_t ev = comment.find(" E");
-    while (ev != std::string::npos && !(ev + 2 < comment.size() && std::isdigit(static_cast<unsigned char>(comment[ev + 2]))))
+    while (ev != std::string::npos &&
+           !(ev + 2 < comment.size() && std::isdigit(static_cast<unsigned char>(comment[ev + 2]))))
       ev = comment.find(" E", ev + 1);
     if (ev != std::string::npos) {
       size_t sp = comment.find(' ', ev + 2);
@@ -351,9 +352,8 @@ torch::Tensor render(const std::string& png, const std::string& what, int size) 
   x = torch::constant_pad_nd(x, {left, s - w - left, top, s - h - top}, 1.0);
   namespace F = torch::nn::functional;
   if (s != size)
-    x = F::interpolate(x.unsqueeze(0), F::InterpolateFuncOptions()
-                                           .size(std::vector<int64_t>{size, size})
-                                           .mode(torch::kArea))
+    x = F::interpolate(x.unsqueeze(0),
+                       F::InterpolateFuncOptions().size(std::vector<int64_t>{size, size}).mode(torch::kArea))
             .squeeze(0);
   return x.add(1).mul(127.5).round().clamp(0, 255).to(torch::kUInt8);
 }

@@ -58,9 +58,9 @@ class EmojiFont {
 };
 
 struct EmojiOptions {
-  std::string font;        // empty = default_emoji_font()
-  std::string test_file;   // empty = default_emoji_test()
-  int image_size = 64;     // output side in pixels (8..136)
+  std::string font;           // empty = default_emoji_font()
+  std::string test_file;      // empty = default_emoji_test()
+  int image_size = 64;        // output side in pixels (8..136)
   std::string split = "all";  // all | train | test (test = every 10th emoji, in emoji-test order)
 };
 

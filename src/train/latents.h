@@ -22,7 +22,6 @@ Dataset encode_latent_dataset(AutoencoderKL vae, const Dataset& data, bool flip,
 
 // A latent sample for a batch of encode_latent_dataset rows: (mean + std * eps - shift) * scale,
 // eps drawn from `gen`.
-torch::Tensor sample_scaled_latents(const AutoencoderKLConfig& vae, const torch::Tensor& posterior,
-                                    at::Generator& gen);
+torch::Tensor sample_scaled_latents(const AutoencoderKLConfig& vae, const torch::Tensor& posterior, at::Generator& gen);
 
 }  // namespace diffuse

@@ -12,7 +12,8 @@ double scheduled_lr(double peak, int64_t step, int64_t warmup, const std::string
   double warm = warmup > 0 ? std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup)) : 1.0;
   double f = 1.0;
   if (schedule == "cosine")
-    f = 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, total)))));
+    f = 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, static_cast<double>(step) /
+                                                       static_cast<double>(std::max<int64_t>(1, total)))));
   return peak * warm * f;
 }
 

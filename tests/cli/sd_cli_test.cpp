@@ -54,9 +54,9 @@ TEST(SdCli, SingleFileCheckpointReproducesDiffusers) {
   auto ldm = to_ldm(pipe.unet->config(), nn::state_dict(*pipe.unet), pipe.vae->config(), nn::state_dict(*pipe.vae),
                     nn::state_dict(*pipe.text->model));
   safetensors::save(t / "tiny.safetensors", ldm);
-  auto [code, out] = sd_cli("generate --model " + (t / "tiny.safetensors") + " --model-config " + tiny() +
-                            " --prompt-embeds " + io() + " --latents " + io() + " --steps 5 --eta 0 --out " +
-                            (t / "o.safetensors"));
+  auto [code, out] =
+      sd_cli("generate --model " + (t / "tiny.safetensors") + " --model-config " + tiny() + " --prompt-embeds " + io() +
+             " --latents " + io() + " --steps 5 --eta 0 --out " + (t / "o.safetensors"));
   ASSERT_EQ(code, 0) << out;
   auto got = safetensors::load(t / "o.safetensors");
   auto ref = safetensors::load(io());
@@ -72,8 +72,8 @@ TEST(SdCli, PngCarriesA1111Parameters) {
   auto img = read_image(t / "a.png");
   EXPECT_EQ(img.width, 16);
   auto params = read_png_text(t / "a.png").at("parameters");
-  for (const char* s : {"Steps: 2", "Sampler: dpm++2m", "Schedule type: karras", "CFG scale: 5", "Seed: 5", "Size: 16x16",
-                        "Model: sd_pipeline_tiny"})
+  for (const char* s : {"Steps: 2", "Sampler: dpm++2m", "Schedule type: karras", "CFG scale: 5", "Seed: 5",
+                        "Size: 16x16", "Model: sd_pipeline_tiny"})
     EXPECT_NE(params.find(s), std::string::npos) << s << " in " << params;
 }
 
@@ -98,7 +98,8 @@ TEST(SdCli, Img2ImgAndInpaintFromFiles) {
 
 TEST(SdCli, BadInputIsAClearError) {
   TempDir t;
-  auto [c1, o1] = sd_cli("generate --model " + tiny() + " --prompt-embeds " + io() + " --width 20 --out " + (t / "a.png"));
+  auto [c1, o1] =
+      sd_cli("generate --model " + tiny() + " --prompt-embeds " + io() + " --width 20 --out " + (t / "a.png"));
   EXPECT_EQ(c1, 1);
   EXPECT_NE(o1.find("multiples of 8"), std::string::npos) << o1;
   std::FILE* f = std::fopen((t / "m.ckpt").c_str(), "w");
@@ -106,7 +107,8 @@ TEST(SdCli, BadInputIsAClearError) {
   auto [c2, o2] = sd_cli("generate --model " + (t / "m.ckpt") + " --out " + (t / "a.png"));
   EXPECT_EQ(c2, 1);
   EXPECT_NE(o2.find("pickled"), std::string::npos) << o2;
-  auto [c5, o5] = sd_cli("generate --model " + tiny() + " --prompt-embeds " + io() + " --dtype fp16 --out " + (t / "a.png"));
+  auto [c5, o5] =
+      sd_cli("generate --model " + tiny() + " --prompt-embeds " + io() + " --dtype fp16 --out " + (t / "a.png"));
   EXPECT_EQ(c5, 1);
   EXPECT_NE(o5.find("use bf16 or fp32"), std::string::npos) << o5;
   auto [c4, o4] = sd_cli("generate --model " + io() + " --out " + (t / "a.png"));  // safetensors, not SD

@@ -100,7 +100,8 @@ TEST(CliForward, ClipTextModelMatchesTransformers) {
     ASSERT_EQ(code, 0) << out;
     auto got = safetensors::load(tmp / "o.safetensors");
     auto ref = safetensors::load(io);
-    for (const char* t : {"last_hidden_state", "pooler_output", "hidden_states.0", "hidden_states.1", "hidden_states.2"}) {
+    for (const char* t :
+         {"last_hidden_state", "pooler_output", "hidden_states.0", "hidden_states.1", "hidden_states.2"}) {
       ASSERT_TRUE(got.count(t)) << name << " " << t;
       EXPECT_LE(test::max_abs_diff(got.at(t), ref.at(t)), 1e-4) << name << " " << t;
     }

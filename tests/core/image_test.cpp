@@ -87,10 +87,10 @@ TEST(Image, GridLayout) {
   for (int i = 0; i < 5; ++i) x[i].fill_(i * 0.1);
   auto g = make_grid(x, 3, 2, 1.0);
   EXPECT_EQ(g.sizes(), (std::vector<int64_t>{1, 2 * 6 + 2, 3 * 6 + 2}));
-  EXPECT_NEAR(g[0][2][2].item<float>(), 0.0f, 1e-6);        // image 0
-  EXPECT_NEAR(g[0][2][8].item<float>(), 0.1f, 1e-6);        // image 1
-  EXPECT_NEAR(g[0][8][8].item<float>(), 0.4f, 1e-6);        // image 4 (row 2, col 2)
-  EXPECT_NEAR(g[0][8][14].item<float>(), 1.0f, 1e-6);       // empty cell = padding value
+  EXPECT_NEAR(g[0][2][2].item<float>(), 0.0f, 1e-6);   // image 0
+  EXPECT_NEAR(g[0][2][8].item<float>(), 0.1f, 1e-6);   // image 1
+  EXPECT_NEAR(g[0][8][8].item<float>(), 0.4f, 1e-6);   // image 4 (row 2, col 2)
+  EXPECT_NEAR(g[0][8][14].item<float>(), 1.0f, 1e-6);  // empty cell = padding value
 }
 
 TEST(Image, ResizeCenterCrop) {

@@ -74,7 +74,8 @@ TEST(Safetensors, ReadsDiffusersFixture) {
 }
 
 TEST(Safetensors, SerializedHeaderIsPaddedAndAligned) {
-  auto bytes = safetensors::serialize({{"a", torch::ones({3}, torch::kInt8)}, {"b", torch::ones({2}, torch::kFloat64)}});
+  auto bytes =
+      safetensors::serialize({{"a", torch::ones({3}, torch::kInt8)}, {"b", torch::ones({2}, torch::kFloat64)}});
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[static_cast<size_t>(i)]);
   EXPECT_EQ((8 + n) % 8, 0u);
@@ -112,10 +113,9 @@ TEST(Safetensors, RejectsInvalidJson) {
 
 TEST(Safetensors, RejectsOverlappingAndMismatchedOffsets) {
   TempDir dir;
-  write_raw(dir / "o.safetensors",
-            make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-                      12));
+  write_raw(dir / "o.safetensors", make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                             R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                                             12));
   EXPECT_NE(error_of(dir / "o.safetensors").find("overlap"), std::string::npos);
   write_raw(dir / "m.safetensors", make_file(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8));
   EXPECT_NE(error_of(dir / "m.safetensors").find("does not match shape"), std::string::npos);

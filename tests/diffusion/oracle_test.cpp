@@ -4,6 +4,8 @@
 // (reference ODE solution by fine RK4 in log-sigma).
 // Convergence orders are fitted on log(error) vs log(steps), error taken at the last non-zero
 // sigma of Karras schedules.
+#include "oracle.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,7 +15,6 @@
 #include "diffusion/sampler.h"
 #include "diffusion/sigmas.h"
 #include "fixtures.h"
-#include "oracle.h"
 
 namespace diffuse {
 namespace {

@@ -18,7 +18,6 @@
 #include "models/autoencoder_kl.h"
 #include "train/emoji.h"
 
-
 namespace diffuse {
 namespace {
 

@@ -106,21 +106,28 @@ TEST(ClipTokenizer, TruncationKeepsEndToken) {
 
 TEST(ClipTokenizer, TextFixing) {
   EXPECT_EQ(CLIPTokenizer::normalize("  Tom &amp; Jerry\t&lt;3  "), "tom & jerry <3");
-  EXPECT_EQ(CLIPTokenizer::normalize("<b>&amp;</b>"), "<b>&amp;</b>");  // '<' turns HTML unescaping off
+  EXPECT_EQ(CLIPTokenizer::normalize("<b>&amp;</b>"), "<b>&amp;</b>");        // '<' turns HTML unescaping off
   EXPECT_EQ(CLIPTokenizer::normalize("caf\xc3\x83\xc2\xa9"), "caf\xc3\xa9");  // mojibake "cafÃ©"
   // Mojibake next to correct text: "café cafÃ© itâ€™s" -> "café café it's".
   EXPECT_EQ(CLIPTokenizer::normalize("caf\xc3\xa9 caf\xc3\x83\xc2\xa9 it\xc3\xa2\xe2\x82\xac\xe2\x84\xa2s"),
             "caf\xc3\xa9 caf\xc3\xa9 it's");
-  EXPECT_EQ(CLIPTokenizer::normalize("e\xcc\x81"), "\xc3\xa9");               // NFC
-  EXPECT_EQ(CLIPTokenizer::normalize("\xef\xac\x81"), "fi");                  // ligature
-  EXPECT_EQ(CLIPTokenizer::normalize("\xef\xbc\xa1\xe3\x80\x80" "B"), "a b");   // full width
+  EXPECT_EQ(CLIPTokenizer::normalize("e\xcc\x81"), "\xc3\xa9");  // NFC
+  EXPECT_EQ(CLIPTokenizer::normalize("\xef\xac\x81"), "fi");     // ligature
+  EXPECT_EQ(CLIPTokenizer::normalize("\xef\xbc\xa1\xe3\x80\x80"
+                                     "B"),
+            "a b");  // full width
   EXPECT_EQ(CLIPTokenizer::normalize("\xce\xa3\xce\x9f\xce\xa6\xce\x9f\xce\xa3"),
             "\xcf\x83\xce\xbf\xcf\x86\xce\xbf\xcf\x82");  // ΣΟΦΟΣ -> σοφος (final sigma)
-  EXPECT_EQ(CLIPTokenizer::normalize("a\x07" "b\x1b[31mc"), "abc");  // control chars, terminal escapes
+  EXPECT_EQ(CLIPTokenizer::normalize("a\x07"
+                                     "b\x1b[31mc"),
+            "abc");  // control chars, terminal escapes
   // Final sigma needs a cased letter before it: after an uncased letter (Arabic) it stays medial.
   EXPECT_EQ(CLIPTokenizer::normalize("\xd8\xb1\xce\xa3"), "\xd8\xb1\xcf\x83");
   // Accented capital + dash is valid UTF-8 in latin-1 bytes but not typical mojibake: kept.
-  EXPECT_EQ(CLIPTokenizer::normalize("CAF\xc3\x89\xe2\x80\x94" "BAR"), "caf\xc3\xa9\xe2\x80\x94" "bar");
+  EXPECT_EQ(CLIPTokenizer::normalize("CAF\xc3\x89\xe2\x80\x94"
+                                     "BAR"),
+            "caf\xc3\xa9\xe2\x80\x94"
+            "bar");
   // Invalid UTF-8 becomes U+FFFD rather than failing.
   EXPECT_EQ(CLIPTokenizer::normalize("a\xff"), "a\xef\xbf\xbd");
   EXPECT_TRUE(clip_text::is_letter(U'\u00e9'));

@@ -1,11 +1,12 @@
 // LoRA merging (kohya / A1111 and diffusers / PEFT keys, LDM-named kohya keys, conv 3x3) and
 // textual-inversion embeddings on the tiny fixture pipeline, with LoRA files written here.
+#include "pipelines/lora.h"
+
 #include <gtest/gtest.h>
 
 #include "core/safetensors.h"
 #include "fixtures.h"
 #include "models/error_of.h"
-#include "pipelines/lora.h"
 #include "pipelines/prompt_weights.h"
 #include "pipelines/sd_pipeline.h"
 #include "pipelines/textual_inversion.h"
@@ -127,7 +128,9 @@ TEST(Lora, UnmatchedKeysAreRefusedBeforeAnyChange) {
   wrong["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"] = torch::ones({2, 16});
   wrong["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight"] = torch::ones({32, 2});
   EXPECT_NE(test::error_of([&] { apply_lora(pipe, wrong, 1.0, "wrong"); }).find("does not fit"), std::string::npos);
-  EXPECT_NE(test::error_of([&] { apply_lora_file(pipe, {dir / "missing.safetensors", 1.0}); }).find("no such file"),
+  EXPECT_NE(test::error_of([&] {
+              apply_lora_file(pipe, {dir / "missing.safetensors", 1.0});
+            }).find("no such file"),
             std::string::npos);
 }
 
@@ -169,8 +172,7 @@ TEST(TextualInversion, TokensGetTheirVectors) {
   ASSERT_EQ(loaded, std::vector<std::string>{"mystyle"});
 
   const auto a = te.tokenizer.encode("a");
-  EXPECT_EQ(te.tokenizer.encode("a <cat-toy> mystyle"),
-            (std::vector<int64_t>{a[0], 1000, 1001, 1002}));
+  EXPECT_EQ(te.tokenizer.encode("a <cat-toy> mystyle"), (std::vector<int64_t>{a[0], 1000, 1001, 1002}));
   auto table = te.model->token_embedding->weight;
   EXPECT_EQ(table.size(0), 1003);
   EXPECT_TRUE(torch::equal(table[1000], diffusers));

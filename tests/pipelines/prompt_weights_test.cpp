@@ -1,11 +1,12 @@
 // A1111 prompt syntax: parse_prompt_attention's docstring cases, BREAK, escapes; 75-token
 // chunks with comma backtracking; the weighting math on the tiny fixture text encoder, and
 // bit-for-bit equality with the plain diffusers encoding for prompts without syntax.
+#include "pipelines/prompt_weights.h"
+
 #include <gtest/gtest.h>
 
 #include "fixtures.h"
 #include "models/error_of.h"
-#include "pipelines/prompt_weights.h"
 #include "pipelines/sd_pipeline.h"
 #include "sd_tiny_text.h"
 
@@ -29,16 +30,15 @@ TEST(PromptWeights, ParsesA1111DocstringExamples) {
   expect_parse("(unbalanced", {{"unbalanced", 1.1}});
   expect_parse("\\(literal\\]", {{"(literal]", 1.0}});
   expect_parse("(unnecessary)(parens)", {{"unnecessaryparens", 1.1}});
-  expect_parse("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
-               {{"a ", 1.0},
-                {"house", 1.1 * 1.1 * 1.3},
-                {" ", 1.1},
-                {"on", 1.0},
-                {" a ", 1.1},
-                {"hill", 0.55},
-                {", sun, ", 1.1},
-                {"sky", 1.1 * 1.1 * 1.1 * 1.1},
-                {".", 1.1}});
+  expect_parse("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).", {{"a ", 1.0},
+                                                                       {"house", 1.1 * 1.1 * 1.3},
+                                                                       {" ", 1.1},
+                                                                       {"on", 1.0},
+                                                                       {" a ", 1.1},
+                                                                       {"hill", 0.55},
+                                                                       {", sun, ", 1.1},
+                                                                       {"sky", 1.1 * 1.1 * 1.1 * 1.1},
+                                                                       {".", 1.1}});
   expect_parse("", {{"", 1.0}});
 }
 

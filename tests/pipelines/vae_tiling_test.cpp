@@ -1,12 +1,13 @@
 // Tiled VAE encode / decode: the tiling geometry joins up exactly for a translation-invariant
 // function, one tile reproduces the untiled VAE bit for bit, and on the tiny VAE with tiles
 // smaller than the image the result follows the untiled one.
+#include "pipelines/vae_tiling.h"
+
 #include <gtest/gtest.h>
 
 #include "fixtures.h"
 #include "models/error_of.h"
 #include "pipelines/sd_pipeline.h"
-#include "pipelines/vae_tiling.h"
 
 namespace diffuse {
 namespace {
@@ -20,9 +21,10 @@ TEST(VaeTiling, TilesJoinUpForAPointwiseFunction) {
   torch::manual_seed(0);
   auto x = torch::randn({1, 2, 23, 37});
   auto up = [](const torch::Tensor& t) {
-    return torch::nn::functional::interpolate(
-        t * 2, torch::nn::functional::InterpolateFuncOptions().scale_factor(std::vector<double>{4, 4}).mode(torch::kNearest)
-                   .recompute_scale_factor(false));
+    return torch::nn::functional::interpolate(t * 2, torch::nn::functional::InterpolateFuncOptions()
+                                                         .scale_factor(std::vector<double>{4, 4})
+                                                         .mode(torch::kNearest)
+                                                         .recompute_scale_factor(false));
   };
   // 8-latent tiles every 6 latents, blended over 8 output pixels, kept 24: diffusers' numbers for 32 px.
   auto tiled = tiled_apply(x, 8, 6, 8, 24, up);
@@ -64,10 +66,11 @@ TEST(VaeTiling, SmallTilesFollowTheUntiledVae) {
   auto& vae = tiny_vae();
   torch::manual_seed(2);
   // A smooth latent field (what a sampler produces looks more like this than white noise).
-  auto z = torch::nn::functional::interpolate(
-      torch::randn({1, 4, 4, 4}),
-      torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{32, 32}).mode(torch::kBilinear)
-          .align_corners(false));
+  auto z =
+      torch::nn::functional::interpolate(torch::randn({1, 4, 4, 4}), torch::nn::functional::InterpolateFuncOptions()
+                                                                         .size(std::vector<int64_t>{32, 32})
+                                                                         .mode(torch::kBilinear)
+                                                                         .align_corners(false));
   VaeTiling t;
   t.enabled = true;
   t.tile = 32;  // 16 latents, stride 12: 3 x 3 tiles over 64 x 64 pixels

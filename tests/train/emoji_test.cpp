@@ -39,8 +39,8 @@ TEST(Emoji, RendersMoreThanAThousandDistinctEmojiWithSubgroupLabels) {
   EXPECT_GT(uniq.size(0), d.size() * 99 / 100);
 
   // Sequences resolved through GSUB ligatures.
-  for (const char* name : {"flag: Germany", "thumbs up: medium skin tone", "family: man, woman, girl, boy",
-                           "keycap: 1", "rainbow flag"})
+  for (const char* name :
+       {"flag: Germany", "thumbs up: medium skin tone", "family: man, woman, girl, boy", "keycap: 1", "rainbow flag"})
     EXPECT_GE(index_of(d, name), 0) << name;
 }
 

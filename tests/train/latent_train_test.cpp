@@ -10,12 +10,12 @@
 #include "core/error.h"
 #include "core/image.h"
 #include "fixtures.h"
-#include "two_class_data.h"
 #include "models/autoencoder_kl.h"
 #include "pipelines/pixel_pipeline.h"
 #include "train/latents.h"
 #include "train/presets.h"
 #include "train/trainer.h"
+#include "two_class_data.h"
 
 namespace diffuse {
 namespace {

@@ -1,7 +1,6 @@
 #pragma once
 // `diffuse generate` for Stable Diffusion models (pipeline folders and single-file checkpoints).
 #include <CLI/CLI.hpp>
-
 #include <string>
 
 #include "pipelines/pixel_pipeline.h"
@@ -15,7 +14,8 @@ enum class OutKind { Grid, Dir, Raw };
 OutKind output_kind(const std::string& out);
 
 struct SdArgs {
-  std::string prompt, negative_prompt, image, mask, latents, prompt_embeds, outpaint, dtype = "fp32", prediction, model_config;
+  std::string prompt, negative_prompt, image, mask, latents, prompt_embeds, outpaint, dtype = "fp32", prediction,
+                                                                                      model_config;
   int width = 0, height = 0, clip_skip = 0, only_masked_padding = 32;
   double strength = 0.8, mask_blur = 0;
   bool only_masked = false;

@@ -3,7 +3,6 @@
 // <lora:name:weight> prompt tags), textual-inversion embeddings (--embedding, --embeddings-dir)
 // and VAE tiling (--vae-tiling, --vae-tile-size).
 #include <CLI/CLI.hpp>
-
 #include <string>
 #include <vector>
 
