@@ -19,7 +19,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 diffuse=${DIFFUSE:-$root/build/diffuse}
 python=${PYTHON:-/usr/bin/python3}
 twin=$root/bench/train_twin.py
-fixtures=${DIFFUSE_FIXTURES:-$root/../shared/fixtures}
+fixtures=${DIFFUSE_FIXTURES:-$root/tests/fixtures}
 preset=small batch=64 threads=$(nproc) warmup=5 steps=30 check=0 attention=baddbmm data=fashion-mnist latent=
 
 while [ $# -gt 0 ]; do

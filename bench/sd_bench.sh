@@ -17,7 +17,7 @@ STEPS=${STEPS:-3}
 NICE=${NICE:-5}
 BUILD=${BUILD:-build}
 LOGDIR=${LOGDIR:-/tmp/sd_bench}
-KEYS=${KEYS:-/work/shared/fixtures/sd15_keys.tsv}
+KEYS=${KEYS:-$(cd "$(dirname "$0")/.." && pwd)/tests/fixtures/sd15_keys.tsv}
 mkdir -p "$LOGDIR"
 
 if [[ ! -f $CKPT ]]; then

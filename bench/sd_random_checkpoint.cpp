@@ -1,5 +1,5 @@
 // Writes a random Stable Diffusion 1.5 single-file checkpoint (LDM names) for benchmarks: every
-// name, shape and dtype of a key list such as ../shared/fixtures/sd15_keys.tsv, fp16 weights as
+// name, shape and dtype of a key list such as tests/fixtures/sd15_keys.tsv, fp16 weights as
 // in the released pruned-emaonly file (see pipelines/random_checkpoint.h for the values).
 //
 // Usage: sd_random_checkpoint KEYS.tsv OUT.safetensors [--seed N]

@@ -11,5 +11,6 @@ target_precompile_headers(diffuse_pch_obj PRIVATE <torch/torch.h> <string> <vect
 function(diffuse_target name)
   target_link_libraries(${name} PUBLIC diffuse_pch)
   target_precompile_headers(${name} REUSE_FROM diffuse_pch_obj)
-  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR}/src)
+  target_include_directories(${name} PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>
+                                            $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/src>)
 endfunction()

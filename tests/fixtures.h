@@ -1,5 +1,5 @@
 #pragma once
-// Access to the reference fixtures in ../shared/fixtures (see its README).
+// Access to the reference fixtures in tests/fixtures (see its README for their provenance).
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <torch/torch.h>

@@ -5,6 +5,7 @@
 
 #include <csetjmp>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 
@@ -115,8 +116,7 @@ void jpeg_error_exit(j_common_ptr cinfo) {
   longjmp(err->jump, 1);
 }
 
-Image read_jpeg(const std::string& path) {
-  std::string bytes = read_file(path);
+Image decode_jpeg(const std::string& bytes, const std::string& path) {
   jpeg_decompress_struct cinfo{};
   JpegErr err{};
   cinfo.err = jpeg_std_error(&err.mgr);
@@ -129,6 +129,11 @@ Image read_jpeg(const std::string& path) {
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<unsigned long>(bytes.size()));
   jpeg_read_header(&cinfo, TRUE);
+  if (cinfo.image_width == 0 || cinfo.image_height == 0 || cinfo.image_width > 32768 || cinfo.image_height > 32768) {
+    jpeg_destroy_decompress(&cinfo);
+    throw Error(path + ": unsupported JPEG size " + std::to_string(cinfo.image_width) + "x" +
+                std::to_string(cinfo.image_height));
+  }
   cinfo.out_color_space = cinfo.num_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_start_decompress(&cinfo);
   img.width = static_cast<int>(cinfo.output_width);
@@ -158,8 +163,63 @@ Image read_image(const std::string& path) {
   unsigned char magic[8] = {0};
   f.read(reinterpret_cast<char*>(magic), 8);
   if (f.gcount() >= 8 && png_sig_cmp(magic, 0, 8) == 0) return read_png(path, nullptr);
-  if (f.gcount() >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF) return read_jpeg(path);
+  if (f.gcount() >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF)
+    return decode_jpeg(read_file(path), path);
   throw Error(path + ": not a PNG or JPEG image");
+}
+
+Image decode_image(const std::string& bytes, const std::string& what) {
+  if (bytes.size() >= 8 && png_sig_cmp(reinterpret_cast<png_const_bytep>(bytes.data()), 0, 8) == 0)
+    return decode_png(bytes, what);
+  if (bytes.size() >= 3 && static_cast<unsigned char>(bytes[0]) == 0xFF &&
+      static_cast<unsigned char>(bytes[1]) == 0xD8 && static_cast<unsigned char>(bytes[2]) == 0xFF)
+    return decode_jpeg(bytes, what);
+  throw Error(what + ": not a PNG or JPEG image");
+}
+
+std::map<std::string, std::string> png_text_chunks(const std::string& bytes, const std::string& what) {
+  if (bytes.size() < 8 || png_sig_cmp(reinterpret_cast<png_const_bytep>(bytes.data()), 0, 8) != 0)
+    throw Error(what + ": not a PNG image");
+  PngMemSource src{&bytes, 0};
+  std::map<std::string, std::string> text;
+  read_png_from(what, nullptr, &src, &text);
+  return text;
+}
+
+std::string encode_jpeg(const Image& img, int quality) {
+  if (img.width <= 0 || img.height <= 0 || (img.channels != 1 && img.channels != 3) ||
+      img.data.size() != static_cast<size_t>(img.width) * img.height * img.channels)
+    throw Error("encode_jpeg: invalid image");
+  jpeg_compress_struct cinfo{};
+  JpegErr err{};
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = jpeg_error_exit;
+  unsigned char* buf = nullptr;
+  unsigned long size = 0;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_compress(&cinfo);
+    std::free(buf);
+    throw Error(std::string("encode_jpeg: ") + err.msg);
+  }
+  jpeg_create_compress(&cinfo);
+  jpeg_mem_dest(&cinfo, &buf, &size);
+  cinfo.image_width = static_cast<JDIMENSION>(img.width);
+  cinfo.image_height = static_cast<JDIMENSION>(img.height);
+  cinfo.input_components = img.channels;
+  cinfo.in_color_space = img.channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_set_defaults(&cinfo);
+  jpeg_set_quality(&cinfo, quality, TRUE);
+  jpeg_start_compress(&cinfo, TRUE);
+  while (cinfo.next_scanline < cinfo.image_height) {
+    auto* row = const_cast<unsigned char*>(img.data.data() +
+                                           static_cast<size_t>(cinfo.next_scanline) * img.width * img.channels);
+    jpeg_write_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  std::string out(reinterpret_cast<const char*>(buf), size);
+  jpeg_destroy_compress(&cinfo);
+  std::free(buf);
+  return out;
 }
 
 Image decode_png(const std::string& bytes, const std::string& what) {

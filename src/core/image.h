@@ -21,6 +21,12 @@ struct Image {
 Image read_image(const std::string& path);
 // Decodes PNG bytes held in memory; `what` names their source in errors.
 Image decode_png(const std::string& bytes, const std::string& what);
+// Decodes PNG or JPEG bytes held in memory (detected from their first bytes).
+Image decode_image(const std::string& bytes, const std::string& what);
+// tEXt / iTXt / zTXt chunks of PNG bytes held in memory.
+std::map<std::string, std::string> png_text_chunks(const std::string& bytes, const std::string& what);
+// JPEG bytes (baseline, 4:2:0) of a grey or RGB image.
+std::string encode_jpeg(const Image& img, int quality = 90);
 // Writes a PNG atomically with tEXt chunks (key -> value, e.g. "parameters").
 void write_png(const std::string& path, const Image& img, const std::map<std::string, std::string>& text = {});
 // PNG bytes in memory.

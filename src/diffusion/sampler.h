@@ -48,6 +48,8 @@ struct SamplerDesc {
   int order = 1;
   bool stochastic = false;
   SamplerFn fn;
+  std::string a1111;  // A1111's display name ("DPM++ 2M"; "" = none); its Karras / Exponential
+                      // variants ("DPM++ 2M Karras") name the schedule too
 };
 
 // ---- individual samplers (SamplerFn signature) -----------------------------------------

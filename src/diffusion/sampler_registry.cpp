@@ -42,24 +42,6 @@ const Alias kExact[] = {{"uni_pc", "unipc_bh1"}, {"uni_pc_bh2", "unipc"}};
 
 // Matched after normalize().
 const Alias kAliases[] = {
-    // A1111 display names (plus their Karras / Exponential variants, handled as suffixes)
-    {"Euler", "euler"},
-    {"Euler a", "euler_a"},
-    {"Heun", "heun"},
-    {"DPM2", "dpm2"},
-    {"DPM2 a", "dpm2_a"},
-    {"LMS", "lms"},
-    {"DPM++ 2S a", "dpm++2s_a"},
-    {"DPM++ SDE", "dpm++sde"},
-    {"DPM++ 2M", "dpm++2m"},
-    {"DPM++ 2M SDE", "dpm++2m_sde"},
-    {"DPM++ 2M SDE Heun", "dpm++2m_sde_heun"},
-    {"DPM++ 3M SDE", "dpm++3m_sde"},
-    {"DDIM", "ddim"},
-    {"DDPM", "ddpm"},
-    {"PLMS", "plms"},
-    {"UniPC", "unipc"},
-    {"LCM", "lcm"},
     // ComfyUI / k-diffusion function names
     {"euler_ancestral", "euler_a"},
     {"dpm_2", "dpm2"},
@@ -96,7 +78,7 @@ const Alias kAliases[] = {
 
 const SamplerDesc* find_canonical(const std::string& norm) {
   for (const auto& d : samplers())
-    if (normalize(d.name) == norm) return &d;
+    if (normalize(d.name) == norm || (!d.a1111.empty() && normalize(d.a1111) == norm)) return &d;
   for (const auto& a : kAliases)
     if (normalize(a.alias) == norm)
       for (const auto& d : samplers())
@@ -108,27 +90,27 @@ const SamplerDesc* find_canonical(const std::string& norm) {
 
 const std::vector<SamplerDesc>& samplers() {
   static const std::vector<SamplerDesc> list = {
-      {"euler", "Euler (Karras et al. 2022 Alg. 2 with optional churn)", 1, false, sample_euler},
-      {"euler_a", "Euler ancestral", 1, true, sample_euler_ancestral},
-      {"heun", "Heun's 2nd-order method (Karras et al. 2022)", 2, false, sample_heun},
-      {"dpm2", "DPM-Solver-2 (k-diffusion)", 2, false, sample_dpm2},
-      {"dpm2_a", "DPM-Solver-2 ancestral", 2, true, sample_dpm2_ancestral},
-      {"lms", "linear multistep, order 4 (Lagrange over sigmas)", 4, false, sample_lms},
-      {"dpm++2s_a", "DPM-Solver++(2S) ancestral", 2, true, sample_dpmpp_2s_ancestral},
-      {"dpm++sde", "DPM-Solver++ SDE (Brownian-consistent noise, r = 1/2)", 2, true, sample_dpmpp_sde},
-      {"dpm++2m", "DPM-Solver++(2M)", 2, false, sample_dpmpp_2m},
-      {"dpm++2m_sde", "DPM-Solver++(2M) SDE, midpoint", 2, true, sample_dpmpp_2m_sde},
-      {"dpm++2m_sde_heun", "DPM-Solver++(2M) SDE, Heun", 2, true, sample_dpmpp_2m_sde_heun},
-      {"dpm++3m_sde", "DPM-Solver++(3M) SDE", 3, true, sample_dpmpp_3m_sde},
-      {"ipndm", "improved PNDM: Adams-Bashforth 4 with constant coefficients", 4, false, sample_ipndm},
-      {"deis", "DEIS t-AB, order 3, exponential integrator in log-sigma", 3, false, sample_deis},
-      {"unipc", "UniPC bh2, order 2 predictor + corrector (diffusers default)", 3, false, sample_unipc},
-      {"unipc_bh1", "UniPC bh1, order 2 predictor + corrector", 3, false, sample_unipc_bh1},
-      {"ddim", "DDIM (eta, default 0: deterministic)", 1, false, sample_ddim},
-      {"ddpm", "DDPM ancestral posterior sampling", 1, true, sample_ddpm},
-      {"plms", "PLMS (PNDM with skip_prk_steps): Heun start, then Adams-Bashforth 2-4", 4, false, sample_plms},
-      {"pndm", "PNDM: 3 pseudo Runge-Kutta steps, then Adams-Bashforth 4", 4, false, pndm_default},
-      {"lcm", "latent consistency sampling (denoise, re-noise)", 1, true, sample_lcm},
+      {"euler", "Euler (Karras et al. 2022 Alg. 2 with optional churn)", 1, false, sample_euler, "Euler"},
+      {"euler_a", "Euler ancestral", 1, true, sample_euler_ancestral, "Euler a"},
+      {"heun", "Heun's 2nd-order method (Karras et al. 2022)", 2, false, sample_heun, "Heun"},
+      {"dpm2", "DPM-Solver-2 (k-diffusion)", 2, false, sample_dpm2, "DPM2"},
+      {"dpm2_a", "DPM-Solver-2 ancestral", 2, true, sample_dpm2_ancestral, "DPM2 a"},
+      {"lms", "linear multistep, order 4 (Lagrange over sigmas)", 4, false, sample_lms, "LMS"},
+      {"dpm++2s_a", "DPM-Solver++(2S) ancestral", 2, true, sample_dpmpp_2s_ancestral, "DPM++ 2S a"},
+      {"dpm++sde", "DPM-Solver++ SDE (Brownian-consistent noise, r = 1/2)", 2, true, sample_dpmpp_sde, "DPM++ SDE"},
+      {"dpm++2m", "DPM-Solver++(2M)", 2, false, sample_dpmpp_2m, "DPM++ 2M"},
+      {"dpm++2m_sde", "DPM-Solver++(2M) SDE, midpoint", 2, true, sample_dpmpp_2m_sde, "DPM++ 2M SDE"},
+      {"dpm++2m_sde_heun", "DPM-Solver++(2M) SDE, Heun", 2, true, sample_dpmpp_2m_sde_heun, "DPM++ 2M SDE Heun"},
+      {"dpm++3m_sde", "DPM-Solver++(3M) SDE", 3, true, sample_dpmpp_3m_sde, "DPM++ 3M SDE"},
+      {"ipndm", "improved PNDM: Adams-Bashforth 4 with constant coefficients", 4, false, sample_ipndm, ""},
+      {"deis", "DEIS t-AB, order 3, exponential integrator in log-sigma", 3, false, sample_deis, ""},
+      {"unipc", "UniPC bh2, order 2 predictor + corrector (diffusers default)", 3, false, sample_unipc, "UniPC"},
+      {"unipc_bh1", "UniPC bh1, order 2 predictor + corrector", 3, false, sample_unipc_bh1, ""},
+      {"ddim", "DDIM (eta, default 0: deterministic)", 1, false, sample_ddim, "DDIM"},
+      {"ddpm", "DDPM ancestral posterior sampling", 1, true, sample_ddpm, "DDPM"},
+      {"plms", "PLMS (PNDM with skip_prk_steps): Heun start, then Adams-Bashforth 2-4", 4, false, sample_plms, "PLMS"},
+      {"pndm", "PNDM: 3 pseudo Runge-Kutta steps, then Adams-Bashforth 4", 4, false, pndm_default, ""},
+      {"lcm", "latent consistency sampling (denoise, re-noise)", 1, true, sample_lcm, "LCM"},
   };
   return list;
 }

@@ -1,6 +1,6 @@
 #pragma once
 // Random-weight single-file checkpoints with a given key list, for tests and benchmarks of the
-// single-file path at full size (e.g. the SD1.5 key list ../shared/fixtures/sd15_keys.tsv).
+// single-file path at full size (e.g. the SD1.5 key list tests/fixtures/sd15_keys.tsv).
 #include <cstdint>
 #include <string>
 

@@ -1,5 +1,5 @@
 // Parity with diffusers 0.28.2 schedulers on the recorded fixture loops
-// (shared/fixtures/schedulers, README "Scheduler fixtures").
+// (tests/fixtures/schedulers, README "Scheduler fixtures").
 //
 // The fixture loop runs a fake model eps = 0.1 x_in + 0.05 sin(float32(t) / 100) through
 // scheduler.step(). We run our sigma-space samplers on a Denoiser built from the same fake

@@ -1,5 +1,5 @@
 #pragma once
-// Access to the diffusers scheduler fixtures (shared/fixtures/schedulers, see its README).
+// Access to the diffusers scheduler fixtures (tests/fixtures/schedulers, see its README).
 #include <cmath>
 #include <fstream>
 #include <limits>

@@ -1,5 +1,5 @@
 // The single-file path at full size: a random-weight checkpoint with exactly the names, shapes
-// and dtypes of a real SD1.5 file (../shared/fixtures/sd15_keys.tsv, fp16, 2.1 GB) loads with
+// and dtypes of a real SD1.5 file (tests/fixtures/sd15_keys.tsv, fp16, 2.1 GB) loads with
 // every tensor used and none missing, and runs one 64x64 step end to end.
 #include <gtest/gtest.h>
 

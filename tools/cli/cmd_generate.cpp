@@ -1,88 +1,141 @@
-// diffuse generate: sample images from a model folder.
+// diffuse generate: a thin client of the library API (diffuse/diffuse.h). Flags become one
+// GenerationRequest (request_flags.cpp), the model runs it, the images are written.
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <sstream>
 
 #include "commands.h"
 #include "core/error.h"
 #include "core/image.h"
+#include "core/memory.h"
 #include "core/progress.h"
-#include "core/runtime.h"
 #include "core/safetensors.h"
-#include "generate_sd.h"
-#include "pipelines/pixel_pipeline.h"
+#include "core/strings.h"
+#include "diffuse/diffuse.h"
+#include "request_flags.h"
 
 namespace fs = std::filesystem;
 
 namespace cmd_generate {
 
+using namespace diffuse;
+
 struct Args {
-  std::string model, guide_model, out = "samples.png", cls, device = "cpu";
+  std::string model, out = "samples.png";
   int threads = 0, nrow = 0;
-  diffuse::GenerateOptions g;
-  diffuse::cli::SdArgs sd;
+  bool timings = false;
+  cli::RequestArgs r;
 };
 
-void run(Args& a) {
-  diffuse::cli::apply_threads(a.threads);
-  if (diffuse::cli::is_sd_model(a.model)) {
-    if (!a.guide_model.empty())
-      throw diffuse::Error(
-          "--guide-model: autoguidance is for class-conditional and unconditional models, not "
-          "Stable Diffusion");
-    return diffuse::cli::run_sd_generate(a.model, a.out, a.device, a.nrow, a.g, a.sd);
-  }
-  // Validate the output target before any work.
-  using diffuse::cli::OutKind;
-  const OutKind kind = diffuse::cli::output_kind(a.out);
+enum class OutKind { Grid, Dir, Raw };
 
-  auto pipe = diffuse::PixelPipeline::load(a.model, diffuse::parse_device(a.device));
-  auto& g = a.g;
-  if (!a.guide_model.empty()) g.guide = diffuse::cli::load_guide(a.guide_model, pipe);
-  if (!a.cls.empty()) {
-    int64_t k = pipe.class_index(a.cls);
-    g.classes.assign(static_cast<size_t>(g.n), k);
-  } else if (pipe.class_conditional()) {
-    // One row per class, cycling through the classes.
-    int k = static_cast<int>(pipe.class_names.size());
-    int per = std::max(1, g.n / k);
-    g.classes.clear();
-    for (int i = 0; i < g.n; ++i) g.classes.push_back(std::min(k - 1, i / per) % k);
-    if (a.nrow == 0) a.nrow = per;
+// Validates --out before any work.
+OutKind output_kind(const std::string& out) {
+  OutKind kind;
+  if (ends_with(out, "/") || fs::is_directory(out))
+    kind = OutKind::Dir;
+  else if (ends_with(out, ".png"))
+    kind = OutKind::Grid;
+  else if (ends_with(out, ".safetensors"))
+    kind = OutKind::Raw;
+  else
+    throw Error("--out " + out + ": expected FILE.png (grid), DIR/ (one PNG per image) or FILE.safetensors");
+  fs::path parent = kind == OutKind::Dir ? fs::path(out) : fs::path(out).parent_path();
+  if (kind != OutKind::Dir && !parent.empty() && !fs::is_directory(parent))
+    throw Error("--out " + out + ": folder " + parent.string() + " does not exist");
+  return kind;
+}
+
+torch::Tensor tensor_from(const std::string& path, const std::string& name, bool required) {
+  auto f = safetensors::File::open(path);
+  if (!f.contains(name)) {
+    if (required) throw Error(path + ": no tensor '" + name + "'");
+    return {};
   }
-  diffuse::Progress progress(0, "generate", "step");
-  int total_batches = (g.n + g.batch_size - 1) / g.batch_size;
-  int batch_idx = 0;
-  auto cb = [&](const diffuse::StepInfo& s) {
-    if (s.step == 0 && batch_idx == 0)
-      progress = diffuse::Progress(static_cast<int64_t>(s.total) * total_batches, "generate", "step");
-    int64_t done = static_cast<int64_t>(batch_idx) * s.total + s.step + 1;
-    if (s.step + 1 == s.total) ++batch_idx;
-    progress.update(done, "sigma " + std::to_string(s.sigma_next).substr(0, 6));
+  auto t = f.get(name).to(torch::kFloat32);
+  return t.dim() == 2 ? t.unsqueeze(0) : t;  // a single [L, C] prompt embedding
+}
+
+void run(Args& a) {
+  cli::apply_threads(a.threads);
+  const OutKind kind = output_kind(a.out);
+  GenerationRequest req = cli::build_request(a.r);
+  req.check();  // before loading anything
+
+  GenerateHooks hooks;
+  if (!a.r.latents.empty()) hooks.latents = tensor_from(a.r.latents, "latents", true);
+  if (!a.r.prompt_embeds.empty()) {
+    hooks.prompt_embeds = tensor_from(a.r.prompt_embeds, "prompt_embeds", true);
+    hooks.negative_prompt_embeds = tensor_from(a.r.prompt_embeds, "negative_prompt_embeds", false);
+    // the text encoder is needed only for an unconditional branch without embeddings
+    const bool cfg = !req.guidance || *req.guidance > 1;
+    a.r.load.text_encoder = cfg && !hooks.negative_prompt_embeds.defined();
+  }
+
+  using Clock = std::chrono::steady_clock;
+  const auto t_load = Clock::now();
+  return_large_frees_to_os();  // weights upcast block by block must not pile up in the heap
+  Model model = Model::load(a.model, a.r.load);
+  const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
+  const double gb = 1e-9;
+  const double peak_load_gb = static_cast<double>(peak_rss_bytes()) * gb;
+
+  Progress progress(0, "generate", "step");
+  std::vector<double> step_s;  // per step; the first also holds prompt encoding and latent setup
+  double peak_steps_gb = 0;
+  auto last = Clock::now();
+  hooks.progress = [&](const ProgressInfo& p) {
+    const auto now = Clock::now();
+    step_s.push_back(std::chrono::duration<double>(now - last).count());
+    last = now;
+    peak_steps_gb = static_cast<double>(peak_rss_bytes()) * gb;
+    if (p.step == 1) progress = Progress(p.total, "generate", "step");
+    progress.update(p.step, "sigma " + std::to_string(p.sigma).substr(0, 6));
   };
-  g.callback = cb;
-  auto res = diffuse::generate(pipe, g);
+  hooks.message = [](const std::string& m) { std::printf("%s\n", m.c_str()); };
+  GenerationResult res = model.generate(req, hooks);
+  const double decode_s = std::chrono::duration<double>(Clock::now() - last).count();  // after the last step
   progress.finish();
+  if (a.timings) {
+    std::ostringstream js;
+    js << "{\"load_s\": " << load_s << ", \"step_s\": [";
+    for (size_t i = 0; i < step_s.size(); ++i) js << (i ? ", " : "") << step_s[i];
+    js << "], \"decode_s\": " << decode_s << ", \"peak_rss_gb\": {\"load\": " << peak_load_gb
+       << ", \"steps\": " << peak_steps_gb << ", \"decode\": " << static_cast<double>(peak_rss_bytes()) * gb << "}}";
+    std::fprintf(stderr, "timings %s\n", js.str().c_str());
+  }
+
+  const int n = static_cast<int>(res.images.size(0));
+  const GenerationRequest& ran = res.request;
   if (kind == OutKind::Raw) {
-    diffuse::safetensors::save(a.out, {{"samples", res.samples}, {"noise", res.noise}},
-                               {{"parameters", diffuse::generation_parameters(pipe, g, 0)}});
+    std::map<std::string, torch::Tensor> t{{"samples", res.images}, {"noise", res.noise}};
+    if (res.latents.defined()) t["latents"] = res.latents;
+    safetensors::save(a.out, t, {{"parameters", res.infotexts[0]}});
   } else if (kind == OutKind::Grid) {
-    int nrow = a.nrow > 0 ? a.nrow : static_cast<int>(std::ceil(std::sqrt(static_cast<double>(g.n))));
-    auto grid = diffuse::make_grid(res.samples.clamp(-1, 1), nrow, 2, 1.0);
-    std::string params = diffuse::generation_parameters(pipe, g, 0);
-    params += "\nGrid: " + std::to_string(g.n) + " images, seeds " + std::to_string(g.seed) + ".." +
-              std::to_string(g.seed + static_cast<uint64_t>(g.n) - 1) + ", " + std::to_string(nrow) + " per row";
-    diffuse::write_png(a.out, diffuse::to_image(grid), {{"parameters", params}});
+    int nrow = a.nrow;
+    const auto& classes = model.info().classes;
+    if (nrow == 0 && !classes.empty() && ran.class_label.empty() && ran.prompt.empty())
+      nrow = std::max(1, n / static_cast<int>(classes.size()));  // one row per class
+    if (nrow == 0) nrow = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(n))));
+    auto img = n == 1 ? res.images[0].clamp(-1, 1) : make_grid(res.images.clamp(-1, 1), nrow, 2, 1.0);
+    std::string params = res.infotexts[0];
+    if (n > 1)
+      params += "\nGrid: " + std::to_string(n) + " images, seeds " + std::to_string(ran.seed) + ".." +
+                std::to_string(ran.seed + n - 1) + ", " + std::to_string(nrow) + " per row";
+    write_png(a.out, to_image(img), {{"parameters", params}});
   } else {
     fs::create_directories(a.out);
-    for (int i = 0; i < g.n; ++i) {
+    for (int i = 0; i < n; ++i) {
       char name[64];
-      std::snprintf(name, sizeof name, "%05d-%llu.png", i, static_cast<unsigned long long>(g.seed + i));
-      diffuse::write_png((fs::path(a.out) / name).string(), diffuse::to_image(res.samples[i].clamp(-1, 1)),
-                         {{"parameters", diffuse::generation_parameters(pipe, g, i)}});
+      std::snprintf(name, sizeof name, "%05d-%lld.png", i, static_cast<long long>(res.seeds[i]));
+      write_png((fs::path(a.out) / name).string(), to_image(res.images[i].clamp(-1, 1)),
+                {{"parameters", res.infotexts[i]}});
     }
   }
-  std::printf("wrote %s (%d image%s)\n", a.out.c_str(), g.n, g.n == 1 ? "" : "s");
+  std::printf("wrote %s (%d image%s)\n", a.out.c_str(), n, n == 1 ? "" : "s");
 }
 
 void register_cmd(CLI::App& app) {
@@ -91,37 +144,14 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--model", a->model,
                   "Model: diffusers pipeline or UNet folder, or a Stable Diffusion .safetensors checkpoint")
       ->required();
-  a->sd.num = cmd->add_option("-n,--num", a->g.n, "Number of images (Stable Diffusion default 1)")
-                  ->capture_default_str()
-                  ->check(CLI::PositiveNumber);
-  cmd->add_option("--class", a->cls, "Class name or index (default: rows of every class)");
-  a->sd.guidance = cmd->add_option("--guidance,--cfg", a->g.guidance,
-                                   "Classifier-free guidance scale (1 = off; Stable Diffusion default 7.5)")
-                       ->capture_default_str();
-  cmd->add_option("--cfg-rescale", a->g.cfg_rescale, "CFG-rescale factor phi (0 = off)")->capture_default_str();
-  diffuse::cli::add_guidance_interval_option(cmd, &a->g.guidance_sigma_lo, &a->g.guidance_sigma_hi);
-  diffuse::cli::add_guide_model_option(cmd, &a->guide_model, &a->g.guide_unconditional);
-  a->sd.sampler = cmd->add_option("--sampler", a->g.sampler,
-                                  "Sampler (see `diffuse samplers`; Stable Diffusion default: the folder's scheduler)")
-                      ->capture_default_str();
-  cmd->add_option("--schedule", a->g.schedule, "Sigma schedule (default: the sampler's; see `diffuse samplers`)");
-  cmd->add_option("--sigmas", a->g.sigmas, "Custom descending sigmas a,b,c,...");
-  cmd->add_option("--steps", a->g.steps, "Sampling steps")->capture_default_str();
-  cmd->add_option("--eta", a->g.eta, "Noise of ancestral / DDIM steps")->capture_default_str();
-  cmd->add_option("--s-noise", a->g.s_noise, "Noise multiplier of stochastic samplers")->capture_default_str();
-  cmd->add_option("--seed", a->g.seed, "Seed of image 0 (image i uses seed + i)")->capture_default_str();
-  cmd->add_option("--rng", a->g.rng, "Noise: cpu (torch CPU generator, as diffusers) or philox (A1111 GPU-style)")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"cpu", "philox"}));
-  a->sd.batch = cmd->add_option("--batch-size", a->g.batch_size, "Images per forward pass (Stable Diffusion default 1)")
-                    ->capture_default_str()
-                    ->check(CLI::PositiveNumber);
+  cli::add_request_options(cmd, &a->r);
   cmd->add_option("--nrow", a->nrow, "Images per grid row (0 = auto)");
   cmd->add_option("--out", a->out, "FILE.png (grid), DIR/ (one PNG each) or FILE.safetensors (raw samples + noise)")
       ->capture_default_str();
-  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  diffuse::cli::add_sd_options(cmd, &a->sd);
-  diffuse::cli::add_threads_option(cmd, &a->threads);
+  cmd->add_flag("--timings", a->timings,
+                "Print stage times on stderr as one JSON line: load, each step (the first includes prompt "
+                "encoding), the VAE decode after the last step, and the peak RSS after each stage");
+  cli::add_threads_option(cmd, &a->threads);
   cmd->callback([a] { run(*a); });
 }
 

@@ -1,11 +1,12 @@
 // --guide-model DIR: autoguidance for class-conditional and unconditional models.
+#include <filesystem>
 #include <memory>
 #include <string>
 
 #include "commands.h"
 #include "core/error.h"
-#include "generate_sd.h"
 #include "pipelines/pixel_pipeline.h"
+#include "pipelines/sd_pipeline.h"
 
 namespace diffuse::cli {
 
@@ -21,7 +22,8 @@ void add_guide_model_option(CLI::App* cmd, std::string* dir, bool* unconditional
 }
 
 std::shared_ptr<const PixelPipeline> load_guide(const std::string& dir, const PixelPipeline& pipe) {
-  if (is_sd_model(dir)) throw Error("--guide-model " + dir + ": a Stable Diffusion checkpoint cannot guide this model");
+  if (std::filesystem::is_regular_file(dir) || SDPipeline::is_sd_folder(dir))
+    throw Error("--guide-model " + dir + ": a Stable Diffusion checkpoint cannot guide this model");
   std::shared_ptr<PixelPipeline> guide;
   try {
     guide = std::make_shared<PixelPipeline>(PixelPipeline::load(dir, pipe.device));

@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/runtime.h"
+#include "request_flags.h"
 
 namespace diffuse::cli {
 
@@ -74,7 +75,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const diffuse::Error& e) {
     std::fflush(stdout);
-    std::cerr << "error: " << e.what() << std::endl;
+    std::cerr << "error: " << diffuse::cli::fields_as_flags(e.what()) << std::endl;
     return 1;
   } catch (const c10::Error& e) {
     std::fflush(stdout);

@@ -1,0 +1,131 @@
+#pragma once
+// A loaded model and what it can do: Stable Diffusion folders and single files, class-conditional
+// and unconditional pixel or latent UNet / DiT pipelines, behind one handle.
+#include <torch/torch.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "diffuse/error.h"
+#include "diffuse/request.h"
+
+namespace diffuse {
+
+enum class ModelKind { StableDiffusion, ClassConditional, Unconditional };
+// "stable-diffusion", "class-conditional", "unconditional".
+std::string to_string(ModelKind kind);
+
+struct ModelInfo {
+  std::string name;  // folder or file name
+  std::string path;
+  ModelKind kind = ModelKind::Unconditional;
+  std::string network;      // UNet2DConditionModel, UNet2DModel, DiTTransformer2DModel
+  bool latent = false;      // samples in a VAE's latent space
+  bool inpainting = false;  // a 9-channel inpainting UNet
+  std::vector<std::string> classes;
+  int width = 0, height = 0;  // native size
+  int channels = 3;           // image channels (1 = grey)
+  // The recommended settings (generation_config.json), as a request whose set fields apply.
+  GenerationRequest defaults;
+};
+
+struct LoadOptions {
+  std::string device = "cpu";           // cpu, cuda, cuda:N, auto
+  std::string dtype = "fp32";           // Stable Diffusion compute dtype (requests may ask for another)
+  std::string lora_dir;                 // LoRA files for GenerationRequest::loras and <lora:...> tags
+  std::string embeddings_dir;           // textual-inversion embeddings used when their names occur
+  std::vector<std::string> embeddings;  // embedding files always loaded
+  std::string prediction;               // single files: epsilon or v_prediction
+  std::string model_config;             // single files: a diffusers folder with the component configs
+  bool text_encoder = true;             // false: Stable Diffusion without its text encoder (prompt_embeds only)
+  // Whether request fields may name files (guide_model, loras), as on the command line. A server
+  // turns this off and maps guide_model names with resolve_guide.
+  bool allow_paths = true;
+  std::function<std::string(const std::string& name)> resolve_guide;
+};
+
+// Progress of a running generation. `step` counts over all batches.
+struct ProgressInfo {
+  int step = 0, total = 0;
+  double elapsed_s = 0, eta_s = 0;
+  double sigma = 0;
+  torch::Tensor preview;  // [3 or 1, H, W] float in [-1, 1], every preview_every steps; else undefined
+};
+using ProgressFn = std::function<void(const ProgressInfo&)>;
+
+// Cancels a generation from another thread; honoured at the next step.
+class CancelToken {
+ public:
+  CancelToken() : flag_(std::make_shared<std::atomic<bool>>(false)) {}
+  void cancel() const { flag_->store(true); }
+  bool cancelled() const { return flag_->load(); }
+
+ private:
+  std::shared_ptr<std::atomic<bool>> flag_;
+};
+
+struct GenerateHooks {
+  ProgressFn progress;
+  int preview_every = 0;  // 0 = no previews
+  CancelToken cancel;
+  std::function<void(const std::string&)> message;  // notices: LoRAs merged, embeddings loaded
+  // Expert inputs of Stable Diffusion (diffusers' latents= / prompt_embeds=), undefined = none.
+  torch::Tensor latents, prompt_embeds, negative_prompt_embeds;
+};
+
+struct GenerationResult {
+  torch::Tensor images;                // [n, C, H, W] float in [-1, 1] nominal, not clamped
+  torch::Tensor latents;               // final latents (latent models)
+  torch::Tensor noise;                 // the starting noise
+  std::vector<int64_t> seeds;          // per image
+  std::vector<std::string> infotexts;  // per image: A1111 parameters text
+  GenerationRequest request;           // the request as run: defaults filled in, seed resolved
+  double seconds = 0;
+};
+
+class Model {
+ public:
+  // Loads a model folder or a Stable Diffusion .safetensors file (.ckpt pickles are refused).
+  static Model load(const std::string& path, const LoadOptions& options = {});
+
+  const ModelInfo& info() const;
+  // The request with this model's recommended settings and the library defaults filled in.
+  GenerationRequest resolve(const GenerationRequest& request) const;
+  // validate() plus what depends on the model: fields that do not apply to its kind, class
+  // names, sizes (multiples of 8 for Stable Diffusion, the native size otherwise).
+  std::vector<FieldError> validate(const GenerationRequest& request) const;
+  // Runs one request (throws RequestError when validate() finds problems, Cancelled when the
+  // token is cancelled). Calls on one Model are serialised.
+  GenerationResult generate(const GenerationRequest& request, const GenerateHooks& hooks = {}) const;
+
+  // Approximate resident size of the weights in bytes.
+  int64_t weight_bytes() const;
+
+  struct Impl;  // internal
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+struct SamplerInfo {
+  std::string name, summary, a1111;  // a1111: A1111's display name ("" = none)
+  int order = 1;
+  bool stochastic = false;
+};
+struct ScheduleInfo {
+  std::string name, summary;
+};
+std::vector<SamplerInfo> list_samplers();
+std::vector<ScheduleInfo> list_schedules();
+
+// [C, H, W] float image in [-1, 1] -> PNG (with a "parameters" text chunk) or JPEG bytes.
+std::string encode_image(const torch::Tensor& chw, const std::string& format, const std::string& parameters = "");
+// PNG or JPEG bytes -> [C, H, W] float in [-1, 1] with `channels` channels (alpha over white).
+torch::Tensor decode_image(const std::string& bytes, int channels, const std::string& what);
+// The "parameters" text of PNG bytes ("" when none).
+std::string png_parameters(const std::string& png_bytes);
+
+}  // namespace diffuse

@@ -1,0 +1,100 @@
+#pragma once
+// One generation request: every option diffuse has, for every kind of model, as plain fields.
+// The CLI maps its flags to these fields, the server's native API accepts their JSON, and a
+// generated PNG carries them as A1111 "parameters" text. Unset optional fields take the model's
+// recommended settings (generation_config.json beside its weights), then the library defaults.
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "diffuse/error.h"
+
+namespace diffuse {
+
+struct LoraWeight {
+  std::string name;  // LoRA file name without .safetensors, looked up in the model's LoRA folder
+  double weight = 1.0;
+};
+
+struct GenerationRequest {
+  std::string model;  // server: the model's name ("" = the current one); ignored by Model::generate
+
+  // What to draw.
+  std::string prompt;           // Stable Diffusion; for class-conditional models, a class name
+  std::string negative_prompt;  // Stable Diffusion
+  std::string class_label;      // "class" in JSON: name or index ("" = one row per class)
+
+  // How to sample.
+  std::string sampler;                      // "" = the model's recommended / default sampler
+  std::string schedule;                     // "" = the sampler's default sigma schedule
+  std::vector<double> sigmas;               // custom descending sigmas (override schedule and steps)
+  std::optional<int> steps;                 // default 20
+  std::optional<double> guidance;           // CFG scale (1 = off); SD default 7.5, others 1
+  double guidance_rescale = 0.0;            // CFG-rescale phi
+  std::array<double, 2> guidance_interval;  // guide only where lo < sigma <= hi
+  std::string guide_model;                  // autoguidance model (class / unconditional models)
+  std::optional<bool> guide_unconditional;  // run the guide on its null class
+  int64_t seed = -1;                        // image i uses seed + i; -1 = random
+  std::string rng = "cpu";                  // cpu (torch CPU generator) or philox (A1111 GPU-style)
+  std::optional<double> eta;                // ancestral / DDIM noise (default: the sampler's)
+  double s_noise = 1.0;
+
+  // Size and count.
+  int width = 0, height = 0;      // 0 = the model's native size
+  std::optional<int> n;           // images: SD default 1, class / unconditional models 8
+  std::optional<int> batch_size;  // images per forward pass: SD default 1, others 64
+
+  // Editing (Stable Diffusion): encoded PNG / JPEG bytes.
+  std::string init_image;
+  double strength = 0.8;  // img2img: fraction of the schedule re-run
+  std::string mask;       // white = repaint
+  double mask_blur = 0.0;
+  bool mask_invert = false;
+  bool inpaint_only_masked = false;
+  int inpaint_only_masked_padding = 32;
+  std::array<int, 4> outpaint{0, 0, 0, 0};  // pixels added left, top, right, bottom
+
+  // Stable Diffusion add-ons.
+  std::vector<LoraWeight> loras;  // also <lora:name:weight> tags in the prompt
+  int clip_skip = 0;
+  std::string dtype = "fp32";  // UNet / text-encoder compute dtype: fp32, fp16, bf16
+  bool vae_tiling = false;
+  int vae_tile_size = 0;
+
+  std::string output_format = "png";  // png or jpeg (encode_image)
+
+  GenerationRequest();
+
+  // Problems that need no model: ranges, names of samplers / schedules, formats. Empty when valid.
+  std::vector<FieldError> validate() const;
+  // Throws RequestError when validate() finds problems.
+  void check() const;
+
+  // JSON with the field names above ("class" for class_label; images as base64 or data URLs).
+  // from_json rejects unknown fields and wrong types with a RequestError naming the field.
+  std::string to_json() const;
+  static GenerationRequest from_json(const std::string& json);
+
+  // A1111 "parameters" text (prompt, "Negative prompt: ...", "Steps: 20, Sampler: ..., Seed: 1, ...").
+  std::string to_infotext() const;
+  // Reads A1111, stable-diffusion.cpp and diffuse infotexts; unknown keys are ignored.
+  static GenerationRequest from_infotext(const std::string& text);
+
+  bool operator==(const GenerationRequest& o) const;
+  bool operator!=(const GenerationRequest& o) const { return !(*this == o); }
+};
+
+// Limits a request must stay within (the server may lower them).
+struct RequestLimits {
+  int max_side = 2048;  // width and height
+  int max_steps = 1000;
+  int max_n = 64;
+  int max_batch = 64;
+  int64_t max_pixels = 64LL * 1024 * 1024;  // n x width x height
+  size_t max_prompt_bytes = 16 * 1024;
+};
+std::vector<FieldError> check_limits(const GenerationRequest& r, const RequestLimits& limits);
+
+}  // namespace diffuse

@@ -1,0 +1,298 @@
+// diffuse::Model: loading, model information, request defaults and validation.
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "api/model_state.h"
+#include "core/error.h"
+#include "core/image.h"
+#include "core/json_file.h"
+#include "core/memory.h"
+#include "core/runtime.h"
+#include "core/strings.h"
+#include "diffusion/sampler.h"
+#include "diffusion/sigmas.h"
+#include "pipelines/textual_inversion.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+std::string to_string(ModelKind kind) {
+  switch (kind) {
+    case ModelKind::StableDiffusion:
+      return "stable-diffusion";
+    case ModelKind::ClassConditional:
+      return "class-conditional";
+    case ModelKind::Unconditional:
+      return "unconditional";
+  }
+  return "unknown";
+}
+
+namespace {
+
+torch::Dtype dtype_of(const std::string& s) {
+  if (s == "fp16") return torch::kFloat16;
+  if (s == "bf16") return torch::kBFloat16;
+  return torch::kFloat32;
+}
+
+bool is_sd_path(const std::string& path) {
+  if (fs::is_regular_file(path)) return true;  // single files are Stable Diffusion checkpoints
+  return SDPipeline::is_sd_folder(path);
+}
+
+// generation_config.json: {"sampler", "schedule", "steps", "guidance", "guide_model",
+// "guide_unconditional", "width", "height", "n", ...}: any GenerationRequest field.
+GenerationRequest read_defaults(const std::string& dir) {
+  const fs::path f = fs::path(dir) / "generation_config.json";
+  if (!fs::is_regular_file(f)) return {};
+  std::ifstream in(f);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  GenerationRequest d;
+  try {
+    d = GenerationRequest::from_json(text);
+  } catch (const RequestError& e) {
+    throw Error(f.string() + ": " + e.what());
+  }
+  if (!d.guide_model.empty() && fs::path(d.guide_model).is_relative())
+    d.guide_model = fs::weakly_canonical(fs::path(dir) / d.guide_model).string();
+  return d;
+}
+
+}  // namespace
+
+void Model::Impl::load_sd(const std::string& dtype) {
+  sd.reset();
+  return_large_frees_to_os();
+  sd = std::make_unique<SDPipeline>(diffuse::load_sd(path, parse_device(options.device), dtype_of(dtype),
+                                                     options.text_encoder, options.prediction, options.model_config));
+  sd_dtype = dtype;
+  sd_loras.clear();
+  if (!options.embeddings.empty() && !sd->text) throw Error("embeddings need the text encoder (drop prompt_embeds)");
+  for (const auto& f : options.embeddings) embeddings_loaded.push_back(load_embedding(*sd->text, f));
+}
+
+void Model::Impl::prepare_sd(const std::string& dtype, const std::vector<LoraSpec>& loras,
+                             const std::function<void(const std::string&)>& message) {
+  auto same = [&] {
+    if (loras.size() != sd_loras.size()) return false;
+    for (size_t i = 0; i < loras.size(); ++i)
+      if (loras[i].path != sd_loras[i].path || loras[i].weight != sd_loras[i].weight) return false;
+    return true;
+  };
+  if (!sd || dtype != sd_dtype || (!sd_loras.empty() && !same())) load_sd(dtype);
+  if (!same()) {
+    for (const auto& s : loras) {
+      const auto rep = apply_lora_file(*sd, s);
+      if (message)
+        message("lora " + s.path + " (weight " + std::to_string(s.weight).substr(0, 6) +
+                "): " + std::to_string(rep.unet_layers) + " UNet and " + std::to_string(rep.text_layers) +
+                " text-encoder layers");
+    }
+    sd_loras = loras;
+  }
+}
+
+std::shared_ptr<const PixelPipeline> Model::Impl::guide(const std::string& p) {
+  auto it = guides.find(p);
+  if (it != guides.end()) return it->second;
+  if (is_sd_path(p)) throw RequestError("guide_model", "a Stable Diffusion model cannot guide this model");
+  std::shared_ptr<PixelPipeline> g;
+  try {
+    g = std::make_shared<PixelPipeline>(PixelPipeline::load(p, pixel->device));
+    check_guide(*pixel, *g);
+  } catch (const RequestError&) {
+    throw;
+  } catch (const Error& e) {
+    throw RequestError("guide_model", e.what());
+  }
+  guides[p] = g;
+  return g;
+}
+
+Model Model::load(const std::string& path, const LoadOptions& options) {
+  Model m;
+  m.impl_ = std::make_shared<Impl>();
+  Impl& s = *m.impl_;
+  s.path = path;
+  s.options = options;
+  if (!fs::exists(path)) throw Error(path + ": model not found");
+  auto& info = s.info;
+  info.path = path;
+  info.name = fs::path(path).filename().string();
+  if (info.name.empty()) info.name = fs::path(path).parent_path().filename().string();
+  if (ends_with(info.name, ".safetensors")) info.name.resize(info.name.size() - 12);
+  if (fs::is_directory(path)) info.defaults = read_defaults(path);
+  if (is_sd_path(path)) {
+    s.load_sd(options.dtype);
+    info.kind = ModelKind::StableDiffusion;
+    info.network = "UNet2DConditionModel";
+    info.latent = true;
+    info.inpainting = s.sd->is_inpaint_model();
+    info.width = info.height = s.sd->default_size();
+    info.channels = 3;
+  } else {
+    s.pixel = std::make_unique<PixelPipeline>(PixelPipeline::load(path, parse_device(options.device)));
+    const auto& p = *s.pixel;
+    info.kind = p.class_conditional() ? ModelKind::ClassConditional : ModelKind::Unconditional;
+    info.network = p.net.is_dit() ? "DiTTransformer2DModel" : "UNet2DModel";
+    info.latent = p.latent();
+    info.classes = p.class_names;
+    info.width = info.height = p.image_size();
+    info.channels = p.channels();
+  }
+  return m;
+}
+
+const ModelInfo& Model::info() const { return impl_->info; }
+
+GenerationRequest Model::resolve(const GenerationRequest& request) const {
+  const ModelInfo& info = impl_->info;
+  const GenerationRequest& d = info.defaults;
+  const bool sd = info.kind == ModelKind::StableDiffusion;
+  GenerationRequest r = request;
+  if (!d.guide_model.empty() && r.guide_model == fs::path(d.guide_model).filename().string())
+    r.guide_model = d.guide_model;  // the recommended guide by name (as infotexts carry it)
+  if (r.sampler.empty()) r.sampler = d.sampler;
+  if (r.sampler.empty()) r.sampler = sd ? impl_->sd->scheduler_class : "dpm++2m";
+  try {  // canonical name; an A1111 name such as "DPM++ 2M Karras" also names the schedule
+    std::string hint;
+    r.sampler = find_sampler(r.sampler, &hint).name;
+    if (r.schedule.empty() && r.sigmas.empty()) r.schedule = hint;
+  } catch (const Error&) {
+    // validate() names the sampler
+  }
+  if (r.schedule.empty() && r.sigmas.empty() && request.sampler.empty()) r.schedule = d.schedule;
+  if (!r.steps) r.steps = d.steps ? d.steps : 20;
+  if (!r.guidance) r.guidance = d.guidance ? d.guidance : (sd ? 7.5 : 1.0);
+  if (r.guide_model.empty() && !sd && !request.guidance) {
+    // the recommended guide goes with the recommended guidance scale
+    r.guide_model = d.guide_model;
+    if (!r.guide_unconditional) r.guide_unconditional = d.guide_unconditional;
+  }
+  if (!r.guide_model.empty() && !r.guide_unconditional) r.guide_unconditional = false;
+  if (!r.n) r.n = d.n ? d.n : (sd ? 1 : 8);
+  if (!r.batch_size) r.batch_size = d.batch_size ? d.batch_size : (sd ? 1 : 64);
+  if (!r.eta && d.eta) r.eta = d.eta;
+  if (r.width == 0 && r.height == 0 && r.init_image.empty()) {
+    r.width = d.width > 0 ? d.width : info.width;
+    r.height = d.height > 0 ? d.height : info.height;
+  }
+  return r;
+}
+
+std::vector<FieldError> Model::validate(const GenerationRequest& request) const {
+  std::vector<FieldError> e = request.validate();
+  const ModelInfo& info = impl_->info;
+  auto bad = [&](const char* field, const std::string& msg) { e.push_back({field, msg}); };
+  const std::string kind = to_string(info.kind);
+  if (!impl_->options.allow_paths) {
+    for (const auto& l : request.loras)
+      if (l.name.find_first_of("/\\") != std::string::npos || l.name.find("..") != std::string::npos)
+        bad("loras", "'" + l.name + "' is not a LoRA name (a file name without folders)");
+  }
+  if (info.kind == ModelKind::StableDiffusion) {
+    if (!request.class_label.empty()) bad("class", "Stable Diffusion models take a prompt, not a class");
+    if (!request.guide_model.empty())
+      bad("guide_model", "autoguidance is for class-conditional and unconditional models");
+    if (request.width % 8 != 0) bad("width", "must be a multiple of 8");
+    if (request.height % 8 != 0) bad("height", "must be a multiple of 8");
+    return e;
+  }
+  const std::string only_sd = "applies to Stable Diffusion models only (this model is " + kind + ")";
+  if (info.kind == ModelKind::Unconditional) {
+    if (!request.prompt.empty()) bad("prompt", "this model is unconditional: it takes no prompt");
+    if (!request.class_label.empty()) bad("class", "this model is unconditional: it has no classes");
+  } else {
+    const std::string& label = request.class_label.empty() ? request.prompt : request.class_label;
+    if (!request.class_label.empty() && !request.prompt.empty())
+      bad("prompt", "give the class in 'class' or in 'prompt', not both");
+    else if (!label.empty()) {
+      try {
+        impl_->pixel->class_index(label);
+      } catch (const Error& err) {
+        bad(request.class_label.empty() ? "prompt" : "class", err.what());
+      }
+    }
+  }
+  if (!request.negative_prompt.empty()) bad("negative_prompt", only_sd);
+  if ((request.width != 0 && request.width != info.width) || (request.height != 0 && request.height != info.height))
+    bad(request.width != 0 && request.width != info.width ? "width" : "height",
+        "this model draws " + std::to_string(info.width) + "x" + std::to_string(info.height) + " images");
+  if (!request.init_image.empty()) bad("init_image", "img2img and inpainting " + only_sd);
+  if (!request.mask.empty()) bad("mask", only_sd);
+  if (request.outpaint != std::array<int, 4>{0, 0, 0, 0}) bad("outpaint", only_sd);
+  if (!request.loras.empty()) bad("loras", only_sd);
+  if (request.clip_skip != 0) bad("clip_skip", only_sd);
+  if (request.dtype != "fp32") bad("dtype", only_sd);
+  if (request.vae_tiling || request.vae_tile_size != 0) bad("vae_tiling", only_sd);
+  if (request.guide_unconditional.value_or(false) && request.guide_model.empty())
+    bad("guide_unconditional", "needs guide_model");
+  return e;
+}
+
+GenerationResult Model::generate(const GenerationRequest& request, const GenerateHooks& hooks) const {
+  auto errors = validate(request);
+  if (!errors.empty()) throw RequestError(std::move(errors));
+  GenerationRequest r = resolve(request);
+  errors = validate(r);  // the model's recommended settings are checked too
+  if (!errors.empty()) throw RequestError(std::move(errors));
+  if (r.seed < 0) r.seed = static_cast<int64_t>(std::random_device{}());
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (hooks.cancel.cancelled()) throw Cancelled();
+  return impl_->info.kind == ModelKind::StableDiffusion ? generate_sd(*impl_, r, hooks)
+                                                        : generate_pixel(*impl_, r, hooks);
+}
+
+int64_t Model::weight_bytes() const {
+  int64_t bytes = 0;
+  auto add = [&](const torch::nn::Module& m) {
+    for (const auto& p : m.parameters()) bytes += p.numel() * static_cast<int64_t>(p.element_size());
+  };
+  if (impl_->sd) {
+    add(*impl_->sd->unet);
+    add(*impl_->sd->vae);
+    if (impl_->sd->text) add(*impl_->sd->text->model);
+  }
+  if (impl_->pixel) {
+    add(impl_->pixel->net.module());
+    if (impl_->pixel->vae) add(*impl_->pixel->vae);
+  }
+  return bytes;
+}
+
+std::vector<SamplerInfo> list_samplers() {
+  std::vector<SamplerInfo> out;
+  for (const auto& d : samplers()) out.push_back({d.name, d.summary, d.a1111, d.order, d.stochastic});
+  return out;
+}
+
+std::vector<ScheduleInfo> list_schedules() {
+  std::vector<ScheduleInfo> out;
+  for (const auto& [name, summary] : sigma_schedules()) out.push_back({name, summary});
+  return out;
+}
+
+std::string encode_image(const torch::Tensor& chw, const std::string& format, const std::string& parameters) {
+  Image img = to_image(chw.detach().to(torch::kCPU).to(torch::kFloat32).clamp(-1, 1));
+  if (format == "jpeg" || format == "jpg") return encode_jpeg(img.channels == 4 ? convert_channels(img, 3) : img);
+  if (format != "png") throw Error("output_format: must be png or jpeg");
+  std::map<std::string, std::string> text;
+  if (!parameters.empty()) text["parameters"] = parameters;
+  return encode_png(img, text);
+}
+
+torch::Tensor decode_image(const std::string& bytes, int channels, const std::string& what) {
+  return to_tensor(convert_channels(diffuse::decode_image(bytes, what), channels));
+}
+
+std::string png_parameters(const std::string& png_bytes) {
+  auto text = png_text_chunks(png_bytes, "image");
+  auto it = text.find("parameters");
+  return it == text.end() ? "" : it->second;
+}
+
+}  // namespace diffuse

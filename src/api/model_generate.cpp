@@ -1,0 +1,240 @@
+// diffuse::Model::generate for each kind of model: a resolved request -> pipeline options, progress
+// with previews and cancellation, per-image seeds and parameters.
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <sstream>
+
+#include "api/model_state.h"
+#include "core/error.h"
+#include "core/image.h"
+#include "pipelines/textual_inversion.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// A cheap latent -> RGB preview: a fixed linear map (Stable Diffusion's 4 latent channels), or
+// the first channels for other latent spaces.
+torch::Tensor latent_preview(const torch::Tensor& z) {
+  auto x = z.detach().to(torch::kCPU).to(torch::kFloat32);
+  if (x.size(0) == 4) {
+    static const float kSdToRgb[4][3] = {
+        {0.298f, 0.207f, 0.208f}, {0.187f, 0.286f, 0.173f}, {-0.158f, 0.189f, 0.264f}, {-0.184f, -0.271f, -0.473f}};
+    auto m = torch::from_blob(const_cast<float*>(&kSdToRgb[0][0]), {4, 3}, torch::kFloat32);
+    return torch::einsum("chw,cr->rhw", {x, m}).clamp(-1, 1);
+  }
+  auto rgb = x.size(0) >= 3 ? x.narrow(0, 0, 3) : x.narrow(0, 0, 1).expand({3, x.size(1), x.size(2)});
+  return (rgb * 0.5).clamp(-1, 1);
+}
+
+// Counts steps over all batches and forwards progress, previews and cancellation.
+struct Tracker {
+  const GenerateHooks& hooks;
+  int batches;
+  bool latent;
+  Clock::time_point start = Clock::now();
+  int done = 0;
+
+  StepCallback callback() {
+    return [this](const StepInfo& s) {
+      if (hooks.cancel.cancelled()) throw Cancelled();
+      ++done;
+      if (!hooks.progress) return;
+      ProgressInfo p;
+      p.step = done;
+      p.total = s.total * batches;
+      p.sigma = s.sigma_next;
+      p.elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
+      p.eta_s = p.elapsed_s / done * std::max(0, p.total - done);
+      if (hooks.preview_every > 0 && (done % hooks.preview_every == 0 || done == p.total) && s.denoised.defined())
+        p.preview = latent ? latent_preview(s.denoised[0]) : s.denoised[0].detach().to(torch::kCPU).clamp(-1, 1);
+      hooks.progress(p);
+    };
+  }
+};
+
+std::string sigmas_csv(const std::vector<double>& v) {
+  std::ostringstream o;
+  o.precision(std::numeric_limits<double>::max_digits10);
+  for (size_t i = 0; i < v.size(); ++i) o << (i ? "," : "") << v[i];
+  return o.str();
+}
+
+// Per-image requests and parameters text of a finished run.
+void describe(GenerationResult& res, const GenerationRequest& r, const std::string& model_name,
+              const std::vector<std::string>& classes) {
+  res.request = r;
+  const int n = static_cast<int>(res.images.size(0));
+  for (int i = 0; i < n; ++i) {
+    GenerationRequest one = r;
+    one.model = model_name;
+    one.seed = r.seed + i;
+    one.width = static_cast<int>(res.images.size(3));
+    one.height = static_cast<int>(res.images.size(2));
+    if (!classes.empty()) {
+      one.class_label = classes[static_cast<size_t>(i)];
+      one.prompt.clear();
+    }
+    one.guide_model = fs::path(r.guide_model).filename().string();  // a name, not a path on this disk
+    res.seeds.push_back(one.seed);
+    res.infotexts.push_back(one.to_infotext());
+  }
+}
+
+}  // namespace
+
+GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const GenerateHooks& hooks) {
+  SDOptions o;
+  o.n = *r.n;
+  o.prompt = r.prompt;
+  o.negative_prompt = r.negative_prompt;
+  o.width = r.width;
+  o.height = r.height;
+  o.clip_skip = r.clip_skip;
+  o.guidance = *r.guidance;
+  o.cfg_rescale = r.guidance_rescale;
+  o.guidance_sigma_lo = r.guidance_interval[0];
+  o.guidance_sigma_hi = r.guidance_interval[1];
+  o.sampler = r.sampler;
+  o.schedule = r.schedule;
+  o.sigmas = sigmas_csv(r.sigmas);
+  o.steps = *r.steps;
+  o.seed = static_cast<uint64_t>(r.seed);
+  o.rng = r.rng;
+  o.eta = r.eta ? *r.eta : NAN;
+  o.s_noise = r.s_noise;
+  o.batch_size = *r.batch_size;
+  o.strength = r.strength;
+  o.mask_blur = r.mask_blur;
+  o.only_masked = r.inpaint_only_masked;
+  o.only_masked_padding = r.inpaint_only_masked_padding;
+  try {
+    if (!r.init_image.empty()) o.image = decode_image(r.init_image, 3, "init_image").unsqueeze(0);
+    if (!r.mask.empty()) {
+      o.mask = (decode_image(r.mask, 1, "mask").unsqueeze(0) + 1) / 2;
+      if (r.mask_invert) o.mask = 1 - o.mask;
+    }
+  } catch (const RequestError&) {
+    throw;
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    throw RequestError(msg.rfind("mask", 0) == 0 ? "mask" : "init_image", msg);
+  }
+  const auto& op = r.outpaint;
+  if (op != std::array<int, 4>{0, 0, 0, 0}) {
+    std::tie(o.image, o.mask) = outpaint_pad(o.image, op[0], op[1], op[2], op[3]);
+    o.strength = 1.0;
+  }
+  if (o.image.defined() && (o.width == 0 || o.height == 0)) {
+    o.width = static_cast<int>(o.image.size(3));
+    o.height = static_cast<int>(o.image.size(2));
+    if (o.width % 8 || o.height % 8)
+      throw RequestError("init_image", "its size " + std::to_string(o.width) + "x" + std::to_string(o.height) +
+                                           " is not a multiple of 8: give width and height");
+  }
+  o.latents = hooks.latents;
+  o.prompt_embeds = hooks.prompt_embeds;
+  o.negative_prompt_embeds = hooks.negative_prompt_embeds;
+
+  // LoRAs from the request and from <lora:name:weight> tags in the prompts.
+  const std::string& dir = m.options.lora_dir;
+  std::vector<LoraSpec> loras;
+  for (const auto& l : r.loras) {
+    const bool is_path = m.options.allow_paths &&
+                         (l.name.find('/') != std::string::npos || fs::path(l.name).extension() == ".safetensors");
+    if (!is_path && dir.empty()) throw RequestError("loras", "'" + l.name + "': no LoRA folder is configured");
+    const std::string path = is_path ? l.name : (fs::path(dir) / (l.name + ".safetensors")).string();
+    if (!fs::is_regular_file(path)) throw RequestError("loras", "no LoRA named '" + l.name + "'");
+    loras.push_back({path, l.weight});
+  }
+  try {
+    for (std::string* p : {&o.prompt, &o.negative_prompt})
+      for (auto& s : extract_prompt_loras(*p, dir)) loras.push_back(s);
+  } catch (const Error& e) {
+    throw RequestError("prompt", e.what());
+  }
+  m.prepare_sd(r.dtype, loras, hooks.message);
+  SDPipeline& pipe = *m.sd;
+  if (!m.options.embeddings_dir.empty()) {
+    if (!pipe.text) throw Error("embeddings_dir: embeddings need the text encoder (drop prompt_embeds)");
+    for (const auto& t : load_embeddings_for(*pipe.text, m.options.embeddings_dir, {o.prompt, o.negative_prompt}))
+      m.embeddings_loaded.push_back(t);
+  }
+  if (hooks.message)
+    for (const auto& t : m.embeddings_loaded) hooks.message("embedding " + t);
+  m.embeddings_loaded.clear();
+  pipe.vae_tiling.enabled = r.vae_tiling || r.vae_tile_size > 0;
+  pipe.vae_tiling.tile = r.vae_tile_size;
+
+  Tracker t{hooks, (o.n + o.batch_size - 1) / o.batch_size, true};
+  o.callback = t.callback();
+  const auto start = Clock::now();
+  SDResult sr = generate(pipe, o);
+  GenerationResult res;
+  res.images = sr.samples;
+  res.latents = sr.latents;
+  res.noise = sr.noise;
+  res.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  describe(res, r, m.info.name, {});
+  return res;
+}
+
+GenerationResult generate_pixel(Model::Impl& m, const GenerationRequest& r, const GenerateHooks& hooks) {
+  const PixelPipeline& pipe = *m.pixel;
+  GenerateOptions g;
+  g.n = *r.n;
+  g.guidance = *r.guidance;
+  g.cfg_rescale = r.guidance_rescale;
+  g.guidance_sigma_lo = r.guidance_interval[0];
+  g.guidance_sigma_hi = r.guidance_interval[1];
+  g.sampler = r.sampler;
+  g.schedule = r.schedule;
+  g.sigmas = sigmas_csv(r.sigmas);
+  g.steps = *r.steps;
+  g.seed = static_cast<uint64_t>(r.seed);
+  g.rng = r.rng;
+  g.eta = r.eta ? *r.eta : NAN;
+  g.s_noise = r.s_noise;
+  g.batch_size = *r.batch_size;
+  if (!r.guide_model.empty()) {
+    // the model's recommended guide is trusted; others are names (server) or paths (command line)
+    const std::string path = r.guide_model == m.info.defaults.guide_model ? r.guide_model
+                             : m.options.resolve_guide                    ? m.options.resolve_guide(r.guide_model)
+                             : m.options.allow_paths                      ? r.guide_model
+                                                                          : "";
+    if (path.empty()) throw RequestError("guide_model", "no model named '" + r.guide_model + "'");
+    g.guide = m.guide(path);
+    g.guide_unconditional = r.guide_unconditional.value_or(false);
+  }
+  std::vector<std::string> names;
+  if (pipe.class_conditional()) {
+    const std::string& label = r.class_label.empty() ? r.prompt : r.class_label;
+    if (!label.empty()) {
+      g.classes.assign(static_cast<size_t>(g.n), pipe.class_index(label));
+    } else {  // rows of every class
+      const int k = static_cast<int>(pipe.class_names.size());
+      const int per = std::max(1, g.n / k);
+      for (int i = 0; i < g.n; ++i) g.classes.push_back(std::min(k - 1, i / per) % k);
+    }
+    for (int64_t c : g.classes) names.push_back(pipe.class_names[static_cast<size_t>(c)]);
+  }
+  Tracker t{hooks, (g.n + g.batch_size - 1) / g.batch_size, pipe.latent()};
+  g.callback = t.callback();
+  const auto start = Clock::now();
+  GenerateResult gr = generate(pipe, g);
+  GenerationResult res;
+  res.images = gr.samples;
+  res.latents = gr.latents;
+  res.noise = gr.noise;
+  res.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  describe(res, r, m.info.name, names);
+  return res;
+}
+
+}  // namespace diffuse

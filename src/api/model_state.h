@@ -1,0 +1,42 @@
+#pragma once
+// Internal state behind diffuse::Model (not part of the public API).
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "diffuse/model.h"
+#include "pipelines/lora.h"
+#include "pipelines/pixel_pipeline.h"
+#include "pipelines/sd_pipeline.h"
+
+namespace diffuse {
+
+struct Model::Impl {
+  std::string path;
+  LoadOptions options;
+  ModelInfo info;
+  std::mutex mu;  // one generation at a time
+
+  // Stable Diffusion: the pipeline in the dtype and with the LoRAs it was last asked for.
+  std::unique_ptr<SDPipeline> sd;
+  std::string sd_dtype;
+  std::vector<LoraSpec> sd_loras;
+  std::vector<std::string> embeddings_loaded;  // triggers, reported by the next generation
+  // Class-conditional / unconditional pipelines and the guides they were run with.
+  std::unique_ptr<PixelPipeline> pixel;
+  std::map<std::string, std::shared_ptr<const PixelPipeline>> guides;
+
+  void load_sd(const std::string& dtype);
+  // Reloads when the dtype or the LoRA set differs from what is loaded, then merges the LoRAs.
+  void prepare_sd(const std::string& dtype, const std::vector<LoraSpec>& loras,
+                  const std::function<void(const std::string&)>& message);
+  std::shared_ptr<const PixelPipeline> guide(const std::string& path);
+};
+
+// Runs a resolved, validated request on each kind of model (model_generate.cpp).
+GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const GenerateHooks& hooks);
+GenerationResult generate_pixel(Model::Impl& m, const GenerationRequest& r, const GenerateHooks& hooks);
+
+}  // namespace diffuse
