@@ -12,6 +12,8 @@ PKGS=(
   dataset-fashion-mnist     # training data for the shipped model and the tests
   fonts-noto-color-emoji unicode-data  # --data emoji: colour emoji bitmaps and their subgroups
 )
+# Node.js and npm run the OpenAI SDK's client tests (tests/node); a newer Node already installed is kept.
+command -v node >/dev/null && command -v npm >/dev/null || PKGS+=(nodejs npm)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,3 +29,8 @@ case "$blas" in
   *openblas*) ;;
   *) update-alternatives --set libblas.so.3-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/openblas-openmp/libblas.so.3 ;;
 esac
+# The pinned npm packages of the client tests (tests/node/package-lock.json), from the npm registry.
+node_dir=$(cd "$(dirname "$0")/../tests/node" && pwd)
+want=$(node -p "require('$node_dir/package.json').dependencies.openai")
+have=$(node -p "try { require('$node_dir/node_modules/openai/package.json').version } catch (e) { '' }")
+[ "$want" = "$have" ] || npm ci --prefix "$node_dir" --no-audit --no-fund --loglevel=error

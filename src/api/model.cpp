@@ -272,7 +272,7 @@ std::vector<SamplerInfo> list_samplers() {
 
 std::vector<ScheduleInfo> list_schedules() {
   std::vector<ScheduleInfo> out;
-  for (const auto& [name, summary] : sigma_schedules()) out.push_back({name, summary});
+  for (const auto& [name, summary, fn] : sigma_schedules()) out.push_back({name, summary});
   return out;
 }
 

@@ -66,6 +66,13 @@ std::string sigmas_csv(const std::vector<double>& v) {
   return o.str();
 }
 
+// A run whose images hold NaN or infinities is an error, not a black image.
+void check_finite(const torch::Tensor& images) {
+  if (!torch::isfinite(images).all().item<bool>())
+    throw std::runtime_error(
+        "the model produced NaN or infinite values (with fp16 / bf16 weights try dtype fp32, or another sampler)");
+}
+
 // Per-image requests and parameters text of a finished run.
 void describe(GenerationResult& res, const GenerationRequest& r, const std::string& model_name,
               const std::vector<std::string>& classes) {
@@ -181,6 +188,7 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
   res.latents = sr.latents;
   res.noise = sr.noise;
   res.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  check_finite(res.images);
   describe(res, r, m.info.name, {});
   return res;
 }
@@ -233,6 +241,7 @@ GenerationResult generate_pixel(Model::Impl& m, const GenerationRequest& r, cons
   res.latents = gr.latents;
   res.noise = gr.noise;
   res.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  check_finite(res.images);
   describe(res, r, m.info.name, names);
   return res;
 }

@@ -55,7 +55,7 @@ std::vector<FieldError> GenerationRequest::validate() const {
   if (!schedule.empty()) {
     bool known = false;
     std::string names;
-    for (const auto& [name, summary] : sigma_schedules()) {
+    for (const auto& [name, summary, fn] : sigma_schedules()) {
       known |= name == schedule;
       names += (names.empty() ? "" : ", ") + name;
     }

@@ -16,14 +16,14 @@ torch::Device parse_device(const std::string& name) {
   if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
   if (name == "cpu") return torch::Device(torch::kCPU);
   if (name.rfind("cuda", 0) == 0) {
-    if (!torch::cuda::is_available()) throw Error("--device " + name + ": CUDA is not available in this build/machine");
+    if (!torch::cuda::is_available()) throw Error("device " + name + ": CUDA is not available in this build/machine");
     try {
       return torch::Device(name);
     } catch (const std::exception&) {
-      throw Error("--device " + name + ": invalid device");
+      throw Error("device " + name + ": invalid device");
     }
   }
-  throw Error("--device " + name + ": expected cpu, cuda, cuda:N or auto");
+  throw Error("device " + name + ": expected cpu, cuda, cuda:N or auto");
 }
 
 std::string runtime_summary() {

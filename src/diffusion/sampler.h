@@ -12,6 +12,7 @@
 
 #include "diffusion/denoiser.h"
 #include "diffusion/noise.h"
+#include "diffusion/sigmas.h"
 
 namespace diffuse {
 
@@ -50,6 +51,9 @@ struct SamplerDesc {
   SamplerFn fn;
   std::string a1111;  // A1111's display name ("DPM++ 2M"; "" = none); its Karras / Exponential
                       // variants ("DPM++ 2M Karras") name the schedule too
+  // The timestep convention of the diffusers scheduler it stands for (Stable Diffusion pipelines
+  // reproduce diffusers' timesteps with it when no schedule is named).
+  TimestepStyle timesteps = TimestepStyle::Euler;
 };
 
 // ---- individual samplers (SamplerFn signature) -----------------------------------------

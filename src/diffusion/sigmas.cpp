@@ -216,18 +216,71 @@ torch::Tensor exponential_sigmas(int steps, double sigma_min, double sigma_max) 
   return append_zero(s);
 }
 
-const std::vector<std::pair<std::string, std::string>>& sigma_schedules() {
-  static const std::vector<std::pair<std::string, std::string>> list = {
-      {"discrete", "the model's own timesteps (timestep_spacing leading|trailing|linspace), as diffusers' Euler"},
-      {"karras", "Karras et al. 2022, rho = 7, between the model's sigma_min and sigma_max"},
-      {"exponential", "uniform in log-sigma between sigma_min and sigma_max"},
-      {"normal", "uniform in timestep from T-1 to 0 (ComfyUI normal)"},
-      {"sgm_uniform", "uniform in timestep from T-1 towards 0, end point excluded (ComfyUI sgm_uniform)"},
-      {"simple", "every T/steps-th training sigma (ComfyUI simple)"},
-      {"beta", "training sigmas at Beta(0.6, 0.6) quantiles (Lee et al. 2024; ComfyUI beta)"},
-      {"kl_optimal", "tan of a linear ramp in arctan(sigma) (Sabour et al. 2024)"},
-      {"align_your_steps", "published Align Your Steps sigmas for SD1.5 (Sabour et al. 2024)"},
-      {"align_your_steps_sdxl", "published Align Your Steps sigmas for SDXL"},
+namespace {
+
+std::vector<double> training_sigmas(const DiscreteSchedule& ds) { return to_vec(ds.sigmas()); }
+
+// Uniform in (continuous) timestep from T-1 to 0; `endpoint` false drops the last point.
+torch::Tensor uniform_timesteps(int steps, const DiscreteSchedule& ds, bool endpoint) {
+  const int T = ds.num_timesteps();
+  std::vector<double> t = endpoint ? np_linspace(T - 1, 0, steps) : np_linspace(T - 1, 0, steps + 1);
+  if (!endpoint) t.pop_back();
+  return append_zero(ds.t_to_sigma(torch::tensor(t, torch::kFloat64)));
+}
+
+}  // namespace
+
+const std::vector<SigmaScheduleDesc>& sigma_schedules() {
+  using DS = DiscreteSchedule;
+  using Cfg = NoiseScheduleConfig;
+  static const std::vector<SigmaScheduleDesc> list = {
+      {"discrete", "the model's own timesteps (timestep_spacing leading|trailing|linspace), as diffusers' Euler",
+       [](int steps, const DS& ds, const Cfg& cfg) {
+         return append_zero(sigmas_at_timesteps(ds, spaced_timesteps(cfg, steps, TimestepStyle::Euler)));
+       }},
+      {"karras", "Karras et al. 2022, rho = 7, between the model's sigma_min and sigma_max",
+       [](int steps, const DS& ds, const Cfg&) { return karras_sigmas(steps, ds.sigma_min(), ds.sigma_max(), kRho); }},
+      {"exponential", "uniform in log-sigma between sigma_min and sigma_max",
+       [](int steps, const DS& ds, const Cfg&) { return exponential_sigmas(steps, ds.sigma_min(), ds.sigma_max()); }},
+      {"normal", "uniform in timestep from T-1 to 0 (ComfyUI normal)",
+       [](int steps, const DS& ds, const Cfg&) { return uniform_timesteps(steps, ds, true); }},
+      {"sgm_uniform", "uniform in timestep from T-1 towards 0, end point excluded (ComfyUI sgm_uniform)",
+       [](int steps, const DS& ds, const Cfg&) { return uniform_timesteps(steps, ds, false); }},
+      {"simple", "every T/steps-th training sigma (ComfyUI simple)",
+       [](int steps, const DS& ds, const Cfg&) {
+         auto table = training_sigmas(ds);
+         const int T = ds.num_timesteps();
+         std::vector<double> s;
+         const double ss = static_cast<double>(T) / steps;
+         for (int x = 0; x < steps; ++x) s.push_back(table[T - 1 - static_cast<int64_t>(x * ss)]);
+         return append_zero(s);
+       }},
+      {"beta", "training sigmas at Beta(0.6, 0.6) quantiles (Lee et al. 2024; ComfyUI beta)",
+       [](int steps, const DS& ds, const Cfg&) {
+         auto table = training_sigmas(ds);
+         std::vector<double> s;
+         double last = -1;
+         for (double p : np_linspace(0, 1, steps + 1)) {
+           if (p >= 1) break;  // endpoint=False
+           double t = np_round(beta_quantile(0.6, 0.6, 1 - p) * (ds.num_timesteps() - 1));
+           if (t != last) s.push_back(table[static_cast<int64_t>(t)]);
+           last = t;
+         }
+         return append_zero(s);
+       }},
+      {"kl_optimal", "tan of a linear ramp in arctan(sigma) (Sabour et al. 2024)",
+       [](int steps, const DS& ds, const Cfg&) {
+         std::vector<double> s;
+         for (int i = 0; i < steps; ++i) {
+           double a = steps > 1 ? static_cast<double>(i) / (steps - 1) : 0.0;
+           s.push_back(std::tan(a * std::atan(ds.sigma_min()) + (1 - a) * std::atan(ds.sigma_max())));
+         }
+         return append_zero(s);
+       }},
+      {"align_your_steps", "published Align Your Steps sigmas for SD1.5 (Sabour et al. 2024)",
+       [](int steps, const DS&, const Cfg&) { return ays_sigmas(kAysSd1, steps); }},
+      {"align_your_steps_sdxl", "published Align Your Steps sigmas for SDXL",
+       [](int steps, const DS&, const Cfg&) { return ays_sigmas(kAysSdxl, steps); }},
   };
   return list;
 }
@@ -235,53 +288,11 @@ const std::vector<std::pair<std::string, std::string>>& sigma_schedules() {
 torch::Tensor make_sigmas(const std::string& schedule, int steps, const DiscreteSchedule& ds,
                           const NoiseScheduleConfig& cfg) {
   check_steps(steps);
-  const double smin = ds.sigma_min(), smax = ds.sigma_max();
-  const int T = ds.num_timesteps();
-  if (schedule == "discrete")
-    return append_zero(sigmas_at_timesteps(ds, spaced_timesteps(cfg, steps, TimestepStyle::Euler)));
-  if (schedule == "karras") return karras_sigmas(steps, smin, smax, kRho);
-  if (schedule == "exponential") return exponential_sigmas(steps, smin, smax);
-  if (schedule == "normal" || schedule == "sgm_uniform") {
-    std::vector<double> t;
-    if (schedule == "normal") {
-      t = np_linspace(T - 1, 0, steps);
-    } else {
-      t = np_linspace(T - 1, 0, steps + 1);
-      t.pop_back();
-    }
-    return append_zero(ds.t_to_sigma(torch::tensor(t, torch::kFloat64)));
-  }
-  if (schedule == "simple") {
-    auto table = to_vec(ds.sigmas());
-    std::vector<double> s;
-    const double ss = static_cast<double>(T) / steps;
-    for (int x = 0; x < steps; ++x) s.push_back(table[T - 1 - static_cast<int64_t>(x * ss)]);
-    return append_zero(s);
-  }
-  if (schedule == "beta") {
-    auto table = to_vec(ds.sigmas());
-    std::vector<double> s;
-    double last = -1;
-    for (double p : np_linspace(0, 1, steps + 1)) {
-      if (p >= 1) break;  // endpoint=False
-      double t = np_round(beta_quantile(0.6, 0.6, 1 - p) * (T - 1));
-      if (t != last) s.push_back(table[static_cast<int64_t>(t)]);
-      last = t;
-    }
-    return append_zero(s);
-  }
-  if (schedule == "kl_optimal") {
-    std::vector<double> s;
-    for (int i = 0; i < steps; ++i) {
-      double a = steps > 1 ? static_cast<double>(i) / (steps - 1) : 0.0;
-      s.push_back(std::tan(a * std::atan(smin) + (1 - a) * std::atan(smax)));
-    }
-    return append_zero(s);
-  }
-  if (schedule == "align_your_steps" || schedule == "ays") return ays_sigmas(kAysSd1, steps);
-  if (schedule == "align_your_steps_sdxl") return ays_sigmas(kAysSdxl, steps);
+  const std::string name = schedule == "ays" ? "align_your_steps" : schedule;
+  for (const auto& d : sigma_schedules())
+    if (d.name == name) return d.fn(steps, ds, cfg);
   std::string names;
-  for (const auto& [n, _] : sigma_schedules()) names += (names.empty() ? "" : ", ") + n;
+  for (const auto& d : sigma_schedules()) names += (names.empty() ? "" : ", ") + d.name;
   throw Error("unknown sigma schedule '" + schedule + "' (expected one of: " + names + ")");
 }
 
@@ -293,19 +304,19 @@ torch::Tensor parse_sigmas(const std::string& csv) {
   while (std::getline(ss, item, ',')) {
     auto b = item.find_first_not_of(" \t\n\r"), e = item.find_last_not_of(" \t\n\r");
     std::string tok = b == std::string::npos ? "" : item.substr(b, e - b + 1);
-    if (tok.empty()) throw Error("--sigmas: entry " + std::to_string(idx) + " is empty");
+    if (tok.empty()) throw Error("sigmas: entry " + std::to_string(idx) + " is empty");
     char* end = nullptr;
     errno = 0;
     double v = std::strtod(tok.c_str(), &end);
     if (end != tok.c_str() + tok.size() || errno == ERANGE || !std::isfinite(v))
-      throw Error("--sigmas: entry " + std::to_string(idx) + " ('" + tok + "') is not a finite number");
-    if (v < 0) throw Error("--sigmas: entry " + std::to_string(idx) + " (" + tok + ") is negative");
+      throw Error("sigmas: entry " + std::to_string(idx) + " ('" + tok + "') is not a finite number");
+    if (v < 0) throw Error("sigmas: entry " + std::to_string(idx) + " (" + tok + ") is negative");
     if (!s.empty() && !(v < s.back()))
-      throw Error("--sigmas: entry " + std::to_string(idx) + " (" + tok + ") is not below the previous one");
+      throw Error("sigmas: entry " + std::to_string(idx) + " (" + tok + ") is not below the previous one");
     s.push_back(v);
     ++idx;
   }
-  if (s.empty() || s.front() <= 0) throw Error("--sigmas: need at least one sigma > 0");
+  if (s.empty() || s.front() <= 0) throw Error("sigmas: need at least one sigma > 0");
   if (s.back() != 0) s.push_back(0);
   return torch::tensor(s, torch::kFloat64).to(torch::kFloat32);
 }

@@ -3,6 +3,7 @@
 // descending float32 sigma tensor ending in 0, as samplers take it.
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,8 +29,13 @@ namespace diffuse {
 // Throws diffuse::Error for an unknown name or steps < 1.
 torch::Tensor make_sigmas(const std::string& schedule, int steps, const DiscreteSchedule& ds,
                           const NoiseScheduleConfig& cfg);
-// name, one-line summary, in listing order.
-const std::vector<std::pair<std::string, std::string>>& sigma_schedules();
+struct SigmaScheduleDesc {
+  std::string name;
+  std::string summary;  // one line
+  std::function<torch::Tensor(int steps, const DiscreteSchedule& ds, const NoiseScheduleConfig& cfg)> fn;
+};
+// The schedule table, in listing order (adding a schedule is one entry).
+const std::vector<SigmaScheduleDesc>& sigma_schedules();
 
 // Custom "--sigmas a,b,c": finite, >= 0, strictly descending, at least one > 0; appends 0 if the
 // last value is not 0. Throws diffuse::Error naming the offending entry.

@@ -5,7 +5,7 @@
 namespace diffuse {
 
 PerImageNoise::PerImageNoise(const std::string& rng, uint64_t first_seed, int count) {
-  if (rng != "cpu" && rng != "philox") throw Error("--rng " + rng + ": expected cpu or philox");
+  if (rng != "cpu" && rng != "philox") throw Error("rng " + rng + ": expected cpu or philox");
   for (int i = 0; i < count; ++i) {
     uint64_t seed = first_seed + static_cast<uint64_t>(i);
     if (rng == "cpu")

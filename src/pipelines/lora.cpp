@@ -107,7 +107,7 @@ LoraSpec parse_lora_arg(const std::string& arg) {
     s.path = arg.substr(0, colon);
     s.weight = w;
   }
-  if (s.path.empty()) throw Error("--lora " + arg + ": expected FILE[:weight]");
+  if (s.path.empty()) throw Error("loras " + arg + ": expected FILE[:weight]");
   return s;
 }
 
@@ -126,7 +126,7 @@ std::vector<LoraSpec> extract_prompt_loras(std::string& prompt, const std::strin
     LoraSpec s;
     if (fields.size() > 1 && !parse_number(fields[1], s.weight))
       throw Error("prompt: " + tag + ": weight '" + fields[1] + "' is not a number");
-    if (lora_dir.empty()) throw Error("prompt: " + tag + " needs --lora-dir (the folder of NAME.safetensors files)");
+    if (lora_dir.empty()) throw Error("prompt: " + tag + " needs lora_dir (the folder of NAME.safetensors files)");
     s.path =
         (fs::path(lora_dir) / (ends_with(fields[0], ".safetensors") ? fields[0] : fields[0] + ".safetensors")).string();
     if (!fs::is_regular_file(s.path)) throw Error("prompt: " + tag + ": no file " + s.path);
@@ -199,8 +199,8 @@ LoraMergeReport apply_lora(SDPipeline& pipe, const std::map<std::string, torch::
 
 LoraMergeReport apply_lora_file(SDPipeline& pipe, const LoraSpec& spec) {
   if (!ends_with(spec.path, ".safetensors"))
-    throw Error("--lora " + spec.path + ": only .safetensors LoRA files are read");
-  if (!fs::is_regular_file(spec.path)) throw Error("--lora " + spec.path + ": no such file");
+    throw Error("loras " + spec.path + ": only .safetensors LoRA files are read");
+  if (!fs::is_regular_file(spec.path)) throw Error("loras " + spec.path + ": no such file");
   return apply_lora(pipe, safetensors::load(spec.path), spec.weight, spec.path);
 }
 

@@ -132,7 +132,7 @@ void PixelPipeline::save(const std::string& dir) const {
 }
 
 int64_t PixelPipeline::class_index(const std::string& s) const {
-  if (class_names.empty()) throw Error("--class " + s + ": this model is unconditional");
+  if (class_names.empty()) throw Error("class " + s + ": this model is unconditional");
   for (size_t i = 0; i < class_names.size(); ++i)
     if (class_names[i] == s) return static_cast<int64_t>(i);
   try {
@@ -143,7 +143,7 @@ int64_t PixelPipeline::class_index(const std::string& s) const {
   }
   std::string valid;
   for (size_t i = 0; i < class_names.size(); ++i) valid += (i ? ", " : "") + std::to_string(i) + "=" + class_names[i];
-  throw Error("--class " + s + ": unknown class (valid: " + valid + ")");
+  throw Error("class " + s + ": unknown class (valid: " + valid + ")");
 }
 
 CondDenoiser PixelPipeline::denoiser() const {
@@ -166,7 +166,7 @@ torch::Tensor sigmas_for(const PixelPipeline& pipe, const GenerateOptions& opt, 
     *schedule_used = "custom";
     return parse_sigmas(opt.sigmas);
   }
-  if (opt.steps < 1) throw Error("--steps " + std::to_string(opt.steps) + ": must be at least 1");
+  if (opt.steps < 1) throw Error("steps " + std::to_string(opt.steps) + ": must be at least 1");
   std::string hint;
   find_sampler(opt.sampler, &hint);
   std::string schedule = !opt.schedule.empty() ? opt.schedule : (!hint.empty() ? hint : "discrete");
@@ -182,13 +182,13 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
     throw Error("generate: one class per image expected");
   if (opt.guide) {
     check_guide(pipe, *opt.guide);
-    if (opt.cfg_rescale != 0) throw Error("--cfg-rescale: applies to classifier-free guidance, not to --guide-model");
+    if (opt.cfg_rescale != 0) throw Error("guidance_rescale: applies to classifier-free guidance, not to guide_model");
     if (opt.guide_unconditional && opt.guide->class_conditional() && opt.guide->null_class < 0)
-      throw Error("--guide-unconditional: the guide model " + opt.guide->source + " has no null class");
+      throw Error("guide_unconditional: the guide model " + opt.guide->source + " has no null class");
   } else if (opt.guidance != 1.0 && !pipe.class_conditional()) {
-    throw Error("--guidance: this model is unconditional (classifier-free guidance needs class labels)");
+    throw Error("guidance: this model is unconditional (classifier-free guidance needs class labels)");
   } else if (opt.guidance != 1.0 && pipe.null_class < 0) {
-    throw Error("--guidance: this model has no null class to guide against");
+    throw Error("guidance: this model has no null class to guide against");
   }
   const SamplerDesc& sampler = find_sampler(opt.sampler);
   std::string schedule_used;
@@ -248,7 +248,7 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
 }
 
 void check_guide(const PixelPipeline& pipe, const PixelPipeline& guide) {
-  const std::string what = "--guide-model " + guide.source + ": ";
+  const std::string what = "guide_model " + guide.source + ": ";
   auto shape = [](const PixelPipeline& p) {
     return std::to_string(p.latent_channels()) + "x" + std::to_string(p.latent_size()) + "x" +
            std::to_string(p.latent_size());

@@ -4,7 +4,7 @@
 #include <cstdlib>
 
 #include "core/error.h"
-#include "pipelines/sd_pipeline.h"
+#include "pipelines/text_encoder.h"
 
 namespace diffuse {
 

@@ -39,7 +39,7 @@ void require_component(const std::string& dir, const nlohmann::json& index, cons
 void check_compute_dtype(torch::Device device, torch::Dtype dtype) {
   if (dtype == torch::kFloat16 && device.is_cpu())
     throw Error(
-        "--dtype fp16: half-precision compute is not available on the CPU; use bf16 or fp32 "
+        "dtype fp16: half-precision compute is not available on the CPU; use bf16 or fp32 "
         "(fp16-stored weights load in either)");
 }
 
@@ -155,28 +155,6 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
     p.text = te;
   }
   return p;
-}
-
-torch::Tensor SDTextEncoder::encode_ids(const torch::Tensor& ids, int clip_skip) const {
-  torch::NoGradGuard ng;
-  CLIPTextModel m = model;
-  const int64_t layers = m->config().num_hidden_layers;
-  if (clip_skip < 0 || clip_skip >= layers)
-    throw Error("clip skip " + std::to_string(clip_skip) + ": must lie in [0, " + std::to_string(layers - 1) + "]");
-  nn::ComputeDtypeGuard wide({m.ptr().get()}, compute_dtype.value_or(torch::kFloat32), compute_dtype.has_value());
-  auto out = m->forward(ids.to(m->device(), torch::kInt64), clip_skip > 0);
-  auto h =
-      clip_skip > 0 ? m->final_norm(out.hidden_states[static_cast<size_t>(layers - clip_skip)]) : out.last_hidden_state;
-  return h.to(torch::kCPU, torch::kFloat32);
-}
-
-torch::Tensor SDTextEncoder::encode(const std::string& prompt, int clip_skip) const {
-  auto ids = tokenizer.tokenize(prompt, model->config().max_position_embeddings, true);
-  for (int64_t id : ids)
-    if (id >= model->config().vocab_size)
-      throw Error("prompt: token id " + std::to_string(id) + " is outside the text encoder's vocabulary (" +
-                  std::to_string(model->config().vocab_size) + ")");
-  return encode_ids(torch::tensor(ids, torch::kInt64).unsqueeze(0), clip_skip);
 }
 
 SDPipeline load_single_file(const std::string& path, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
@@ -310,17 +288,6 @@ CondDenoiser SDPipeline::denoiser(bool quantize) const {
 namespace {
 
 // How diffusers' scheduler of a sampler spaces its timesteps and scales the initial noise.
-enum class Family { Euler, Ddim, DpmSolver };
-
-Family family_of(const std::string& sampler) {
-  static const std::set<std::string> ddim = {"ddim", "ddpm", "plms", "pndm"};
-  static const std::set<std::string> dpm = {"dpm++2m",   "dpm++2m_sde", "dpm++3m_sde", "unipc",
-                                            "unipc_bh1", "deis",        "lcm",         "ipndm"};
-  if (ddim.count(sampler)) return Family::Ddim;
-  if (dpm.count(sampler)) return Family::DpmSolver;
-  return Family::Euler;
-}
-
 struct Plan {
   const SamplerDesc* sampler = nullptr;
   std::string schedule;   // as reported in the parameters
@@ -336,20 +303,20 @@ Plan make_plan(const SDPipeline& pipe, const SDOptions& opt) {
   p.sampler = &find_sampler(opt.sampler.empty() ? pipe.scheduler_class : opt.sampler, &hint);
   const auto& cfg = pipe.scheduler;
   DiscreteSchedule ds(cfg);
-  const Family fam = family_of(p.sampler->name);
+  const TimestepStyle fam = p.sampler->timesteps;
   if (!opt.sigmas.empty()) {
     p.schedule = "custom";
     p.sigmas = parse_sigmas(opt.sigmas);
     p.vp_init = false;
     return p;
   }
-  if (opt.steps < 1) throw Error("--steps " + std::to_string(opt.steps) + ": must be at least 1");
+  if (opt.steps < 1) throw Error("steps " + std::to_string(opt.steps) + ": must be at least 1");
   p.schedule = !opt.schedule.empty() ? opt.schedule : hint;
-  if (p.schedule.empty() && fam != Family::Euler) {
+  if (p.schedule.empty() && fam != TimestepStyle::Euler) {
     // diffusers' own integer timesteps; DDIM/PLMS end on alphas_cumprod[0] unless set_alpha_to_one
-    auto t = spaced_timesteps(cfg, opt.steps, fam == Family::Ddim ? TimestepStyle::Ddim : TimestepStyle::DpmSolver);
+    auto t = spaced_timesteps(cfg, opt.steps, fam);
     auto s = sigmas_at_timesteps(ds, t);
-    const bool final_min = fam == Family::Ddim && p.sampler->name != "ddpm" && !cfg.set_alpha_to_one;
+    const bool final_min = fam == TimestepStyle::Ddim && p.sampler->name != "ddpm" && !cfg.set_alpha_to_one;
     p.sigmas = torch::cat({s, torch::full({1}, final_min ? ds.sigma_min() : 0.0, torch::kFloat32)});
     p.quantize = true;
     p.vp_init = true;
@@ -360,8 +327,8 @@ Plan make_plan(const SDPipeline& pipe, const SDOptions& opt) {
   // diffusers: Euler-type schedulers' init_noise_sigma is sigma_max for linspace / trailing
   // spacing, else sqrt(sigma_max^2 + 1); the VP schedulers start at 1 in VP coordinates and feed
   // the UNet integer timesteps whatever their sigmas.
-  p.vp_init = fam != Family::Euler || cfg.timestep_spacing == "leading";
-  p.quantize = fam != Family::Euler;
+  p.vp_init = fam != TimestepStyle::Euler || cfg.timestep_spacing == "leading";
+  p.quantize = fam != TimestepStyle::Euler;
   return p;
 }
 
@@ -501,7 +468,7 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   if (opt.height == 0) opt.height = pipe.default_size();
   const int64_t f = pipe.vae_scale_factor(), mult = std::max<int64_t>(8, f);
   if (opt.width <= 0 || opt.height <= 0 || opt.width % mult || opt.height % mult)
-    throw Error("--width/--height " + std::to_string(opt.width) + "x" + std::to_string(opt.height) +
+    throw Error("width/height " + std::to_string(opt.width) + "x" + std::to_string(opt.height) +
                 ": must be positive multiples of " + std::to_string(mult));
   const int64_t C = pipe.latent_channels(), h = opt.height / f, w = opt.width / f;
   const bool inpaint9 = pipe.is_inpaint_model();

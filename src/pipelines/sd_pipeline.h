@@ -18,26 +18,12 @@
 #include "diffusion/sampler.h"
 #include "diffusion/schedule.h"
 #include "models/autoencoder_kl.h"
-#include "models/clip_text.h"
-#include "models/clip_tokenizer.h"
 #include "models/unet2d_condition.h"
 #include "pipelines/ldm_convert.h"
+#include "pipelines/text_encoder.h"
 #include "pipelines/vae_tiling.h"
 
 namespace diffuse {
-
-// Tokenizer + CLIP text encoder, as diffusers' encode_prompt uses them.
-struct SDTextEncoder {
-  CLIPTokenizer tokenizer;
-  CLIPTextModel model{nullptr};
-  // Set when the weights are kept 16-bit and computed in this dtype (upcast while encoding).
-  std::optional<torch::Dtype> compute_dtype;
-  // ids [B, T] -> [B, T, hidden]: last_hidden_state, or with clip_skip > 0 the hidden state
-  // clip_skip layers before the last, through final_layer_norm (diffusers' clip_skip).
-  torch::Tensor encode_ids(const torch::Tensor& ids, int clip_skip = 0) const;
-  // One prompt, padded / truncated to 77 tokens -> [1, 77, hidden].
-  torch::Tensor encode(const std::string& prompt, int clip_skip = 0) const;
-};
 
 struct SDPipeline {
   UNet2DConditionModel unet{nullptr};

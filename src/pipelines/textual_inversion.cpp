@@ -5,16 +5,16 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
-#include "pipelines/sd_pipeline.h"
+#include "pipelines/text_encoder.h"
 
 namespace fs = std::filesystem;
 
 namespace diffuse {
 
 std::string load_embedding(SDTextEncoder& te, const std::string& path, const std::string& trigger) {
-  if (!fs::is_regular_file(path)) throw Error("--embedding " + path + ": no such file");
+  if (!fs::is_regular_file(path)) throw Error("embeddings " + path + ": no such file");
   if (fs::path(path).extension() != ".safetensors")
-    throw Error("--embedding " + path + ": only .safetensors embeddings are read");
+    throw Error("embeddings " + path + ": only .safetensors embeddings are read");
   const auto tensors = safetensors::load(path);
   std::string token = trigger;
   torch::Tensor vectors;
@@ -52,7 +52,7 @@ std::string load_embedding(SDTextEncoder& te, const std::string& path, const std
 
 std::vector<std::string> load_embeddings_for(SDTextEncoder& te, const std::string& dir,
                                              const std::vector<std::string>& texts) {
-  if (!fs::is_directory(dir)) throw Error("--embeddings-dir " + dir + ": no such folder");
+  if (!fs::is_directory(dir)) throw Error("embeddings_dir " + dir + ": no such folder");
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(dir))
     if (e.is_regular_file() && e.path().extension() == ".safetensors") files.push_back(e.path());

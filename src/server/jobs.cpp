@@ -1,6 +1,7 @@
 #include "server/jobs.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 
 namespace diffuse::server {
@@ -9,6 +10,14 @@ namespace {
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 constexpr size_t kHistory = 256;  // finished jobs kept for GET /api/v1/jobs/{id}
 }  // namespace
+
+std::string field_of(const std::string& message) {
+  const auto end = message.find_first_of(": ");
+  if (end == std::string::npos || end == 0 || end > 32 || message[end] != ':') return "request";
+  for (size_t i = 0; i < end; ++i)
+    if (!std::islower(static_cast<unsigned char>(message[i])) && message[i] != '_') return "request";
+  return message.substr(0, end);
+}
 
 std::string to_string(JobState s) {
   switch (s) {
@@ -52,6 +61,11 @@ void ModelRegistry::set_current(const std::string& name) {
 double ModelRegistry::load_seconds() const {
   std::lock_guard<std::mutex> l(mu_);
   return load_s_;
+}
+
+std::vector<std::string> ModelRegistry::loaded() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return lru_;
 }
 
 std::shared_ptr<Model> ModelRegistry::get(const std::string& name) {
@@ -266,8 +280,7 @@ void JobQueue::worker(const std::string& model) {
       end = JobState::Failed;
       bad = true;
       error = e.what();
-      const auto colon = error.find(':');
-      field = colon != std::string::npos && colon < 32 && error.find(' ') > colon ? error.substr(0, colon) : "request";
+      field = field_of(error);
     } catch (const std::exception& e) {
       end = JobState::Failed;
       error = e.what();

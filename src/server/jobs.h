@@ -30,6 +30,7 @@ class ModelRegistry {
   std::string current() const;
   void set_current(const std::string& name);
   double load_seconds() const;
+  std::vector<std::string> loaded() const;  // least recently used first
 
  private:
   std::vector<ModelEntry> entries_;
@@ -41,6 +42,9 @@ class ModelRegistry {
   std::string current_;
   double load_s_ = 0;
 };
+
+// The request field a library message names ("steps: must be ..." -> "steps"), else "request".
+std::string field_of(const std::string& message);
 
 enum class JobState { Queued, Running, Done, Failed, Cancelled };
 std::string to_string(JobState s);

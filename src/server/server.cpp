@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <sstream>
@@ -74,15 +75,15 @@ std::vector<ModelEntry> find_models(const std::vector<std::string>& paths, const
     if (name.empty()) name = p.parent_path().filename().string();
     if (p.extension() == ".safetensors") name = p.stem().string();
     for (const auto& e : out)
-      if (e.name == name) throw Error("--model " + p.string() + ": a model named '" + name + "' is already served");
+      if (e.name == name) throw Error("models " + p.string() + ": a model named '" + name + "' is already served");
     out.push_back({name, p.string()});
   };
   for (const auto& p : paths) {
-    if (!fs::exists(p)) throw Error("--model " + p + ": not found");
+    if (!fs::exists(p)) throw Error("models " + p + ": not found");
     add(p);
   }
   if (!models_dir.empty()) {
-    if (!fs::is_directory(models_dir)) throw Error("--models-dir " + models_dir + ": no such folder");
+    if (!fs::is_directory(models_dir)) throw Error("models_dir " + models_dir + ": no such folder");
     std::vector<fs::path> found;
     for (const auto& d : fs::directory_iterator(models_dir)) {
       const fs::path p = d.path();
@@ -93,7 +94,7 @@ std::vector<ModelEntry> find_models(const std::vector<std::string>& paths, const
     std::sort(found.begin(), found.end());
     for (const auto& p : found) add(p);
   }
-  if (out.empty()) throw Error("--model: give at least one model (or --models-dir)");
+  if (out.empty()) throw Error("models: give at least one model (or models_dir)");
   return out;
 }
 
@@ -131,6 +132,9 @@ struct Server::Impl {
         reply_error(res, 400, e.errors.empty() ? "body" : e.errors[0].field,
                     e.errors.empty() ? e.what() : e.errors[0].message);
         return;
+      } catch (const Error& e) {  // bad input found while reading the request
+        reply_error(res, 400, field_of(e.what()), e.what());
+        return;
       } catch (const std::exception& e) {
         msg = e.what();
       } catch (...) {
@@ -149,6 +153,11 @@ struct Server::Impl {
         << "diffuse_queue_length " << jobs.queued() << "\n";
       o << "# HELP diffuse_jobs Jobs by state.\n# TYPE diffuse_jobs gauge\n";
       for (const auto& [state, n] : jobs.counts()) o << "diffuse_jobs{state=\"" << state << "\"} " << n << "\n";
+      o << "# HELP diffuse_model_loaded Models in memory.\n# TYPE diffuse_model_loaded gauge\n";
+      const auto loaded = models.loaded();
+      for (const auto& e : models.entries())
+        o << "diffuse_model_loaded{model=\"" << e.name << "\"} "
+          << (std::find(loaded.begin(), loaded.end(), e.name) != loaded.end()) << "\n";
       o << "# HELP diffuse_step_seconds_total Seconds spent in sampling steps.\n"
         << "# TYPE diffuse_step_seconds_total counter\ndiffuse_step_seconds_total " << jobs.step_seconds() << "\n";
       o << "# HELP diffuse_load_seconds_total Seconds spent loading models.\n"
@@ -170,9 +179,9 @@ int Server::bind() {
   int port = o.port;
   if (port == 0) {
     port = impl_->http.bind_to_any_port(o.host);
-    if (port < 0) throw Error("--host " + o.host + ": cannot bind");
+    if (port < 0) throw Error("host " + o.host + ": cannot bind");
   } else if (!impl_->http.bind_to_port(o.host, port)) {
-    throw Error("--port " + std::to_string(port) + ": cannot bind " + o.host + ":" + std::to_string(port));
+    throw Error("port " + std::to_string(port) + ": cannot bind " + o.host + ":" + std::to_string(port));
   }
   return port;
 }

@@ -159,7 +159,7 @@ TEST(Sigmas, AllSchedulesDescendToZero) {
   NoiseScheduleConfig cfg = named_config("sd");
   cfg.steps_offset = 1;
   DiscreteSchedule ds(cfg);
-  for (const auto& [name, summary] : sigma_schedules()) {
+  for (const auto& [name, summary, fn] : sigma_schedules()) {
     EXPECT_FALSE(summary.empty());
     for (int steps : {1, 2, 10, 30}) {
       auto s = make_sigmas(name, steps, ds, cfg);

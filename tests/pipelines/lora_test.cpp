@@ -155,7 +155,7 @@ TEST(Lora, ArgumentsAndPromptTags) {
   std::string missing = "x <lora:nothere:1>";
   EXPECT_NE(test::error_of([&] { extract_prompt_loras(missing, dir.path); }).find("nothere"), std::string::npos);
   std::string nodir = "x <lora:style:1>";
-  EXPECT_NE(test::error_of([&] { extract_prompt_loras(nodir, ""); }).find("--lora-dir"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { extract_prompt_loras(nodir, ""); }).find("lora_dir"), std::string::npos);
 }
 
 TEST(TextualInversion, TokensGetTheirVectors) {

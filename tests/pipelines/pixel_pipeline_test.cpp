@@ -113,7 +113,7 @@ TEST(PixelPipeline, GuideModelMustSampleTheSameSpace) {
       check_guide(p, guide);
       ADD_FAILURE() << "accepted: " << what;
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("--guide-model " + guide.source), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("guide_model " + guide.source), std::string::npos) << e.what();
       EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
     }
   };

@@ -28,13 +28,14 @@ struct Served {
   std::thread thread;
   int port = 0;
 
-  explicit Served(const std::string& token = "", size_t max_queue = 16) {
+  explicit Served(const std::string& token = "", size_t max_queue = 16, double budget_gb = 0) {
     server::ServerOptions o;
     o.models =
         server::find_models({test::source_path("models/fashion-mnist"), test::tiny_sd_folder(dir / "sd_tiny")}, "");
     o.port = 0;
     o.token = token;
     o.max_queue = max_queue;
+    o.memory_budget_gb = budget_gb;
     o.max_body_bytes = 1 << 20;
     o.load.allow_paths = false;
     srv = std::make_unique<server::Server>(o);
@@ -95,6 +96,33 @@ TEST(Server, NativeJobRunsAndMatchesTheLibrary) {
   q.guidance = 2;
   auto lib = Model::load(test::source_path("models/fashion-mnist")).generate(q);
   EXPECT_TRUE(torch::equal(decode_image(png, 1, "png"), to_tensor(to_image(lib.images[1].clamp(-1, 1)))));
+  // and through the A1111 route
+  auto a = c.Post("/sdapi/v1/txt2img",
+                  R"({"prompt": "sneaker", "batch_size": 2, "steps": 4, "seed": 7, "cfg_scale": 2,
+                      "override_settings": {"sd_model_checkpoint": "fashion-mnist"}})",
+                  "application/json");
+  ASSERT_EQ(a->status, 200) << a->body;
+  EXPECT_EQ(base64_decode(body(a)["images"][1], "image"), png);
+}
+
+TEST(Server, ModelsBeyondTheMemoryBudgetAreUnloaded) {
+  Served s("", 16, 1e-6);  // any two models exceed it
+  auto c = s.client();
+  auto metric = [&](const std::string& model) {
+    const std::string m = c.Get("/metrics")->body;
+    const std::string key = "diffuse_model_loaded{model=\"" + model + "\"} ";
+    const auto at = m.find(key);
+    return at == std::string::npos ? -1 : m[at + key.size()] - '0';
+  };
+  EXPECT_EQ(metric("fashion-mnist"), 0);
+  ASSERT_EQ(c.Post("/sdapi/v1/txt2img", R"({"prompt": "bag", "steps": 1})", "application/json")->status, 200);
+  EXPECT_EQ(metric("fashion-mnist"), 1);
+  ASSERT_EQ(
+      c.Post("/v1/images/generations", R"({"model": "sd_tiny", "prompt": "a", "size": "16x16"})", "application/json")
+          ->status,
+      200);
+  EXPECT_EQ(metric("sd_tiny"), 1);
+  EXPECT_EQ(metric("fashion-mnist"), 0);  // least recently used, unloaded
 }
 
 TEST(Server, EventsStreamProgressAndDone) {
@@ -148,6 +176,15 @@ TEST(Server, HostileRequestsGetA4xxNamingTheField) {
   r = c.Post("/sdapi/v1/img2img", R"({"prompt": "x"})", "application/json");
   EXPECT_EQ(r->status, 400);
   EXPECT_EQ(field_of(r), "init_images");
+  r = c.Post("/sdapi/v1/img2img", R"({"init_images": ["not base64!"]})", "application/json");
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(field_of(r), "init_images");
+  r = c.Post("/sdapi/v1/img2img", R"({"init_images": ["aGVsbG8="]})", "application/json");  // not an image
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(field_of(r), "init_image");
+  r = c.Post("/v1/images/generations", R"({"prompt": 3})", "application/json");
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(field_of(r), "prompt");
   r = c.Post("/v1/images/generations", R"({"prompt": "x", "response_format": "url"})", "application/json");
   EXPECT_EQ(r->status, 400);
   EXPECT_EQ(field_of(r), "response_format");
