@@ -12,6 +12,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace diffuse::safetensors {
 
@@ -95,7 +96,7 @@ File File::open(const std::string& path) {
   try {
     j = nlohmann::json::parse(header);
   } catch (const std::exception& e) {
-    throw fail(std::string("header is not valid JSON: ") + e.what());
+    throw fail("header is not valid JSON: " + printable(e.what()));
   }
   if (!j.is_object()) throw fail("header is not a JSON object");
 
@@ -108,12 +109,12 @@ File File::open(const std::string& path) {
     if (name == "__metadata__") {
       if (!v.is_object()) throw fail("__metadata__ is not an object");
       for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string()) throw fail("__metadata__['" + m.key() + "'] is not a string");
+        if (!m.value().is_string()) throw fail("__metadata__['" + printable(m.key()) + "'] is not a string");
         f.metadata_[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
-    auto bad = [&](const std::string& why) { return fail("tensor '" + name + "': " + why); };
+    auto bad = [&](const std::string& why) { return fail("tensor '" + printable(name) + "': " + why); };
     if (!v.is_object()) throw bad("entry is not an object");
     if (!v.contains("dtype") || !v["dtype"].is_string()) throw bad("missing dtype");
     if (!v.contains("shape") || !v["shape"].is_array()) throw bad("missing shape");
@@ -160,7 +161,7 @@ std::vector<std::string> File::names() const {
 
 torch::Tensor File::get(const std::string& name) const {
   auto it = info_.find(name);
-  if (it == info_.end()) throw Error(path_ + ": no tensor named '" + name + "'");
+  if (it == info_.end()) throw Error(path_ + ": no tensor named '" + printable(name) + "'");
   const TensorInfo& info = it->second;
   auto type = scalar_type(info.dtype);
   size_t esize = dtype_size(info.dtype);

@@ -27,18 +27,47 @@ torch::Tensor optional(const TensorMap& in, const std::string& name) {
 
 }  // namespace
 
-TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device device) {
+std::string network_class(const std::string& dir) {
   nlohmann::json cfg;
   try {
     cfg = nlohmann::json::parse(read_file(dir + "/config.json"));
   } catch (const nlohmann::json::exception& e) {
     throw Error(dir + "/config.json: invalid JSON: " + e.what());
   }
-  std::string cls = cfg.value("_class_name", "");
+  if (!cfg.is_object()) throw Error(dir + "/config.json: not a JSON object");
+  std::string cls = cfg.contains("_class_name") && cfg["_class_name"].is_string()
+                        ? cfg["_class_name"].get<std::string>()
+                        : std::string();
   // transformers configs name their class in "architectures".
   if (cls.empty() && cfg.contains("architectures") && cfg.at("architectures").is_array())
     for (const auto& a : cfg.at("architectures"))
       if (a.is_string() && cls.empty()) cls = a.get<std::string>();
+  if (cls.empty()) throw Error(dir + "/config.json: no _class_name (diffusers) or architectures (transformers) key");
+  return cls;
+}
+
+std::string check_network_folder(const std::string& dir) {
+  const std::string cls = network_class(dir);
+  std::shared_ptr<torch::nn::Module> m;
+  if (cls == "UNet2DModel")
+    m = load_unet2d(dir).ptr();
+  else if (cls == "UNet2DConditionModel")
+    m = load_unet2d_condition(dir).ptr();
+  else if (cls == "AutoencoderKL")
+    m = load_autoencoder_kl(dir).ptr();
+  else if (cls == "DiTTransformer2DModel" || cls == "Transformer2DModel")
+    m = load_dit(dir).ptr();
+  else if (cls == "CLIPTextModel")
+    m = load_clip_text_model(dir).ptr();
+  else
+    throw Error(dir + "/config.json: _class_name '" + cls + "' is not a network diffuse knows");
+  int64_t n = 0;
+  for (const auto& p : m->parameters()) n += p.numel();
+  return cls + ", " + std::to_string(n) + " parameters";
+}
+
+TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device device) {
+  const std::string cls = network_class(dir);
   torch::NoGradGuard ng;
   if (cls == "UNet2DModel") {
     auto m = load_unet2d(dir);
@@ -100,7 +129,6 @@ TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device
       out["hidden_states." + std::to_string(i)] = r.hidden_states[i].to(torch::kCPU);
     return out;
   }
-  if (cls.empty()) throw Error(dir + "/config.json: no _class_name (diffusers) or architectures (transformers) key");
   throw Error(dir + "/config.json: _class_name '" + cls + "' is not supported by forward");
 }
 

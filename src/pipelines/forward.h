@@ -15,6 +15,12 @@ using TensorMap = std::map<std::string, torch::Tensor>;
 // [+ attention_mask] -> last_hidden_state, pooler_output, hidden_states.N) from DIR/config.json
 // and runs that network on the inputs it needs (other tensors are ignored). Throws diffuse::Error naming a missing
 // input or unknown class.
+// The network class a folder's config.json names (_class_name or architectures).
+std::string network_class(const std::string& model_dir);
+// Loads the network of a component folder (config parsed, every weight present with the shape the
+// config implies) and returns "CLASS, N parameters"; throws diffuse::Error naming the problem.
+std::string check_network_folder(const std::string& model_dir);
+
 TensorMap run_forward(const std::string& model_dir, const TensorMap& inputs, torch::Device device = torch::kCPU);
 
 }  // namespace diffuse

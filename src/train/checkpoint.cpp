@@ -19,6 +19,19 @@ std::string resolve(const std::string& dir) {
 }
 }  // namespace
 
+bool has_checkpoint(const std::string& dir) {
+  if (fs::exists(dir + "/state.json")) return true;
+  // A save killed between its two renames leaves the new checkpoint complete in dir.tmp (its
+  // state.json is written last) and the previous one in dir.old: move the newest into place.
+  for (const std::string& other : {dir + ".tmp", dir + ".old"})
+    if (fs::exists(other + "/state.json")) {
+      remove_tree(dir);
+      fs::rename(other, dir);
+      return true;
+    }
+  return false;
+}
+
 void save_checkpoint(const std::string& dir, const CheckpointState& st, torch::nn::Module& model,
                      torch::nn::Module& ema, const AdamW& opt, const CheckpointExtras& extras) {
   const std::string tmp = dir + ".tmp";

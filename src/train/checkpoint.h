@@ -22,6 +22,10 @@ struct CheckpointState {
 // written as "<name>.safetensors" inside the same atomically swapped folder.
 using CheckpointExtras = std::map<std::string, std::map<std::string, torch::Tensor>>;
 
+// Whether `dir` holds a checkpoint; one that a crash during a save left in dir.tmp or dir.old is
+// moved back into `dir` first.
+bool has_checkpoint(const std::string& dir);
+
 void save_checkpoint(const std::string& dir, const CheckpointState& st, torch::nn::Module& model,
                      torch::nn::Module& ema, const AdamW& opt, const CheckpointExtras& extras = {});
 // Reads state.json (falls back to the previous checkpoint if a swap was interrupted).

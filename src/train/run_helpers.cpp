@@ -1,6 +1,7 @@
 #include "train/run_helpers.h"
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -64,6 +65,32 @@ std::map<std::string, std::vector<double>> read_csv_columns(const std::string& p
     }
   }
   return cols;
+}
+
+bool NonFiniteGuard::ok(double loss, const std::vector<torch::Tensor>& params, int64_t step) {
+  bool finite = std::isfinite(loss);
+  if (finite) {
+    std::vector<torch::Tensor> norms;
+    for (const auto& p : params)
+      if (p.grad().defined()) norms.push_back(p.grad().detach().abs().max().to(torch::kFloat32));
+    finite = norms.empty() || torch::isfinite(torch::stack(norms)).all().item<bool>();
+  }
+  if (finite) {
+    in_a_row_ = 0;
+    return true;
+  }
+  ++skipped_;
+  ++in_a_row_;
+  std::fprintf(stderr, "\nwarning: step %lld: %s is not finite; the step is skipped (%d in a row)\n",
+               static_cast<long long>(step), std::isfinite(loss) ? "a gradient" : "the loss", in_a_row_);
+  if (in_a_row_ >= max_)
+    throw Error("training diverged: " + std::to_string(in_a_row_) +
+                " steps in a row with NaN or Inf loss or "
+                "gradients (up to step " +
+                std::to_string(step) +
+                "); the last checkpoint is the last good one. "
+                "Lower --lr or enable --grad-clip");
+  return false;
 }
 
 }  // namespace diffuse

@@ -24,6 +24,20 @@ void check_resume_options(const nlohmann::json& saved, const nlohmann::json& now
 void update_ema(const std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor>& model, double decay,
                 int64_t step);
 
+// Skips training steps whose loss or gradients hold NaN / Inf (each with a warning on stderr);
+// `max_in_a_row` such steps in a row stop the run with a diffuse::Error, before anything is saved
+// (so the last checkpoint stays the last good one).
+class NonFiniteGuard {
+ public:
+  explicit NonFiniteGuard(int max_in_a_row) : max_(max_in_a_row) {}
+  // Whether the step may update the weights.
+  bool ok(double loss, const std::vector<torch::Tensor>& params, int64_t step);
+  int skipped() const { return skipped_; }
+
+ private:
+  int max_, in_a_row_ = 0, skipped_ = 0;
+};
+
 // The columns of a CSV file with a header line: name -> values (NaN for empty cells).
 std::map<std::string, std::vector<double>> read_csv_columns(const std::string& path);
 

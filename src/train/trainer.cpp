@@ -88,6 +88,20 @@ const std::vector<std::string> kResumeKeys = {
     "grad_accum", "prediction",    "beta_schedule", "num_train_timesteps", "seed",
     "flip",       "class_dropout", "init"};
 
+// Drops the rows of metrics.csv after `step` (logged by a run that was killed after its checkpoint).
+void trim_metrics(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::istringstream in(read_file(path));
+  std::string line, kept;
+  bool header = true;
+  while (std::getline(in, line)) {
+    if (!header && (line.empty() || std::stoll(line.substr(0, line.find(','))) > step)) continue;
+    kept += line + "\n";
+    header = false;
+  }
+  write_file_atomically(path, kept);
+}
+
 std::string csv_line(int64_t step, double loss, double lr, double ips, double elapsed, double fid) {
   char buf[160];
   if (std::isnan(fid))
@@ -195,9 +209,12 @@ TrainResult train(const TrainOptions& opt) {
   const std::string ckpt_dir = out + "/checkpoint";
   nlohmann::json opts_now = options_json(opt);
   std::optional<CheckpointState> resumed;
-  if (opt.resume) {
+  if (opt.resume && has_checkpoint(ckpt_dir)) {
     resumed = read_checkpoint_state(ckpt_dir);
     check_resume_options(resumed->options, opts_now, kResumeKeys, ckpt_dir);
+  } else if (opt.resume) {
+    // A job preempted before its first checkpoint is relaunched with the same command.
+    if (!opt.quiet) std::fprintf(stderr, "no checkpoint in %s yet: starting from scratch\n", ckpt_dir.c_str());
   } else if (fs::exists(ckpt_dir) || fs::exists(out + "/metrics.csv")) {
     throw Error(out + ": already holds a training run (use --resume to continue it, or another --out)");
   }
@@ -314,8 +331,9 @@ TrainResult train(const TrainOptions& opt) {
     step = resumed->step;
     smooth_loss = resumed->smooth_loss;
     trained_seconds = resumed->seconds;
-    if (step >= opt.steps)
+    if (step > opt.steps)
       throw Error(ckpt_dir + ": already at step " + std::to_string(step) + " (raise --steps to train further)");
+    trim_metrics(out + "/metrics.csv", step);  // rows logged after the checkpoint are logged again
   }
 
   fs::create_directories(out + "/samples");
@@ -339,6 +357,14 @@ TrainResult train(const TrainOptions& opt) {
     if (with_plot) write_loss_plot(out);
   };
 
+  if (step >= opt.steps) {
+    // Relaunched after the final checkpoint (e.g. killed while writing the model): write it again.
+    pipe.save(out);
+    write_loss_plot(out);
+    if (!opt.quiet)
+      std::fprintf(stderr, "already at step %lld: the final model is written from the checkpoint\n",
+                   static_cast<long long>(step));
+  }
   const int accum = opt.grad_accum;
   BatchLoader loader(data, opt.batch, opt.seed, opt.flip && !vae, step * accum);
   Progress progress(opt.steps, "train", "step", !opt.quiet);
@@ -348,6 +374,7 @@ TrainResult train(const TrainOptions& opt) {
   int64_t imgs_since = 0;
   std::string csv;
   train_stop_flag() = false;
+  NonFiniteGuard nonfinite(opt.max_nonfinite_steps);
   while (step < opt.steps) {
     if (train_stop_flag()) {
       result.interrupted = true;
@@ -396,14 +423,13 @@ TrainResult train(const TrainOptions& opt) {
       step_loss += loss.item<double>();
       imgs_since += B;
     }
-    if (!std::isfinite(step_loss))
-      throw Error("training diverged at step " + std::to_string(step) + " (loss " + std::to_string(step_loss) +
-                  "); lower --lr or enable --grad-clip");
-    if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);
-    optimizer.step(lr);
-    update_ema(ema.module().parameters(), model.module().parameters(), opt.ema_decay, step);
-    ++step;
-    smooth_loss = std::isnan(smooth_loss) ? step_loss : 0.98 * smooth_loss + 0.02 * step_loss;
+    if (nonfinite.ok(step_loss, params, step)) {
+      if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);
+      optimizer.step(lr);
+      update_ema(ema.module().parameters(), model.module().parameters(), opt.ema_decay, step);
+      smooth_loss = std::isnan(smooth_loss) ? step_loss : 0.98 * smooth_loss + 0.02 * step_loss;
+    }
+    ++step;  // a skipped step still consumes its batch, so resuming sees the same data order
 
     auto now = std::chrono::steady_clock::now();
     double dt = std::chrono::duration<double>(now - t_last).count();

@@ -24,7 +24,8 @@ struct TrainOptions {
   std::string lr_schedule = "constant";  // constant | cosine (both after linear warm-up)
   int64_t warmup = 500;
   double weight_decay = 0.0;
-  double grad_clip = 1.0;  // 0 = off
+  double grad_clip = 1.0;        // 0 = off
+  int max_nonfinite_steps = 10;  // NaN / Inf steps skipped in a row before the run stops
   double ema_decay = 0.9995;
   double class_dropout = 0.1;          // probability of the null class (for CFG)
   std::string prediction = "epsilon";  // epsilon | v_prediction | sample

@@ -285,7 +285,9 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
   const std::string ckpt_dir = out + "/checkpoint";
   nlohmann::json opts_now = options_json(opt);
   std::optional<CheckpointState> resumed;
-  if (opt.resume) {
+  if (opt.resume && !has_checkpoint(ckpt_dir)) {
+    if (!opt.quiet) std::fprintf(stderr, "no checkpoint in %s yet: starting from scratch\n", ckpt_dir.c_str());
+  } else if (opt.resume) {
     resumed = read_checkpoint_state(ckpt_dir);
     check_resume_options(
         resumed->options, opts_now,
@@ -463,6 +465,7 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
   int64_t imgs_since = 0;
   std::string csv;
   train_stop_flag() = false;
+  NonFiniteGuard nonfinite(opt.max_nonfinite_steps);
   while (step < opt.steps) {
     if (train_stop_flag()) {
       result.interrupted = true;
@@ -508,9 +511,10 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
     }
     loss.backward();
     const double step_loss = loss.item<double>();
-    if (!std::isfinite(step_loss))
-      throw Error("training diverged at step " + std::to_string(step) + " (loss " + std::to_string(step_loss) +
-                  "); lower --lr or enable --grad-clip");
+    if (!nonfinite.ok(step_loss, params, step)) {
+      ++step;  // the batch is consumed, so resuming sees the same data order
+      continue;
+    }
     if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);
     optimizer.step(lr);
     double d_loss = NAN;

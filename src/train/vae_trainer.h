@@ -31,6 +31,7 @@ struct VaeTrainOptions {
   int64_t warmup = 100;
   double weight_decay = 0.0;
   double grad_clip = 1.0;         // 0 = off
+  int max_nonfinite_steps = 10;   // NaN / Inf steps skipped in a row before the run stops
   double ema_decay = 0.0;         // 0 = no EMA (the saved weights are the trained ones)
   std::string recon_loss = "l1";  // l1 | l2
   double kl_weight = 1e-6;        // beta, relative to per-pixel sums as in LDM

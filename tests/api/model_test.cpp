@@ -178,6 +178,27 @@ TEST(Model, StableDiffusionFromPromptAndImages) {
   EXPECT_EQ(m.generate(o).images.size(3), 24);
 }
 
+TEST(Model, NanIsAnErrorNotABlackImage) {
+  test::TempDir t;
+  std::filesystem::copy(test::source_path("models/fashion-mnist-guide"), t / "g",
+                        std::filesystem::copy_options::recursive);
+  const std::string w = t / "g/unet/diffusion_pytorch_model.safetensors";
+  auto weights = safetensors::load(w);
+  weights["conv_out.bias"] = torch::full_like(weights.at("conv_out.bias"), NAN);
+  safetensors::save(w, weights);
+  Model g = Model::load(t / "g");
+  GenerationRequest r;
+  r.n = 1;
+  r.steps = 2;
+  r.guidance = 1;
+  try {
+    g.generate(r);
+    ADD_FAILURE() << "no error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Model, ImagesEncodeWithTheirParameters) {
   auto img = torch::rand({3, 8, 8}) * 2 - 1;
   const std::string png = encode_image(img, "png", "Steps: 3, Seed: 1");

@@ -222,5 +222,43 @@ TEST_F(Cli, CorruptWeightsNameTheFile) {
   EXPECT_TRUE(contains(r.output, "missing keys")) << r.output;
 }
 
+TEST_F(Cli, InfoValidatesModelFolders) {
+  TempDir t;
+  auto r = run("info " + model());
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "valid: class-conditional UNet2DModel pipeline")) << r.output;
+  r = run("info " + model() + "/unet");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "valid: UNet2DModel")) << r.output;
+  auto edit = [&](const std::string& name, const std::string& from, const std::string& to) {
+    fs::copy(model(), t / name, fs::copy_options::recursive);
+    const std::string cfg = t / (name + "/unet/config.json");
+    std::string text = read_file(cfg);
+    const auto pos = text.find(from);
+    EXPECT_NE(pos, std::string::npos) << from;
+    if (pos != std::string::npos) text.replace(pos, from.size(), to);
+    std::ofstream(cfg) << text;
+    return t / name;
+  };
+  struct Case {
+    std::string dir, expect;
+  };
+  fs::copy(model(), t / "noweights", fs::copy_options::recursive);
+  fs::remove(t / "noweights/unet/diffusion_pytorch_model.safetensors");
+  const Case cases[] = {
+      {t / "noweights", "diffusion_pytorch_model.safetensors"},
+      {t / "noweights/unet", "diffusion_pytorch_model.safetensors"},
+      {edit("unknown", "\"UNet2DModel\"", "\"UNet9000\""), "UNet9000"},
+      {edit("mismatch", "\"layers_per_block\": 1", "\"layers_per_block\": 2"), "missing keys"},
+      {edit("negative", "\"in_channels\": 1", "\"in_channels\": -3"), "in_channels"},
+  };
+  for (const auto& c : cases) {
+    r = run("info " + c.dir);
+    EXPECT_EQ(r.code, 1) << c.dir << "\n" << r.output;
+    EXPECT_TRUE(contains(r.output, c.expect)) << c.dir << "\n" << r.output;
+    EXPECT_FALSE(contains(r.output, "terminate called")) << r.output;
+  }
+}
+
 }  // namespace
 }  // namespace diffuse

@@ -63,6 +63,20 @@ TEST(CliTokenize, BuiltinVocabularyPrintsPaddedIds) {
   EXPECT_EQ(parse_ids(out), c.at("hf_input_ids_untruncated").get<std::vector<int64_t>>());
 }
 
+TEST(CliTokenize, TextArrivesUnmangled) {
+  TempDir tmp;
+  // "[a, b]" is a prompt, not a list: brackets and comma are tokens ('[' 314, ',' 267, ']' 316).
+  auto [code, out] = diffuse_cli(tmp, "tokenize --no-pad '[a, b]'");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_EQ(parse_ids(out), (std::vector<int64_t>{49406, 314, 320, 267, 321, 316, 49407}));
+  std::string joined;
+  std::tie(code, joined) = diffuse_cli(tmp, "tokenize --no-pad '[a,' 'b]'");  // arguments joined with spaces
+  ASSERT_EQ(code, 0) << joined;
+  EXPECT_EQ(parse_ids(joined), parse_ids(out));
+  std::tie(code, out) = diffuse_cli(tmp, "tokenize");
+  EXPECT_EQ(code, 1) << out;
+}
+
 TEST(CliTokenize, PipelineAndTokenizerFolders) {
   TempDir tmp;
   const auto pipe = sd2_pipeline(tmp);

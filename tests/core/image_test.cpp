@@ -1,6 +1,7 @@
 #include "core/image.h"
 
 #include <gtest/gtest.h>
+#include <zlib.h>
 
 #include <fstream>
 
@@ -80,6 +81,35 @@ TEST(Image, DecodePngFromMemory) {
     EXPECT_NE(std::string(e.what()).find("glyph 7"), std::string::npos) << e.what();
   }
   EXPECT_THROW(decode_png("GIF89a", "x"), Error);
+}
+
+TEST(Image, AbsurdDimensionsAreRefusedBeforeDecoding) {
+  std::string png = encode_png(Image{4, 4, 1, std::vector<uint8_t>(16, 7)});
+  auto set32 = [&](size_t off, uint32_t v) {
+    for (int i = 0; i < 4; ++i) png[off + i] = static_cast<char>((v >> (24 - 8 * i)) & 0xff);
+  };
+  set32(16, 100000);  // IHDR width and height: 10^10 pixels
+  set32(20, 100000);
+  set32(29, static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(png.data()) + 12, 17)));  // IHDR CRC
+  try {
+    decode_image(png, "big.png");
+    ADD_FAILURE() << "decoded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("big.png: corrupt PNG: unsupported image size"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Image, JpegRoundTripFromMemory) {
+  Image img{16, 8, 3, std::vector<uint8_t>(16 * 8 * 3)};
+  for (size_t i = 0; i < img.data.size(); ++i) img.data[i] = static_cast<uint8_t>((i * 7) % 200);
+  const std::string jpg = encode_jpeg(img, 95);
+  const Image back = decode_image(jpg, "x.jpg");
+  EXPECT_EQ(back.width, 16);
+  EXPECT_EQ(back.height, 8);
+  EXPECT_EQ(back.channels, 3);
+  EXPECT_THROW(decode_image(jpg.substr(0, 20), "cut.jpg"), Error);
+  EXPECT_THROW(decode_image("GIF89a", "x.gif"), Error);
 }
 
 TEST(Image, GridLayout) {

@@ -135,6 +135,20 @@ TEST(Safetensors, RejectsUnknownDtypeAndBadShape) {
   EXPECT_NE(error_of(dir / "n.safetensors").find("data_offsets"), std::string::npos);
 }
 
+TEST(Safetensors, HostileNamesAreEscapedInErrors) {
+  TempDir dir;
+  // A terminal escape sequence as a tensor name, and bytes that are not UTF-8 in the header.
+  write_raw(dir / "e.safetensors",
+            make_file(R"({"\u001b[31mred":{"dtype":"Q4","shape":[2],"data_offsets":[0,2]}})", 2));
+  std::string e = error_of(dir / "e.safetensors");
+  EXPECT_NE(e.find("tensor '\\x1b[31mred'"), std::string::npos) << e;
+  EXPECT_EQ(e.find('\x1b'), std::string::npos);
+  write_raw(dir / "u.safetensors", make_file("{\"a\xff\xfe\": 1}   ", 0));
+  e = error_of(dir / "u.safetensors");
+  EXPECT_EQ(e.find('\xff'), std::string::npos) << e;
+  EXPECT_NE(e.find("not valid JSON"), std::string::npos) << e;
+}
+
 TEST(Safetensors, MissingFileAndMissingTensorNamed) {
   EXPECT_NE(error_of("/nonexistent/x.safetensors").find("/nonexistent/x.safetensors"), std::string::npos);
   TempDir dir;

@@ -13,6 +13,7 @@
 #include "fixtures.h"
 #include "models/error_of.h"
 #include "pipelines/pixel_pipeline.h"
+#include "train/run_helpers.h"
 #include "two_class_data.h"
 
 namespace diffuse {
@@ -73,6 +74,40 @@ std::map<std::string, torch::Tensor> final_weights(const std::string& run) {
   for (auto& [k, v] : safetensors::load(run + "/checkpoint/ema.safetensors")) m["ema." + k] = v;
   for (auto& [k, v] : safetensors::load(run + "/checkpoint/optimizer.safetensors")) m["opt." + k] = v;
   return m;
+}
+
+TEST(Trainer, NonFiniteStepsAreSkippedThenStopTheRun) {
+  NonFiniteGuard g(3);
+  auto p = torch::ones({2}, torch::requires_grad());
+  p.mutable_grad() = torch::ones({2});
+  EXPECT_TRUE(g.ok(1.0, {p}, 0));
+  EXPECT_FALSE(g.ok(NAN, {p}, 1));
+  p.mutable_grad() = torch::tensor({1.0f, INFINITY});
+  EXPECT_FALSE(g.ok(1.0, {p}, 2));
+  p.mutable_grad() = torch::ones({2});
+  EXPECT_TRUE(g.ok(1.0, {p}, 3));  // a good step resets the count
+  EXPECT_FALSE(g.ok(NAN, {p}, 4));
+  EXPECT_FALSE(g.ok(INFINITY, {p}, 5));
+  EXPECT_NE(test::error_of([&] { g.ok(NAN, {p}, 6); }).find("3 steps in a row"), std::string::npos);
+  EXPECT_EQ(g.skipped(), 5);
+}
+
+TEST(Trainer, DivergingRunStopsAndKeepsItsCheckpoint) {
+  TempDir dir;
+  write_two_class_set(dir / "data", 8);
+  auto a = tiny_options(dir / "data", dir / "a");
+  a.steps = 40;
+  a.save_every = 2;
+  a.warmup = 0;
+  a.lr = 1e30;  // the first update blows the weights up; every later loss overflows
+  a.grad_clip = 0;
+  a.max_nonfinite_steps = 4;
+  const std::string msg = test::error_of([&] { train(a); });
+  EXPECT_NE(msg.find("training diverged: 4 steps in a row"), std::string::npos) << msg;
+  const auto state = nlohmann::json::parse(read_file(dir / "a/checkpoint/state.json"));
+  EXPECT_LT(state.at("step").get<int64_t>(), 40);
+  a.resume = true;  // the checkpoint loads (and the run diverges again)
+  EXPECT_NE(test::error_of([&] { train(a); }).find("diverged"), std::string::npos);
 }
 
 TEST(Trainer, ResumedRunEqualsUninterruptedBitwise) {

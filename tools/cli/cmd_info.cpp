@@ -11,6 +11,8 @@
 #include "core/image.h"
 #include "core/safetensors.h"
 #include "core/strings.h"
+#include "diffuse/diffuse.h"
+#include "pipelines/forward.h"
 
 namespace fs = std::filesystem;
 
@@ -73,6 +75,16 @@ void describe_folder(const std::string& dir, bool all) {
     }
   }
   if (!any) throw diffuse::Error(dir + ": no model files (config.json, model_index.json, *.safetensors)");
+  // Validate: the folder loads (configs parse, every weight is there with the shape its config implies).
+  if (fs::exists(dir + "/model_index.json")) {
+    const auto model = diffuse::Model::load(dir);
+    const auto& i = model.info();
+    std::printf("valid: %s %s pipeline, %dx%d, %.1f MB of weights%s\n", diffuse::to_string(i.kind).c_str(),
+                i.network.c_str(), i.width, i.height, static_cast<double>(model.weight_bytes()) / 1e6,
+                i.classes.empty() ? "" : (", " + std::to_string(i.classes.size()) + " classes").c_str());
+  } else if (fs::exists(dir + "/config.json")) {
+    std::printf("valid: %s\n", diffuse::check_network_folder(dir).c_str());
+  }
 }
 
 void register_cmd(CLI::App& app) {

@@ -15,7 +15,7 @@ void register_cmd(CLI::App& app) {
       std::printf("  %-14s order %d  %-13s %s\n", s.name.c_str(), s.order,
                   s.stochastic ? "stochastic" : "deterministic", s.summary.c_str());
     std::printf("\nschedules (--schedule)\n");
-    for (const auto& [name, summary] : diffuse::sigma_schedules())
+    for (const auto& [name, summary, fn] : diffuse::sigma_schedules())
       std::printf("  %-17s %s\n", name.c_str(), summary.c_str());
     std::printf(
         "\nAliases such as \"DPM++ 2M Karras\", \"Euler a\" or diffusers class names are accepted by --sampler.\n");

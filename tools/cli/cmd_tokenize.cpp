@@ -49,8 +49,13 @@ void register_cmd(CLI::App& app) {
                   "Pipeline folder (uses its tokenizer/), tokenizer folder (vocab.json + merges.txt) or "
                   "bpe_simple_vocab_16e6.txt.gz; default: the built-in OpenAI CLIP vocabulary");
   cmd->add_flag("--no-pad", a->no_pad, "Print the untruncated ids with start and end tokens, without padding");
-  cmd->add_option("text", a->text, "Prompt (several arguments are joined with spaces)")->required();
-  cmd->callback([a] {
+  // The prompt is taken verbatim from the remaining arguments: an option would read "[a, b]" as a
+  // list and drop its brackets and commas.
+  cmd->allow_extras();
+  cmd->footer("TEXT: the prompt (several arguments are joined with spaces; \"[a, b]\" is kept as written)");
+  cmd->callback([a, cmd] {
+    a->text = cmd->remaining();
+    if (a->text.empty()) throw diffuse::Error("tokenize: give the prompt text");
     std::string text;
     for (size_t i = 0; i < a->text.size(); ++i) text += (i ? " " : "") + a->text[i];
     const auto tok = open_tokenizer(a->model);

@@ -45,6 +45,10 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--warmup", o->warmup, "Warm-up steps")->capture_default_str();
   cmd->add_option("--weight-decay", o->weight_decay, "AdamW weight decay")->capture_default_str();
   cmd->add_option("--grad-clip", o->grad_clip, "Clip the gradient norm (0 = off)")->capture_default_str();
+  cmd->add_option("--max-nan-steps", o->max_nonfinite_steps,
+                  "Steps with NaN / Inf loss or gradients skipped in a row before the run stops")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--ema", o->ema_decay, "EMA decay of the saved weights")->capture_default_str();
   cmd->add_option("--class-dropout", o->class_dropout, "Probability of training on the null class (for CFG)")
       ->capture_default_str();

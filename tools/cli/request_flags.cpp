@@ -57,6 +57,10 @@ const FieldFlag kFieldFlags[] = {
     {"embeddings_dir", "--embeddings-dir"},
     {"lora_dir", "--lora-dir"},
     {"device", "--device"},
+    {"models_dir", "--models-dir"},
+    {"models", "--model"},
+    {"host", "--host"},
+    {"port", "--port"},
 };
 
 std::string read_file(const std::string& path, const char* field) {
