@@ -5,6 +5,7 @@
 //   Steps: 20, Sampler: dpm++2m, Schedule type: karras, CFG scale: 7, Seed: 1, Size: 512x512, Model: sd15
 //
 // The last line holds "Key: value" pairs separated by ", "; values with commas are JSON-quoted.
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -80,10 +81,15 @@ bool to_double(const std::string& s, double& out) {
   out = std::strtod(s.c_str(), &end);
   return end && end != s.c_str() && *end == 0;
 }
+// Integers within int's range (steps, sizes, clip skip) or, for seeds, int64's.
 bool to_int(const std::string& s, int64_t& out) {
   char* end = nullptr;
+  errno = 0;
   out = std::strtoll(s.c_str(), &end, 10);
-  return end && end != s.c_str() && *end == 0;
+  return end && end != s.c_str() && *end == 0 && errno != ERANGE;
+}
+bool to_small_int(const std::string& s, int64_t& out) {
+  return to_int(s, out) && out >= std::numeric_limits<int>::min() && out <= std::numeric_limits<int>::max();
 }
 
 // A line of "Key: value" pairs with at least "Steps:" or three pairs.
@@ -177,7 +183,7 @@ GenerationRequest GenerationRequest::from_infotext(const std::string& text) {
     double d = 0;
     int64_t i = 0;
     if (key == "Steps") {
-      if (!to_int(value, i)) fail(key, value);
+      if (!to_small_int(value, i)) fail(key, value);
       r.steps = static_cast<int>(i);
     } else if (key == "Sampler") {
       std::string hint;
@@ -253,7 +259,7 @@ GenerationRequest GenerationRequest::from_infotext(const std::string& text) {
     } else if (key == "Inpaint area") {
       r.inpaint_only_masked = value == "Only masked";
     } else if (key == "Masked area padding") {
-      if (!to_int(value, i)) fail(key, value);
+      if (!to_small_int(value, i)) fail(key, value);
       r.inpaint_only_masked_padding = static_cast<int>(i);
     } else if (key == "Outpaint") {
       if (std::sscanf(value.c_str(), "%d, %d, %d, %d", &r.outpaint[0], &r.outpaint[1], &r.outpaint[2],
@@ -265,12 +271,12 @@ GenerationRequest GenerationRequest::from_infotext(const std::string& text) {
         r.loras.push_back({name, d});
       }
     } else if (key == "Clip skip") {
-      if (!to_int(value, i)) fail(key, value);
+      if (!to_small_int(value, i)) fail(key, value);
       r.clip_skip = static_cast<int>(std::max<int64_t>(0, i - 1));
     } else if (key == "Dtype") {
       r.dtype = value;
     } else if (key == "Tiled VAE") {
-      if (!to_int(value, i)) fail(key, value);
+      if (!to_small_int(value, i)) fail(key, value);
       r.vae_tiling = true;
       r.vae_tile_size = static_cast<int>(i);
     }

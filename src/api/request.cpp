@@ -242,7 +242,7 @@ GenerationRequest GenerationRequest::from_json(const std::string& text) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // syntax errors, and numbers that overflow a double
     throw RequestError("body", std::string("malformed JSON: ") + e.what());
   }
   if (!j.is_object()) throw RequestError("body", "must be a JSON object");

@@ -69,15 +69,13 @@ Image read_png_from(const std::string& what, FILE* fp, PngMemSource* mem,
   if (depth == 16) png_set_strip_16(png);
   if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
   if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
-  if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
+  const bool trns = png_get_valid(png, info, PNG_INFO_tRNS);
+  if (trns) png_set_tRNS_to_alpha(png);
+  // grey + alpha -> RGBA (transforms must all be set before png_read_update_info)
+  if (color == PNG_COLOR_TYPE_GRAY_ALPHA || (color == PNG_COLOR_TYPE_GRAY && trns)) png_set_gray_to_rgb(png);
   png_set_interlace_handling(png);
   png_read_update_info(png, info);
-  int ch = png_get_channels(png, info);
-  if (ch == 2) {  // grey + alpha -> RGBA
-    png_set_gray_to_rgb(png);
-    png_read_update_info(png, info);
-    ch = png_get_channels(png, info);
-  }
+  const int ch = png_get_channels(png, info);
   img.width = static_cast<int>(w);
   img.height = static_cast<int>(h);
   img.channels = ch;
@@ -121,7 +119,9 @@ Image decode_jpeg(const std::string& bytes, const std::string& path) {
   JpegErr err{};
   cinfo.err = jpeg_std_error(&err.mgr);
   err.mgr.error_exit = jpeg_error_exit;
+  // Everything with a destructor lives outside the setjmp / longjmp span.
   Image img;
+  std::vector<unsigned char> line;
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
     throw Error(path + ": corrupt JPEG: " + err.msg);
@@ -134,15 +134,28 @@ Image decode_jpeg(const std::string& bytes, const std::string& path) {
     throw Error(path + ": unsupported JPEG size " + std::to_string(cinfo.image_width) + "x" +
                 std::to_string(cinfo.image_height));
   }
-  cinfo.out_color_space = cinfo.num_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  // CMYK / YCCK (Adobe) JPEGs are decoded to CMYK and converted below; libjpeg has no CMYK -> RGB.
+  const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+  cinfo.out_color_space = cmyk ? JCS_CMYK : cinfo.num_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_start_decompress(&cinfo);
   img.width = static_cast<int>(cinfo.output_width);
   img.height = static_cast<int>(cinfo.output_height);
-  img.channels = cinfo.output_components;
+  const int in_ch = cinfo.output_components;
+  img.channels = cmyk ? 3 : in_ch;
   img.data.resize(static_cast<size_t>(img.width) * img.height * img.channels);
+  line.resize(static_cast<size_t>(img.width) * in_ch);
+  const bool inverted = cinfo.saw_Adobe_marker;  // Adobe writes CMYK inverted (255 = no ink)
   while (cinfo.output_scanline < cinfo.output_height) {
-    unsigned char* row = img.data.data() + static_cast<size_t>(cinfo.output_scanline) * img.width * img.channels;
+    const size_t y = cinfo.output_scanline;
+    unsigned char* row = cmyk ? line.data() : img.data.data() + y * img.width * img.channels;
     jpeg_read_scanlines(&cinfo, &row, 1);
+    if (!cmyk) continue;
+    unsigned char* out = img.data.data() + y * img.width * 3;
+    for (int x = 0; x < img.width; ++x) {
+      const unsigned char* p = line.data() + static_cast<size_t>(x) * 4;
+      const int k = inverted ? p[3] : 255 - p[3];
+      for (int c = 0; c < 3; ++c) out[x * 3 + c] = static_cast<unsigned char>((inverted ? p[c] : 255 - p[c]) * k / 255);
+    }
   }
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);

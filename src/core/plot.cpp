@@ -129,6 +129,7 @@ std::vector<Tick> make_ticks(double lo, double hi, bool log, int max_ticks) {
   std::vector<Tick> ticks;
   max_ticks = std::max(1, max_ticks);
   if (!log) {
+    if (!(hi > lo) || !std::isfinite(hi - lo)) return ticks;  // no range to divide
     const double raw = (hi - lo) / max_ticks, p = std::pow(10.0, std::floor(std::log10(raw)));
     double step = 10 * p;
     for (double m : {1.0, 2.0, 5.0})
@@ -149,6 +150,7 @@ std::vector<Tick> make_ticks(double lo, double hi, bool log, int max_ticks) {
     }
     return ticks;
   }
+  if (!(lo > 0) || !(hi >= lo) || !std::isfinite(hi)) return ticks;  // no positive range to put on a log axis
   const int elo = int(std::floor(std::log10(lo) + 1e-9)), ehi = int(std::ceil(std::log10(hi) - 1e-9));
   const double span = std::log10(hi / lo);
   const int stride = std::max(1, int(std::ceil(span / max_ticks - 1e-9)));

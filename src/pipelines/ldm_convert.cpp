@@ -382,7 +382,8 @@ LdmCheckpoint convert_ldm(const TensorMap& all, const std::string& source, const
                                       "logvar",
                                       "model_ema.decay",
                                       "model_ema.num_updates"};
-    if (std::find_if(std::begin(kSchedule), std::end(kSchedule), [&](const char* s) { return k == s; }) !=
+    const std::string& key = k;  // (a structured binding cannot be captured in C++17)
+    if (std::find_if(std::begin(kSchedule), std::end(kSchedule), [&](const char* s) { return key == s; }) !=
             std::end(kSchedule) ||
         k.rfind("model_ema.", 0) == 0)
       ck.ignored.push_back(k);

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "core/base64.h"
+#include "server/a1111_request.h"
 #include "server/routes_common.h"
 
 namespace fs = std::filesystem;
@@ -12,86 +13,6 @@ namespace fs = std::filesystem;
 namespace diffuse::server {
 
 namespace {
-
-// Reads a field of an A1111 payload when present and of the right type; a wrong type is a 400.
-template <class T>
-void take(const json& j, const char* key, T& out) {
-  if (!j.contains(key) || j[key].is_null()) return;
-  try {
-    out = j[key].get<T>();
-  } catch (const json::exception&) {
-    throw RequestError(key, "has the wrong type");
-  }
-}
-
-// An A1111 txt2img / img2img payload -> GenerationRequest; `model` receives
-// override_settings.sd_model_checkpoint. Fields that are absent keep the model's defaults.
-GenerationRequest from_a1111(const json& j, std::string& model, bool img2img) {
-  if (!j.is_object()) throw RequestError("body", "must be a JSON object");
-  GenerationRequest r;
-  take(j, "prompt", r.prompt);
-  take(j, "negative_prompt", r.negative_prompt);
-  int batch = 1, iters = 1;
-  if (j.contains("steps")) r.steps = j["steps"].is_number_integer() ? j["steps"].get<int>() : -1;
-  if (j.contains("cfg_scale")) {
-    double cfg = 0;
-    take(j, "cfg_scale", cfg);
-    r.guidance = cfg;
-  }
-  take(j, "batch_size", batch);
-  take(j, "n_iter", iters);
-  if (j.contains("batch_size") || j.contains("n_iter")) {
-    r.batch_size = batch;
-    r.n = batch * iters;
-  }
-  take(j, "width", r.width);
-  take(j, "height", r.height);
-  take(j, "seed", r.seed);
-  if (r.seed < -1) r.seed = -1;
-  std::string sampler;
-  take(j, "sampler_name", sampler);
-  if (sampler.empty()) take(j, "sampler_index", sampler);
-  r.sampler = sampler;
-  std::string scheduler;
-  take(j, "scheduler", scheduler);
-  for (auto& ch : scheduler) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  for (auto& ch : scheduler)
-    if (ch == ' ') ch = '_';
-  if (scheduler == "automatic") scheduler.clear();
-  r.schedule = scheduler;
-  double eta = -1;
-  take(j, "eta", eta);
-  if (eta >= 0) r.eta = eta;
-  take(j, "s_noise", r.s_noise);
-  if (j.contains("override_settings") && j["override_settings"].is_object()) {
-    const json& o = j["override_settings"];
-    take(o, "sd_model_checkpoint", model);
-    int clip_skip = 0;
-    take(o, "CLIP_stop_at_last_layers", clip_skip);
-    if (clip_skip > 1) r.clip_skip = clip_skip - 1;
-  }
-  if (img2img) {
-    if (!j.contains("init_images") || !j["init_images"].is_array() || j["init_images"].empty() ||
-        !j["init_images"][0].is_string())
-      throw RequestError("init_images", "img2img needs init_images: [base64 image]");
-    r.init_image = base64_decode(j["init_images"][0].get<std::string>(), "init_images");
-    take(j, "denoising_strength", r.strength);
-    std::string mask;
-    take(j, "mask", mask);
-    if (!mask.empty()) r.mask = base64_decode(mask, "mask");
-    take(j, "mask_blur", r.mask_blur);
-    if (j.contains("inpainting_mask_invert")) {
-      const json& v = j["inpainting_mask_invert"];
-      r.mask_invert = v.is_boolean() ? v.get<bool>() : v.is_number() && v.get<double>() != 0;
-    }
-    if (j.contains("inpaint_full_res")) {
-      const json& v = j["inpaint_full_res"];
-      r.inpaint_only_masked = v.is_boolean() ? v.get<bool>() : v.is_number() && v.get<double>() != 0;
-    }
-    take(j, "inpaint_full_res_padding", r.inpaint_only_masked_padding);
-  }
-  return r;
-}
 
 // A1111 clients send SD-shaped defaults; for class-conditional and unconditional models the
 // prompt names the class (or is dropped), and size and negative prompt are ignored.

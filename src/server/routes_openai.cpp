@@ -66,7 +66,8 @@ void add_openai_routes(httplib::Server& http, Context& c) {
     GenerationRequest r;
     r.prompt = str("prompt");
     if (j.contains("n") && !j["n"].is_null()) {
-      if (!j["n"].is_number_integer()) throw RequestError("n", "must be an integer");
+      if (!j["n"].is_number_integer() || j["n"].get<int64_t>() < 1 || j["n"].get<int64_t>() > 1000000)
+        throw RequestError("n", "must be a positive integer");
       r.n = j["n"].get<int>();
     } else {
       r.n = 1;

@@ -1,10 +1,13 @@
 // `diffuse generate` on a Stable Diffusion pipeline folder, through the real binary.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <zlib.h>
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
+#include "core/atomic_file.h"
 #include "core/image.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
@@ -117,6 +120,33 @@ TEST(SdCli, BadInputIsAClearError) {
   auto [c3, o3] = sd_cli("generate --model " + tiny() + " --mask x.png --out " + (t / "a.png"));
   EXPECT_EQ(c3, 1);
   EXPECT_NE(o3.find("--mask: needs --image"), std::string::npos) << o3;
+}
+
+// Broken init images: each refused with one error naming the file, exit code 1, no output file.
+TEST(SdCli, BrokenImagesAreRefusedWithoutOutput) {
+  TempDir t;
+  const std::string good = encode_png(to_image(torch::zeros({3, 16, 16})));
+  std::string huge = good;  // IHDR claiming 100000 x 100000 pixels, CRC fixed
+  for (int i = 0; i < 4; ++i) huge[16 + i] = huge[20 + i] = static_cast<char>((100000u >> (24 - 8 * i)) & 0xff);
+  const uint32_t crc = static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(huge.data()) + 12, 17));
+  for (int i = 0; i < 4; ++i) huge[29 + i] = static_cast<char>((crc >> (24 - 8 * i)) & 0xff);
+  const std::string jpg = read_file(test::source_path("tests/data/images/baseline.jpg"));
+  const std::pair<std::string, std::string> cases[] = {
+      {"truncated.png", good.substr(0, good.size() / 2)},
+      {"huge.png", huge},
+      {"noise.png", std::string(300, '\x17')},
+      {"truncated.jpg", jpg.substr(0, 40)},
+      {"empty.png", ""},
+  };
+  for (const auto& [name, bytes] : cases) {
+    std::ofstream(t / name, std::ios::binary) << bytes;
+    auto [code, out] = sd_cli("generate --model " + tiny() + " --prompt-embeds " + io() + " --image " + (t / name) +
+                              " --steps 2 --out " + (t / "out.png"));
+    EXPECT_EQ(code, 1) << name << "\n" << out;
+    EXPECT_NE(out.find(name), std::string::npos) << out;
+    EXPECT_EQ(out.find("terminate called"), std::string::npos) << out;
+    EXPECT_FALSE(std::filesystem::exists(t / "out.png")) << name;
+  }
 }
 
 }  // namespace

@@ -112,6 +112,31 @@ TEST(Image, JpegRoundTripFromMemory) {
   EXPECT_THROW(decode_image("GIF89a", "x.gif"), Error);
 }
 
+// tests/data/images (scripts/make_fuzz_seeds.py): PNG colour types and depths, palette, Adam7
+// interlacing, grey + alpha; baseline, progressive, grey and CMYK JPEGs. All are read.
+TEST(Image, ReadsEveryPngAndJpegVariant) {
+  auto path = [](const std::string& name) { return test::source_path("tests/data/images/" + name); };
+  const Image rgb = read_image(path("rgb.png"));
+  ASSERT_EQ(rgb.width, 5);
+  ASSERT_EQ(rgb.height, 4);
+  for (const char* name : {"rgba.png", "interlaced.png"})  // the same RGB pixels
+    EXPECT_EQ(convert_channels(read_image(path(name)), 3).data, rgb.data) << name;
+  const Image grey = read_image(path("grey.png"));
+  EXPECT_EQ(grey.channels, 1);
+  EXPECT_EQ(read_image(path("grey16.png")).data, grey.data);  // 16 bits scaled to 8
+  EXPECT_EQ(read_image(path("grey_alpha.png")).channels, 4);
+  EXPECT_EQ(read_image(path("palette.png")).channels, 3);
+  EXPECT_EQ(read_image(path("bilevel.png")).width, 5);
+  const auto base = to_tensor(read_image(path("baseline.jpg")));
+  EXPECT_EQ(base.sizes(), (std::vector<int64_t>{3, 16, 16}));
+  for (const char* name : {"progressive.jpg", "cmyk.jpg"}) {
+    const auto t = to_tensor(convert_channels(read_image(path(name)), 3));
+    ASSERT_EQ(t.sizes(), base.sizes()) << name;
+    EXPECT_LT((t - base).abs().mean().item<double>(), 0.05) << name;  // the same picture, re-encoded
+  }
+  EXPECT_EQ(read_image(path("grey.jpg")).channels, 1);
+}
+
 TEST(Image, GridLayout) {
   auto x = torch::zeros({5, 1, 4, 4});
   for (int i = 0; i < 5; ++i) x[i].fill_(i * 0.1);

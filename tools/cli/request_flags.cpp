@@ -63,11 +63,17 @@ const FieldFlag kFieldFlags[] = {
     {"port", "--port"},
 };
 
-std::string read_file(const std::string& path, const char* field) {
+// The bytes of an image file given for `field`, checked to decode (errors name the file).
+std::string read_image_file(const std::string& path, const char* field) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw RequestError(field, path + ": cannot open");
   std::ostringstream s;
   s << f.rdbuf();
+  try {
+    decode_image(s.str(), 1, path);
+  } catch (const Error& e) {
+    throw RequestError(field, e.what());
+  }
   return s.str();
 }
 
@@ -238,12 +244,12 @@ GenerationRequest build_request(RequestArgs& a) {
     else if (k == "height")
       r.height = f.height;
     else if (k == "init_image")
-      r.init_image = read_file(a.init_image_path, "init_image");
+      r.init_image = read_image_file(a.init_image_path, "init_image");
     else if (k == "strength")
       r.strength = f.strength;
     else if (k == "mask") {
       if (a.init_image_path.empty() && r.init_image.empty()) throw RequestError("mask", "needs init_image");
-      r.mask = read_file(a.mask_path, "mask");
+      r.mask = read_image_file(a.mask_path, "mask");
     } else if (k == "mask_blur")
       r.mask_blur = f.mask_blur;
     else if (k == "mask_invert")
