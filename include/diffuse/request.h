@@ -86,7 +86,9 @@ struct GenerationRequest {
   bool operator!=(const GenerationRequest& o) const { return !(*this == o); }
 };
 
-// Limits a request must stay within (the server may lower them).
+// Limits a request must stay within, checked before anything is allocated. The defaults are the
+// server's (`diffuse serve --max-side ...`); Model::validate applies sanity(), which only stops
+// absurd requests.
 struct RequestLimits {
   int max_side = 2048;  // width and height
   int max_steps = 1000;
@@ -94,6 +96,7 @@ struct RequestLimits {
   int max_batch = 64;
   int64_t max_pixels = 64LL * 1024 * 1024;  // n x width x height
   size_t max_prompt_bytes = 16 * 1024;
+  static RequestLimits sanity() { return {16384, 100000, 1000000, 4096, int64_t(1) << 36, size_t(1) << 20}; }
 };
 std::vector<FieldError> check_limits(const GenerationRequest& r, const RequestLimits& limits);
 

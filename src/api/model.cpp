@@ -186,6 +186,7 @@ GenerationRequest Model::resolve(const GenerationRequest& request) const {
 
 std::vector<FieldError> Model::validate(const GenerationRequest& request) const {
   std::vector<FieldError> e = request.validate();
+  for (auto& x : check_limits(request, RequestLimits::sanity())) e.push_back(x);
   const ModelInfo& info = impl_->info;
   auto bad = [&](const char* field, const std::string& msg) { e.push_back({field, msg}); };
   const std::string kind = to_string(info.kind);

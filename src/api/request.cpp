@@ -122,7 +122,10 @@ std::vector<FieldError> check_limits(const GenerationRequest& r, const RequestLi
   if (!r.sigmas.empty()) over("sigmas", static_cast<int64_t>(r.sigmas.size()) - 1, l.max_steps);
   if (r.n) over("n", *r.n, l.max_n);
   if (r.batch_size) over("batch_size", *r.batch_size, l.max_batch);
-  if (r.n && r.width > 0 && r.height > 0) over("n", static_cast<int64_t>(*r.n) * r.width * r.height, l.max_pixels);
+  if (r.n && r.width > 0 && r.height > 0 &&
+      static_cast<double>(*r.n) * r.width * r.height > static_cast<double>(l.max_pixels))  // no overflow
+    e.push_back({"n", std::to_string(*r.n) + " images of " + std::to_string(r.width) + "x" + std::to_string(r.height) +
+                          " are over the limit of " + std::to_string(l.max_pixels) + " pixels"});
   over("prompt", static_cast<int64_t>(r.prompt.size()), static_cast<int64_t>(l.max_prompt_bytes));
   over("negative_prompt", static_cast<int64_t>(r.negative_prompt.size()), static_cast<int64_t>(l.max_prompt_bytes));
   return e;

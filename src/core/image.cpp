@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "core/atomic_file.h"
@@ -40,8 +41,18 @@ void png_read_from_memory(png_structp png, png_bytep out, png_size_t len) {
   src->pos += len;
 }
 
+// Whether a w x h image is plausible for a file of `bytes` bytes: at most 32768 a side and 2^28
+// pixels, and (beyond 2^24 pixels) at most 4096 pixels per byte of file, so that a few hundred
+// crafted bytes cannot make the decoder allocate gigabytes. Flat images compress to about a
+// thousand pixels per byte.
+bool plausible_size(uint64_t w, uint64_t h, uint64_t bytes) {
+  const uint64_t pixels = w * h;
+  return w > 0 && h > 0 && w <= 32768 && h <= 32768 && pixels <= (uint64_t(1) << 28) &&
+         (pixels <= (uint64_t(1) << 24) || pixels / 4096 <= bytes);
+}
+
 // Reads a PNG from `fp` (when not null) or from `mem`; `what` names the source in errors.
-Image read_png_from(const std::string& what, FILE* fp, PngMemSource* mem,
+Image read_png_from(const std::string& what, FILE* fp, PngMemSource* mem, uint64_t file_bytes,
                     std::map<std::string, std::string>* text_out) {
   PngReadCtx ctx{&what, {}};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &ctx, png_error_fn, png_warning_fn);
@@ -63,7 +74,7 @@ Image read_png_from(const std::string& what, FILE* fp, PngMemSource* mem,
     png_set_read_fn(png, mem, png_read_from_memory);
   png_read_info(png, info);
   png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
-  if (w == 0 || h == 0 || w > 32768 || h > 32768) png_error(png, "unsupported image size");
+  if (!plausible_size(w, h, file_bytes)) png_error(png, "unsupported image size");
   int color = png_get_color_type(png, info);
   int depth = png_get_bit_depth(png, info);
   if (depth == 16) png_set_strip_16(png);
@@ -100,7 +111,9 @@ Image read_png_from(const std::string& what, FILE* fp, PngMemSource* mem,
 Image read_png(const std::string& path, std::map<std::string, std::string>* text_out) {
   FILE* fp = std::fopen(path.c_str(), "rb");
   if (!fp) throw Error(path + ": cannot open: " + std::strerror(errno));
-  return read_png_from(path, fp, nullptr, text_out);
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  return read_png_from(path, fp, nullptr, ec ? 0 : size, text_out);
 }
 
 struct JpegErr {
@@ -129,7 +142,7 @@ Image decode_jpeg(const std::string& bytes, const std::string& path) {
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<unsigned long>(bytes.size()));
   jpeg_read_header(&cinfo, TRUE);
-  if (cinfo.image_width == 0 || cinfo.image_height == 0 || cinfo.image_width > 32768 || cinfo.image_height > 32768) {
+  if (!plausible_size(cinfo.image_width, cinfo.image_height, bytes.size())) {
     jpeg_destroy_decompress(&cinfo);
     throw Error(path + ": unsupported JPEG size " + std::to_string(cinfo.image_width) + "x" +
                 std::to_string(cinfo.image_height));
@@ -195,7 +208,7 @@ std::map<std::string, std::string> png_text_chunks(const std::string& bytes, con
     throw Error(what + ": not a PNG image");
   PngMemSource src{&bytes, 0};
   std::map<std::string, std::string> text;
-  read_png_from(what, nullptr, &src, &text);
+  read_png_from(what, nullptr, &src, bytes.size(), &text);
   return text;
 }
 
@@ -239,7 +252,7 @@ Image decode_png(const std::string& bytes, const std::string& what) {
   if (bytes.size() < 8 || png_sig_cmp(reinterpret_cast<png_const_bytep>(bytes.data()), 0, 8) != 0)
     throw Error(what + ": not a PNG image");
   PngMemSource src{&bytes, 0};
-  return read_png_from(what, nullptr, &src, nullptr);
+  return read_png_from(what, nullptr, &src, bytes.size(), nullptr);
 }
 
 std::map<std::string, std::string> read_png_text(const std::string& path) {

@@ -1,5 +1,9 @@
 #include "pipelines/scheduler_config.h"
 
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
 #include "core/atomic_file.h"
 #include "core/error.h"
 
@@ -10,8 +14,19 @@ NoiseScheduleConfig scheduler_config_from_json(const nlohmann::json& j, const st
   NoiseScheduleConfig c;
   auto get = [&](const char* key, auto& out) {
     if (!j.contains(key) || j[key].is_null()) return;
+    const auto& v = j[key];
+    using T = std::decay_t<decltype(out)>;
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      // integers (also written as 1000.0) within T's range, checked before converting
+      const double d = v.is_number() ? v.get<double>() : 0.5;
+      if (!v.is_number() || d != std::floor(d) || d < static_cast<double>(std::numeric_limits<T>::min()) ||
+          d > static_cast<double>(std::numeric_limits<T>::max()))
+        throw Error(source + ": key '" + key + "' must be an integer");
+      out = v.is_number_integer() ? v.get<T>() : static_cast<T>(d);
+      return;
+    }
     try {
-      j[key].get_to(out);
+      v.get_to(out);
     } catch (const nlohmann::json::exception&) {
       throw Error(source + ": key '" + key + "' has the wrong type");
     }
@@ -26,7 +41,8 @@ NoiseScheduleConfig scheduler_config_from_json(const nlohmann::json& j, const st
   get("clip_sample", c.clip_sample);
   get("clip_sample_range", c.clip_sample_range);
   get("set_alpha_to_one", c.set_alpha_to_one);
-  if (c.num_train_timesteps < 2) throw Error(source + ": num_train_timesteps must be at least 2");
+  if (c.num_train_timesteps < 2 || c.num_train_timesteps > 100000)
+    throw Error(source + ": num_train_timesteps must lie in [2, 100000]");
   if (c.beta_schedule != "linear" && c.beta_schedule != "scaled_linear" && c.beta_schedule != "squaredcos_cap_v2")
     throw Error(source + ": beta_schedule '" + c.beta_schedule +
                 "' is not supported (linear, scaled_linear, squaredcos_cap_v2)");

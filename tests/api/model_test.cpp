@@ -63,6 +63,9 @@ TEST(Model, FieldsThatDoNotApplyAreErrors) {
   EXPECT_TRUE(fm().validate(p).empty());
   p.prompt = "a red car";
   EXPECT_TRUE(names(fm().validate(p), "prompt"));
+  GenerationRequest absurd;  // refused before anything is allocated
+  absurd.n = 50000000;
+  EXPECT_TRUE(names(fm().validate(absurd), "n"));
 }
 
 TEST(Model, ProgressPreviewAndCancel) {

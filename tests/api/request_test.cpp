@@ -122,6 +122,11 @@ TEST(Request, LimitsAreCheckedByField) {
   const auto e = check_limits(r, l);
   for (const char* f : {"width", "steps", "n", "prompt"}) EXPECT_TRUE(names(e, f)) << f;
   EXPECT_TRUE(check_limits(GenerationRequest(), l).empty());
+  GenerationRequest huge;  // n x width x height beyond int64: refused without overflowing
+  huge.n = 2000000000;
+  huge.width = huge.height = 2000000000;
+  EXPECT_TRUE(names(check_limits(huge, RequestLimits::sanity()), "n"));
+  EXPECT_TRUE(names(check_limits(huge, RequestLimits::sanity()), "width"));
 }
 
 TEST(Request, InfotextRoundTrip) {

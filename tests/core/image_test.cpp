@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "fixtures.h"
 
@@ -97,6 +98,18 @@ TEST(Image, AbsurdDimensionsAreRefusedBeforeDecoding) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("big.png: corrupt PNG: unsupported image size"), std::string::npos)
         << e.what();
+  }
+}
+
+// 162 bytes claiming 30224 x 3585 pixels (found by the image fuzzer): refused before decoding
+// rather than allocating gigabytes.
+TEST(Image, DecompressionBombsAreRefused) {
+  const std::string bomb = read_file(test::source_path("tests/data/images/bomb.jpg"));
+  try {
+    decode_image(bomb, "bomb.jpg");
+    ADD_FAILURE() << "decoded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bomb.jpg: unsupported JPEG size 30224x3585"), std::string::npos) << e.what();
   }
 }
 
