@@ -25,11 +25,7 @@ void fit_to_model(GenerationRequest& r, const ModelInfo& info) {
 
 void run_sync(Context& c, const httplib::Request& req, httplib::Response& res, bool img2img) {
   json j;
-  try {
-    j = json::parse(req.body);
-  } catch (const json::exception& e) {
-    return reply_error(res, 400, "body", std::string("malformed JSON: ") + e.what());
-  }
+  if (!parse_body(req, res, j)) return;
   std::string requested;
   GenerationRequest r = from_a1111(j, requested, img2img);
   const std::string model = model_name(c, requested, res);
@@ -139,12 +135,7 @@ void add_a1111_routes(httplib::Server& http, Context& c) {
   });
   http.Post("/sdapi/v1/options", [&c](const httplib::Request& req, httplib::Response& res) {
     json j;
-    try {
-      j = json::parse(req.body);
-    } catch (const json::exception& e) {
-      return reply_error(res, 400, "body", std::string("malformed JSON: ") + e.what());
-    }
-    if (!j.is_object()) return reply_error(res, 400, "body", "must be a JSON object");
+    if (!parse_body(req, res, j)) return;
     if (j.contains("sd_model_checkpoint")) {
       if (!j["sd_model_checkpoint"].is_string())
         return reply_error(res, 400, "sd_model_checkpoint", "must be a string");
@@ -157,12 +148,8 @@ void add_a1111_routes(httplib::Server& http, Context& c) {
   });
   http.Post("/sdapi/v1/png-info", [](const httplib::Request& req, httplib::Response& res) {
     json j;
-    try {
-      j = json::parse(req.body);
-    } catch (const json::exception& e) {
-      return reply_error(res, 400, "body", std::string("malformed JSON: ") + e.what());
-    }
-    if (!j.is_object() || !j.contains("image") || !j["image"].is_string())
+    if (!parse_body(req, res, j)) return;
+    if (!j.contains("image") || !j["image"].is_string())
       return reply_error(res, 400, "image", "needs image: base64 PNG");
     std::string text;
     try {

@@ -21,6 +21,8 @@ struct Context {
 // {"error": {"field": F, "message": M}} with `status`.
 void reply_error(httplib::Response& res, int status, const std::string& field, const std::string& message);
 void reply_json(httplib::Response& res, const json& j, int status = 200);
+// Parses a JSON object body into `out`; replies 400 naming the body and returns false otherwise.
+bool parse_body(const httplib::Request& req, httplib::Response& res, json& out);
 // Resolves the model a request names ("" = the current one); replies 400 and returns "" when unknown.
 std::string model_name(Context& c, const std::string& requested, httplib::Response& res);
 // Checks limits and the model's own validation; replies 400 (first problem's field) and returns

@@ -52,12 +52,7 @@ void common_fields(const std::string& response_format, const std::string& output
 void add_openai_routes(httplib::Server& http, Context& c) {
   http.Post("/v1/images/generations", [&c](const httplib::Request& req, httplib::Response& res) {
     json j;
-    try {
-      j = json::parse(req.body);
-    } catch (const json::exception& e) {
-      return reply_error(res, 400, "body", std::string("malformed JSON: ") + e.what());
-    }
-    if (!j.is_object()) return reply_error(res, 400, "body", "must be a JSON object");
+    if (!parse_body(req, res, j)) return;
     auto str = [&](const char* key) {
       if (!j.contains(key) || j[key].is_null()) return std::string();
       if (!j[key].is_string()) throw RequestError(key, "must be a string");

@@ -21,6 +21,18 @@ void reply_error(httplib::Response& res, int status, const std::string& field, c
   reply_json(res, {{"error", {{"field", field}, {"message", message}}}}, status);
 }
 
+bool parse_body(const httplib::Request& req, httplib::Response& res, json& out) {
+  try {
+    out = json::parse(req.body);
+  } catch (const json::exception& e) {
+    reply_error(res, 400, "body", std::string("malformed JSON: ") + e.what());
+    return false;
+  }
+  if (out.is_object()) return true;
+  reply_error(res, 400, "body", "must be a JSON object");
+  return false;
+}
+
 std::string model_name(Context& c, const std::string& requested, httplib::Response& res) {
   const std::string name = requested.empty() ? c.models.current() : requested;
   if (!c.models.has(name)) {
