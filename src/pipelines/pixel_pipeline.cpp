@@ -180,6 +180,15 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
   if (opt.n < 1) throw Error("-n " + std::to_string(opt.n) + ": must be at least 1");
   if (!opt.classes.empty() && static_cast<int>(opt.classes.size()) != opt.n)
     throw Error("generate: one class per image expected");
+  if (opt.class_weights.defined() &&
+      (!pipe.class_conditional() || opt.class_weights.dim() != 2 || opt.class_weights.size(0) != opt.n ||
+       opt.class_weights.size(1) != pipe.net.class_embeddings()))
+    throw Error("generate: class_weights must be [n, " + std::to_string(pipe.net.class_embeddings()) +
+                "] for a class-conditional model");
+  if (opt.noise.defined() &&
+      opt.noise.sizes() != torch::IntArrayRef({opt.n, pipe.latent_channels(), pipe.latent_size(), pipe.latent_size()}))
+    throw Error("generate: noise must be [n, " + std::to_string(pipe.latent_channels()) + ", " +
+                std::to_string(pipe.latent_size()) + ", " + std::to_string(pipe.latent_size()) + "]");
   if (opt.guide) {
     check_guide(pipe, *opt.guide);
     if (opt.cfg_rescale != 0) throw Error("guidance_rescale: applies to classifier-free guidance, not to guide_model");
@@ -207,7 +216,7 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
     PerImageNoise sampler_noise(opt.rng, opt.seed + static_cast<uint64_t>(start), end - start);
     std::vector<torch::Tensor> noise;
     for (int i = start; i < end; ++i) noise.push_back(sampler_noise.randn(static_cast<size_t>(i - start), {c, s, s}));
-    auto n0 = torch::stack(noise);
+    auto n0 = opt.noise.defined() ? opt.noise.slice(0, start, end).to(torch::kFloat32) : torch::stack(noise);
     noise_all.slice(0, start, end).copy_(n0);
     Cond cond;
     std::vector<int64_t> labels;
@@ -215,6 +224,8 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
       for (int i = start; i < end; ++i)
         labels.push_back(opt.classes.empty() ? (pipe.null_class >= 0 ? pipe.null_class : 0) : opt.classes[i]);
       cond.tensors["class_labels"] = torch::tensor(labels, torch::kInt64).to(pipe.device);
+      if (opt.class_weights.defined())
+        cond.tensors["class_labels"] = opt.class_weights.slice(0, start, end).to(pipe.device, torch::kFloat32);
     }
     Denoiser den = bind(d, cond);
     if (guided && opt.guide) {
@@ -225,10 +236,16 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
         if (guide_labels.empty() || opt.guide_unconditional)
           guide_labels.assign(static_cast<size_t>(end - start), opt.guide->null_class);
         guide_cond.tensors["class_labels"] = torch::tensor(guide_labels, torch::kInt64).to(opt.guide->device);
+        if (opt.class_weights.defined() && !labels.empty() && !opt.guide_unconditional &&
+            opt.guide->net.class_embeddings() == pipe.net.class_embeddings())
+          guide_cond.tensors["class_labels"] = cond.get("class_labels").to(opt.guide->device);
       }
       den = autoguidance(den, bind(guide_d, guide_cond), opt.guidance);
     } else if (guided) {
-      Cond uncond{{{"class_labels", torch::full({end - start}, pipe.null_class, torch::kInt64).to(pipe.device)}}};
+      auto null_labels = torch::full({end - start}, pipe.null_class, torch::kInt64);
+      if (opt.class_weights.defined())  // the same layout as the conditional branch (concatenated with it)
+        null_labels = torch::one_hot(null_labels, pipe.net.class_embeddings()).to(torch::kFloat32);
+      Cond uncond{{{"class_labels", null_labels.to(pipe.device)}}};
       den = cfg_denoiser(d, cond, uncond, opt.guidance, opt.cfg_rescale,
                          parse_prediction(pipe.scheduler.prediction_type));
     }

@@ -78,6 +78,13 @@ struct GenerateOptions {
   double s_noise = 1.0;
   int batch_size = 64;    // images per forward pass
   StepCallback callback;  // progress (step counts per batch)
+  // Optional initial standard-normal noise [n, latent C, latent H, latent W] instead of the
+  // seeded one (seed interpolation); the samplers' own noise still comes from the seeds.
+  torch::Tensor noise;
+  // Optional soft class labels [n, classes] (float): each image conditioned on this mix of the
+  // class embeddings (class interpolation), instead of `classes`. The networks take float
+  // class_labels [B, K] as embedding weights; CFG's unconditional branch is the null class.
+  torch::Tensor class_weights;
 };
 
 struct GenerateResult {
