@@ -46,15 +46,25 @@ struct GenerationRequest {
   std::optional<int> n;           // images: SD default 1, class / unconditional models 8
   std::optional<int> batch_size;  // images per forward pass: SD default 1, others 64
 
-  // Editing (Stable Diffusion): encoded PNG / JPEG bytes.
+  // Editing: encoded PNG / JPEG bytes. Every kind of model; the init image's size is the output
+  // size unless width and height are given.
   std::string init_image;
-  double strength = 0.8;  // img2img: fraction of the schedule re-run
-  std::string mask;       // white = repaint
-  double mask_blur = 0.0;
+  double strength = 0.8;   // img2img: fraction of the schedule re-run (0 = the input, 1 = ignore it)
+  std::string mask;        // white = repaint; grey levels blend (a soft mask)
+  double mask_blur = 0.0;  // feathers the mask edge (Gaussian sigma in pixels)
   bool mask_invert = false;
-  bool inpaint_only_masked = false;
+  bool inpaint_only_masked = false;  // Stable Diffusion
   int inpaint_only_masked_padding = 32;
   std::array<int, 4> outpaint{0, 0, 0, 0};  // pixels added left, top, right, bottom
+  // Inpainting method of class-conditional and unconditional models: "repaint" (the default;
+  // Lugmayr et al. 2022) or "blend" (faster: each step's x0 keeps the known region). Stable
+  // Diffusion checkpoints always blend (or use their inpainting UNet).
+  std::string inpaint_method;
+  int jump_length = 10;    // RePaint: steps per resampling jump
+  int jump_n_sample = 10;  // RePaint: passes per jump (1 = no resampling)
+  // Class of init_image (class-conditional models): DDIM inversion under it to the noise level
+  // strength picks, then sampling back under `class` (dual diffusion implicit bridges).
+  std::string invert_from;
 
   // Stable Diffusion add-ons.
   std::vector<LoraWeight> loras;  // also <lora:name:weight> tags in the prompt

@@ -136,6 +136,10 @@ std::string GenerationRequest::to_infotext() const {
   if (outpaint != std::array<int, 4>{0, 0, 0, 0})
     kv.emplace_back("Outpaint", std::to_string(outpaint[0]) + ", " + std::to_string(outpaint[1]) + ", " +
                                     std::to_string(outpaint[2]) + ", " + std::to_string(outpaint[3]));
+  if (!inpaint_method.empty()) kv.emplace_back("Inpaint method", inpaint_method);
+  if (inpaint_method == "repaint" || jump_length != 10 || jump_n_sample != 10)
+    kv.emplace_back("RePaint jumps", std::to_string(jump_length) + "x" + std::to_string(jump_n_sample));
+  if (!invert_from.empty()) kv.emplace_back("Invert from", invert_from);
   if (!loras.empty()) {
     std::string s;
     for (const auto& l : loras) s += (s.empty() ? "" : ", ") + l.name + ": " + num(l.weight);
@@ -265,6 +269,16 @@ GenerationRequest GenerationRequest::from_infotext(const std::string& text) {
       if (std::sscanf(value.c_str(), "%d, %d, %d, %d", &r.outpaint[0], &r.outpaint[1], &r.outpaint[2],
                       &r.outpaint[3]) != 4)
         fail(key, value);
+    } else if (key == "Inpaint method") {
+      r.inpaint_method = value;
+    } else if (key == "RePaint jumps") {
+      int a = 0, b = 0;
+      char tail = 0;
+      if (std::sscanf(value.c_str(), "%dx%d%c", &a, &b, &tail) != 2) fail(key, value);
+      r.jump_length = a;
+      r.jump_n_sample = b;
+    } else if (key == "Invert from") {
+      r.invert_from = value;
     } else if (key == "Lora weights") {
       for (const auto& [name, w] : parse_pairs(value)) {
         if (!to_double(w, d)) fail(key, value);

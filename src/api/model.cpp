@@ -181,6 +181,8 @@ GenerationRequest Model::resolve(const GenerationRequest& request) const {
     r.width = d.width > 0 ? d.width : info.width;
     r.height = d.height > 0 ? d.height : info.height;
   }
+  const bool inpainting = !r.mask.empty() || r.outpaint != std::array<int, 4>{0, 0, 0, 0};
+  if (inpainting && r.inpaint_method.empty()) r.inpaint_method = sd ? "blend" : "repaint";
   return r;
 }
 
@@ -201,6 +203,9 @@ std::vector<FieldError> Model::validate(const GenerationRequest& request) const 
       bad("guide_model", "autoguidance is for class-conditional and unconditional models");
     if (request.width % 8 != 0) bad("width", "must be a multiple of 8");
     if (request.height % 8 != 0) bad("height", "must be a multiple of 8");
+    if (request.inpaint_method == "repaint")
+      bad("inpaint_method", "RePaint is for class-conditional and unconditional models (SD blends)");
+    if (!request.invert_from.empty()) bad("invert_from", "applies to class-conditional models");
     return e;
   }
   const std::string only_sd = "applies to Stable Diffusion models only (this model is " + kind + ")";
@@ -219,13 +224,24 @@ std::vector<FieldError> Model::validate(const GenerationRequest& request) const 
       }
     }
   }
+  if (!request.invert_from.empty()) {
+    if (info.kind == ModelKind::Unconditional)
+      bad("invert_from", "this model is unconditional: it has no classes to invert from");
+    else {
+      try {
+        impl_->pixel->class_index(request.invert_from);
+      } catch (const Error& err) {
+        bad("invert_from", err.what());
+      }
+    }
+  }
   if (!request.negative_prompt.empty()) bad("negative_prompt", only_sd);
-  if ((request.width != 0 && request.width != info.width) || (request.height != 0 && request.height != info.height))
-    bad(request.width != 0 && request.width != info.width ? "width" : "height",
-        "this model draws " + std::to_string(info.width) + "x" + std::to_string(info.height) + " images");
-  if (!request.init_image.empty()) bad("init_image", "img2img and inpainting " + only_sd);
-  if (!request.mask.empty()) bad("mask", only_sd);
-  if (request.outpaint != std::array<int, 4>{0, 0, 0, 0}) bad("outpaint", only_sd);
+  const int step = impl_->pixel->size_step();
+  for (auto [field, v] : {std::pair<const char*, int>{"width", request.width}, {"height", request.height}})
+    if (v % step != 0)
+      bad(field, "must be a multiple of " + std::to_string(step) + " for this model (it draws " +
+                     std::to_string(info.width) + "x" + std::to_string(info.height) + " images)");
+  if (request.inpaint_only_masked) bad("inpaint_only_masked", only_sd);
   if (!request.loras.empty()) bad("loras", only_sd);
   if (request.clip_skip != 0) bad("clip_skip", only_sd);
   if (request.dtype != "fp32") bad("dtype", only_sd);

@@ -9,6 +9,7 @@
 #include "api/model_state.h"
 #include "core/error.h"
 #include "core/image.h"
+#include "pipelines/mask.h"
 #include "pipelines/textual_inversion.h"
 
 namespace fs = std::filesystem;
@@ -94,6 +95,33 @@ void describe(GenerationResult& res, const GenerationRequest& r, const std::stri
   }
 }
 
+// An init image or mask as a [1, channels, H, W] tensor in [-1, 1]. A colour image is refused
+// for a greyscale model (grey images in RGB or RGBA files are fine); the mask's luminance is used.
+torch::Tensor decode_input(const std::string& bytes, int channels, const char* field, bool is_mask = false) {
+  Image img;
+  try {
+    img = decode_image(bytes, field);
+  } catch (const Error& e) {
+    throw RequestError(field, e.what());
+  }
+  if (channels == 1 && !is_mask && img.channels >= 3) {
+    const size_t n = static_cast<size_t>(img.width) * img.height;
+    for (size_t i = 0; i < n; ++i) {
+      const uint8_t* p = img.data.data() + i * img.channels;
+      if (p[0] != p[1] || p[1] != p[2])
+        throw RequestError(field, "a colour image, but this model draws greyscale images (convert it to grey first)");
+    }
+  }
+  return to_tensor(convert_channels(img, channels)).unsqueeze(0);
+}
+
+void check_same_size(const torch::Tensor& image, const torch::Tensor& mask) {
+  if (image.size(2) != mask.size(2) || image.size(3) != mask.size(3))
+    throw RequestError("mask", "its size " + std::to_string(mask.size(3)) + "x" + std::to_string(mask.size(2)) +
+                                   " differs from init_image's " + std::to_string(image.size(3)) + "x" +
+                                   std::to_string(image.size(2)));
+}
+
 }  // namespace
 
 GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const GenerateHooks& hooks) {
@@ -125,6 +153,7 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
     if (!r.init_image.empty()) o.image = decode_image(r.init_image, 3, "init_image").unsqueeze(0);
     if (!r.mask.empty()) {
       o.mask = (decode_image(r.mask, 1, "mask").unsqueeze(0) + 1) / 2;
+      check_same_size(o.image, o.mask);
       if (r.mask_invert) o.mask = 1 - o.mask;
     }
   } catch (const RequestError&) {
@@ -231,6 +260,45 @@ GenerationResult generate_pixel(Model::Impl& m, const GenerationRequest& r, cons
       for (int i = 0; i < g.n; ++i) g.classes.push_back(std::min(k - 1, i / per) % k);
     }
     for (int64_t c : g.classes) names.push_back(pipe.class_names[static_cast<size_t>(c)]);
+  }
+  if (!r.invert_from.empty()) g.invert_from = pipe.class_index(r.invert_from);
+  g.width = r.width;
+  g.height = r.height;
+  if (!r.init_image.empty()) {
+    g.image = decode_input(r.init_image, pipe.channels(), "init_image");
+    g.strength = r.strength;
+    if (!r.mask.empty()) {
+      g.mask = (decode_input(r.mask, 1, "mask", true) + 1) / 2;
+      check_same_size(g.image, g.mask);
+      if (r.mask_invert) g.mask = 1 - g.mask;
+    }
+    const auto& op = r.outpaint;
+    if (op != std::array<int, 4>{0, 0, 0, 0}) {
+      std::tie(g.image, g.mask) = outpaint_pad(g.image, op[0], op[1], op[2], op[3]);
+      g.strength = 1.0;
+    }
+    const int step = pipe.size_step();
+    const int ih = static_cast<int>(g.image.size(2)), iw = static_cast<int>(g.image.size(3));
+    if (g.width == 0 && g.height == 0 && (ih % step || iw % step))
+      throw RequestError(op != std::array<int, 4>{0, 0, 0, 0} ? "outpaint" : "init_image",
+                         "the image is " + std::to_string(iw) + "x" + std::to_string(ih) +
+                             "; this model needs sides that are multiples of " + std::to_string(step) +
+                             " (give width and height to resize it)");
+    if (g.width == 0) g.width = iw;
+    if (g.height == 0) g.height = ih;
+    namespace F = torch::nn::functional;
+    auto fit = [&](const torch::Tensor& t) {
+      if (t.size(2) == g.height && t.size(3) == g.width) return t;
+      return F::interpolate(t, F::InterpolateFuncOptions()
+                                   .size(std::vector<int64_t>{g.height, g.width})
+                                   .mode(torch::kBilinear)
+                                   .align_corners(false));
+    };
+    g.image = fit(g.image);
+    if (g.mask.defined()) g.mask = blur_mask(fit(g.mask), r.mask_blur).clamp(0, 1);
+    g.inpaint = r.inpaint_method.empty() ? "repaint" : r.inpaint_method;
+    g.jump_length = r.jump_length;
+    g.jump_n_sample = r.jump_n_sample;
   }
   Tracker t{hooks, (g.n + g.batch_size - 1) / g.batch_size, pipe.latent()};
   g.callback = t.callback();

@@ -31,9 +31,10 @@ bool GenerationRequest::operator==(const GenerationRequest& o) const {
          s_noise == o.s_noise && width == o.width && height == o.height && n == o.n && batch_size == o.batch_size &&
          init_image == o.init_image && strength == o.strength && mask == o.mask && mask_blur == o.mask_blur &&
          mask_invert == o.mask_invert && inpaint_only_masked == o.inpaint_only_masked &&
-         inpaint_only_masked_padding == o.inpaint_only_masked_padding && outpaint == o.outpaint && loras_eq() &&
-         clip_skip == o.clip_skip && dtype == o.dtype && vae_tiling == o.vae_tiling &&
-         vae_tile_size == o.vae_tile_size && output_format == o.output_format;
+         inpaint_only_masked_padding == o.inpaint_only_masked_padding && outpaint == o.outpaint &&
+         inpaint_method == o.inpaint_method && jump_length == o.jump_length && jump_n_sample == o.jump_n_sample &&
+         invert_from == o.invert_from && loras_eq() && clip_skip == o.clip_skip && dtype == o.dtype &&
+         vae_tiling == o.vae_tiling && vae_tile_size == o.vae_tile_size && output_format == o.output_format;
 }
 
 namespace {
@@ -95,6 +96,13 @@ std::vector<FieldError> GenerationRequest::validate() const {
     }
   if (outpainting && init_image.empty()) bad("outpaint", "needs init_image");
   if (outpainting && !mask.empty()) bad("outpaint", "makes its own mask: leave mask empty");
+  if (!inpaint_method.empty() && inpaint_method != "repaint" && inpaint_method != "blend")
+    bad("inpaint_method", "must be repaint or blend");
+  if (jump_length < 1 || jump_length > 1000) bad("jump_length", "must be in [1, 1000]");
+  if (jump_n_sample < 1 || jump_n_sample > 100) bad("jump_n_sample", "must be in [1, 100]");
+  if (!invert_from.empty() && init_image.empty()) bad("invert_from", "needs init_image (the image to invert)");
+  if (!invert_from.empty() && (!mask.empty() || outpainting))
+    bad("invert_from", "inverts a whole image: not with a mask or outpaint");
   for (const auto& l : loras) {
     if (l.name.empty()) bad("loras", "a LoRA needs a name");
     if (!finite(l.weight)) bad("loras", "weight of '" + l.name + "' must be finite");
@@ -165,6 +173,10 @@ std::string GenerationRequest::to_json() const {
   j["inpaint_only_masked"] = inpaint_only_masked;
   j["inpaint_only_masked_padding"] = inpaint_only_masked_padding;
   j["outpaint"] = outpaint;
+  j["inpaint_method"] = inpaint_method;
+  j["jump_length"] = jump_length;
+  j["jump_n_sample"] = jump_n_sample;
+  j["invert_from"] = invert_from;
   j["loras"] = json::array();
   for (const auto& l : loras) j["loras"].push_back({{"name", l.name}, {"weight", l.weight}});
   j["clip_skip"] = clip_skip;
@@ -344,6 +356,17 @@ GenerationRequest GenerationRequest::from_json(const std::string& text) {
         rd.fail(key, "must be [left, top, right, bottom]");
       else
         for (size_t i = 0; i < 4; ++i) rd.integer(v[i], key, r.outpaint[i]);
+    } else if (key == "inpaint_method")
+      rd.str(v, key, r.inpaint_method);
+    else if (key == "jump_length")
+      rd.integer(v, key, r.jump_length);
+    else if (key == "jump_n_sample")
+      rd.integer(v, key, r.jump_n_sample);
+    else if (key == "invert_from") {
+      if (v.is_number_integer())
+        r.invert_from = std::to_string(v.get<int64_t>());
+      else
+        rd.str(v, key, r.invert_from);
     } else if (key == "loras") {
       if (!v.is_array())
         rd.fail(key, "must be an array of {name, weight}");

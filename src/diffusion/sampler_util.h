@@ -36,5 +36,8 @@ double churn_gamma(const SamplerOptions& opt, double s, int steps);
 // Calls opt.callback (if set) after step i.
 void report(const SamplerOptions& opt, int i, const std::vector<double>& s, const torch::Tensor& x,
             const torch::Tensor& denoised);
+// Calls `callback` (if set) with one step's StepInfo.
+void notify(const StepCallback& callback, int step, int total, double sigma, double sigma_next, const torch::Tensor& x,
+            const torch::Tensor& denoised);
 
 }  // namespace diffuse::detail

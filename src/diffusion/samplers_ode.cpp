@@ -36,15 +36,20 @@ double churn_gamma(const SamplerOptions& opt, double s, int steps) {
 
 void report(const SamplerOptions& opt, int i, const std::vector<double>& s, const torch::Tensor& x,
             const torch::Tensor& denoised) {
-  if (!opt.callback) return;
+  notify(opt.callback, i, static_cast<int>(s.size()) - 1, s[i], s[i + 1], x, denoised);
+}
+
+void notify(const StepCallback& callback, int step, int total, double sigma, double sigma_next, const torch::Tensor& x,
+            const torch::Tensor& denoised) {
+  if (!callback) return;
   StepInfo info;
-  info.step = i;
-  info.total = static_cast<int>(s.size()) - 1;
-  info.sigma = s[i];
-  info.sigma_next = s[i + 1];
+  info.step = step;
+  info.total = total;
+  info.sigma = sigma;
+  info.sigma_next = sigma_next;
   info.x = x;
   info.denoised = denoised;
-  opt.callback(info);
+  callback(info);
 }
 
 }  // namespace detail

@@ -1,5 +1,7 @@
 #include "models/diffusion_net.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "models/model_io.h"
 
@@ -57,7 +59,10 @@ int64_t DiffusionNet::sample_size() const {
   return s[0];
 }
 
-int64_t DiffusionNet::size_multiple() const { return dit_ ? dit_->config().patch_size : 1; }
+int64_t DiffusionNet::size_multiple() const {
+  if (dit_) return dit_->config().patch_size;
+  return int64_t(1) << std::max<int64_t>(0, static_cast<int64_t>(unet_->config().block_out_channels.size()) - 1);
+}
 
 int64_t DiffusionNet::class_embeddings() const {
   if (dit_) return dit_->config().num_embeds_ada_norm + 1;

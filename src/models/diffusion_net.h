@@ -37,7 +37,7 @@ class DiffusionNet {
   torch::nn::Module& module() const;
   int64_t in_channels() const;
   int64_t sample_size() const;  // square side
-  // Side lengths must be multiples of this (the DiT's patch size; 1 for UNets).
+  // Side lengths must be multiples of this (the DiT's patch size; a UNet's 2^(levels - 1)).
   int64_t size_multiple() const;
   // Rows of the class embedding (0: unconditional). A DiT always has num_embeds_ada_norm + 1
   // rows, the last being the null class it was trained to use for classifier-free guidance.

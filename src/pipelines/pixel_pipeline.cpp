@@ -146,122 +146,28 @@ int64_t PixelPipeline::class_index(const std::string& s) const {
   throw Error("class " + s + ": unknown class (valid: " + valid + ")");
 }
 
-CondDenoiser PixelPipeline::denoiser() const {
+CondDenoiser PixelPipeline::denoiser(bool quantize, bool clamp) const {
   DiffusionNet n = net;
   ModelFn model = [n](const torch::Tensor& x, const torch::Tensor& t, const Cond& cond) {
     return n.forward(x, t, cond.get("class_labels"));
   };
-  CondDenoiser d = discrete_denoiser(model, DiscreteSchedule(scheduler), parse_prediction(scheduler.prediction_type));
-  if (scheduler.clip_sample) {
-    double r = scheduler.clip_sample_range;
-    return [d, r](const torch::Tensor& x, const torch::Tensor& s, const Cond& c) { return d(x, s, c).clamp(-r, r); };
-  }
-  return d;
+  DiscreteDenoiserOptions o;
+  o.quantize = quantize;
+  if (scheduler.clip_sample && clamp) o.clip_sample_range = scheduler.clip_sample_range;
+  return discrete_denoiser(model, DiscreteSchedule(scheduler), parse_prediction(scheduler.prediction_type), o);
 }
 
-namespace {
-
-torch::Tensor sigmas_for(const PixelPipeline& pipe, const GenerateOptions& opt, std::string* schedule_used) {
-  if (!opt.sigmas.empty()) {
-    *schedule_used = "custom";
-    return parse_sigmas(opt.sigmas);
-  }
-  if (opt.steps < 1) throw Error("steps " + std::to_string(opt.steps) + ": must be at least 1");
-  std::string hint;
-  find_sampler(opt.sampler, &hint);
-  std::string schedule = !opt.schedule.empty() ? opt.schedule : (!hint.empty() ? hint : "discrete");
-  *schedule_used = schedule;
-  return make_sigmas(schedule, opt.steps, DiscreteSchedule(pipe.scheduler), pipe.scheduler);
+int PixelPipeline::size_step() const {
+  return static_cast<int>(net.size_multiple()) * (vae ? static_cast<int>(vae->config().downsample_factor()) : 1);
 }
 
-}  // namespace
-
-GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
-  if (opt.n < 1) throw Error("-n " + std::to_string(opt.n) + ": must be at least 1");
-  if (!opt.classes.empty() && static_cast<int>(opt.classes.size()) != opt.n)
-    throw Error("generate: one class per image expected");
-  if (opt.class_weights.defined() &&
-      (!pipe.class_conditional() || opt.class_weights.dim() != 2 || opt.class_weights.size(0) != opt.n ||
-       opt.class_weights.size(1) != pipe.net.class_embeddings()))
-    throw Error("generate: class_weights must be [n, " + std::to_string(pipe.net.class_embeddings()) +
-                "] for a class-conditional model");
-  if (opt.noise.defined() &&
-      opt.noise.sizes() != torch::IntArrayRef({opt.n, pipe.latent_channels(), pipe.latent_size(), pipe.latent_size()}))
-    throw Error("generate: noise must be [n, " + std::to_string(pipe.latent_channels()) + ", " +
-                std::to_string(pipe.latent_size()) + ", " + std::to_string(pipe.latent_size()) + "]");
-  if (opt.guide) {
-    check_guide(pipe, *opt.guide);
-    if (opt.cfg_rescale != 0) throw Error("guidance_rescale: applies to classifier-free guidance, not to guide_model");
-    if (opt.guide_unconditional && opt.guide->class_conditional() && opt.guide->null_class < 0)
-      throw Error("guide_unconditional: the guide model " + opt.guide->source + " has no null class");
-  } else if (opt.guidance != 1.0 && !pipe.class_conditional()) {
-    throw Error("guidance: this model is unconditional (classifier-free guidance needs class labels)");
-  } else if (opt.guidance != 1.0 && pipe.null_class < 0) {
-    throw Error("guidance: this model has no null class to guide against");
-  }
-  const SamplerDesc& sampler = find_sampler(opt.sampler);
-  std::string schedule_used;
-  torch::Tensor sigmas = sigmas_for(pipe, opt, &schedule_used);
-  const int c = pipe.latent_channels(), s = pipe.latent_size();
-  auto samples = torch::empty({opt.n, pipe.channels(), pipe.image_size(), pipe.image_size()});
-  torch::Tensor latents_all = pipe.latent() ? torch::empty({opt.n, c, s, s}) : torch::Tensor();
-  auto noise_all = torch::empty({opt.n, c, s, s});
-  CondDenoiser d = pipe.denoiser();
-  CondDenoiser guide_d = opt.guide ? opt.guide->denoiser() : CondDenoiser();
-  const bool guided = opt.guidance != 1.0;
-  torch::NoGradGuard no_grad;
-  const int bs = std::max(1, opt.batch_size);
-  for (int start = 0; start < opt.n; start += bs) {
-    int end = std::min(opt.n, start + bs);
-    PerImageNoise sampler_noise(opt.rng, opt.seed + static_cast<uint64_t>(start), end - start);
-    std::vector<torch::Tensor> noise;
-    for (int i = start; i < end; ++i) noise.push_back(sampler_noise.randn(static_cast<size_t>(i - start), {c, s, s}));
-    auto n0 = opt.noise.defined() ? opt.noise.slice(0, start, end).to(torch::kFloat32) : torch::stack(noise);
-    noise_all.slice(0, start, end).copy_(n0);
-    Cond cond;
-    std::vector<int64_t> labels;
-    if (pipe.class_conditional()) {
-      for (int i = start; i < end; ++i)
-        labels.push_back(opt.classes.empty() ? (pipe.null_class >= 0 ? pipe.null_class : 0) : opt.classes[i]);
-      cond.tensors["class_labels"] = torch::tensor(labels, torch::kInt64).to(pipe.device);
-      if (opt.class_weights.defined())
-        cond.tensors["class_labels"] = opt.class_weights.slice(0, start, end).to(pipe.device, torch::kFloat32);
-    }
-    Denoiser den = bind(d, cond);
-    if (guided && opt.guide) {
-      Cond guide_cond;
-      if (opt.guide->class_conditional()) {
-        // check_guide: the same classes, or a null class when the main model has none.
-        std::vector<int64_t> guide_labels = labels;
-        if (guide_labels.empty() || opt.guide_unconditional)
-          guide_labels.assign(static_cast<size_t>(end - start), opt.guide->null_class);
-        guide_cond.tensors["class_labels"] = torch::tensor(guide_labels, torch::kInt64).to(opt.guide->device);
-        if (opt.class_weights.defined() && !labels.empty() && !opt.guide_unconditional &&
-            opt.guide->net.class_embeddings() == pipe.net.class_embeddings())
-          guide_cond.tensors["class_labels"] = cond.get("class_labels").to(opt.guide->device);
-      }
-      den = autoguidance(den, bind(guide_d, guide_cond), opt.guidance);
-    } else if (guided) {
-      auto null_labels = torch::full({end - start}, pipe.null_class, torch::kInt64);
-      if (opt.class_weights.defined())  // the same layout as the conditional branch (concatenated with it)
-        null_labels = torch::one_hot(null_labels, pipe.net.class_embeddings()).to(torch::kFloat32);
-      Cond uncond{{{"class_labels", null_labels.to(pipe.device)}}};
-      den = cfg_denoiser(d, cond, uncond, opt.guidance, opt.cfg_rescale,
-                         parse_prediction(pipe.scheduler.prediction_type));
-    }
-    if (guided && (opt.guidance_sigma_lo > 0 || std::isfinite(opt.guidance_sigma_hi)))
-      den = guidance_interval(den, bind(d, cond), opt.guidance_sigma_lo, opt.guidance_sigma_hi);
-    SamplerOptions so;
-    if (!std::isnan(opt.eta)) so.eta = opt.eta;  // otherwise the sampler's default
-    so.s_noise = opt.s_noise;
-    so.noise = &sampler_noise;
-    so.callback = opt.callback;
-    auto x = (n0 * sigmas[0].item<double>()).to(pipe.device);
-    auto out = sampler.fn(den, x, sigmas.to(pipe.device), so);
-    if (pipe.latent()) latents_all.slice(0, start, end).copy_(out.to(torch::kCPU, torch::kFloat32));
-    samples.slice(0, start, end).copy_(pipe.decode(out).to(torch::kCPU, torch::kFloat32));
-  }
-  return {samples, noise_all, latents_all};
+torch::Tensor PixelPipeline::encode(const torch::Tensor& images) const {
+  if (!vae) return images.to(device, torch::kFloat32);
+  const auto& c = vae->config();
+  torch::NoGradGuard ng;
+  auto z = vae.ptr()->encode(images.to(device, torch::kFloat32)).mean;
+  if (c.shift_factor) z = z - *c.shift_factor;
+  return z * c.scaling_factor;
 }
 
 void check_guide(const PixelPipeline& pipe, const PixelPipeline& guide) {

@@ -40,6 +40,11 @@ struct PixelPipeline {
   // Latents of the diffusion model -> images in [-1, 1] nominal (identity for pixel pipelines):
   // vae.decode(z / scaling_factor + shift_factor).
   torch::Tensor decode(const torch::Tensor& z) const;
+  // Images [B, channels(), H, W] in [-1, 1] -> latents (the posterior mean; identity for pixel
+  // pipelines): (vae.encode(x).mean - shift_factor) * scaling_factor.
+  torch::Tensor encode(const torch::Tensor& images) const;
+  // Image sides must be multiples of this (the network's size multiple times the VAE's factor).
+  int size_step() const;
 
   // Loads a pipeline folder, or a bare UNet/DiT folder (config.json + weights) with a default DDPM
   // schedule. Throws diffuse::Error when the VAE's latent channels do not match the network.
@@ -48,8 +53,10 @@ struct PixelPipeline {
   void save(const std::string& dir) const;
   // Resolves a class given by name or index; throws diffuse::Error listing valid classes.
   int64_t class_index(const std::string& name_or_index) const;
-  // The network as a conditional denoiser (conditioning key "class_labels").
-  CondDenoiser denoiser() const;
+  // The network as a conditional denoiser (conditioning key "class_labels"). `quantize` feeds
+  // integer timesteps; `clamp` applies the scheduler's clip_sample to x0 (off when the sampler
+  // clamps, see SamplingPlan).
+  CondDenoiser denoiser(bool quantize = false, bool clamp = true) const;
 };
 
 struct GenerateOptions {
@@ -68,6 +75,8 @@ struct GenerateOptions {
   // Run the guide unconditionally (its null class): x0 = g(null) + scale (m(c) - g(null)),
   // classifier-free guidance whose unconditional branch is the weaker model.
   bool guide_unconditional = false;
+  // ddim and ddpm follow diffusers' DDIMScheduler / DDPMScheduler step for step when no schedule
+  // is named (timesteps, initial scaling, clip_sample); the others follow k-diffusion.
   std::string sampler = "dpm++2m";
   std::string schedule = "";  // "" = the sampler's natural default (discrete)
   std::string sigmas = "";    // custom comma-separated sigmas, overrides schedule/steps
@@ -85,6 +94,21 @@ struct GenerateOptions {
   // class embeddings (class interpolation), instead of `classes`. The networks take float
   // class_labels [B, K] as embedding weights; CFG's unconditional branch is the null class.
   torch::Tensor class_weights;
+  int width = 0, height = 0;  // image size in pixels (0 = the model's); multiples of size_step()
+
+  // Editing. Images are [1 or n, channels(), height, width] in [-1, 1].
+  torch::Tensor image;    // init image: img2img, inversion, inpainting
+  double strength = 1.0;  // fraction of the schedule re-run: 0 returns the image (VAE round trip), 1 ignores it
+  torch::Tensor mask;     // [1 or n, 1, height, width] in [0, 1], 1 = repaint; soft values blend
+  std::string inpaint = "repaint";  // repaint (Lugmayr et al. 2022) or blend (x0 of the known region replaced)
+  int jump_length = 10;             // RePaint resampling: steps per jump
+  int jump_n_sample = 10;           // RePaint resampling: passes per jump
+  // Class of `image` (>= 0): DDIM inversion under it to the noise level `strength` picks, then
+  // sampling back under the target class (dual diffusion implicit bridges).
+  int64_t invert_from = -1;
+  // Fixed-point iterations per inversion step (see invert_ddim): more exact round trips with
+  // ddim / euler on the way back, at (1 + invert_refine) evaluations per step.
+  int invert_refine = 2;
 };
 
 struct GenerateResult {

@@ -16,8 +16,11 @@
 #include "models/model_io.h"
 #include "nn/compute_dtype.h"
 #include "nn/state_dict.h"
+#include "pipelines/batch.h"
 #include "pipelines/image_noise.h"
+#include "pipelines/mask.h"
 #include "pipelines/prompt_weights.h"
+#include "pipelines/sampling_plan.h"
 #include "pipelines/scheduler_config.h"
 
 namespace fs = std::filesystem;
@@ -268,7 +271,7 @@ torch::Tensor SDPipeline::decode(const torch::Tensor& latents) const {
       .to(torch::kCPU);
 }
 
-CondDenoiser SDPipeline::denoiser(bool quantize) const {
+CondDenoiser SDPipeline::denoiser(bool quantize, bool clamp) const {
   UNet2DConditionModel net = unet;
   const torch::Dtype dt = dtype;
   ModelFn model = [net, dt](const torch::Tensor& x, const torch::Tensor& t, const Cond& cond) mutable {
@@ -279,7 +282,7 @@ CondDenoiser SDPipeline::denoiser(bool quantize) const {
   };
   DiscreteDenoiserOptions o;
   o.quantize = quantize;
-  if (scheduler.clip_sample) o.clip_sample_range = scheduler.clip_sample_range;
+  if (scheduler.clip_sample && clamp) o.clip_sample_range = scheduler.clip_sample_range;
   return discrete_denoiser(model, DiscreteSchedule(scheduler), parse_prediction(scheduler.prediction_type), o);
 }
 
@@ -287,64 +290,9 @@ CondDenoiser SDPipeline::denoiser(bool quantize) const {
 
 namespace {
 
-// How diffusers' scheduler of a sampler spaces its timesteps and scales the initial noise.
-struct Plan {
-  const SamplerDesc* sampler = nullptr;
-  std::string schedule;   // as reported in the parameters
-  torch::Tensor sigmas;   // full schedule (before img2img truncation)
-  bool quantize = false;  // integer timesteps into the UNet
-  // x = latents * init_scale(sigma0): diffusers' init_noise_sigma in VE coordinates
-  bool vp_init = true;  // sqrt(1 + s0^2) (VP schedulers, Euler with leading spacing), else s0
-};
-
-Plan make_plan(const SDPipeline& pipe, const SDOptions& opt) {
-  Plan p;
-  std::string hint;
-  p.sampler = &find_sampler(opt.sampler.empty() ? pipe.scheduler_class : opt.sampler, &hint);
-  const auto& cfg = pipe.scheduler;
-  DiscreteSchedule ds(cfg);
-  const TimestepStyle fam = p.sampler->timesteps;
-  if (!opt.sigmas.empty()) {
-    p.schedule = "custom";
-    p.sigmas = parse_sigmas(opt.sigmas);
-    p.vp_init = false;
-    return p;
-  }
-  if (opt.steps < 1) throw Error("steps " + std::to_string(opt.steps) + ": must be at least 1");
-  p.schedule = !opt.schedule.empty() ? opt.schedule : hint;
-  if (p.schedule.empty() && fam != TimestepStyle::Euler) {
-    // diffusers' own integer timesteps; DDIM/PLMS end on alphas_cumprod[0] unless set_alpha_to_one
-    auto t = spaced_timesteps(cfg, opt.steps, fam);
-    auto s = sigmas_at_timesteps(ds, t);
-    const bool final_min = fam == TimestepStyle::Ddim && p.sampler->name != "ddpm" && !cfg.set_alpha_to_one;
-    p.sigmas = torch::cat({s, torch::full({1}, final_min ? ds.sigma_min() : 0.0, torch::kFloat32)});
-    p.quantize = true;
-    p.vp_init = true;
-    return p;
-  }
-  if (p.schedule.empty()) p.schedule = "discrete";
-  p.sigmas = make_sigmas(p.schedule, opt.steps, ds, cfg);
-  // diffusers: Euler-type schedulers' init_noise_sigma is sigma_max for linspace / trailing
-  // spacing, else sqrt(sigma_max^2 + 1); the VP schedulers start at 1 in VP coordinates and feed
-  // the UNet integer timesteps whatever their sigmas.
-  p.vp_init = fam != TimestepStyle::Euler || cfg.timestep_spacing == "leading";
-  p.quantize = fam != TimestepStyle::Euler;
-  return p;
-}
-
-double init_scale(const Plan& p, double s0) { return p.vp_init ? std::sqrt(1 + s0 * s0) : s0; }
-
-// Rows [start, end) of a per-image tensor given for 1 or n images.
-torch::Tensor rows(const torch::Tensor& t, int n, int start, int end, const std::string& what) {
-  if (!t.defined()) return t;
-  if (t.size(0) == 1) {
-    auto sizes = t.sizes().vec();
-    sizes[0] = end - start;
-    return t.expand(sizes);
-  }
-  if (t.size(0) != n)
-    throw Error(what + ": batch " + std::to_string(t.size(0)) + ", expected 1 or " + std::to_string(n));
-  return t.slice(0, start, end);
+SamplingPlan make_plan(const SDPipeline& pipe, const SDOptions& opt) {
+  return make_sampling_plan(pipe.scheduler, opt.sampler.empty() ? pipe.scheduler_class : opt.sampler, opt.schedule,
+                            opt.sigmas, opt.steps, PlanStyle::Diffusers);
 }
 
 // [B, C, H, W] float resized to (h, w) when it differs (bilinear).
@@ -416,40 +364,15 @@ SDResult generate_only_masked(const SDPipeline& pipe, const SDOptions& opt) {
   sub.mask = fit_size(crop(mask), ph, pw);
   SDResult r = generate(pipe, sub);
   auto back = fit_size(r.samples, y2 - y1, x2 - x1);
-  auto full = rows(opt.image.to(torch::kFloat32), opt.n, 0, opt.n, "image").clone();
+  auto full = batch_rows(opt.image.to(torch::kFloat32), opt.n, 0, opt.n, "image").clone();
   auto region = full.slice(2, y1, y2).slice(3, x1, x2);
-  auto m = rows(crop(mask), opt.n, 0, opt.n, "mask");
+  auto m = batch_rows(crop(mask), opt.n, 0, opt.n, "mask");
   region.copy_(m * back + (1 - m) * region);
   r.samples = full;
   return r;
 }
 
 }  // namespace
-
-torch::Tensor blur_mask(const torch::Tensor& mask, double sigma) {
-  if (sigma <= 0) return mask;
-  namespace F = torch::nn::functional;
-  const int64_t r = static_cast<int64_t>(2.5 * sigma + 0.5);
-  auto x = torch::arange(-r, r + 1, torch::kFloat64);
-  auto k = torch::exp(-x * x / (2 * sigma * sigma));
-  k = (k / k.sum()).to(torch::kFloat32);
-  auto m = mask.to(torch::kFloat32);
-  m = F::pad(m, F::PadFuncOptions({r, r, 0, 0}).mode(torch::kReplicate));
-  m = F::conv2d(m, k.view({1, 1, 1, -1}));
-  m = F::pad(m, F::PadFuncOptions({0, 0, r, r}).mode(torch::kReplicate));
-  return F::conv2d(m, k.view({1, 1, -1, 1}));
-}
-
-std::pair<torch::Tensor, torch::Tensor> outpaint_pad(const torch::Tensor& image, int left, int top, int right,
-                                                     int bottom) {
-  check_nchw(image, 3, "outpaint image");
-  if (left < 0 || top < 0 || right < 0 || bottom < 0) throw Error("outpaint: padding must be >= 0");
-  namespace F = torch::nn::functional;
-  auto img = F::pad(image.to(torch::kFloat32), F::PadFuncOptions({left, right, top, bottom}).mode(torch::kReplicate));
-  auto mask = torch::ones({image.size(0), 1, img.size(2), img.size(3)});
-  mask.slice(2, top, top + image.size(2)).slice(3, left, left + image.size(3)).zero_();
-  return {img, mask};
-}
 
 SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   SDOptions opt = opt_in;
@@ -488,7 +411,7 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
     if (!image.defined()) image = torch::zeros({1, 3, opt.height, opt.width});
   }
 
-  Plan plan = make_plan(pipe, opt);
+  SamplingPlan plan = make_plan(pipe, opt);
   torch::Tensor sigmas = plan.sigmas;
   const bool strength_max = opt.strength >= 1.0;
   const bool from_image = image.defined() && !(mask.defined() && strength_max);  // start from noised init latents
@@ -511,7 +434,7 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
                   std::to_string(pipe.unet->config().cross_attention_dim.at(0)) + "], got " + c10::str(e->sizes()));
 
   const SamplerDesc& sampler = *plan.sampler;
-  CondDenoiser cd = pipe.denoiser(plan.quantize);
+  CondDenoiser cd = pipe.denoiser(plan.quantize, plan.denoiser_clamps(pipe.scheduler));
   SDResult res;
   res.samples = torch::empty({opt.n, 3, opt.height, opt.width});
   res.latents = torch::empty({opt.n, C, h, w});
@@ -520,8 +443,8 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   for (int start = 0; start < opt.n; start += bs) {
     const int end = std::min(opt.n, start + bs), b = end - start;
     PerImageNoise gen(opt.rng, opt.seed + static_cast<uint64_t>(start), b);
-    auto img = rows(image, opt.n, start, end, "image");
-    auto msk = rows(mask, opt.n, start, end, "mask");
+    auto img = batch_rows(image, opt.n, start, end, "image");
+    auto msk = batch_rows(mask, opt.n, start, end, "mask");
     // Draws in diffusers' order per image: posterior sample of the init image, starting
     // noise, posterior sample of the masked image.
     LatentDistribution post, masked_post;
@@ -535,8 +458,9 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
     for (int i = 0; i < b; ++i) {
       auto ui = static_cast<size_t>(i);
       if (need_image_latents) init_l.push_back(post.mean[i] + post.std()[i] * gen.randn(ui, {C, h, w}).to(pipe.device));
-      noise_l.push_back(opt.latents.defined() ? rows(opt.latents, opt.n, start, end, "latents")[i].to(torch::kFloat32)
-                                              : gen.randn(ui, {C, h, w}));
+      noise_l.push_back(opt.latents.defined()
+                            ? batch_rows(opt.latents, opt.n, start, end, "latents")[i].to(torch::kFloat32)
+                            : gen.randn(ui, {C, h, w}));
       if (inpaint9)
         masked_l.push_back(masked_post.mean[i] + masked_post.std()[i] * gen.randn(ui, {C, h, w}).to(pipe.device));
     }
@@ -545,10 +469,10 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
     res.noise.slice(0, start, end).copy_(noise);
 
     Cond cond, uncond;
-    cond.tensors["encoder_hidden_states"] = rows(cond_embeds, opt.n, start, end, "prompt_embeds").to(pipe.device);
+    cond.tensors["encoder_hidden_states"] = batch_rows(cond_embeds, opt.n, start, end, "prompt_embeds").to(pipe.device);
     if (guided)
       uncond.tensors["encoder_hidden_states"] =
-          rows(uncond_embeds, opt.n, start, end, "negative_prompt_embeds").to(pipe.device);
+          batch_rows(uncond_embeds, opt.n, start, end, "negative_prompt_embeds").to(pipe.device);
     torch::Tensor latent_mask;
     if (inpaint9) {
       namespace F = torch::nn::functional;
@@ -577,12 +501,13 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
     if (sigmas.size(0) < 2) {
       lat = init;  // strength 0: nothing to re-run
     } else {
-      auto x = from_image ? init + s0 * noise : noise * init_scale(plan, s0);
+      auto x = from_image ? init + s0 * noise : noise * plan.init_scale(s0);
       SamplerOptions so;
       if (!std::isnan(opt.eta)) so.eta = opt.eta;
       so.s_noise = opt.s_noise;
       so.noise = &gen;
       so.callback = opt.callback;
+      so.x0_clamp = plan.x0_clamp;
       x = sampler.fn(den, x, sigmas.to(pipe.device), so);
       lat = s_last > 0 ? x / std::sqrt(1 + s_last * s_last) : x;  // back to diffusers' VP latents
     }
@@ -597,7 +522,7 @@ std::string sd_generation_parameters(const SDPipeline& pipe, const SDOptions& op
   std::ostringstream o;
   if (!opt.prompt.empty()) o << opt.prompt << "\n";
   if (!opt.negative_prompt.empty()) o << "Negative prompt: " << opt.negative_prompt << "\n";
-  Plan plan = make_plan(pipe, opt);
+  SamplingPlan plan = make_plan(pipe, opt);
   o << "Steps: " << opt.steps << ", Sampler: " << plan.sampler->name;
   if (opt.sigmas.empty() && !plan.schedule.empty()) o << ", Schedule type: " << plan.schedule;
   if (!opt.sigmas.empty()) o << ", Sigmas: \"" << opt.sigmas << "\"";

@@ -20,6 +20,7 @@
 #include "models/autoencoder_kl.h"
 #include "models/unet2d_condition.h"
 #include "pipelines/ldm_convert.h"
+#include "pipelines/mask.h"
 #include "pipelines/text_encoder.h"
 #include "pipelines/vae_tiling.h"
 
@@ -57,8 +58,9 @@ struct SDPipeline {
   torch::Tensor decode(const torch::Tensor& latents) const;
   // The UNet as a conditional denoiser: conditioning "encoder_hidden_states" [B, L, C] and,
   // for 9-channel inpainting UNets, "c_concat" [B, 5, h, w] (mask, masked-image latents)
-  // concatenated to the scaled input as diffusers does. `quantize` feeds integer timesteps.
-  CondDenoiser denoiser(bool quantize = false) const;
+  // concatenated to the scaled input as diffusers does. `quantize` feeds integer timesteps;
+  // `clamp` applies the scheduler's clip_sample (off when the sampler clamps, see SamplingPlan).
+  CondDenoiser denoiser(bool quantize = false, bool clamp = true) const;
 };
 
 // A Stable Diffusion model from a pipeline folder or a single-file .safetensors checkpoint
@@ -120,14 +122,6 @@ struct SDResult {
 };
 
 SDResult generate(const SDPipeline& pipe, const SDOptions& opt);
-
-// Outpainting: pads `image` [B, 3, H, W] by (left, top, right, bottom) pixels (edge colours
-// stretched outwards) and returns it with a mask [B, 1, H', W'] that is 1 on the new area.
-std::pair<torch::Tensor, torch::Tensor> outpaint_pad(const torch::Tensor& image, int left, int top, int right,
-                                                     int bottom);
-// Separable Gaussian blur of a mask [B, 1, H, W] with standard deviation `sigma` pixels
-// (kernel 2 * int(2.5 sigma + 0.5) + 1, reflected edges); sigma <= 0 returns it unchanged.
-torch::Tensor blur_mask(const torch::Tensor& mask, double sigma);
 
 // A1111-style "parameters" text for image i of a generation.
 std::string sd_generation_parameters(const SDPipeline& pipe, const SDOptions& opt, int index);

@@ -49,13 +49,15 @@ TEST(Model, FieldsThatDoNotApplyAreErrors) {
   GenerationRequest r;
   r.init_image = "x";
   r.strength = 0;
+  r.inpaint_only_masked = true;
+  r.invert_from = "zebra";
   r.negative_prompt = "blurry";
   r.loras = {{"style", 1}};
-  r.width = 64;
+  r.width = 30;  // not a multiple of the UNet's 4
   r.class_label = "zebra";
   r.dtype = "bf16";
   const auto e = fm().validate(r);
-  for (const char* f : {"init_image", "negative_prompt", "loras", "width", "class", "dtype"})
+  for (const char* f : {"inpaint_only_masked", "invert_from", "negative_prompt", "loras", "width", "class", "dtype"})
     EXPECT_TRUE(names(e, f)) << f;
   EXPECT_THROW(fm().generate(r), RequestError);
   GenerationRequest p;
@@ -139,10 +141,10 @@ TEST(Model, SamePixelsAsTheCli) {
 TEST(Model, CliRejectsOptionsThatDoNotApply) {
   test::TempDir t;
   write_png(t / "in.png", to_image(torch::zeros({1, 28, 28})));
-  auto r = test::run_cli("generate --model " + fashion() + " --image " + (t / "in.png") + " --strength 0 --out " +
-                         (t / "x.png"));
+  auto r = test::run_cli("generate --model " + fashion() + " --image " + (t / "in.png") +
+                         " --strength 0 --only-masked --mask " + (t / "in.png") + " --out " + (t / "x.png"));
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.output.find("--image"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--only-masked"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(t / "x.png"));
 }
 

@@ -39,6 +39,10 @@ GenerationRequest full() {
   r.mask_invert = true;
   r.inpaint_only_masked = true;
   r.inpaint_only_masked_padding = 16;
+  r.inpaint_method = "blend";
+  r.jump_length = 5;
+  r.jump_n_sample = 3;
+  r.invert_from = "sneaker";
   r.loras = {{"style", 0.8}, {"detail", -0.25}};
   r.clip_skip = 1;
   r.dtype = "bf16";

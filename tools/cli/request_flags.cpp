@@ -47,6 +47,10 @@ const FieldFlag kFieldFlags[] = {
     {"inpaint_only_masked", "--only-masked"},
     {"inpaint_only_masked_padding", "--only-masked-padding"},
     {"outpaint", "--outpaint"},
+    {"inpaint_method", "--inpaint-method"},
+    {"jump_length", "--jump-length"},
+    {"jump_n_sample", "--jump-n-sample"},
+    {"invert_from", "--invert-from"},
     {"loras", "--lora"},
     {"clip_skip", "--clip-skip"},
     {"dtype", "--dtype"},
@@ -134,9 +138,10 @@ void add_request_options(CLI::App* cmd, RequestArgs* a) {
   add(cmd->add_option("--batch-size", a->batch, "Images per forward pass (Stable Diffusion default 1, others 64)")
           ->check(CLI::PositiveNumber),
       "batch_size");
-  add(cmd->add_option("--width", r.width, "Image width, a multiple of 8 (default: the model's)"), "width");
-  add(cmd->add_option("--height", r.height, "Image height, a multiple of 8 (default: the model's)"), "height");
-  add(cmd->add_option("--image", a->init_image_path, "img2img / inpainting: init image (PNG or JPEG)"), "init_image");
+  add(cmd->add_option("--width", r.width, "Image width (default: the model's, or the init image's)"), "width");
+  add(cmd->add_option("--height", r.height, "Image height (default: the model's, or the init image's)"), "height");
+  add(cmd->add_option("--image", a->init_image_path, "img2img / inpainting / class transfer: init image (PNG or JPEG)"),
+      "init_image");
   add(cmd->add_option("--strength", r.strength, "img2img: denoising strength in [0, 1] (default 0.8)"), "strength");
   add(cmd->add_option("--mask", a->mask_path, "Inpainting: mask image, white = repaint"), "mask");
   add(cmd->add_option("--mask-blur", r.mask_blur, "Inpainting: Gaussian blur of the mask in pixels"), "mask_blur");
@@ -149,6 +154,16 @@ void add_request_options(CLI::App* cmd, RequestArgs* a) {
       "inpaint_only_masked_padding");
   add(cmd->add_option("--outpaint", a->outpaint, "Outpainting: pad --image by L,T,R,B pixels and paint the new area"),
       "outpaint");
+  add(cmd->add_option("--inpaint-method", r.inpaint_method,
+                      "Inpainting with class / unconditional models: repaint (default) or blend (faster)"),
+      "inpaint_method");
+  add(cmd->add_option("--jump-length", r.jump_length, "RePaint: steps per resampling jump (default 10)"),
+      "jump_length");
+  add(cmd->add_option("--jump-n-sample", r.jump_n_sample, "RePaint: passes per jump, 1 = no resampling (default 10)"),
+      "jump_n_sample");
+  add(cmd->add_option("--invert-from", r.invert_from,
+                      "Class transfer: the class of --image; DDIM-inverted under it, regenerated as --class"),
+      "invert_from");
   add(cmd->add_option("--lora", a->loras, "LoRA file FILE.safetensors[:weight] (repeatable)"), "loras");
   add(cmd->add_option("--clip-skip", r.clip_skip, "Text-encoder layers skipped at the end (diffusers clip_skip)"),
       "clip_skip");
@@ -263,7 +278,15 @@ GenerationRequest build_request(RequestArgs& a) {
       auto& p = r.outpaint;
       if (std::sscanf(a.outpaint.c_str(), "%d,%d,%d,%d%c", &p[0], &p[1], &p[2], &p[3], &tail) != 4)
         throw RequestError("outpaint", a.outpaint + ": expected L,T,R,B pixel counts");
-    } else if (k == "loras") {
+    } else if (k == "inpaint_method")
+      r.inpaint_method = f.inpaint_method;
+    else if (k == "jump_length")
+      r.jump_length = f.jump_length;
+    else if (k == "jump_n_sample")
+      r.jump_n_sample = f.jump_n_sample;
+    else if (k == "invert_from")
+      r.invert_from = f.invert_from;
+    else if (k == "loras") {
       r.loras.clear();
       for (const auto& s : a.loras) {
         LoraWeight w{s, 1.0};
