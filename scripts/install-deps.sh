@@ -12,8 +12,10 @@ PKGS=(
   libgtest-dev libbenchmark-dev
   dataset-fashion-mnist     # training data for the shipped model and the tests
   fonts-noto-color-emoji unicode-data  # --data emoji: colour emoji bitmaps and their subgroups
+  chromium                  # the web UI's browser tests (tests/node/browser_ui.test.mjs), headless
 )
-# Node.js and npm run the OpenAI SDK's client tests (tests/node); a newer Node already installed is kept.
+# Node.js and npm run the client tests (tests/node: the OpenAI SDK, the web UI through
+# playwright-core); a newer Node already installed is kept.
 command -v node >/dev/null && command -v npm >/dev/null || PKGS+=(nodejs npm)
 missing=()
 for p in "${PKGS[@]}"; do
@@ -32,6 +34,10 @@ case "$blas" in
 esac
 # The pinned npm packages of the client tests (tests/node/package-lock.json), from the npm registry.
 node_dir=$(cd "$(dirname "$0")/../tests/node" && pwd)
-want=$(node -p "require('$node_dir/package.json').dependencies.openai")
-have=$(node -p "try { require('$node_dir/node_modules/openai/package.json').version } catch (e) { '' }")
-[ "$want" = "$have" ] || npm ci --prefix "$node_dir" --no-audit --no-fund --loglevel=error
+installed=$(node -e "
+  const deps = require('$node_dir/package.json').dependencies;
+  const ok = Object.entries(deps).every(([name, want]) => {
+    try { return require('$node_dir/node_modules/' + name + '/package.json').version === want; } catch (e) { return false; }
+  });
+  console.log(ok ? 'yes' : 'no');")
+[ "$installed" = yes ] || npm ci --prefix "$node_dir" --no-audit --no-fund --loglevel=error

@@ -157,11 +157,7 @@ void add_a1111_routes(httplib::Server& http, Context& c) {
     } catch (const Error& e) {
       return reply_error(res, 400, "image", e.what());
     }
-    json parsed = json::object();
-    if (!text.empty()) parsed = json::parse(GenerationRequest::from_infotext(text).to_json());
-    parsed.erase("init_image");
-    parsed.erase("mask");
-    reply_json(res, {{"info", text}, {"items", {{"parameters", text}}}, {"parameters", parsed}});
+    reply_json(res, {{"info", text}, {"items", {{"parameters", text}}}, {"parameters", infotext_request(text)}});
   });
 }
 

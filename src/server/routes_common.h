@@ -34,6 +34,12 @@ std::shared_ptr<Job> submit(Context& c, const std::string& model, const Generati
 // cancelled one; returns false when the job is done.
 bool reply_unfinished(const Job& j, httplib::Response& res);
 
+// The request fields of A1111 parameters text, as native request JSON (images left out).
+json infotext_request(const std::string& text);
+
+// The web UI's paths (/ and /ui/...): served without the token, they hold no data.
+bool is_ui_path(const std::string& path);
+void add_ui_routes(httplib::Server& http);
 void add_native_routes(httplib::Server& http, Context& c);
 void add_a1111_routes(httplib::Server& http, Context& c);
 void add_openai_routes(httplib::Server& http, Context& c);

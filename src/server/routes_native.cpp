@@ -75,6 +75,14 @@ void add_native_routes(httplib::Server& http, Context& c) {
       return true;
     });
   });
+  // A1111 parameters text (read from a PNG by the client) -> request fields.
+  http.Post("/api/v1/infotext", [](const httplib::Request& req, httplib::Response& res) {
+    json j;
+    if (!parse_body(req, res, j)) return;
+    if (!j.contains("infotext") || !j["infotext"].is_string())
+      return reply_error(res, 400, "infotext", "needs infotext: the PNG's parameters text");
+    reply_json(res, {{"request", infotext_request(j["infotext"].get<std::string>())}});
+  });
   http.Get("/api/v1/models", [&c](const httplib::Request&, httplib::Response& res) {
     json list = json::array();
     for (const auto& e : c.models.entries()) {

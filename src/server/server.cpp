@@ -71,6 +71,14 @@ std::shared_ptr<Job> submit(Context& c, const std::string& model, const Generati
   return job;
 }
 
+json infotext_request(const std::string& text) {
+  json parsed = json::object();
+  if (!text.empty()) parsed = json::parse(GenerationRequest::from_infotext(text).to_json());
+  parsed.erase("init_image");
+  parsed.erase("mask");
+  return parsed;
+}
+
 bool reply_unfinished(const Job& j, httplib::Response& res) {
   if (j.state == JobState::Done) return false;
   if (j.state == JobState::Cancelled)
@@ -128,7 +136,8 @@ struct Server::Impl {
     http.set_payload_max_length(options.max_body_bytes);
     http.set_read_timeout(30, 0);
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      if (options.token.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+      const bool page = (req.method == "GET" || req.method == "HEAD") && is_ui_path(req.path);
+      if (options.token.empty() || req.path == "/health" || page) return httplib::Server::HandlerResponse::Unhandled;
       if (req.get_header_value("Authorization") != "Bearer " + options.token) {
         res.set_header("WWW-Authenticate", "Bearer");
         reply_error(res, 401, "Authorization", "missing or wrong bearer token");
@@ -176,6 +185,7 @@ struct Server::Impl {
         << "# TYPE diffuse_load_seconds_total counter\ndiffuse_load_seconds_total " << models.load_seconds() << "\n";
       res.set_content(o.str(), "text/plain; version=0.0.4");
     });
+    add_ui_routes(http);
     add_native_routes(http, ctx);
     add_a1111_routes(http, ctx);
     add_openai_routes(http, ctx);

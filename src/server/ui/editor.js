@@ -1,0 +1,174 @@
+// The Edit tab: an image to change (img2img), a mask painted over it (inpainting: white =
+// repaint) or a border added on any side (outpainting).
+import { blobToDataUrl } from './api.js';
+
+const $ = (id) => document.getElementById(id);
+const MASK_COLOUR = 'rgb(230, 40, 60)'; // shown half transparent; only its alpha is the mask
+
+export class Editor {
+  constructor() {
+    this.image = $('edit-image');
+    this.mask = $('edit-mask');
+    this.stage = $('edit-stage');
+    this.blob = null; // the image's own bytes, sent unchanged
+    this.bitmap = null;
+    this.painting = false;
+    this.last = null;
+    for (const r of document.querySelectorAll('input[name="edit-mode"]'))
+      r.addEventListener('change', () => this.layout());
+    for (const id of ['out-left', 'out-top', 'out-right', 'out-bottom']) $(id).addEventListener('input', () => this.layout());
+    $('strength').addEventListener('input', () => ($('strength-out').value = $('strength').value));
+    $('brush-size').addEventListener('input', () => ($('brush-out').value = $('brush-size').value));
+    $('mask-clear').addEventListener('click', () => this.clearMask());
+    $('mask-invert').addEventListener('click', () => this.invertMask());
+    $('edit-upload').addEventListener('change', (e) => {
+      const f = e.target.files[0];
+      if (f) this.load(f);
+    });
+    this.mask.addEventListener('pointerdown', (e) => this.down(e));
+    this.mask.addEventListener('pointermove', (e) => this.move(e));
+    for (const t of ['pointerup', 'pointercancel', 'pointerleave']) this.mask.addEventListener(t, () => this.up());
+  }
+
+  get mode() {
+    return document.querySelector('input[name="edit-mode"]:checked').value;
+  }
+
+  get hasImage() {
+    return this.bitmap !== null;
+  }
+
+  outpaint() {
+    return ['out-left', 'out-top', 'out-right', 'out-bottom'].map((id) => Math.max(0, Math.round(Number($(id).value) || 0)));
+  }
+
+  async load(blob) {
+    this.bitmap = await createImageBitmap(blob);
+    this.blob = blob;
+    this.mask.width = this.bitmap.width;
+    this.mask.height = this.bitmap.height;
+    $('brush-size').max = String(Math.max(4, Math.round(Math.max(this.bitmap.width, this.bitmap.height) / 2)));
+    $('brush-size').value = String(Math.max(1, Math.round(Math.max(this.bitmap.width, this.bitmap.height) / 8)));
+    $('brush-out').value = $('brush-size').value;
+    $('edit-hint').textContent = `Image: ${this.bitmap.width}×${this.bitmap.height}`;
+    this.stage.hidden = false;
+    this.layout();
+  }
+
+  // Draws the image (on a larger canvas when outpainting) and sizes both canvases for display.
+  layout() {
+    const mode = this.mode;
+    $('mask-tools').hidden = mode !== 'inpaint';
+    $('outpaint-tools').hidden = mode !== 'outpaint';
+    this.mask.hidden = mode !== 'inpaint';
+    if (!this.bitmap) return;
+    const [l, t, r, b] = mode === 'outpaint' ? this.outpaint() : [0, 0, 0, 0];
+    const w = this.bitmap.width + l + r;
+    const h = this.bitmap.height + t + b;
+    this.image.width = w;
+    this.image.height = h;
+    const ctx = this.image.getContext('2d');
+    ctx.clearRect(0, 0, w, h);
+    ctx.drawImage(this.bitmap, l, t);
+    // Display: integer zoom for small images (pixelated), at most the panel's width.
+    const room = Math.min(480, this.stage.clientWidth || 480);
+    const long = Math.max(w, h);
+    const zoom = long < room ? Math.max(1, Math.floor(room / long)) : room / long;
+    for (const c of [this.image, this.mask]) {
+      c.style.width = `${c.width * zoom}px`;
+      c.style.height = `${c.height * zoom}px`;
+    }
+    this.mask.style.left = `${l * zoom}px`;
+    this.mask.style.top = `${t * zoom}px`;
+  }
+
+  point(e) {
+    const rect = this.mask.getBoundingClientRect();
+    return {
+      x: ((e.clientX - rect.left) * this.mask.width) / rect.width,
+      y: ((e.clientY - rect.top) * this.mask.height) / rect.height,
+    };
+  }
+
+  stroke(from, to) {
+    const ctx = this.mask.getContext('2d');
+    const erase = document.querySelector('input[name="brush"]:checked').value === 'erase';
+    ctx.globalCompositeOperation = erase ? 'destination-out' : 'source-over';
+    ctx.strokeStyle = MASK_COLOUR;
+    ctx.lineWidth = Number($('brush-size').value);
+    ctx.lineCap = ctx.lineJoin = 'round';
+    ctx.beginPath();
+    ctx.moveTo(from.x, from.y);
+    ctx.lineTo(to.x, to.y);
+    ctx.stroke();
+  }
+
+  down(e) {
+    if (!this.bitmap) return;
+    this.painting = true;
+    this.mask.setPointerCapture(e.pointerId);
+    this.last = this.point(e);
+    this.stroke(this.last, this.last);
+  }
+
+  move(e) {
+    if (!this.painting) return;
+    const p = this.point(e);
+    this.stroke(this.last, p);
+    this.last = p;
+  }
+
+  up() {
+    this.painting = false;
+  }
+
+  clearMask() {
+    this.mask.getContext('2d').clearRect(0, 0, this.mask.width, this.mask.height);
+  }
+
+  invertMask() {
+    const ctx = this.mask.getContext('2d');
+    const d = ctx.getImageData(0, 0, this.mask.width, this.mask.height);
+    for (let i = 0; i < d.data.length; i += 4) {
+      [d.data[i], d.data[i + 1], d.data[i + 2]] = [230, 40, 60];
+      d.data[i + 3] = 255 - d.data[i + 3];
+    }
+    ctx.putImageData(d, 0, 0);
+  }
+
+  // The mask as a black-and-white PNG (white = repaint), or null when nothing is painted.
+  async maskPng() {
+    const { width, height } = this.mask;
+    const src = this.mask.getContext('2d').getImageData(0, 0, width, height).data;
+    const out = new ImageData(width, height);
+    let any = false;
+    for (let i = 0; i < src.length; i += 4) {
+      const on = src[i + 3] >= 128 ? 255 : 0;
+      any ||= on > 0;
+      out.data[i] = out.data[i + 1] = out.data[i + 2] = on;
+      out.data[i + 3] = 255;
+    }
+    if (!any) return null;
+    const c = new OffscreenCanvas(width, height);
+    c.getContext('2d').putImageData(out, 0, 0);
+    return blobToDataUrl(await c.convertToBlob({ type: 'image/png' }));
+  }
+
+  // The edit fields of a request; throws {field, message} for what is missing.
+  async fields() {
+    if (!this.blob) throw { field: 'init_image', message: 'choose an image to edit first' };
+    const f = { init_image: await blobToDataUrl(this.blob), strength: Number($('strength').value) };
+    if (this.mode === 'inpaint') {
+      const mask = await this.maskPng();
+      if (!mask) throw { field: 'mask', message: 'paint the area to repaint on the image first' };
+      f.mask = mask;
+      const blur = Number($('mask-blur').value);
+      if (blur) f.mask_blur = blur;
+    } else if (this.mode === 'outpaint') {
+      const o = this.outpaint();
+      if (o.every((v) => v === 0)) throw { field: 'outpaint', message: 'extend at least one side' };
+      f.outpaint = o;
+    }
+    return f;
+  }
+}

@@ -1,0 +1,224 @@
+// The request form: model, prompt or class, sampling settings and size; builds the native job
+// request, restores saved settings and shows the server's errors next to their fields.
+
+const $ = (id) => document.getElementById(id);
+
+const KIND_NAMES = {
+  'stable-diffusion': 'Stable Diffusion',
+  'class-conditional': 'class-conditional',
+  unconditional: 'unconditional',
+};
+
+// Request fields the server names in its errors -> the element the message goes under.
+const FIELD_ALIASES = { class_label: 'class', guide_model: 'guidance', guide_unconditional: 'guidance', body: '' };
+
+function option(value, text, title) {
+  const o = document.createElement('option');
+  o.value = value;
+  o.textContent = text;
+  if (title) o.title = title;
+  return o;
+}
+
+const round8 = (v) => Math.max(8, Math.round(v / 8) * 8);
+
+export class Form {
+  constructor() {
+    this.list = null; // GET /api/v1/models
+    $('size-preset').addEventListener('change', () => {
+      const [w, h] = $('size-preset').value.split('x').map(Number);
+      if (w && h) {
+        $('width').value = w;
+        $('height').value = h;
+      }
+    });
+    $('seed-random').addEventListener('click', () => ($('seed').value = -1));
+    $('model').addEventListener('change', () => this.selectModel($('model').value));
+  }
+
+  setup(list) {
+    this.list = list;
+    $('model').replaceChildren(...list.models.map((m) => option(m.name, m.name, m.error || KIND_NAMES[m.kind])));
+    $('sampler').replaceChildren(
+      option('', "the model's default"),
+      ...list.samplers.map((s) => option(s.name, s.name, s.summary)),
+    );
+    $('schedule').replaceChildren(
+      option('', "the sampler's default"),
+      ...list.schedules.map((s) => option(s.name, s.name, s.summary)),
+    );
+    const current = list.models.find((m) => m.current) || list.models[0];
+    if (current) this.selectModel(current.name);
+  }
+
+  get model() {
+    return this.list?.models.find((m) => m.name === $('model').value);
+  }
+
+  // The model's recommended values: a request leaves a field out when it has this value, so
+  // that the model's generation_config.json (with its guide model, if any) applies.
+  defaults(m = this.model) {
+    const d = m?.defaults || {};
+    const sd = m?.kind === 'stable-diffusion';
+    return {
+      sampler: d.sampler || '',
+      schedule: d.schedule || '',
+      steps: d.steps ?? 20,
+      guidance: d.guidance ?? (sd ? 7.5 : 1),
+      n: d.n ?? (sd ? 1 : 8),
+      width: d.width || m?.width || 512,
+      height: d.height || m?.height || 512,
+    };
+  }
+
+  selectModel(name) {
+    const m = this.list.models.find((x) => x.name === name);
+    if (!m) return false;
+    $('model').value = name;
+    const sd = m.kind === 'stable-diffusion';
+    const classes = m.kind === 'class-conditional' ? m.classes || [] : [];
+    const kind = m.error ? `cannot load: ${m.error}` : KIND_NAMES[m.kind] || m.kind;
+    $('model-kind').textContent = classes.length ? `${kind} · ${classes.length} classes` : kind;
+    $('prompt-field').hidden = !sd;
+    $('negative-field').hidden = !sd;
+    $('class-field').hidden = !classes.length;
+    $('class').replaceChildren(option('', 'every class, in turn'), ...classes.map((c) => option(c, c)));
+    const d = this.defaults(m);
+    $('sampler').value = d.sampler;
+    $('schedule').value = d.schedule;
+    $('steps').value = d.steps;
+    $('guidance').value = d.guidance;
+    $('n').value = d.n;
+    $('width').value = d.width;
+    $('height').value = d.height;
+    // Class and unconditional models draw their native size only; SD takes multiples of 8.
+    $('width').disabled = $('height').disabled = !sd;
+    const base = Math.min(d.width, d.height);
+    const presets = sd
+      ? [
+          ['square', base, base],
+          ['portrait 2:3', base, round8(base * 1.5)],
+          ['landscape 3:2', round8(base * 1.5), base],
+          ['wide 16:9', round8((base * 16) / 9), base],
+        ]
+      : [['native', m.width, m.height]];
+    $('size-preset').replaceChildren(...presets.map(([n, w, h]) => option(`${w}x${h}`, `${n} ${w}×${h}`)));
+    $('size-preset').disabled = !sd;
+    $('size-note').textContent = sd ? 'Multiples of 8.' : `This model draws ${m.width}×${m.height} images.`;
+    $('guide-note').textContent = m.defaults?.guide_unconditional !== undefined && !sd
+      ? `Guidance ${d.guidance} is the model's recommendation and uses its guide model.`
+      : '';
+    this.clearErrors();
+    return true;
+  }
+
+  // The form's values, as saved with each image and restored by "use these settings".
+  settings() {
+    const num = (id) => ($(id).value === '' ? null : Number($(id).value));
+    const m = this.model;
+    return {
+      model: m?.name,
+      kind: m?.kind,
+      prompt: $('prompt').value,
+      negative_prompt: $('negative_prompt').value,
+      class: $('class').value,
+      sampler: $('sampler').value,
+      schedule: $('schedule').value,
+      steps: num('steps'),
+      guidance: num('guidance'),
+      seed: num('seed') ?? -1,
+      n: num('n'),
+      width: num('width'),
+      height: num('height'),
+    };
+  }
+
+  // The native job request of the current settings.
+  request() {
+    const s = this.settings();
+    const d = this.defaults();
+    const r = { model: s.model, seed: s.seed };
+    if (s.kind === 'stable-diffusion') {
+      r.prompt = s.prompt;
+      if (s.negative_prompt) r.negative_prompt = s.negative_prompt;
+      r.width = s.width;
+      r.height = s.height;
+    } else if (s.kind === 'class-conditional' && s.class) {
+      r.class = s.class;
+    }
+    for (const k of ['sampler', 'schedule', 'steps', 'guidance'])
+      if (s[k] !== null && s[k] !== d[k]) r[k] = s[k];
+    if (s.n !== null) r.n = s.n;
+    for (const k of Object.keys(r)) if (r[k] === null) delete r[k];
+    return r;
+  }
+
+  // Restores saved settings (all fields but the model's are optional).
+  apply(s) {
+    if (s.model && this.model?.name !== s.model && !this.selectModel(s.model))
+      this.showErrors([{ field: 'model', message: `this server has no model named '${s.model}'` }]);
+    const set = (id, v) => {
+      if (v !== undefined && v !== null) $(id).value = v;
+    };
+    set('prompt', s.prompt);
+    set('negative_prompt', s.negative_prompt);
+    if (s.class !== undefined && [...$('class').options].some((o) => o.value === s.class)) $('class').value = s.class;
+    if (s.sampler && [...$('sampler').options].some((o) => o.value === s.sampler)) $('sampler').value = s.sampler;
+    if (s.schedule !== undefined) $('schedule').value = s.schedule;
+    set('steps', s.steps);
+    set('guidance', s.guidance);
+    set('seed', s.seed);
+    set('n', s.n);
+    if (this.model?.kind === 'stable-diffusion') {
+      set('width', s.width || null);
+      set('height', s.height || null);
+    }
+  }
+
+  // Settings from a request as /api/v1/infotext returns it (A1111 parameters text).
+  applyRequest(r) {
+    const m = this.list.models.find((x) => x.name === r.model);
+    const label = r.class || (m?.kind === 'class-conditional' ? r.prompt : '');
+    this.apply({
+      model: r.model || undefined,
+      prompt: m?.kind === 'class-conditional' ? undefined : r.prompt,
+      negative_prompt: r.negative_prompt,
+      class: label || undefined,
+      sampler: r.sampler,
+      schedule: r.schedule,
+      steps: r.steps,
+      guidance: r.guidance,
+      seed: r.seed,
+      width: r.width,
+      height: r.height,
+    });
+  }
+
+  clearErrors() {
+    for (const p of document.querySelectorAll('[data-error-for], #general-error')) {
+      p.hidden = true;
+      p.textContent = '';
+    }
+    for (const el of document.querySelectorAll('[aria-invalid]')) el.removeAttribute('aria-invalid');
+  }
+
+  // Shows each {field, message} under its field (or under the buttons); focuses the first.
+  showErrors(errors) {
+    let first = null;
+    for (const { field, message } of errors) {
+      const name = FIELD_ALIASES[field] ?? field;
+      let p = name ? document.querySelector(`[data-error-for="${CSS.escape(name)}"]`) : null;
+      if (!p || p.parentElement.closest('[hidden]')) p = $('general-error');
+      p.textContent = p.id === 'general-error' && field ? `${field}: ${message}` : message;
+      p.hidden = false;
+      const input = p.closest('[data-field]')?.querySelector('input, select, textarea');
+      if (input) {
+        input.setAttribute('aria-invalid', 'true');
+        p.id ||= `${name}-error`;
+        input.setAttribute('aria-describedby', p.id);
+      }
+      first ||= input || p;
+    }
+    first?.focus?.();
+  }
+}

@@ -1,0 +1,365 @@
+// The web UI of `diffuse serve` in a real browser: playwright-core (pinned in package.json)
+// driving Debian's chromium headless against the shipped models. Run by ctest:
+//   node --test tests/node/browser_ui.test.mjs
+// Environment: DIFFUSE_CLI, DIFFUSE_SOURCE_DIR; CHROMIUM (default /usr/bin/chromium);
+// DIFFUSE_SCREENSHOTS=1 writes docs/ui-generate.png, docs/ui-edit.png and docs/ui-gallery.png.
+import { test, before, after, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { deflateSync } from 'node:zlib';
+import { chromium } from 'playwright-core';
+import { decodePng, encodePng, pngTexts } from './png.mjs';
+import { root, startServer } from './serve.mjs';
+
+const screenshots = process.env.DIFFUSE_SCREENSHOTS === '1';
+let server, base, browser, context, page, tmp;
+let offHost = []; // requests for anything but the server
+let consoleErrors = [];
+let allowedErrors = []; // console messages a test expects (a 400 the UI shows, ...)
+const downloads = {}; // seed -> the PNG bytes the browser downloaded
+
+async function openPage() {
+  page = await context.newPage();
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !allowedErrors.some((re) => re.test(m.text()))) consoleErrors.push(m.text());
+  });
+  page.on('pageerror', (e) => consoleErrors.push(`uncaught: ${e.message}`));
+  await page.goto(base);
+  await page.locator('#model option').first().waitFor({ state: 'attached' });
+}
+
+async function shot(name) {
+  if (!screenshots) return;
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: path.join(root, 'docs', `ui-${name}.png`) });
+}
+
+const cards = () => page.locator('#gallery > li');
+
+async function generate(key = true) {
+  const before = await cards().count();
+  if (key) await page.keyboard.press('Control+Enter');
+  else await page.locator('#generate').click();
+  await page.waitForFunction(() => !document.querySelector('#cancel').disabled, null, { timeout: 5000 }).catch(() => {});
+  await page.waitForFunction(() => document.querySelector('#cancel').disabled, null, { timeout: 120000 });
+  return (await cards().count()) - before;
+}
+
+async function download(card) {
+  const [d] = await Promise.all([page.waitForEvent('download'), card.getByRole('link', { name: /Download/ }).click()]);
+  return fs.readFileSync(await d.path());
+}
+
+// The card of the image with this seed.
+const card = (seed) => page.locator(`#gallery > li[data-seed="${seed}"]`).first();
+
+// Range inputs cannot be typed into: set the value as a drag would.
+async function setRange(selector, value) {
+  await page.locator(selector).evaluate((el, v) => {
+    el.value = v;
+    el.dispatchEvent(new Event('input', { bubbles: true }));
+  }, String(value));
+}
+
+async function setClassModel(model, cls) {
+  await page.selectOption('#model', model);
+  await page.selectOption('#class', cls);
+}
+
+before(async () => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'diffuse-ui-'));
+  ({ server, url: base } = await startServer([
+    '--model', path.join(root, 'models/fashion-mnist'),
+    '--model', path.join(root, 'models/emoji-dit'),
+  ]));
+  browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true });
+  context = await browser.newContext({ viewport: { width: 1280, height: 860 }, acceptDownloads: true });
+  // Nothing but the server: any other host fails the test.
+  await context.route('**/*', (route) => {
+    const u = new URL(route.request().url());
+    if (u.origin === base) return route.continue();
+    offHost.push(route.request().url());
+    return route.abort();
+  });
+  await openPage();
+});
+
+afterEach(() => {
+  const [left, errors] = [offHost, consoleErrors];
+  [offHost, consoleErrors, allowedErrors] = [[], [], []];
+  assert.deepEqual(left, [], 'requests that left the server');
+  assert.deepEqual(errors, [], 'console errors');
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill('SIGTERM');
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test('the page comes from the binary with a strict Content-Security-Policy', async () => {
+  const res = await fetch(base + '/');
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type'), /^text\/html/);
+  assert.match(res.headers.get('content-security-policy'), /default-src 'self'; img-src 'self' data: blob:/);
+  const js = await fetch(base + '/ui/app.js');
+  assert.match(js.headers.get('content-type'), /^text\/javascript/);
+  const again = await fetch(base + '/ui/app.js', { headers: { 'If-None-Match': js.headers.get('etag') } });
+  assert.equal(again.status, 304);
+  const missing = await fetch(base + '/ui/../README.md');
+  assert.equal(missing.status, 404);
+  assert.equal((await fetch(base + '/ui/nothing.js')).status, 404);
+  assert.deepEqual((await (await fetch(base + '/ui/nothing.js')).json()).error.field, 'path');
+});
+
+test('model picker shows kinds and classes; a class model generates into the gallery', async () => {
+  await page.selectOption('#model', 'emoji-dit');
+  assert.match(await page.locator('#model-kind').textContent(), /class-conditional · 99 classes/);
+  await page.selectOption('#model', 'fashion-mnist');
+  assert.match(await page.locator('#model-kind').textContent(), /class-conditional · 10 classes/);
+  assert.equal(await page.locator('#prompt').isVisible(), false);
+  assert.equal(await page.locator('#width').isDisabled(), true);
+  assert.equal(await page.inputValue('#steps'), '20'); // the model's recommendation
+  await page.selectOption('#class', 'sneaker');
+  await page.fill('#steps', '8');
+  await page.fill('#n', '2');
+  await page.fill('#seed', '1234');
+  await page.locator('#seed').focus();
+  assert.equal(await generate(), 2); // Ctrl+Enter
+  assert.match(await page.locator('#status').textContent(), /Done: 2 images/);
+  await card(1234).waitFor();
+  assert.match(await card(1234).locator('.caption').textContent(), /sneaker · seed 1234/);
+  assert.match(await card(1235).locator('.caption').textContent(), /seed 1235/);
+  assert.equal(await card(1234).locator('img').evaluate((img) => img.naturalWidth), 28);
+  assert.match(await card(1235).locator('pre').textContent(), /Steps: 8.*Seed: 1235/s);
+  // Reuse last / random seed
+  await page.click('#seed-random');
+  assert.equal(await page.inputValue('#seed'), '-1');
+  await page.click('#seed-reuse');
+  assert.equal(await page.inputValue('#seed'), '1234');
+  // The downloaded file is the server's PNG, parameters chunk included.
+  const png = await download(card(1235));
+  assert.match(pngTexts(png).parameters, /Class: sneaker/);
+  assert.match(pngTexts(png).parameters, /Seed: 1235/);
+  assert.equal(decodePng(png).width, 28);
+  downloads[1235] = png;
+
+  await setClassModel('emoji-dit', 'food-fruit');
+  await page.fill('#n', '4');
+  await page.fill('#seed', '7');
+  assert.equal(await generate(false), 4);
+  await shot('generate');
+});
+
+test('the preview updates during a run, Cancel stops it', async () => {
+  await setClassModel('fashion-mnist', 'bag');
+  await page.fill('#steps', '600');
+  await page.fill('#n', '1');
+  const count = await cards().count();
+  await page.click('#generate');
+  const previews = new Set();
+  const deadline = Date.now() + 60000;
+  while (previews.size < 3 && Date.now() < deadline) {
+    const src = await page.locator('#preview').getAttribute('src');
+    if (src) previews.add(src);
+    await page.waitForTimeout(50);
+  }
+  assert.ok(previews.size >= 3, `${previews.size} distinct previews`);
+  assert.match(await page.locator('#status').textContent(), /^Step \d+\/600 · ETA \d+/);
+  const step = Number(/Step (\d+)/.exec(await page.locator('#status').textContent())[1]);
+  assert.ok(step > 0 && step < 600);
+  await page.click('#cancel');
+  await page.waitForFunction(() => /Cancelled at step/.test(document.querySelector('#status').textContent));
+  const at = Number(/step (\d+)/.exec(await page.locator('#status').textContent())[1]);
+  assert.ok(at < 600, `cancelled at ${at}`);
+  assert.equal(await cards().count(), count);
+  const metrics = await (await fetch(base + '/metrics')).text();
+  assert.match(metrics, /diffuse_jobs\{state="cancelled"\} 1/);
+});
+
+test('the gallery survives a reload', async () => {
+  const seeds = await cards().evaluateAll((li) => li.map((x) => x.dataset.seed));
+  assert.equal(seeds.length, 6);
+  await page.reload();
+  await page.locator('#model option').first().waitFor({ state: 'attached' });
+  await cards().nth(5).waitFor();
+  assert.deepEqual(await cards().evaluateAll((li) => li.map((x) => x.dataset.seed)), seeds);
+  await page.waitForFunction(() => [...document.querySelectorAll('#gallery img')].every((i) => i.naturalWidth > 0));
+  await shot('gallery');
+});
+
+test('"use settings" restores the form of an image', async () => {
+  await setClassModel('emoji-dit', 'animal-mammal');
+  await page.fill('#steps', '30');
+  await page.fill('#seed', '-1');
+  await card(1235).getByRole('button', { name: /Use the settings/ }).click();
+  assert.equal(await page.inputValue('#model'), 'fashion-mnist');
+  assert.equal(await page.inputValue('#class'), 'sneaker');
+  assert.equal(await page.inputValue('#steps'), '8');
+  assert.equal(await page.inputValue('#seed'), '1235');
+  assert.equal(await page.inputValue('#n'), '2');
+});
+
+test('an invalid value shows the server\'s error at its field', async () => {
+  allowedErrors = [/status of 400/];
+  await page.fill('#steps', '5000');
+  await page.click('#generate');
+  const err = page.locator('[data-error-for="steps"]');
+  await err.waitFor();
+  assert.match(await err.textContent(), /5000 is over the limit of 1000/);
+  assert.equal(await page.getAttribute('#steps', 'aria-invalid'), 'true');
+  assert.equal(await page.locator('#general-error').isVisible(), false);
+  await page.fill('#steps', '8');
+});
+
+// The JSON body of the next job the page submits.
+function nextJob() {
+  return page.waitForRequest((r) => r.url().endsWith('/api/v1/jobs') && r.method() === 'POST').then((r) => r.postDataJSON());
+}
+
+const meanDiff = (a, b) => a.pixels.reduce((s, v, i) => s + Math.abs(v - b.pixels[i]), 0) / a.pixels.length;
+
+test('img2img round trip', async () => {
+  await card(1234).getByRole('button', { name: /Edit the image/ }).click();
+  await page.locator('#tab-edit[aria-selected="true"]').waitFor();
+  await page.locator('#edit-stage').waitFor();
+  const source = await download(card(1234));
+  await page.check('input[name="edit-mode"][value="img2img"]');
+  await setRange('#strength', 0.3);
+  await page.fill('#seed', '99');
+  const sent = nextJob();
+  assert.equal(await generate(), 2);
+  const body = await sent;
+  assert.equal(body.strength, 0.3);
+  assert.deepEqual(Buffer.from(body.init_image.split(',')[1], 'base64'), source); // the server's bytes
+  const out = decodePng(await download(card(99)));
+  const src = decodePng(source);
+  assert.equal(out.width, src.width);
+  const other = decodePng(downloads[1235]);
+  const d = meanDiff(out, src);
+  assert.ok(d > 0, 'img2img changed the image');
+  assert.ok(d < meanDiff(other, src), `strength 0.3 stays near its source (${d})`);
+});
+
+test('inpainting changes pixels only inside the painted mask', async () => {
+  await card(1234).getByRole('button', { name: /Edit the image/ }).click();
+  await page.locator('#tab-edit[aria-selected="true"]').waitFor();
+  const source = decodePng(await download(card(1234)));
+  await page.check('input[name="edit-mode"][value="inpaint"]');
+  await setRange('#strength', 1);
+  await setRange('#brush-size', 6);
+  const box = await page.locator('#edit-mask').boundingBox();
+  await page.mouse.move(box.x + box.width * 0.15, box.y + box.height * 0.1);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.35, box.y + box.height * 0.9, { steps: 10 });
+  await page.mouse.up();
+  await page.fill('#seed', '5');
+  await shot('edit');
+  const sent = nextJob();
+  assert.equal(await generate(), 2);
+  const mask = decodePng(Buffer.from((await sent).mask.split(',')[1], 'base64'));
+  const out = decodePng(await download(card(5)));
+  assert.equal(out.width, source.width);
+  const c = source.channels;
+  let inside = 0, changedInside = 0, changedOutside = 0;
+  for (let p = 0; p < source.width * source.height; p++) {
+    const m = mask.pixels[p * mask.channels];
+    const changed = [...Array(c).keys()].some((k) => out.pixels[p * out.channels + k] !== source.pixels[p * c + k]);
+    if (m) {
+      inside++;
+      changedInside += changed;
+    } else changedOutside += changed;
+  }
+  assert.ok(inside > 20 && inside < source.width * source.height / 2, `${inside} masked pixels`);
+  assert.equal(changedOutside, 0, 'pixels changed outside the mask');
+  assert.ok(changedInside > inside / 4, `${changedInside} of ${inside} masked pixels changed`);
+  // Clear and invert act on the mask
+  await page.click('#mask-invert');
+  const inverted = await page.evaluate(() => {
+    const c = document.querySelector('#edit-mask');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let on = 0;
+    for (let i = 3; i < d.length; i += 4) on += d[i] >= 128;
+    return on;
+  });
+  assert.equal(inverted, source.width * source.height - inside);
+  await page.click('#mask-clear');
+  assert.equal(await page.evaluate(() => {
+    const c = document.querySelector('#edit-mask');
+    return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v) => v !== 0);
+  }), false);
+});
+
+// Drops a file on the PNG info tab.
+async function dropPng(bytes, name) {
+  await page.click('#tab-pnginfo');
+  const dt = await page.evaluateHandle(({ data, name }) => {
+    const t = new DataTransfer();
+    t.items.add(new File([new Uint8Array(data)], name, { type: 'image/png' }));
+    return t;
+  }, { data: [...bytes], name });
+  await page.dispatchEvent('#drop', 'drop', { dataTransfer: dt });
+  await page.locator('#pnginfo-apply').waitFor();
+}
+
+test('a PNG dropped on PNG info restores its parameters', async () => {
+  await page.click('#tab-generate');
+  await setClassModel('emoji-dit', 'animal-mammal');
+  await page.fill('#steps', '30');
+  await page.fill('#seed', '-1');
+  await dropPng(downloads[1235], 'diffuse.png');
+  assert.match(await page.locator('#pnginfo-text').textContent(), /Seed: 1235/);
+  await page.click('#pnginfo-apply');
+  assert.equal(await page.getAttribute('#tab-generate', 'aria-selected'), 'true');
+  assert.equal(await page.inputValue('#model'), 'fashion-mnist');
+  assert.equal(await page.inputValue('#class'), 'sneaker');
+  assert.equal(await page.inputValue('#steps'), '8');
+  assert.equal(await page.inputValue('#seed'), '1235');
+
+  // An A1111-style PNG: compressed iTXt, A1111 sampler names.
+  const text = 'sneaker\nSteps: 12, Sampler: DPM++ 2M Karras, CFG scale: 2.5, Seed: 77, Size: 28x28, Model: fashion-mnist';
+  const itxt = Buffer.concat([Buffer.from('parameters\0\x01\x00\0\0', 'latin1'), deflateSync(Buffer.from(text))]);
+  const a1111 = encodePng(2, 2, 3, new Uint8Array(12), [['iTXt', itxt]]);
+  await dropPng(a1111, 'a1111.png');
+  assert.equal(await page.locator('#pnginfo-text').textContent(), text);
+  await page.click('#pnginfo-apply');
+  assert.equal(await page.inputValue('#steps'), '12');
+  assert.equal(await page.inputValue('#sampler'), 'dpm++2m');
+  assert.equal(await page.inputValue('#schedule'), 'karras');
+  assert.equal(await page.inputValue('#guidance'), '2.5');
+  assert.equal(await page.inputValue('#seed'), '77');
+  assert.equal(await page.inputValue('#class'), 'sneaker');
+
+  // A PNG without parameters says so.
+  await page.click('#tab-pnginfo');
+  const plain = encodePng(2, 2, 1, new Uint8Array(4));
+  const dt = await page.evaluateHandle((data) => {
+    const t = new DataTransfer();
+    t.items.add(new File([new Uint8Array(data)], 'plain.png', { type: 'image/png' }));
+    return t;
+  }, [...plain]);
+  await page.dispatchEvent('#drop', 'drop', { dataTransfer: dt });
+  await page.locator('#pnginfo-error').waitFor();
+  assert.match(await page.locator('#pnginfo-error').textContent(), /carries no generation parameters/);
+});
+
+test('narrow screens get one column; the tabs work from the keyboard', async () => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  const form = await page.locator('#form').boundingBox();
+  const out = await page.locator('.output').boundingBox();
+  assert.ok(out.y >= form.y + form.height - 1, 'the output is below the form');
+  assert.ok(form.width <= 390);
+  await page.setViewportSize({ width: 1280, height: 860 });
+  await page.locator('#tab-generate').focus();
+  await page.keyboard.press('ArrowRight');
+  assert.equal(await page.getAttribute('#tab-edit', 'aria-selected'), 'true');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'tab-edit');
+  // Every control has a label.
+  const unlabelled = await page.evaluate(() =>
+    [...document.querySelectorAll('input, select, textarea')]
+      .filter((el) => el.type !== 'hidden' && !el.labels?.length && !el.getAttribute('aria-label'))
+      .map((el) => el.id));
+  assert.deepEqual(unlabelled, []);
+});
