@@ -11,7 +11,7 @@ import path from 'node:path';
 import { deflateSync } from 'node:zlib';
 import { chromium } from 'playwright-core';
 import { decodePng, encodePng, pngTexts } from './png.mjs';
-import { root, startServer } from './serve.mjs';
+import { root, startServer, tinySd } from './serve.mjs';
 
 const screenshots = process.env.DIFFUSE_SCREENSHOTS === '1';
 let server, base, browser, context, page, tmp;
@@ -20,12 +20,18 @@ let consoleErrors = [];
 let allowedErrors = []; // console messages a test expects (a 400 the UI shows, ...)
 const downloads = {}; // seed -> the PNG bytes the browser downloaded
 
-async function openPage() {
-  page = await context.newPage();
-  page.on('console', (m) => {
+// A page whose console errors and uncaught exceptions fail the test.
+async function watchedPage() {
+  const p = await context.newPage();
+  p.on('console', (m) => {
     if (m.type() === 'error' && !allowedErrors.some((re) => re.test(m.text()))) consoleErrors.push(m.text());
   });
-  page.on('pageerror', (e) => consoleErrors.push(`uncaught: ${e.message}`));
+  p.on('pageerror', (e) => consoleErrors.push(`uncaught: ${e.message}`));
+  return p;
+}
+
+async function openPage() {
+  page = await watchedPage();
   await page.goto(base);
   await page.locator('#model option').first().waitFor({ state: 'attached' });
 }
@@ -38,12 +44,16 @@ async function shot(name) {
 
 const cards = () => page.locator('#gallery > li');
 
+// The error messages the page shows.
+const shownErrors = () => page.locator('.error:not([hidden])').allTextContents();
+
+// Runs the form (Ctrl+Enter or the button); resolves with the number of new gallery images.
 async function generate(key = true) {
   const before = await cards().count();
+  const runs = await page.evaluate(() => Number(document.body.dataset.runs || 0));
   if (key) await page.keyboard.press('Control+Enter');
   else await page.locator('#generate').click();
-  await page.waitForFunction(() => !document.querySelector('#cancel').disabled, null, { timeout: 5000 }).catch(() => {});
-  await page.waitForFunction(() => document.querySelector('#cancel').disabled, null, { timeout: 120000 });
+  await page.waitForFunction((n) => Number(document.body.dataset.runs || 0) > n, runs, { timeout: 120000 });
   return (await cards().count()) - before;
 }
 
@@ -54,6 +64,11 @@ async function download(card) {
 
 // The card of the image with this seed.
 const card = (seed) => page.locator(`#gallery > li[data-seed="${seed}"]`).first();
+
+// The JSON body of the next job the page submits.
+function nextJob() {
+  return page.waitForRequest((r) => r.url().endsWith('/api/v1/jobs') && r.method() === 'POST').then((r) => r.postDataJSON());
+}
 
 // Range inputs cannot be typed into: set the value as a drag would.
 async function setRange(selector, value) {
@@ -73,13 +88,13 @@ before(async () => {
   ({ server, url: base } = await startServer([
     '--model', path.join(root, 'models/fashion-mnist'),
     '--model', path.join(root, 'models/emoji-dit'),
+    '--model', tinySd(path.join(tmp, 'sd_tiny')),
   ]));
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true });
   context = await browser.newContext({ viewport: { width: 1280, height: 860 }, acceptDownloads: true });
   // Nothing but the server: any other host fails the test.
   await context.route('**/*', (route) => {
-    const u = new URL(route.request().url());
-    if (u.origin === base) return route.continue();
+    if (new URL(route.request().url()).hostname === '127.0.0.1') return route.continue();
     offHost.push(route.request().url());
     return route.abort();
   });
@@ -153,6 +168,30 @@ test('model picker shows kinds and classes; a class model generates into the gal
   await shot('generate');
 });
 
+test('a text model takes a prompt, a negative prompt and a size', async () => {
+  await page.selectOption('#model', 'sd_tiny');
+  assert.equal(await page.locator('#model-kind').textContent(), 'Stable Diffusion');
+  for (const id of ['#prompt', '#negative_prompt', '#width', '#size-preset']) assert.ok(await page.locator(id).isEnabled(), id);
+  assert.equal(await page.locator('#class').isVisible(), false);
+  const size = Number(await page.inputValue('#width'));
+  await page.selectOption('#size-preset', { label: `landscape 3:2 ${size * 1.5}×${size}` });
+  assert.equal(await page.inputValue('#width'), String(size * 1.5));
+  await page.selectOption('#size-preset', { index: 0 });
+  await page.fill('#prompt', 'a red door');
+  await page.fill('#negative_prompt', 'blurry');
+  await page.fill('#steps', '2');
+  await page.fill('#n', '1');
+  await page.fill('#seed', '42');
+  const sent = nextJob();
+  assert.equal(await generate(), 1);
+  const body = await sent;
+  assert.equal(body.prompt, 'a red door');
+  assert.equal(body.negative_prompt, 'blurry');
+  assert.equal(body.width, size);
+  assert.match(await card(42).locator('.caption').textContent(), /a red door · seed 42/);
+  assert.match(await card(42).locator('pre').textContent(), /Negative prompt: blurry/);
+});
+
 test('the preview updates during a run, Cancel stops it', async () => {
   await setClassModel('fashion-mnist', 'bag');
   await page.fill('#steps', '600');
@@ -181,10 +220,10 @@ test('the preview updates during a run, Cancel stops it', async () => {
 
 test('the gallery survives a reload', async () => {
   const seeds = await cards().evaluateAll((li) => li.map((x) => x.dataset.seed));
-  assert.equal(seeds.length, 6);
+  assert.equal(seeds.length, 7);
   await page.reload();
   await page.locator('#model option').first().waitFor({ state: 'attached' });
-  await cards().nth(5).waitFor();
+  await cards().nth(6).waitFor();
   assert.deepEqual(await cards().evaluateAll((li) => li.map((x) => x.dataset.seed)), seeds);
   await page.waitForFunction(() => [...document.querySelectorAll('#gallery img')].every((i) => i.naturalWidth > 0));
   await shot('gallery');
@@ -214,11 +253,6 @@ test('an invalid value shows the server\'s error at its field', async () => {
   await page.fill('#steps', '8');
 });
 
-// The JSON body of the next job the page submits.
-function nextJob() {
-  return page.waitForRequest((r) => r.url().endsWith('/api/v1/jobs') && r.method() === 'POST').then((r) => r.postDataJSON());
-}
-
 const meanDiff = (a, b) => a.pixels.reduce((s, v, i) => s + Math.abs(v - b.pixels[i]), 0) / a.pixels.length;
 
 test('img2img round trip', async () => {
@@ -230,7 +264,7 @@ test('img2img round trip', async () => {
   await setRange('#strength', 0.3);
   await page.fill('#seed', '99');
   const sent = nextJob();
-  assert.equal(await generate(), 2);
+  assert.equal(await generate(), 2, String(await shownErrors()));
   const body = await sent;
   assert.equal(body.strength, 0.3);
   assert.deepEqual(Buffer.from(body.init_image.split(',')[1], 'base64'), source); // the server's bytes
@@ -258,7 +292,7 @@ test('inpainting changes pixels only inside the painted mask', async () => {
   await page.fill('#seed', '5');
   await shot('edit');
   const sent = nextJob();
-  assert.equal(await generate(), 2);
+  assert.equal(await generate(), 2, String(await shownErrors()));
   const mask = decodePng(Buffer.from((await sent).mask.split(',')[1], 'base64'));
   const out = decodePng(await download(card(5)));
   assert.equal(out.width, source.width);
@@ -290,6 +324,33 @@ test('inpainting changes pixels only inside the painted mask', async () => {
     const c = document.querySelector('#edit-mask');
     return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v) => v !== 0);
   }), false);
+});
+
+test('outpainting extends the canvas; Delete removes images for good', async () => {
+  const source = decodePng(await download(card(42)));
+  await card(42).getByRole('button', { name: /Edit the image/ }).click();
+  await page.locator('#tab-edit[aria-selected="true"]').waitFor();
+  assert.equal(await page.inputValue('#model'), 'sd_tiny');
+  await page.check('input[name="edit-mode"][value="outpaint"]');
+  await page.fill('#out-right', '16');
+  await page.fill('#out-bottom', '8');
+  assert.deepEqual(await page.evaluate(() => [document.querySelector('#edit-image').width, document.querySelector('#edit-image').height]),
+                   [source.width + 16, source.height + 8]);
+  await page.fill('#seed', '43');
+  const sent = nextJob();
+  assert.equal(await generate(), 1);
+  const body = await sent;
+  assert.deepEqual(body.outpaint, [0, 0, 16, 8]);
+  assert.equal(body.width, undefined); // the size is the image's plus the border
+  const out = decodePng(await download(card(43)));
+  assert.deepEqual([out.width, out.height], [source.width + 16, source.height + 8]);
+  const count = await cards().count();
+  for (const seed of [43, 42]) await card(seed).getByRole('button', { name: /Delete/ }).click();
+  await page.waitForFunction((n) => document.querySelectorAll('#gallery > li').length === n, count - 2);
+  await page.reload();
+  await cards().nth(count - 3).waitFor();
+  assert.equal(await cards().count(), count - 2);
+  await page.click('#tab-generate');
 });
 
 // Drops a file on the PNG info tab.
@@ -362,4 +423,25 @@ test('narrow screens get one column; the tabs work from the keyboard', async () 
       .filter((el) => el.type !== 'hidden' && !el.labels?.length && !el.getAttribute('aria-label'))
       .map((el) => el.id));
   assert.deepEqual(unlabelled, []);
+});
+
+test('with --token the page asks for the token once and keeps it', async () => {
+  const guarded = await startServer(['--model', path.join(root, 'models/fashion-mnist'), '--token', 's3cret']);
+  try {
+    allowedErrors = [/status of 401/];
+    const p = await watchedPage();
+    await p.goto(guarded.url);
+    await p.locator('#token-dialog[open]').waitFor();
+    await p.fill('#token-input', 's3cret');
+    await p.getByRole('button', { name: 'Save' }).click();
+    await p.locator('#model option[value="fashion-mnist"]').waitFor({ state: 'attached' });
+    assert.equal(await p.evaluate(() => localStorage.getItem('diffuse.token')), 's3cret');
+    await p.reload();
+    await p.locator('#model option[value="fashion-mnist"]').waitFor({ state: 'attached' });
+    assert.equal(await p.locator('#token-dialog[open]').count(), 0);
+    await p.evaluate(() => localStorage.removeItem('diffuse.token'));
+    await p.close();
+  } finally {
+    guarded.server.kill('SIGTERM');
+  }
 });

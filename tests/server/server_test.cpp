@@ -235,6 +235,66 @@ TEST(Server, TokenGuardsEveryRouteButHealth) {
   EXPECT_EQ(c.Get("/sdapi/v1/sd-models", {{"Authorization", "Bearer s3cret"}})->status, 200);
 }
 
+TEST(Server, WebUiComesFromTheBinaryWithAStrictPolicy) {
+  auto c = shared().client();
+  auto page = c.Get("/");
+  ASSERT_EQ(page->status, 200);
+  EXPECT_EQ(page->get_header_value("Content-Type"), "text/html; charset=utf-8");
+  EXPECT_NE(page->get_header_value("Content-Security-Policy").find("default-src 'self'; img-src 'self' data: blob:"),
+            std::string::npos);
+  EXPECT_EQ(page->get_header_value("X-Content-Type-Options"), "nosniff");
+  EXPECT_NE(page->body.find("src=\"/ui/app.js\""), std::string::npos);
+  for (const auto& [path, type] :
+       std::vector<std::pair<std::string, std::string>>{{"/ui/app.js", "text/javascript; charset=utf-8"},
+                                                        {"/ui/style.css", "text/css; charset=utf-8"},
+                                                        {"/ui/icon.svg", "image/svg+xml"}}) {
+    auto r = c.Get(path);
+    ASSERT_EQ(r->status, 200) << path;
+    EXPECT_EQ(r->get_header_value("Content-Type"), type) << path;
+    EXPECT_EQ(r->get_header_value("Cache-Control"), "no-cache") << path;
+    auto again = c.Get(path, {{"If-None-Match", r->get_header_value("ETag")}});
+    EXPECT_EQ(again->status, 304) << path;
+    EXPECT_TRUE(again->body.empty());
+  }
+  for (const std::string path : {"/ui/nothing.js", "/ui/", "/ui/../README.md", "/ui/%2e%2e/server.cpp"}) {
+    auto r = c.Get(path);
+    EXPECT_EQ(r->status, 404) << path;
+    EXPECT_EQ(field_of(r), "path") << path;
+  }
+  EXPECT_EQ(c.Post("/", "{}", "application/json")->status, 404);
+}
+
+TEST(Server, WebUiIsServedWithoutTheTokenItsApiCallsNeed) {
+  Served s("s3cret");
+  auto c = s.client();
+  EXPECT_EQ(c.Get("/")->status, 200);
+  EXPECT_EQ(c.Get("/ui/app.js")->status, 200);
+  EXPECT_EQ(c.Get("/ui/nothing.js")->status, 404);
+  EXPECT_EQ(c.Post("/ui/app.js", "{}", "application/json")->status, 401);
+  EXPECT_EQ(c.Post("/api/v1/infotext", R"({"infotext": "x"})", "application/json")->status, 401);
+}
+
+TEST(Server, InfotextRouteReadsParametersText) {
+  auto c = shared().client();
+  auto r = c.Post("/api/v1/infotext",
+                  json{{"infotext", "sneaker\nSteps: 12, Sampler: DPM++ 2M Karras, CFG scale: 2.5, Seed: 77"}}.dump(),
+                  "application/json");
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json req = body(r)["request"];
+  EXPECT_EQ(req["prompt"], "sneaker");
+  EXPECT_EQ(req["steps"], 12);
+  EXPECT_EQ(req["sampler"], "dpm++2m");
+  EXPECT_EQ(req["schedule"], "karras");
+  EXPECT_EQ(req["guidance"], 2.5);
+  EXPECT_EQ(req["seed"], 77);
+  EXPECT_FALSE(req.contains("init_image"));
+  for (const std::string bad : {"", "[]", "{}", R"({"infotext": 3})", "{\"infotext\": "}) {
+    auto e = c.Post("/api/v1/infotext", bad, "application/json");
+    EXPECT_EQ(e->status, 400) << bad;
+    EXPECT_TRUE(field_of(e) == "infotext" || field_of(e) == "body") << bad;
+  }
+}
+
 TEST(Server, A1111Routes) {
   auto c = shared().client();
   auto r = c.Post("/sdapi/v1/txt2img",

@@ -128,13 +128,30 @@ function progress(ev) {
   }
 }
 
+// Runs the form's request; counts finished runs in <body data-runs>.
 async function run() {
   if (job !== null || !form.model) return;
+  job = '';
+  try {
+    await runJob();
+  } finally {
+    job = null;
+    busy(false);
+    document.body.dataset.runs = String(Number(document.body.dataset.runs || 0) + 1);
+  }
+}
+
+async function runJob() {
   form.clearErrors();
   let request;
   try {
     request = form.request();
-    if (activeTab() === 'edit') Object.assign(request, await editor.fields());
+    if (activeTab() === 'edit') {
+      // The size is the image's (plus the outpainted border).
+      delete request.width;
+      delete request.height;
+      Object.assign(request, await editor.fields());
+    }
   } catch (e) {
     if (e && e.field) return form.showErrors([e]);
     throw e;
@@ -164,14 +181,11 @@ async function run() {
     status('Failed');
     if (e instanceof api.ApiError) form.showErrors(e.errors);
     else form.showErrors([{ field: '', message: String(e.message || e) }]);
-  } finally {
-    job = null;
-    busy(false);
   }
 }
 
 async function cancel() {
-  if (job === null) return;
+  if (!job) return;
   status('Cancelling…');
   try {
     await api.cancelJob(job);
