@@ -36,9 +36,10 @@ async function openPage() {
   await page.locator('#model option').first().waitFor({ state: 'attached' });
 }
 
-async function shot(name) {
+async function shot(name, top = null) {
   if (!screenshots) return;
   await page.evaluate(() => window.scrollTo(0, 0));
+  if (top) await page.locator(top).evaluate((el) => window.scrollTo(0, el.getBoundingClientRect().top - 8));
   await page.screenshot({ path: path.join(root, 'docs', `ui-${name}.png`) });
 }
 
@@ -165,7 +166,44 @@ test('model picker shows kinds and classes; a class model generates into the gal
   await page.fill('#n', '4');
   await page.fill('#seed', '7');
   assert.equal(await generate(false), 4);
+});
+
+test('the preview updates during a run, Cancel stops it', async () => {
+  await setClassModel('fashion-mnist', 'bag');
+  await page.fill('#steps', '600');
+  await page.fill('#n', '1');
+  const count = await cards().count();
+  await page.click('#generate');
+  const previews = new Set();
+  const deadline = Date.now() + 60000;
+  while (previews.size < 3 && Date.now() < deadline) {
+    const src = await page.locator('#preview').getAttribute('src');
+    if (src) previews.add(src);
+    await page.waitForTimeout(50);
+  }
+  assert.ok(previews.size >= 3, `${previews.size} distinct previews`);
+  assert.match(await page.locator('#status').textContent(), /^Step \d+\/600 · ETA \d+/);
+  const step = Number(/Step (\d+)/.exec(await page.locator('#status').textContent())[1]);
+  assert.ok(step > 0 && step < 600);
   await shot('generate');
+  await page.click('#cancel');
+  await page.waitForFunction(() => /Cancelled at step/.test(document.querySelector('#status').textContent));
+  const at = Number(/step (\d+)/.exec(await page.locator('#status').textContent())[1]);
+  assert.ok(at < 600, `cancelled at ${at}`);
+  assert.equal(await cards().count(), count);
+  const metrics = await (await fetch(base + '/metrics')).text();
+  assert.match(metrics, /diffuse_jobs\{state="cancelled"\} 1/);
+});
+
+test('the gallery survives a reload', async () => {
+  const seeds = await cards().evaluateAll((li) => li.map((x) => x.dataset.seed));
+  assert.equal(seeds.length, 6);
+  await page.reload();
+  await page.locator('#model option').first().waitFor({ state: 'attached' });
+  await cards().nth(5).waitFor();
+  assert.deepEqual(await cards().evaluateAll((li) => li.map((x) => x.dataset.seed)), seeds);
+  await page.waitForFunction(() => [...document.querySelectorAll('#gallery img')].every((i) => i.naturalWidth > 0));
+  await shot('gallery');
 });
 
 test('a text model takes a prompt, a negative prompt and a size', async () => {
@@ -192,43 +230,6 @@ test('a text model takes a prompt, a negative prompt and a size', async () => {
   assert.match(await card(42).locator('pre').textContent(), /Negative prompt: blurry/);
 });
 
-test('the preview updates during a run, Cancel stops it', async () => {
-  await setClassModel('fashion-mnist', 'bag');
-  await page.fill('#steps', '600');
-  await page.fill('#n', '1');
-  const count = await cards().count();
-  await page.click('#generate');
-  const previews = new Set();
-  const deadline = Date.now() + 60000;
-  while (previews.size < 3 && Date.now() < deadline) {
-    const src = await page.locator('#preview').getAttribute('src');
-    if (src) previews.add(src);
-    await page.waitForTimeout(50);
-  }
-  assert.ok(previews.size >= 3, `${previews.size} distinct previews`);
-  assert.match(await page.locator('#status').textContent(), /^Step \d+\/600 · ETA \d+/);
-  const step = Number(/Step (\d+)/.exec(await page.locator('#status').textContent())[1]);
-  assert.ok(step > 0 && step < 600);
-  await page.click('#cancel');
-  await page.waitForFunction(() => /Cancelled at step/.test(document.querySelector('#status').textContent));
-  const at = Number(/step (\d+)/.exec(await page.locator('#status').textContent())[1]);
-  assert.ok(at < 600, `cancelled at ${at}`);
-  assert.equal(await cards().count(), count);
-  const metrics = await (await fetch(base + '/metrics')).text();
-  assert.match(metrics, /diffuse_jobs\{state="cancelled"\} 1/);
-});
-
-test('the gallery survives a reload', async () => {
-  const seeds = await cards().evaluateAll((li) => li.map((x) => x.dataset.seed));
-  assert.equal(seeds.length, 7);
-  await page.reload();
-  await page.locator('#model option').first().waitFor({ state: 'attached' });
-  await cards().nth(6).waitFor();
-  assert.deepEqual(await cards().evaluateAll((li) => li.map((x) => x.dataset.seed)), seeds);
-  await page.waitForFunction(() => [...document.querySelectorAll('#gallery img')].every((i) => i.naturalWidth > 0));
-  await shot('gallery');
-});
-
 test('"use settings" restores the form of an image', async () => {
   await setClassModel('emoji-dit', 'animal-mammal');
   await page.fill('#steps', '30');
@@ -239,6 +240,11 @@ test('"use settings" restores the form of an image', async () => {
   assert.equal(await page.inputValue('#steps'), '8');
   assert.equal(await page.inputValue('#seed'), '1235');
   assert.equal(await page.inputValue('#n'), '2');
+  // "Copy parameters" puts the image's parameters text on the clipboard.
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
+  await card(1235).getByRole('button', { name: /Copy the parameters/ }).click();
+  await page.waitForFunction(() => document.querySelector('#status').textContent === 'Parameters copied');
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), await card(1235).locator('pre').textContent());
 });
 
 test('an invalid value shows the server\'s error at its field', async () => {
@@ -290,7 +296,7 @@ test('inpainting changes pixels only inside the painted mask', async () => {
   await page.mouse.move(box.x + box.width * 0.35, box.y + box.height * 0.9, { steps: 10 });
   await page.mouse.up();
   await page.fill('#seed', '5');
-  await shot('edit');
+  await shot('edit', '.edit-mode');
   const sent = nextJob();
   assert.equal(await generate(), 2, String(await shownErrors()));
   const mask = decodePng(Buffer.from((await sent).mask.split(',')[1], 'base64'));
@@ -344,6 +350,9 @@ test('outpainting extends the canvas; Delete removes images for good', async () 
   assert.equal(body.width, undefined); // the size is the image's plus the border
   const out = decodePng(await download(card(43)));
   assert.deepEqual([out.width, out.height], [source.width + 16, source.height + 8]);
+  // An uploaded image takes the gallery image's place.
+  await page.setInputFiles('#edit-upload', { name: 'out.png', mimeType: 'image/png', buffer: await download(card(43)) });
+  await page.waitForFunction((w) => document.querySelector('#edit-hint').textContent.startsWith(`Image: ${w}×`), out.width);
   const count = await cards().count();
   for (const seed of [43, 42]) await card(seed).getByRole('button', { name: /Delete/ }).click();
   await page.waitForFunction((n) => document.querySelectorAll('#gallery > li').length === n, count - 2);
@@ -417,6 +426,13 @@ test('narrow screens get one column; the tabs work from the keyboard', async () 
   await page.keyboard.press('ArrowRight');
   assert.equal(await page.getAttribute('#tab-edit', 'aria-selected'), 'true');
   assert.equal(await page.evaluate(() => document.activeElement.id), 'tab-edit');
+  // The system's dark / light preference.
+  const background = () => page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  await page.emulateMedia({ colorScheme: 'light' });
+  const light = await background();
+  await page.emulateMedia({ colorScheme: 'dark' });
+  assert.notEqual(await background(), light);
+  await page.emulateMedia({ colorScheme: 'light' });
   // Every control has a label.
   const unlabelled = await page.evaluate(() =>
     [...document.querySelectorAll('input, select, textarea')]

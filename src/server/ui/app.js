@@ -62,6 +62,7 @@ async function refreshGallery() {
       status(`Settings of seed ${item.seed} restored`);
     },
     edit: async (item) => {
+      form.clearErrors();
       form.apply({ ...item.settings, seed: undefined });
       await editor.load(item.blob);
       selectTab('edit');

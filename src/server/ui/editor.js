@@ -23,7 +23,13 @@ export class Editor {
     $('mask-invert').addEventListener('click', () => this.invertMask());
     $('edit-upload').addEventListener('change', (e) => {
       const f = e.target.files[0];
-      if (f) this.load(f);
+      const error = document.querySelector('[data-error-for="init_image"]');
+      error.hidden = true;
+      if (f)
+        this.load(f).catch(() => {
+          error.textContent = `${f.name}: the browser cannot read this image`;
+          error.hidden = false;
+        });
     });
     this.mask.addEventListener('pointerdown', (e) => this.down(e));
     this.mask.addEventListener('pointermove', (e) => this.move(e));
