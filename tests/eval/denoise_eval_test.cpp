@@ -40,7 +40,7 @@ TEST(Denoise, BeatsTheNoisyInputAndTheBestBlurAtSigma02) {
       "PSNR (dB) at sigma 0.2, 8 images: noisy %.2f, blur %.2f (%.1f px), median %.2f (%gx%g), mmse %.2f, "
       "sample %.2f\n",
       noisy_psnr, blur.psnr, blur.setting, median.psnr, median.setting, median.setting, mmse, sample);
-  // Measured: noisy 22.2, best blur 23.1, mmse 30.0, sample 29.1 (4 images, 20 steps).
+  // Measured on these 8 images: noisy 21.89, best blur 22.83 (0.5 px), mmse 28.71, sample 27.74 dB.
   EXPECT_GT(mmse - noisy_psnr, 6.0);
   EXPECT_GT(mmse - blur.psnr, 5.0);
   EXPECT_GT(sample - blur.psnr, 3.5);
