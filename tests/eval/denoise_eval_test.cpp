@@ -76,7 +76,7 @@ TEST(Denoise, SigmasFromStartAtSigmaWithTheStepsAsked) {
 }
 
 TEST(Denoise, ClassicalBaselines) {
-  auto x = torch::rand({2, 1, 9, 9}) * 2 - 1;
+  auto x = torch::rand({2, 1, 9, 9}, at::detail::createCPUGenerator(3)) * 2 - 1;
   EXPECT_TRUE(torch::equal(gaussian_blur(x, 0), x));
   auto c = torch::full({1, 1, 9, 9}, 0.25);
   EXPECT_TRUE(torch::allclose(gaussian_blur(c, 1.5), c, 1e-6, 1e-6));  // the kernel sums to 1

@@ -45,7 +45,7 @@ TEST(SoftLabels, UNetWeightsOverClassEmbeddings) {
   torch::manual_seed(3);
   UNet2DModel m(test::tiny_unet_config(8, 1, 3));
   m->eval();
-  auto x = torch::randn({3, 1, 8, 8});
+  auto x = torch::randn({3, 1, 8, 8}, at::detail::createCPUGenerator(1));
   auto t = torch::tensor({10.0f, 500.0f, 900.0f});
   check_soft_labels({m->class_embedding_table}, [&](const torch::Tensor& l) { return m->forward(x, t, l); });
   EXPECT_NE(error_of([&] { m->forward(x, t, torch::ones({3, 3})); }).find("must be [B, 4]"), std::string::npos);
@@ -54,11 +54,10 @@ TEST(SoftLabels, UNetWeightsOverClassEmbeddings) {
 TEST(SoftLabels, DiTWeightsOverLabelEmbeddings) {
   auto dit = load_dit(fixture("dit_tiny"));
   dit->eval();
-  torch::manual_seed(4);
   std::vector<torch::nn::Embedding> tables;  // each block's adaLN-Zero has its own
   for (auto& blk : dit->blocks) tables.push_back(blk->norm1->emb->embedding_table);
   const int64_t k = tables[0]->weight.size(0);
-  auto x = torch::randn({3, 4, 8, 8});
+  auto x = torch::randn({3, 4, 8, 8}, at::detail::createCPUGenerator(2));
   auto t = torch::tensor({10.0f, 500.0f, 900.0f});
   check_soft_labels(tables, [&](const torch::Tensor& l) { return dit->forward(x, t, l); });
   EXPECT_NE(error_of([&] {
