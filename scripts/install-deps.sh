@@ -9,6 +9,7 @@ PKGS=(
   libopenblas0-openmp       # makes libblas.so.3 OpenBLAS (the reference BLAS is ~30x slower)
   nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
   libpng-dev libjpeg-dev zlib1g-dev
+  libgif-dev libwebp-dev    # animated GIF and WebP (diffuse animate)
   libgtest-dev libbenchmark-dev
   dataset-fashion-mnist     # training data for the shipped model and the tests
   fonts-noto-color-emoji unicode-data  # --data emoji: colour emoji bitmaps and their subgroups

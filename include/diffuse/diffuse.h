@@ -6,6 +6,8 @@
 //   req.class_label = "sneaker";
 //   auto result = model.generate(req);
 //   std::string png = diffuse::encode_image(result.images[0], "png", result.infotexts[0]);
+#include "diffuse/animate.h"
+#include "diffuse/denoise.h"
 #include "diffuse/error.h"
 #include "diffuse/model.h"
 #include "diffuse/request.h"

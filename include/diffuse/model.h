@@ -108,6 +108,7 @@ class Model {
 
  private:
   std::shared_ptr<Impl> impl_;
+  friend Impl& model_impl(const Model& model);  // src/api
 };
 
 struct SamplerInfo {

@@ -222,23 +222,22 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
   return res;
 }
 
-GenerationResult generate_pixel(Model::Impl& m, const GenerationRequest& r, const GenerateHooks& hooks) {
-  const PixelPipeline& pipe = *m.pixel;
+GenerateOptions pixel_options(Model::Impl& m, const GenerationRequest& r) {
   GenerateOptions g;
-  g.n = *r.n;
-  g.guidance = *r.guidance;
+  g.n = r.n.value_or(1);
+  g.guidance = r.guidance.value_or(1.0);
   g.cfg_rescale = r.guidance_rescale;
   g.guidance_sigma_lo = r.guidance_interval[0];
   g.guidance_sigma_hi = r.guidance_interval[1];
   g.sampler = r.sampler;
   g.schedule = r.schedule;
   g.sigmas = sigmas_csv(r.sigmas);
-  g.steps = *r.steps;
+  g.steps = r.steps.value_or(20);
   g.seed = static_cast<uint64_t>(r.seed);
   g.rng = r.rng;
   g.eta = r.eta ? *r.eta : NAN;
   g.s_noise = r.s_noise;
-  g.batch_size = *r.batch_size;
+  g.batch_size = r.batch_size.value_or(64);
   if (!r.guide_model.empty()) {
     // the model's recommended guide is trusted; others are names (server) or paths (command line)
     const std::string path = r.guide_model == m.info.defaults.guide_model ? r.guide_model
@@ -249,6 +248,12 @@ GenerationResult generate_pixel(Model::Impl& m, const GenerationRequest& r, cons
     g.guide = m.guide(path);
     g.guide_unconditional = r.guide_unconditional.value_or(false);
   }
+  return g;
+}
+
+GenerationResult generate_pixel(Model::Impl& m, const GenerationRequest& r, const GenerateHooks& hooks) {
+  const PixelPipeline& pipe = *m.pixel;
+  GenerateOptions g = pixel_options(m, r);
   std::vector<std::string> names;
   if (pipe.class_conditional()) {
     const std::string& label = r.class_label.empty() ? r.prompt : r.class_label;

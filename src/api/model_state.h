@@ -35,8 +35,32 @@ struct Model::Impl {
   std::shared_ptr<const PixelPipeline> guide(const std::string& path);
 };
 
+// The state behind a Model, for the API's other operations (denoise, animate).
+inline Model::Impl& model_impl(const Model& model) { return *model.impl_; }
+
+// A pipeline error as a RequestError naming the option its message starts with ("sigma 9: ..."
+// -> field sigma), else field "model" (denoise.cpp).
+RequestError as_request_error(const Error& e);
+// Runs f(), turning pipeline errors into RequestErrors (as_request_error); RequestError and
+// Cancelled pass through.
+template <typename F>
+void with_request_errors(F&& f) {
+  try {
+    f();
+  } catch (const RequestError&) {
+    throw;
+  } catch (const Cancelled&) {
+    throw;
+  } catch (const Error& e) {
+    throw as_request_error(e);
+  }
+}
+
 // Runs a resolved, validated request on each kind of model (model_generate.cpp).
 GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const GenerateHooks& hooks);
 GenerationResult generate_pixel(Model::Impl& m, const GenerationRequest& r, const GenerateHooks& hooks);
+// The pixel pipeline's options for a resolved request: sampler settings, guidance and its guide model
+// (model_generate.cpp).
+GenerateOptions pixel_options(Model::Impl& m, const GenerationRequest& r);
 
 }  // namespace diffuse

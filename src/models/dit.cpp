@@ -186,6 +186,8 @@ torch::Tensor CombinedTimestepLabelEmbeddingsImpl::forward(const torch::Tensor& 
                                                            const torch::Tensor& class_labels, torch::Dtype dtype) {
   auto t = timestep_embedder->forward(time_proj->forward(timestep).to(dtype));
   const int64_t n = embedding_table->weight.size(0);
+  if (class_labels.is_floating_point())  // weights over the rows (soft classes)
+    return t + label_embedding(embedding_table, class_labels, "DiT").to(dtype);
   auto labels = class_labels.to(embedding_table->weight.device(), torch::kLong);
   if (labels.numel() > 0 && (labels.min().item<int64_t>() < 0 || labels.max().item<int64_t>() >= n))
     throw Error("DiT: class_labels must be in [0, " + std::to_string(n - 1) + "] (" + std::to_string(n - 1) +
@@ -285,8 +287,14 @@ torch::Tensor DiTTransformer2DModelImpl::forward(const torch::Tensor& sample, co
   if (t.size(0) != batch)
     throw Error("DiTTransformer2DModel: got " + std::to_string(t.size(0)) + " timesteps for a batch of " +
                 std::to_string(batch));
-  auto labels = class_labels.reshape({-1}).to(device());
-  if (labels.size(0) == 1 && batch != 1) labels = labels.expand({batch}).contiguous();
+  // int64 ids [B], or float weights [B, num_embeds_ada_norm + 1] over the label embeddings
+  auto labels = class_labels.is_floating_point() && class_labels.dim() == 2 ? class_labels.to(device())
+                                                                            : class_labels.reshape({-1}).to(device());
+  if (labels.size(0) == 1 && batch != 1) {
+    auto shape = labels.sizes().vec();
+    shape[0] = batch;
+    labels = labels.expand(shape).contiguous();
+  }
   if (labels.size(0) != batch)
     throw Error("DiTTransformer2DModel: got " + std::to_string(labels.size(0)) + " class labels for a batch of " +
                 std::to_string(batch));

@@ -125,7 +125,8 @@ class DiTTransformer2DModelImpl : public torch::nn::Module {
   explicit DiTTransformer2DModelImpl(const DiTConfig& config);
 
   // sample [B, in_channels, H, W] (H, W divisible by patch_size); timestep scalar / [1] / [B];
-  // class_labels [B] int64 in [0, num_embeds_ada_norm] (num_embeds_ada_norm = unconditional).
+  // class_labels [B] int64 in [0, num_embeds_ada_norm] (num_embeds_ada_norm = unconditional), or
+  // float [B, num_embeds_ada_norm + 1]: weights over the label embeddings (soft classes).
   // Returns [B, out_channels, H, W] (learned sigma: first in_channels channels are the noise).
   torch::Tensor forward(const torch::Tensor& sample, const torch::Tensor& timestep, const torch::Tensor& class_labels);
 

@@ -267,7 +267,7 @@ torch::Tensor UNet2DModelImpl::embed(const torch::Tensor& timestep, int64_t batc
     auto labels = class_labels.to(device());
     torch::Tensor class_emb;
     if (class_embedding_table) {
-      class_emb = class_embedding_table->forward(labels.to(torch::kLong));
+      class_emb = nn::label_embedding(class_embedding_table, labels, "UNet2DModel");
     } else if (class_embedding_timestep) {
       torch::Tensor feats;
       if (time_proj_fourier)

@@ -65,7 +65,9 @@ class UNet2DModelImpl : public torch::nn::Module {
 
   // sample [B, in_channels, H, W]; timestep: a scalar or [1] or [B] tensor (float or integer);
   // class_labels [B] (int64 ids, or features for class_embed_type "identity"/"timestep"),
-  // required iff the model has a class embedding. Returns [B, out_channels, H, W] in the
+  // required iff the model has a class embedding. With a class embedding table (num_class_embeds),
+  // float class_labels [B, num_class_embeds] are weights over its rows (weights @ table): one-hot
+  // rows give the integer labels' embeddings, mixes interpolate between classes. Returns [B, out_channels, H, W] in the
   // model's dtype. H and W must be divisible by 2^(number of blocks - 1).
   torch::Tensor forward(torch::Tensor sample, torch::Tensor timestep, torch::Tensor class_labels = {});
 

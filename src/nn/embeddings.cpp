@@ -53,4 +53,15 @@ torch::Tensor GaussianFourierProjectionImpl::forward(const torch::Tensor& x) {
                           : torch::cat({torch::sin(proj), torch::cos(proj)}, -1);
 }
 
+torch::Tensor label_embedding(const torch::nn::Embedding& table, const torch::Tensor& labels, const std::string& who) {
+  const auto& w = table->weight;
+  if (!labels.is_floating_point()) return torch::embedding(w, labels.to(w.device(), torch::kLong));
+  if (labels.dim() != 2 || labels.size(1) != w.size(0))
+    throw Error(who + ": float class_labels are weights over the " + std::to_string(w.size(0)) +
+                " class embeddings and must be [B, " + std::to_string(w.size(0)) + "], got " +
+                c10::str(labels.sizes()));
+  // One-hot rows select exactly: 1 * row + 0 * others.
+  return torch::matmul(labels.to(w.device(), w.scalar_type()), w);
+}
+
 }  // namespace diffuse::nn

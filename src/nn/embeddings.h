@@ -63,4 +63,10 @@ class GaussianFourierProjectionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(GaussianFourierProjection);
 
+// Rows of a class embedding table for `labels`: int64 ids [B] look rows up; float weights
+// [B, rows] mix them (weights @ table), so one-hot weights give the ids' rows exactly and a 50/50
+// mix gives the mean of two rows (soft / interpolated classes). Throws diffuse::Error naming
+// `who` for float labels of another shape.
+torch::Tensor label_embedding(const torch::nn::Embedding& table, const torch::Tensor& labels, const std::string& who);
+
 }  // namespace diffuse::nn
