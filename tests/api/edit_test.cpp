@@ -15,10 +15,10 @@
 namespace diffuse {
 namespace {
 
-std::string fashion_dir() { return test::source_path("models/fashion-mnist"); }
+std::string edit_fashion_dir() { return test::source_path("models/fashion-mnist"); }
 
-const Model& fashion_model() {
-  static const Model m = Model::load(fashion_dir());
+const Model& edit_fashion() {
+  static const Model m = Model::load(edit_fashion_dir());
   return m;
 }
 
@@ -34,7 +34,7 @@ GenerationRequest base() {
 
 // A generated sneaker, as PNG bytes and as the tensor the PNG holds.
 std::pair<std::string, torch::Tensor> sneaker() {
-  static auto img = fashion_model().generate(base()).images[0];
+  static auto img = edit_fashion().generate(base()).images[0];
   const std::string png = encode_image(img, "png");
   return {png, decode_image(png, 1, "test")};
 }
@@ -51,12 +51,12 @@ TEST(Edit, Img2ImgStrengthZeroAndOne) {
   GenerationRequest r = base();
   r.init_image = png;
   r.strength = 0;
-  auto same = fashion_model().generate(r);
+  auto same = edit_fashion().generate(r);
   EXPECT_TRUE(torch::equal(same.images[0], img));
   EXPECT_NE(same.infotexts[0].find("Denoising strength: 0"), std::string::npos) << same.infotexts[0];
   r.strength = 1;
   GenerationRequest plain = base();
-  EXPECT_TRUE(torch::equal(fashion_model().generate(r).images, fashion_model().generate(plain).images));
+  EXPECT_TRUE(torch::equal(edit_fashion().generate(r).images, edit_fashion().generate(plain).images));
 }
 
 TEST(Edit, InpaintingKeepsTheUnmaskedHalfAndSaysHow) {
@@ -67,7 +67,7 @@ TEST(Edit, InpaintingKeepsTheUnmaskedHalfAndSaysHow) {
   r.jump_length = 2;
   r.jump_n_sample = 2;
   r.seed = 9;
-  auto res = fashion_model().generate(r);
+  auto res = edit_fashion().generate(r);
   auto out = res.images[0];
   EXPECT_TRUE(torch::equal(out.slice(2, 0, 14), img.slice(2, 0, 14)));
   EXPECT_GT((out.slice(2, 14) - img.slice(2, 14)).abs().mean().item<double>(), 0.01);
@@ -79,7 +79,7 @@ TEST(Edit, InpaintingKeepsTheUnmaskedHalfAndSaysHow) {
   again.init_image = r.init_image;
   again.mask = r.mask;
   again.n = 1;  // counts are not part of an image's parameters
-  EXPECT_TRUE(torch::equal(fashion_model().generate(again).images[0], out));
+  EXPECT_TRUE(torch::equal(edit_fashion().generate(again).images[0], out));
 }
 
 TEST(Edit, OutpaintingExtendsTheCanvas) {
@@ -88,12 +88,12 @@ TEST(Edit, OutpaintingExtendsTheCanvas) {
   r.init_image = png;
   r.outpaint = {8, 0, 4, 4};
   r.inpaint_method = "blend";
-  auto out = fashion_model().generate(r).images[0];
+  auto out = edit_fashion().generate(r).images[0];
   ASSERT_EQ(out.sizes(), torch::IntArrayRef({1, 32, 40}));
   EXPECT_TRUE(torch::equal(out.slice(1, 0, 28).slice(2, 8, 36), img));
   r.outpaint = {1, 0, 0, 0};  // 29 wide: not a multiple of 4
   try {
-    fashion_model().generate(r);
+    edit_fashion().generate(r);
     FAIL() << "accepted";
   } catch (const RequestError& e) {
     EXPECT_TRUE(test::names(e.errors, "outpaint")) << e.what();
@@ -108,9 +108,9 @@ TEST(Edit, ClassTransferByInversion) {
   r.strength = 1;
   r.sampler = "euler";
   r.steps = 12;
-  auto same = fashion_model().generate(r).images[0];
+  auto same = edit_fashion().generate(r).images[0];
   r.class_label = "sandal";
-  auto sandal = fashion_model().generate(r);
+  auto sandal = edit_fashion().generate(r);
   EXPECT_LT((same - img).abs().mean().item<double>(), (sandal.images[0] - img).abs().mean().item<double>());
   EXPECT_NE(sandal.infotexts[0].find("Invert from: sneaker"), std::string::npos);
 }
@@ -119,7 +119,7 @@ TEST(Edit, BadInputNamesTheField) {
   auto [png, img] = sneaker();
   auto field_of = [](const GenerationRequest& r) {
     try {
-      fashion_model().generate(r);
+      edit_fashion().generate(r);
     } catch (const RequestError& e) {
       return e.errors.at(0).field;
     }
@@ -164,7 +164,7 @@ TEST(Edit, CliErrorsWriteNothing) {
     std::ofstream(t / "small_mask.png", std::ios::binary) << mask_png(20, 20, 10);
   }
   const std::string out = t / "out.png";
-  auto run = [&](const std::string& args) { return test::run_cli("generate --model " + fashion_dir() + " " + args); };
+  auto run = [&](const std::string& args) { return test::run_cli("generate --model " + edit_fashion_dir() + " " + args); };
   auto r = run("--image " + (t / "in.png") + " --mask " + (t / "small_mask.png") + " --out " + out);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("--mask"), std::string::npos) << r.output;
