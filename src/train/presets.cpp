@@ -10,7 +10,7 @@ namespace diffuse {
 const std::vector<std::pair<std::string, std::string>>& unet_presets() {
   static const std::vector<std::pair<std::string, std::string>> p = {
       {"tiny", "2 levels (16, 32), 1 layer per block: tests and smoke runs (~0.1M parameters)"},
-      {"sr", "2 levels (32, 64), 1 layer per block, no attention outside the middle: super-resolution (~0.5M)"},
+      {"sr", "2 levels (32, 64), 1 layer per block, attention only in the middle block: super-resolution (~0.65M)"},
       {"xs", "small at half width (16, 32, 64): a guide model for autoguidance (~1M)"},
       {"small", "3 levels (32, 64, 128), 2 layers per block, attention at the two lower levels (~4M)"},
       {"medium", "3 levels (64, 128, 256), 2 layers per block, attention at the two lower levels (~12M)"},
