@@ -26,8 +26,8 @@ using test::TempDir;
 const std::string kShipped = "models/fashion-mnist-sr";
 // Measured on test images 1000..1023 (models/fashion-mnist-sr/README.md): the bounds sit a little
 // below the measurement.
-constexpr double kPsnrMargin = 0.0;
-constexpr int64_t kBetterImages = 12;
+constexpr double kPsnrMargin = 1.2;    // measured 1.56 dB
+constexpr int64_t kBetterImages = 15;  // measured 17 of 24
 
 TEST(SuperRes, LowResolutionIsTheAreaMeanOfTheHighResolutionImage) {
   torch::manual_seed(0);
