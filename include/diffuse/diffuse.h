@@ -11,5 +11,6 @@
 #include "diffuse/error.h"
 #include "diffuse/model.h"
 #include "diffuse/request.h"
+#include "diffuse/upscale.h"
 
 #define DIFFUSE_VERSION "0.1.0"

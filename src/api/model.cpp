@@ -13,6 +13,7 @@
 #include "core/strings.h"
 #include "diffusion/sampler.h"
 #include "diffusion/sigmas.h"
+#include "pipelines/superres.h"
 #include "pipelines/textual_inversion.h"
 
 namespace fs = std::filesystem;
@@ -120,6 +121,8 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
   s.path = path;
   s.options = options;
   if (!fs::exists(path)) throw Error(path + ": model not found");
+  if (is_superres_folder(path))
+    throw Error(path + ": a super-resolution model; it upscales images (diffuse::Upscaler, diffuse upscale)");
   auto& info = s.info;
   info.path = path;
   info.name = fs::path(path).filename().string();

@@ -10,6 +10,7 @@ namespace diffuse {
 const std::vector<std::pair<std::string, std::string>>& unet_presets() {
   static const std::vector<std::pair<std::string, std::string>> p = {
       {"tiny", "2 levels (16, 32), 1 layer per block: tests and smoke runs (~0.1M parameters)"},
+      {"sr", "2 levels (32, 64), 1 layer per block, attention only in the middle block: super-resolution (~0.65M)"},
       {"xs", "small at half width (16, 32, 64): a guide model for autoguidance (~1M)"},
       {"small", "3 levels (32, 64, 128), 2 layers per block, attention at the two lower levels (~4M)"},
       {"medium", "3 levels (64, 128, 256), 2 layers per block, attention at the two lower levels (~12M)"},
@@ -40,6 +41,13 @@ nlohmann::json unet_preset(const std::string& name, int image_size, int channels
     j["norm_num_groups"] = 8;
     j["down_block_types"] = {"DownBlock2D", "AttnDownBlock2D"};
     j["up_block_types"] = {"AttnUpBlock2D", "UpBlock2D"};
+  } else if (name == "sr") {
+    j["block_out_channels"] = {32, 64};
+    j["layers_per_block"] = 1;
+    j["norm_num_groups"] = 16;
+    j["attention_head_dim"] = 32;
+    j["down_block_types"] = {"DownBlock2D", "DownBlock2D"};
+    j["up_block_types"] = {"UpBlock2D", "UpBlock2D"};
   } else if (name == "xs" || name == "small" || name == "medium") {
     int c = name == "xs" ? 16 : name == "small" ? 32 : 64;
     j["block_out_channels"] = {c, 2 * c, 4 * c};

@@ -16,6 +16,7 @@
 #include "core/safetensors.h"
 #include "nn/state_dict.h"
 #include "pipelines/pixel_pipeline.h"
+#include "pipelines/superres.h"
 #include "train/adamw.h"
 #include "train/autocast.h"
 #include "train/checkpoint.h"
@@ -55,12 +56,20 @@ void validate(const TrainOptions& o) {
   if (o.min_snr_gamma < 0) throw Error("--min-snr-gamma must be >= 0");
   if (!o.init.empty() && !fs::is_directory(o.init)) throw Error("--init " + o.init + ": folder not found");
   parse_prediction(o.prediction);
+  if (o.task != "generate" && o.task != "superres") throw Error("--task " + o.task + ": expected generate or superres");
+  if (o.task == "superres") {
+    if (o.scale < 2 || o.scale > 8) throw Error("--scale " + std::to_string(o.scale) + ": must be in [2, 8]");
+    if (!o.latent.empty()) throw Error("--task superres: trains in pixel space (drop --latent)");
+    if (is_dit_preset(o.config)) throw Error("--task superres: needs a UNet (--config " + o.config + " is a DiT)");
+  }
 }
 
 nlohmann::json options_json(const TrainOptions& o) {
   return {{"data", o.data},
           {"config", o.config},
           {"latent", o.latent},
+          {"task", o.task},
+          {"scale", o.task == "superres" ? o.scale : 0},
           {"image_size", o.image_size},
           {"steps", o.steps},
           {"batch", o.batch},
@@ -83,10 +92,11 @@ nlohmann::json options_json(const TrainOptions& o) {
 }
 
 // Options that change the meaning of a checkpoint: a resumed run must keep them.
-const std::vector<std::string> kResumeKeys = {
-    "data",       "config",        "latent",        "image_size",          "batch",
-    "grad_accum", "prediction",    "beta_schedule", "num_train_timesteps", "seed",
-    "flip",       "class_dropout", "init"};
+const std::vector<std::string> kResumeKeys = {"data",       "config",        "latent",
+                                              "image_size", "batch",         "grad_accum",
+                                              "prediction", "beta_schedule", "num_train_timesteps",
+                                              "seed",       "flip",          "class_dropout",
+                                              "init",       "task",          "scale"};
 
 // Drops the rows of metrics.csv after `step` (logged by a run that was killed after its checkpoint).
 void trim_metrics(const std::string& path, int64_t step) {
@@ -194,6 +204,24 @@ void write_sample_grid(const PixelPipeline& pipe, const std::string& path, int64
       {{"parameters", "training samples at step " + std::to_string(step) + "\n" + generation_parameters(pipe, g, 0)}});
 }
 
+// Super-resolution progress: rows of low-resolution inputs (nearest-neighbour enlarged),
+// bicubic upsampling, the model's output and the originals, for fixed training images.
+void write_superres_grid(const PixelPipeline& pipe, const SuperResConfig& cfg, const torch::Tensor& hr,
+                         const std::vector<std::string>& paths, int64_t step) {
+  SuperResPipeline sr{pipe, cfg};
+  UpscaleOptions u;
+  u.sampler = "ddim";
+  u.steps = 25;
+  u.seed = 1000;
+  auto lr = sr_downsample(hr, cfg.scale);
+  auto rows = superres_comparison(lr, cfg.scale, upscale(sr, lr, cfg.scale, u), hr);
+  auto grid = make_grid(rows.clamp(-1, 1), static_cast<int>(hr.size(0)), 2, 1.0);
+  for (const auto& path : paths)
+    write_png(path, to_image(grid),
+              {{"parameters", "training samples at step " + std::to_string(step) + "\n" +
+                                  upscale_parameters(sr, u, cfg.scale, hr.size(3), hr.size(2), 0)}});
+}
+
 }  // namespace
 
 void set_train_eval_hook(EvalHook hook) { eval_hook() = std::move(hook); }
@@ -227,7 +255,11 @@ TrainResult train(const TrainOptions& opt) {
   }
   Dataset data = load_dataset(opt.data, "train", opt.image_size, vae ? static_cast<int>(vae->config().in_channels) : 0);
   if (data.size() < 1) throw Error(opt.data + ": dataset is empty");
-  const bool labelled = data.labelled();
+  const bool superres = opt.task == "superres";
+  if (superres && data.image_size() % opt.scale != 0)
+    throw Error(opt.data + ": image size " + std::to_string(data.image_size()) + " is not divisible by --scale " +
+                std::to_string(opt.scale));
+  const bool labelled = data.labelled() && !superres;  // super-resolution models are unconditional
   const int num_classes = labelled ? static_cast<int>(data.class_names.size()) : 0;
   // The tensors the network learns to denoise: images, or VAE latents (encoded once).
   int sample_channels = data.channels(), sample_size = data.image_size();
@@ -255,11 +287,17 @@ TrainResult train(const TrainOptions& opt) {
     }
   } else {
     cfg_json = model_preset(opt.config, sample_size, sample_channels, num_classes);
+    if (superres) cfg_json["in_channels"] = 2 * sample_channels;  // + the upsampled low-resolution image
   }
   const std::string cfg_source = opt.init.empty() ? opt.config : opt.init;
   DiffusionNet model = DiffusionNet::from_config(cfg_json, cfg_source);  // initialised below
   const std::string what = vae ? "the VAE's latents have" : "the data has";
-  if (model.in_channels() != sample_channels)
+  if (superres && (model.is_dit() || model.unet()->config().out_channels != sample_channels ||
+                   model.in_channels() != 2 * sample_channels))
+    throw Error(cfg_source + ": --task superres needs a UNet2DModel with in_channels " +
+                std::to_string(2 * sample_channels) + " and out_channels " + std::to_string(sample_channels) +
+                " (the data has " + std::to_string(sample_channels) + " channels)");
+  if (!superres && model.in_channels() != sample_channels)
     throw Error(cfg_source + ": in_channels " + std::to_string(model.in_channels()) + " but " + what + " " +
                 std::to_string(sample_channels) + " channels");
   if (model.is_dit() && (model.sample_size() != sample_size || sample_size % model.size_multiple() != 0))
@@ -286,6 +324,19 @@ TrainResult train(const TrainOptions& opt) {
     pipe.null_class = labelled && class_embeds > num_classes ? num_classes : -1;
   pipe.device = device;
   pipe.source = out;
+  SuperResConfig sr_config;
+  sr_config.scale = opt.scale;
+  sr_config.high_resolution_size = sample_size;
+  sr_config.low_resolution_size = sample_size / opt.scale;
+  sr_config.channels = sample_channels;
+  auto save_model = [&] {
+    pipe.save(out);
+    if (superres) write_superres_config(out + "/superres.json", sr_config);
+  };
+  // Fixed training images for the super-resolution progress grids.
+  const torch::Tensor sr_grid_images =
+      superres ? data.images.slice(0, 0, std::min<int64_t>(8, data.size())).to(torch::kFloat32) / 127.5 - 1.0
+               : torch::Tensor();
   // Unconditional DiTs are trained (and sampled) with their null class.
   const bool always_null = model.is_dit() && !labelled;
 
@@ -353,13 +404,13 @@ TrainResult train(const TrainOptions& opt) {
   auto save_all = [&](bool with_plot) {
     save_checkpoint(ckpt_dir, CheckpointState{step, smooth_loss, trained_seconds, opts_now}, model.module(),
                     ema.module(), optimizer);
-    pipe.save(out);
+    save_model();
     if (with_plot) write_loss_plot(out);
   };
 
   if (step >= opt.steps) {
     // Relaunched after the final checkpoint (e.g. killed while writing the model): write it again.
-    pipe.save(out);
+    save_model();
     write_loss_plot(out);
     if (!opt.quiet)
       std::fprintf(stderr, "already at step %lld: the final model is written from the checkpoint\n",
@@ -402,11 +453,13 @@ TrainResult train(const TrainOptions& opt) {
         labels = torch::full({B}, pipe.null_class, torch::kInt64).to(device);
       }
       auto xt = add_noise(alphas_cumprod, x0, noise, t);
+      // Super-resolution conditioning: the low-resolution image, upsampled, as extra channels.
+      auto net_in = superres ? superres_input(xt, sr_condition(x0, opt.scale)) : xt;
       auto target = prediction_target(opt.prediction, alphas_cumprod, x0, noise, t);
       torch::Tensor out_t;
       {
         AutocastGuard autocast(device, opt.bf16);
-        out_t = model.forward(xt, t.to(torch::kFloat32), labels).to(torch::kFloat32);
+        out_t = model.forward(net_in, t.to(torch::kFloat32), labels).to(torch::kFloat32);
       }
       auto per_sample = (out_t - target).pow(2).mean({1, 2, 3});
       if (opt.min_snr_gamma > 0) {
@@ -460,8 +513,12 @@ TrainResult train(const TrainOptions& opt) {
     if (opt.sample_every > 0 && (step % opt.sample_every == 0 || step == opt.steps)) {
       char name[64];
       std::snprintf(name, sizeof name, "/samples/step_%07lld.png", static_cast<long long>(step));
-      write_sample_grid(pipe, out + name, step);
-      write_sample_grid(pipe, out + "/samples/latest.png", step);
+      if (superres) {
+        write_superres_grid(pipe, sr_config, sr_grid_images, {out + name, out + "/samples/latest.png"}, step);
+      } else {
+        write_sample_grid(pipe, out + name, step);
+        write_sample_grid(pipe, out + "/samples/latest.png", step);
+      }
     }
   }
   if (!csv.empty()) std::ofstream(out + "/metrics.csv", std::ios::app) << csv;

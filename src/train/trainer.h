@@ -14,9 +14,14 @@ struct TrainOptions {
   std::string out;               // output folder
   std::string config = "small";  // preset name (UNet or DiT-*/*) or a UNet2DModel / DiT config.json
   std::string latent;            // AutoencoderKL folder: train on its latents ("" = pixel space)
-  std::string init;              // fine-tune: start from this pipeline (or UNet/DiT) folder's network
-                                 // (its config replaces `config`; prediction, schedule and classes must match)
-  int image_size = 0;            // 0 = the dataset's own size
+  // "generate", or "superres": the UNet also sees the image downsampled by `scale` (area) and
+  // upsampled back (bicubic) as extra input channels, and the folder gets a superres.json
+  // (see pipelines/superres.h). Super-resolution models are unconditional pixel UNets.
+  std::string task = "generate";
+  int scale = 2;       // superres: the upscaling factor (the image size must be divisible by it)
+  std::string init;    // fine-tune: start from this pipeline (or UNet/DiT) folder's network
+                       // (its config replaces `config`; prediction, schedule and classes must match)
+  int image_size = 0;  // 0 = the dataset's own size
   int64_t steps = 10000;
   int batch = 64;
   int grad_accum = 1;  // micro-batches per optimizer step

@@ -32,6 +32,14 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--latent", o->latent,
                   "AutoencoderKL folder: train on its latents (encoded once, sampled per item) and save a latent "
                   "pipeline (DiTPipeline for a DiT)");
+  cmd->add_option("--task", o->task,
+                  "generate, or superres: a super-resolution UNet conditioned on the image downsampled by --scale "
+                  "(area) and upsampled back (bicubic); use it with `diffuse upscale`")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"generate", "superres"}));
+  cmd->add_option("--scale", o->scale, "--task superres: the upscaling factor (2 or 4; divides the image size)")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 8));
   cmd->add_option("--init", o->init,
                   "Fine-tune: start from this pipeline (or UNet/DiT) folder; its network config replaces --config, "
                   "and --prediction, --beta-schedule and the classes must match it")

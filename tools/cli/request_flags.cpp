@@ -73,6 +73,10 @@ const FieldFlag kFieldFlags[] = {
     {"models", "--model"},
     {"host", "--host"},
     {"port", "--port"},
+    {"image", "--image"},
+    {"scale", "--scale"},
+    {"tile_overlap", "--tile-overlap"},
+    {"convert_channels", "--convert"},
 };
 
 // The bytes of an image file given for `field`, checked to decode (errors name the file).
