@@ -70,4 +70,37 @@ d generate --model $em --class face-tongue --image "$tmp/face.png" --mask "$tmp/
   --seed 1 --out "$tmp/face_repaint.png"
 compose "$out/emoji.png" 2 "input=$tmp/face.png" "cat-face, 0.7=$tmp/cat.png" "lower half=$tmp/lower.png" \
   "RePaint, face-tongue=$tmp/face_repaint.png"
+# Super-resolution: 14x14 -> 28x28 with models/fashion-mnist-sr, against bicubic.
+/usr/bin/python3 - "$tmp" <<'PY'
+import random, sys
+from PIL import Image
+t = sys.argv[1]
+for name in ("sneaker", "tshirt"):
+    im = Image.open(f"{t}/{name}.png").convert("L")
+    small = im.resize((14, 14), Image.BOX)
+    small.save(f"{t}/{name}_14.png")
+    small.resize((28, 28), Image.BICUBIC).save(f"{t}/{name}_bicubic.png")
+# Gaussian noise of sigma 0.2 in [-1, 1] units (25.5 of 255) on the t-shirt, seeded
+rng = random.Random(0)
+im = Image.open(f"{t}/tshirt.png").convert("L")
+im.putdata([min(255, max(0, round(v + rng.gauss(0, 25.5)))) for v in im.getdata()])
+im.save(f"{t}/noisy.png")
+PY
+args=()
+for n in sneaker tshirt; do
+  d upscale --model models/fashion-mnist-sr --image "$tmp/${n}_14.png" --seed 1 --out "$tmp/${n}_sr.png"
+  args+=("14x14=$tmp/${n}_14.png" "bicubic=$tmp/${n}_bicubic.png" "diffuse upscale=$tmp/${n}_sr.png" "original=$tmp/$n.png")
+done
+compose "$out/superres.png" 4 "${args[@]}"
+
+# Denoising: sigma 0.2 noise, the one-shot estimate and the sampled version.
+d denoise --model $fm --image "$tmp/noisy.png" --out "$tmp/mmse.png"
+d denoise --model $fm --image "$tmp/noisy.png" --sigma 0.2 --mode sample --steps 20 --out "$tmp/sampled.png"
+compose "$out/denoise.png" 4 "noisy (0.2)=$tmp/noisy.png" "mmse, auto sigma=$tmp/mmse.png" \
+  "sample=$tmp/sampled.png" "original=$tmp/tshirt.png"
+
+# Animations: the denoising trajectory and an interpolation between classes.
+d animate --model $fm --mode trajectory --class sneaker --frames 11 --out "$out/trajectory.webp"
+d animate --model $fm --mode interpolate --class sneaker --to-class sandal --frames 12 --out "$out/interpolate.gif"
+d animate --model $em --mode interpolate --class food-fruit --seed 1 --to-seed 2 --frames 12 --out "$out/emoji.webp"
 echo "wrote $out"
