@@ -28,6 +28,7 @@ struct ModelInfo {
   std::vector<std::string> classes;
   int width = 0, height = 0;  // native size
   int channels = 3;           // image channels (1 = grey)
+  int size_step = 8;          // image sides must be multiples of this
   // The recommended settings (generation_config.json), as a request whose set fields apply.
   GenerationRequest defaults;
 };
