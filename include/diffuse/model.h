@@ -28,6 +28,7 @@ struct ModelInfo {
   std::vector<std::string> classes;
   int width = 0, height = 0;  // native size
   int channels = 3;           // image channels (1 = grey)
+  int size_step = 8;          // image sides must be multiples of this
   // The recommended settings (generation_config.json), as a request whose set fields apply.
   GenerationRequest defaults;
 };
@@ -95,7 +96,7 @@ class Model {
   // The request with this model's recommended settings and the library defaults filled in.
   GenerationRequest resolve(const GenerationRequest& request) const;
   // validate() plus what depends on the model: fields that do not apply to its kind, class
-  // names, sizes (multiples of 8 for Stable Diffusion, the native size otherwise).
+  // names, sizes (multiples of info().size_step).
   std::vector<FieldError> validate(const GenerationRequest& request) const;
   // Runs one request (throws RequestError when validate() finds problems, Cancelled when the
   // token is cancelled). Calls on one Model are serialised.

@@ -137,6 +137,7 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
     info.inpainting = s.sd->is_inpaint_model();
     info.width = info.height = s.sd->default_size();
     info.channels = 3;
+    info.size_step = 8;
   } else {
     s.pixel = std::make_unique<PixelPipeline>(PixelPipeline::load(path, parse_device(options.device)));
     const auto& p = *s.pixel;
@@ -146,6 +147,7 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
     info.classes = p.class_names;
     info.width = info.height = p.image_size();
     info.channels = p.channels();
+    info.size_step = p.size_step();
   }
   return m;
 }

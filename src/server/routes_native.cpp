@@ -96,6 +96,7 @@ void add_native_routes(httplib::Server& http, Context& c) {
         m["width"] = info.width;
         m["height"] = info.height;
         m["channels"] = info.channels;
+        m["size_step"] = info.size_step;
         m["defaults"] = json::parse(info.defaults.to_json());
         m["defaults"].erase("guide_model");  // a path on the server's disk
       } catch (const std::exception& ex) {

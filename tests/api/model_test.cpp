@@ -29,6 +29,7 @@ TEST(Model, InfoAndRecommendedSettings) {
   EXPECT_EQ(i.network, "UNet2DModel");
   EXPECT_EQ(i.width, 28);
   EXPECT_EQ(i.channels, 1);
+  EXPECT_EQ(i.size_step, 4);  // sides: multiples of 4 (56x56, 28x32, ...)
   ASSERT_EQ(i.classes.size(), 10u);
   EXPECT_EQ(i.classes[7], "sneaker");
   // generation_config.json: the settings the model's README recommends

@@ -79,6 +79,17 @@ async function setRange(selector, value) {
   }, String(value));
 }
 
+// Fills inputs: {selector: value}.
+async function fill(fields) {
+  for (const [selector, value] of Object.entries(fields)) await page.fill(selector, String(value));
+}
+
+// "Edit the image" on the image with this seed.
+async function editCard(seed) {
+  await card(seed).getByRole('button', { name: /Edit the image/ }).click();
+  await page.locator('#tab-edit[aria-selected="true"]').waitFor();
+}
+
 async function setClassModel(model, cls) {
   await page.selectOption('#model', model);
   await page.selectOption('#class', cls);
@@ -136,7 +147,7 @@ test('model picker shows kinds and classes; a class model generates into the gal
   await page.selectOption('#model', 'fashion-mnist');
   assert.match(await page.locator('#model-kind').textContent(), /class-conditional · 10 classes/);
   assert.equal(await page.locator('#prompt').isVisible(), false);
-  assert.equal(await page.locator('#width').isDisabled(), true);
+  assert.equal(await page.getAttribute('#width', 'step'), '4'); // the model's size_step
   assert.equal(await page.inputValue('#steps'), '20'); // the model's recommendation
   await page.selectOption('#class', 'sneaker');
   await page.fill('#steps', '8');
@@ -283,11 +294,33 @@ test('img2img round trip', async () => {
   assert.ok(d < meanDiff(other, src), `strength 0.3 stays near its source (${d})`);
 });
 
-test('inpainting changes pixels only inside the painted mask', async () => {
-  await card(1234).getByRole('button', { name: /Edit the image/ }).click();
-  await page.locator('#tab-edit[aria-selected="true"]').waitFor();
+// Counts the pixels of `out` that differ from `source` inside and outside `mask` (non-zero =
+// inside); `at` places the source in `out` (outpainting).
+function changes(source, out, mask, at = [0, 0]) {
+  const c = source.channels;
+  const n = { inside: 0, changedInside: 0, changedOutside: 0 };
+  for (let y = 0; y < source.height; y++)
+    for (let x = 0; x < source.width; x++) {
+      const p = y * source.width + x;
+      const q = (y + at[1]) * out.width + x + at[0];
+      const changed = [...Array(c).keys()].some((k) => out.pixels[q * out.channels + k] !== source.pixels[p * c + k]);
+      if (mask && mask.pixels[p * mask.channels]) {
+        n.inside++;
+        n.changedInside += changed;
+      } else n.changedOutside += changed;
+    }
+  return n;
+}
+
+const maskOf = (body) => decodePng(Buffer.from(body.mask.split(',')[1], 'base64'));
+
+test('inpainting changes pixels only inside the painted mask, with RePaint or blend', async () => {
+  await editCard(1234);
   const source = decodePng(await download(card(1234)));
   await page.check('input[name="edit-mode"][value="inpaint"]');
+  assert.equal(await page.locator('#inpaint-method').isVisible(), true);
+  assert.equal(await page.inputValue('#inpaint-method'), 'repaint');
+  assert.match(await page.locator('#method-note').textContent(), /RePaint/);
   await setRange('#strength', 1);
   await setRange('#brush-size', 6);
   const box = await page.locator('#edit-mask').boundingBox();
@@ -295,26 +328,47 @@ test('inpainting changes pixels only inside the painted mask', async () => {
   await page.mouse.down();
   await page.mouse.move(box.x + box.width * 0.35, box.y + box.height * 0.9, { steps: 10 });
   await page.mouse.up();
-  await page.fill('#seed', '5');
+  await fill({ '#jump-length': 3, '#jump-n-sample': 2, '#seed': 5 });
   await shot('edit', '.edit-mode');
-  const sent = nextJob();
+  let sent = nextJob();
   assert.equal(await generate(), 2, String(await shownErrors()));
-  const mask = decodePng(Buffer.from((await sent).mask.split(',')[1], 'base64'));
-  const out = decodePng(await download(card(5)));
+  let body = await sent;
+  assert.equal(body.jump_length, 3);
+  assert.equal(body.jump_n_sample, 2);
+  assert.equal(body.inpaint_method, undefined); // RePaint is the default
+  const mask = maskOf(body);
+  let out = decodePng(await download(card(5)));
   assert.equal(out.width, source.width);
-  const c = source.channels;
-  let inside = 0, changedInside = 0, changedOutside = 0;
-  for (let p = 0; p < source.width * source.height; p++) {
-    const m = mask.pixels[p * mask.channels];
-    const changed = [...Array(c).keys()].some((k) => out.pixels[p * out.channels + k] !== source.pixels[p * c + k]);
-    if (m) {
-      inside++;
-      changedInside += changed;
-    } else changedOutside += changed;
-  }
-  assert.ok(inside > 20 && inside < source.width * source.height / 2, `${inside} masked pixels`);
-  assert.equal(changedOutside, 0, 'pixels changed outside the mask');
-  assert.ok(changedInside > inside / 4, `${changedInside} of ${inside} masked pixels changed`);
+  let n = changes(source, out, mask);
+  assert.ok(n.inside > 20 && n.inside < source.width * source.height / 2, `${n.inside} masked pixels`);
+  assert.equal(n.changedOutside, 0, 'pixels changed outside the mask');
+  assert.ok(n.changedInside > n.inside / 4, `${n.changedInside} of ${n.inside} masked pixels changed`);
+  assert.match(await card(5).locator('pre').textContent(), /RePaint jumps: 3x2/);
+
+  // Blend: no RePaint numbers in the request.
+  await page.selectOption('#inpaint-method', 'blend');
+  assert.equal(await page.locator('#jump-length').isVisible(), false);
+  assert.match(await page.locator('#method-note').textContent(), /Blend/);
+  await page.fill('#seed', '15');
+  sent = nextJob();
+  assert.equal(await generate(), 2, String(await shownErrors()));
+  body = await sent;
+  assert.equal(body.inpaint_method, 'blend');
+  assert.equal(body.jump_length, undefined);
+  assert.equal(body.jump_n_sample, undefined);
+  out = decodePng(await download(card(15)));
+  n = changes(source, out, maskOf(body));
+  assert.equal(n.changedOutside, 0, 'pixels changed outside the mask (blend)');
+  assert.ok(n.changedInside > n.inside / 4, `${n.changedInside} of ${n.inside} masked pixels changed (blend)`);
+  assert.match(await card(15).locator('pre').textContent(), /Inpaint method: blend/);
+
+  // "Use the settings" of the RePaint image restores the method and its numbers.
+  await card(5).getByRole('button', { name: /Use the settings/ }).click();
+  assert.equal(await page.inputValue('#inpaint-method'), 'repaint');
+  assert.equal(await page.inputValue('#jump-length'), '3');
+  assert.equal(await page.inputValue('#jump-n-sample'), '2');
+  await page.click('#tab-edit');
+
   // Clear and invert act on the mask
   await page.click('#mask-invert');
   const inverted = await page.evaluate(() => {
@@ -324,12 +378,91 @@ test('inpainting changes pixels only inside the painted mask', async () => {
     for (let i = 3; i < d.length; i += 4) on += d[i] >= 128;
     return on;
   });
-  assert.equal(inverted, source.width * source.height - inside);
+  assert.equal(inverted, source.width * source.height - n.inside);
   await page.click('#mask-clear');
   assert.equal(await page.evaluate(() => {
     const c = document.querySelector('#edit-mask');
     return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v) => v !== 0);
   }), false);
+  await fill({ '#jump-length': 10, '#jump-n-sample': 10 });
+});
+
+test('outpainting a class model keeps the original pixels inside the bigger image', async () => {
+  await editCard(1234);
+  const source = decodePng(await download(card(1234)));
+  await page.check('input[name="edit-mode"][value="outpaint"]');
+  await fill({ '#out-left': 4, '#out-right': 4, '#out-bottom': 8, '#jump-length': 2, '#jump-n-sample': 2 });
+  await fill({ '#steps': 6, '#n': 1, '#seed': 21 });
+  const sent = nextJob();
+  assert.equal(await generate(), 1, String(await shownErrors()));
+  const body = await sent;
+  assert.deepEqual(body.outpaint, [4, 0, 4, 8]);
+  const out = decodePng(await download(card(21)));
+  assert.deepEqual([out.width, out.height], [source.width + 8, source.height + 8]);
+  const n = changes(source, out, null, [4, 0]);
+  assert.equal(n.changedOutside, 0, 'original pixels changed');
+  await fill({ '#out-left': 0, '#out-right': 0, '#out-bottom': 0, '#jump-length': 10, '#jump-n-sample': 10 });
+});
+
+test('class transfer: sneaker to sandal', async () => {
+  await editCard(1234);
+  await page.check('input[name="edit-mode"][value="transfer"]');
+  assert.equal(await page.locator('#repaint-tools').isVisible(), false);
+  assert.match(await page.locator('#transfer-tools').textContent(), /euler.*ddim/s);
+  await page.selectOption('#invert-from', 'sneaker');
+  await page.selectOption('#class', 'sandal');
+  await setRange('#strength', 1);
+  await page.selectOption('#sampler', 'euler');
+  await fill({ '#steps': 6, '#n': 1, '#seed': 31 });
+  const sent = nextJob();
+  assert.equal(await generate(), 1, String(await shownErrors()));
+  const body = await sent;
+  assert.equal(body.invert_from, 'sneaker');
+  assert.equal(body.class, 'sandal');
+  assert.equal(body.strength, 1);
+  const png = await download(card(31));
+  assert.equal(decodePng(png).width, 28);
+  assert.match(pngTexts(png).parameters, /Invert from: sneaker/);
+  assert.match(await card(31).locator('.caption').textContent(), /sandal/);
+  // The settings come back through "use the settings" and PNG info.
+  await page.selectOption('#invert-from', '');
+  await page.check('input[name="edit-mode"][value="img2img"]');
+  await card(31).getByRole('button', { name: /Use the settings/ }).click();
+  assert.equal(await page.inputValue('#invert-from'), 'sneaker');
+  assert.equal(await page.isChecked('input[name="edit-mode"][value="transfer"]'), true);
+  await page.click('#tab-edit');
+  await page.selectOption('#invert-from', '');
+  await dropPng(png, 'transfer.png');
+  await page.click('#pnginfo-apply');
+  assert.equal(await page.inputValue('#invert-from'), 'sneaker');
+  assert.equal(await page.inputValue('#class'), 'sandal');
+  await page.selectOption('#sampler', '');
+  await page.click('#tab-edit');
+  await page.check('input[name="edit-mode"][value="img2img"]');
+});
+
+test('class models draw multiples of their size step; other sizes get the server\'s error', async () => {
+  await page.click('#tab-generate');
+  await setClassModel('fashion-mnist', 'bag');
+  await page.selectOption('#size-preset', { label: '2× native 56×56' });
+  await fill({ '#steps': 4, '#n': 1, '#seed': 56 });
+  const sent = nextJob();
+  assert.equal(await generate(), 1, String(await shownErrors()));
+  assert.equal((await sent).width, 56);
+  const out = decodePng(await download(card(56)));
+  assert.deepEqual([out.width, out.height], [56, 56]);
+  assert.match(await card(56).locator('pre').textContent(), /Size: 56x56/);
+
+  allowedErrors = [/status of 400/];
+  await page.fill('#width', '30');
+  assert.equal(await page.locator('#width').evaluate((el) => el.validity.stepMismatch), true);
+  await page.click('#generate');
+  const err = page.locator('[data-error-for="width"]');
+  await err.waitFor();
+  assert.match(await err.textContent(), /must be a multiple of 4/);
+  assert.equal(await page.getAttribute('#width', 'aria-invalid'), 'true');
+  await page.selectOption('#size-preset', { index: 0 });
+  assert.equal(await page.inputValue('#width'), '28');
 });
 
 test('outpainting extends the canvas; Delete removes images for good', async () => {

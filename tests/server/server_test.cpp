@@ -340,6 +340,8 @@ TEST(Server, A1111Routes) {
   auto models = body(c.Get("/api/v1/models"));
   EXPECT_EQ(models["models"][0]["kind"], "class-conditional");
   EXPECT_EQ(models["models"][1]["kind"], "stable-diffusion");
+  EXPECT_EQ(models["models"][0]["size_step"], 4);
+  EXPECT_EQ(models["models"][1]["size_step"], 8);
   auto metrics = c.Get("/metrics");
   EXPECT_NE(metrics->body.find("diffuse_jobs{state=\"done\"}"), std::string::npos);
 }

@@ -8,6 +8,7 @@ import { pngParameters } from './pnginfo.js';
 const $ = (id) => document.getElementById(id);
 const form = new Form();
 const editor = new Editor();
+form.onModel = (m) => editor.setModel(m);
 let job = null; // the running job's id
 let lastSeed = null;
 let pendingParams = null; // PNG info: the request read from the dropped PNG
@@ -58,6 +59,7 @@ async function refreshGallery() {
   gallery.render($('gallery'), items, {
     use: (item) => {
       form.apply(item.settings);
+      editor.apply(item.settings);
       selectTab('generate');
       status(`Settings of seed ${item.seed} restored`);
     },
@@ -157,7 +159,7 @@ async function runJob() {
     if (e && e.field) return form.showErrors([e]);
     throw e;
   }
-  const settings = form.settings();
+  const settings = activeTab() === 'edit' ? { ...form.settings(), ...editor.settings() } : form.settings();
   busy(true);
   $('progress').value = 0;
   status('Sending…');
@@ -230,6 +232,7 @@ $('pnginfo-file').addEventListener('change', (e) => e.target.files[0] && readPng
 $('pnginfo-apply').addEventListener('click', () => {
   if (!pendingParams) return;
   form.applyRequest(pendingParams);
+  editor.apply(pendingParams);
   selectTab('generate');
   status('Parameters applied');
 });

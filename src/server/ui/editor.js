@@ -1,9 +1,15 @@
 // The Edit tab: an image to change (img2img), a mask painted over it (inpainting: white =
-// repaint) or a border added on any side (outpainting).
+// repaint), a border added on any side (outpainting) or its class changed (class transfer).
 import { blobToDataUrl } from './api.js';
 
 const $ = (id) => document.getElementById(id);
 const MASK_COLOUR = 'rgb(230, 40, 60)'; // shown half transparent; only its alpha is the mask
+const JUMPS = { jump_length: 'jump-length', jump_n_sample: 'jump-n-sample' }; // RePaint, default 10
+const METHOD_NOTES = {
+  repaint: 'RePaint: after each jump of that many steps, noise is added back and the steps are ' +
+    'sampled again, that many passes, so that the new pixels fit the kept ones (slower).',
+  blend: 'Blend: the kept pixels are put back, noised to the current step, after every step (fast).',
+};
 
 export class Editor {
   constructor() {
@@ -14,9 +20,11 @@ export class Editor {
     this.bitmap = null;
     this.painting = false;
     this.last = null;
+    this.kind = ''; // the model's kind: the methods and class transfer depend on it
     for (const r of document.querySelectorAll('input[name="edit-mode"]'))
       r.addEventListener('change', () => this.layout());
     for (const id of ['out-left', 'out-top', 'out-right', 'out-bottom']) $(id).addEventListener('input', () => this.layout());
+    $('inpaint-method').addEventListener('change', () => this.layout());
     $('strength').addEventListener('input', () => ($('strength-out').value = $('strength').value));
     $('brush-size').addEventListener('input', () => ($('brush-out').value = $('brush-size').value));
     $('mask-clear').addEventListener('click', () => this.clearMask());
@@ -44,6 +52,19 @@ export class Editor {
     return this.bitmap !== null;
   }
 
+  // The model's kind and classes, for the controls that depend on them.
+  setModel(m) {
+    this.kind = m?.kind || '';
+    const classes = this.kind === 'class-conditional' ? m.classes || [] : [];
+    const o = (c) => Object.assign(document.createElement('option'), { value: c, textContent: c });
+    $('invert-from').replaceChildren(o(''), ...classes.map(o));
+    $('invert-from').options[0].textContent = 'choose…';
+    $('transfer-choice').hidden = !classes.length;
+    if (!classes.length && this.mode === 'transfer')
+      document.querySelector('input[name="edit-mode"][value="img2img"]').checked = true;
+    this.layout();
+  }
+
   outpaint() {
     return ['out-left', 'out-top', 'out-right', 'out-bottom'].map((id) => Math.max(0, Math.round(Number($(id).value) || 0)));
   }
@@ -66,6 +87,12 @@ export class Editor {
     const mode = this.mode;
     $('mask-tools').hidden = mode !== 'inpaint';
     $('outpaint-tools').hidden = mode !== 'outpaint';
+    $('transfer-tools').hidden = mode !== 'transfer';
+    const method = $('inpaint-method').value;
+    const masked = mode === 'inpaint' || mode === 'outpaint';
+    $('repaint-tools').hidden = !masked || !this.kind || this.kind === 'stable-diffusion';
+    for (const el of document.querySelectorAll('.repaint-only')) el.hidden = method !== 'repaint';
+    $('method-note').textContent = METHOD_NOTES[method];
     this.mask.hidden = mode !== 'inpaint';
     if (!this.bitmap) return;
     const [l, t, r, b] = mode === 'outpaint' ? this.outpaint() : [0, 0, 0, 0];
@@ -174,7 +201,45 @@ export class Editor {
       const o = this.outpaint();
       if (o.every((v) => v === 0)) throw { field: 'outpaint', message: 'extend at least one side' };
       f.outpaint = o;
+    } else if (this.mode === 'transfer') {
+      if (!$('invert-from').value) throw { field: 'invert_from', message: "choose the image's class" };
+      f.invert_from = $('invert-from').value;
+    }
+    if (!$('repaint-tools').hidden) {
+      if ($('inpaint-method').value === 'blend') f.inpaint_method = 'blend';
+      else
+        for (const [k, id] of Object.entries(JUMPS)) {
+          const v = Number($(id).value);
+          if ($(id).value !== '' && v !== 10) f[k] = v;
+        }
     }
     return f;
+  }
+
+  // The edit settings saved with an image (and restored by "use these settings").
+  settings() {
+    const s = { edit_mode: this.mode, strength: Number($('strength').value) };
+    if (this.mode === 'transfer') s.invert_from = $('invert-from').value;
+    if (!$('repaint-tools').hidden) {
+      s.inpaint_method = $('inpaint-method').value;
+      for (const [k, id] of Object.entries(JUMPS)) s[k] = Number($(id).value);
+    }
+    return s;
+  }
+
+  // Restores edit settings: saved ones or request fields (PNG info); absent fields are kept.
+  apply(s) {
+    const mode = s.edit_mode || (s.invert_from ? 'transfer' : null);
+    const radio = mode && document.querySelector(`input[name="edit-mode"][value="${mode}"]`);
+    if (radio && !radio.closest('[hidden]')) radio.checked = true;
+    if (s.strength !== undefined && s.strength !== null) {
+      $('strength').value = s.strength;
+      $('strength-out').value = $('strength').value;
+    }
+    if (s.invert_from && [...$('invert-from').options].some((o) => o.value === s.invert_from))
+      $('invert-from').value = s.invert_from;
+    if (s.inpaint_method) $('inpaint-method').value = s.inpaint_method;
+    for (const [k, id] of Object.entries(JUMPS)) if (s[k]) $(id).value = s[k];
+    this.layout();
   }
 }

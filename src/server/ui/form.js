@@ -20,11 +20,12 @@ function option(value, text, title) {
   return o;
 }
 
-const round8 = (v) => Math.max(8, Math.round(v / 8) * 8);
+const round = (v, step) => Math.max(step, Math.round(v / step) * step);
 
 export class Form {
   constructor() {
     this.list = null; // GET /api/v1/models
+    this.onModel = () => {}; // called with the selected model
     $('size-preset').addEventListener('change', () => {
       const [w, h] = $('size-preset').value.split('x').map(Number);
       if (w && h) {
@@ -91,24 +92,30 @@ export class Form {
     $('n').value = d.n;
     $('width').value = d.width;
     $('height').value = d.height;
-    // Class and unconditional models draw their native size only; SD takes multiples of 8.
-    $('width').disabled = $('height').disabled = !sd;
+    // Sides are multiples of the model's size step (8 for Stable Diffusion).
+    const step = m.size_step || 8;
+    for (const id of ['width', 'height']) Object.assign($(id), { step, min: step });
     const base = Math.min(d.width, d.height);
     const presets = sd
       ? [
           ['square', base, base],
-          ['portrait 2:3', base, round8(base * 1.5)],
-          ['landscape 3:2', round8(base * 1.5), base],
-          ['wide 16:9', round8((base * 16) / 9), base],
+          ['portrait 2:3', base, round(base * 1.5, step)],
+          ['landscape 3:2', round(base * 1.5, step), base],
+          ['wide 16:9', round((base * 16) / 9, step), base],
         ]
-      : [['native', m.width, m.height]];
+      : [
+          ['native', m.width, m.height],
+          ['2× native', m.width * 2, m.height * 2],
+        ];
     $('size-preset').replaceChildren(...presets.map(([n, w, h]) => option(`${w}x${h}`, `${n} ${w}×${h}`)));
-    $('size-preset').disabled = !sd;
-    $('size-note').textContent = sd ? 'Multiples of 8.' : `This model draws ${m.width}×${m.height} images.`;
+    $('size-note').textContent = sd
+      ? 'Multiples of 8.'
+      : `Multiples of ${step}; this model was trained on ${m.width}×${m.height} images.`;
     $('guide-note').textContent = m.defaults?.guide_unconditional !== undefined && !sd
       ? `Guidance ${d.guidance} is the model's recommendation and uses its guide model.`
       : '';
     this.clearErrors();
+    this.onModel(m);
     return true;
   }
 
@@ -143,8 +150,9 @@ export class Form {
       if (s.negative_prompt) r.negative_prompt = s.negative_prompt;
       r.width = s.width;
       r.height = s.height;
-    } else if (s.kind === 'class-conditional' && s.class) {
-      r.class = s.class;
+    } else {
+      if (s.kind === 'class-conditional' && s.class) r.class = s.class;
+      if (s.width !== d.width || s.height !== d.height) [r.width, r.height] = [s.width, s.height];
     }
     for (const k of ['sampler', 'schedule', 'steps', 'guidance'])
       if (s[k] !== null && s[k] !== d[k]) r[k] = s[k];
@@ -169,10 +177,8 @@ export class Form {
     set('guidance', s.guidance);
     set('seed', s.seed);
     set('n', s.n);
-    if (this.model?.kind === 'stable-diffusion') {
-      set('width', s.width || null);
-      set('height', s.height || null);
-    }
+    set('width', s.width || null);
+    set('height', s.height || null);
   }
 
   // Settings from a request as /api/v1/infotext returns it (A1111 parameters text).
