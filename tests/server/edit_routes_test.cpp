@@ -150,6 +150,9 @@ TEST(Server, DenoiseRouteImprovesANoisyImage) {
   req["mode"] = "guess";
   EXPECT_EQ(rejected_field(c, "/api/v1/denoise", req), "mode");
   req.erase("mode");
+  req["strength"] = 0.5;  // a job field, not a denoise one
+  EXPECT_EQ(rejected_field(c, "/api/v1/denoise", req), "strength");
+  req.erase("strength");
   req["model"] = "emoji-dit";  // a latent model
   EXPECT_EQ(rejected_field(c, "/api/v1/denoise", req), "model");
   req["model"] = "fashion-mnist-sr";
@@ -169,6 +172,17 @@ TEST(Server, AnimateRouteReturnsAGif) {
   auto d = test::decode_gif(r->body);
   EXPECT_EQ(d.rgb.size(), 4u);
   EXPECT_NE(d.comment.find("Animation: trajectory, Frames: 4"), std::string::npos) << d.comment;
+
+  // interpolation between classes as WebP
+  json webp = {{"model", "fashion-mnist"}, {"mode", "interpolate"}, {"frames", 3}, {"format", "webp"},
+               {"class", "sneaker"},       {"to_class", "sandal"},  {"steps", 4},  {"seed", 2}};
+  r = c.Post("/api/v1/animate", webp.dump(), "application/json");
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(r->get_header_value("Content-Type"), "image/webp");
+  ASSERT_GT(r->body.size(), 12u);
+  EXPECT_EQ(r->body.substr(0, 4), "RIFF");
+  EXPECT_EQ(r->body.substr(8, 4), "WEBP");
+  EXPECT_EQ(r->get_header_value("X-Diffuse-Frames"), "3");
 
   req["frames"] = 1;
   EXPECT_EQ(rejected_field(c, "/api/v1/animate", req), "frames");
