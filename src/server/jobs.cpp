@@ -39,7 +39,9 @@ std::string to_string(JobState s) {
 
 ModelRegistry::ModelRegistry(std::vector<ModelEntry> entries, double memory_budget_gb, LoadOptions load)
     : entries_(std::move(entries)), budget_bytes_(memory_budget_gb * 1e9), load_(std::move(load)) {
-  if (!entries_.empty()) current_ = entries_.front().name;
+  for (const auto& e : entries_)  // the first generation model (super-resolution ones only upscale)
+    if (current_.empty() && !is_upscaler(e.path)) current_ = e.name;
+  if (current_.empty() && !entries_.empty()) current_ = entries_.front().name;
 }
 
 bool ModelRegistry::has(const std::string& name) const {
@@ -83,6 +85,8 @@ std::shared_ptr<Model> ModelRegistry::get(const std::string& name) {
   for (const auto& x : entries_)
     if (x.name == name) e = &x;
   if (!e) throw RequestError("model", "no model named '" + name + "'");
+  if (is_upscaler(e->path))
+    throw RequestError("model", "'" + name + "' is a super-resolution model (use POST /api/v1/upscale)");
   const double t0 = now_s();
   auto m = std::make_shared<Model>(Model::load(e->path, load_));
   load_s_ += now_s() - t0;
@@ -99,6 +103,28 @@ std::shared_ptr<Model> ModelRegistry::get(const std::string& name) {
     lru_.erase(lru_.begin());
   }
   return m;
+}
+
+bool ModelRegistry::is_superres(const std::string& name) const {
+  for (const auto& e : entries_)
+    if (e.name == name) return is_upscaler(e.path);
+  return false;
+}
+
+std::shared_ptr<Upscaler> ModelRegistry::upscaler(const std::string& name) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = upscalers_.find(name);
+  if (it != upscalers_.end()) return it->second;
+  const ModelEntry* e = nullptr;
+  for (const auto& x : entries_)
+    if (x.name == name) e = &x;
+  if (!e) throw RequestError("model", "no model named '" + name + "'");
+  if (!is_upscaler(e->path)) throw RequestError("model", "'" + name + "' is not a super-resolution model");
+  const double t0 = now_s();
+  auto up = std::make_shared<Upscaler>(Upscaler::load(e->path, load_));
+  load_s_ += now_s() - t0;
+  upscalers_[name] = up;
+  return up;
 }
 
 // ---- jobs ---------------------------------------------------------------------------------

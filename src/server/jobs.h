@@ -24,8 +24,13 @@ class ModelRegistry {
   ModelRegistry(std::vector<ModelEntry> entries, double memory_budget_gb, LoadOptions load);
   const std::vector<ModelEntry>& entries() const { return entries_; }
   bool has(const std::string& name) const;
-  // The loaded model (loads it, unloading least-recently-used ones beyond the budget).
+  // The loaded model (loads it, unloading least-recently-used ones beyond the budget). Throws
+  // RequestError naming "model" for a super-resolution model.
   std::shared_ptr<Model> get(const std::string& name);
+  // Whether the named model is a super-resolution folder (superres.json), served by upscaler().
+  bool is_superres(const std::string& name) const;
+  // The loaded super-resolution model (loaded on first use, kept; not counted in the budget).
+  std::shared_ptr<Upscaler> upscaler(const std::string& name);
   // The model information without generating (loads the model).
   std::string current() const;
   void set_current(const std::string& name);
@@ -38,6 +43,7 @@ class ModelRegistry {
   LoadOptions load_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Model>> loaded_;
+  std::map<std::string, std::shared_ptr<Upscaler>> upscalers_;
   std::vector<std::string> lru_;  // most recent last
   std::string current_;
   double load_s_ = 0;

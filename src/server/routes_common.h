@@ -41,6 +41,8 @@ json infotext_request(const std::string& text);
 bool is_ui_path(const std::string& path);
 void add_ui_routes(httplib::Server& http);
 void add_native_routes(httplib::Server& http, Context& c);
+// POST /api/v1/upscale, /api/v1/denoise and /api/v1/animate (routes_edit.cpp).
+void add_edit_routes(httplib::Server& http, Context& c);
 void add_a1111_routes(httplib::Server& http, Context& c);
 void add_openai_routes(httplib::Server& http, Context& c);
 

@@ -88,6 +88,16 @@ void add_native_routes(httplib::Server& http, Context& c) {
     for (const auto& e : c.models.entries()) {
       json m = {{"name", e.name}, {"current", e.name == c.models.current()}};
       try {
+        if (c.models.is_superres(e.name)) {
+          const UpscalerInfo& info = c.models.upscaler(e.name)->info();
+          m["kind"] = "superres";
+          m["scale"] = info.scale;
+          m["low_resolution_size"] = info.low_resolution_size;
+          m["high_resolution_size"] = info.high_resolution_size;
+          m["channels"] = info.channels;
+          list.push_back(m);
+          continue;
+        }
         const ModelInfo& info = c.models.get(e.name)->info();
         m["kind"] = to_string(info.kind);
         m["network"] = info.network;

@@ -50,6 +50,8 @@ bool admit(Context& c, const std::string& model, const GenerationRequest& r, htt
   if (errors.empty()) {
     try {
       errors = c.models.get(model)->validate(r);
+    } catch (const RequestError& e) {
+      errors = e.errors;
     } catch (const std::exception& e) {
       reply_error(res, 500, "model", e.what());
       return false;
@@ -107,7 +109,8 @@ std::vector<ModelEntry> find_models(const std::vector<std::string>& paths, const
     std::vector<fs::path> found;
     for (const auto& d : fs::directory_iterator(models_dir)) {
       const fs::path p = d.path();
-      const bool folder = d.is_directory() && (fs::exists(p / "model_index.json") || fs::exists(p / "config.json"));
+      const bool folder = d.is_directory() && (fs::exists(p / "model_index.json") || fs::exists(p / "config.json") ||
+                                               fs::exists(p / "superres.json"));
       const bool file = d.is_regular_file() && p.extension() == ".safetensors";
       if (folder || file) found.push_back(p);
     }
@@ -187,6 +190,7 @@ struct Server::Impl {
     });
     add_ui_routes(http);
     add_native_routes(http, ctx);
+    add_edit_routes(http, ctx);
     add_a1111_routes(http, ctx);
     add_openai_routes(http, ctx);
   }

@@ -24,7 +24,7 @@ struct ServerOptions {
 };
 
 // Models named by --model paths (name: folder or file name) and the models in --models-dir
-// (sub-folders with model_index.json or config.json, and .safetensors files).
+// (sub-folders with model_index.json, config.json or superres.json, and .safetensors files).
 std::vector<ModelEntry> find_models(const std::vector<std::string>& paths, const std::string& models_dir);
 
 class Server {

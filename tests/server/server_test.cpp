@@ -15,6 +15,7 @@
 #include "core/image.h"
 #include "diffuse/diffuse.h"
 #include "fixtures.h"
+#include "running_server.h"
 #include "sd_tiny_text.h"
 
 namespace diffuse {
@@ -22,35 +23,25 @@ namespace {
 
 using json = nlohmann::json;
 
+server::ServerOptions served_options(const std::string& token, size_t max_queue, double budget_gb,
+                                     const test::TempDir& dir) {
+  server::ServerOptions o;
+  o.models =
+      server::find_models({test::source_path("models/fashion-mnist"), test::tiny_sd_folder(dir / "sd_tiny")}, "");
+  o.token = token;
+  o.max_queue = max_queue;
+  o.memory_budget_gb = budget_gb;
+  return o;
+}
+
+// fashion-mnist and the tiny Stable Diffusion fixture.
 struct Served {
   test::TempDir dir;
-  std::unique_ptr<server::Server> srv;
-  std::thread thread;
-  int port = 0;
+  test::RunningServer run;
 
-  explicit Served(const std::string& token = "", size_t max_queue = 16, double budget_gb = 0) {
-    server::ServerOptions o;
-    o.models =
-        server::find_models({test::source_path("models/fashion-mnist"), test::tiny_sd_folder(dir / "sd_tiny")}, "");
-    o.port = 0;
-    o.token = token;
-    o.max_queue = max_queue;
-    o.memory_budget_gb = budget_gb;
-    o.max_body_bytes = 1 << 20;
-    o.load.allow_paths = false;
-    srv = std::make_unique<server::Server>(o);
-    port = srv->bind();
-    thread = std::thread([this] { srv->run(); });
-  }
-  ~Served() {
-    srv->stop();
-    thread.join();
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(120, 0);
-    return c;
-  }
+  explicit Served(const std::string& token = "", size_t max_queue = 16, double budget_gb = 0)
+      : run(served_options(token, max_queue, budget_gb, dir)) {}
+  httplib::Client client() const { return run.client(); }
 };
 
 Served& shared() {
