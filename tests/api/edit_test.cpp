@@ -164,7 +164,9 @@ TEST(Edit, CliErrorsWriteNothing) {
     std::ofstream(t / "small_mask.png", std::ios::binary) << mask_png(20, 20, 10);
   }
   const std::string out = t / "out.png";
-  auto run = [&](const std::string& args) { return test::run_cli("generate --model " + edit_fashion_dir() + " " + args); };
+  auto run = [&](const std::string& args) {
+    return test::run_cli("generate --model " + edit_fashion_dir() + " " + args);
+  };
   auto r = run("--image " + (t / "in.png") + " --mask " + (t / "small_mask.png") + " --out " + out);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("--mask"), std::string::npos) << r.output;
