@@ -46,7 +46,7 @@ GenerateOptions two_class_generation() {
   g.n = 16;
   for (int i = 0; i < 16; ++i) g.classes.push_back(i < 8 ? 0 : 1);
   g.guidance = 2.0;
-  g.sampler = "ddim";
+  g.sampler = "euler";  // DDIM (eta 0) in k-diffusion form; "ddim" follows diffusers' leading timesteps
   g.steps = 20;
   g.seed = 5;
   return g;
