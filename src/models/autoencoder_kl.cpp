@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "models/model_io.h"
+#include "models/size_bounds.h"
 #include "nn/attention.h"
 #include "nn/state_dict.h"
 
@@ -277,6 +278,7 @@ AutoencoderKL load_autoencoder_kl(const std::string& dir) {
   } catch (const Error& e) {
     throw Error(dir + "/config.json: " + e.what());
   }
+  model_io::check_config_size(dir, "diffusion_pytorch_model.safetensors", min_parameters(cfg));
   AutoencoderKL model(cfg);
   auto sd = model_io::load_weights(dir, kAutoencoderKLClass);
   model_io::convert_legacy_attention_keys(sd);

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "models/model_io.h"
+#include "models/size_bounds.h"
 #include "nn/attention.h"
 #include "nn/state_dict.h"
 
@@ -238,6 +239,7 @@ CLIPTextModel load_clip_text_model(const std::string& dir, torch::Dtype dtype) {
   } catch (const Error& e) {
     throw Error(dir + "/config.json: " + e.what());
   }
+  model_io::check_config_size(dir, kCLIPWeightsFile, min_parameters(cfg));
   const auto sd = model_io::load_weights(dir, kCLIPTextClass, kCLIPWeightsFile);
   return clip_text_model_from_state_dict(cfg, sd, dir + "/" + kCLIPWeightsFile, dtype);
 }

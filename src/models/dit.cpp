@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "models/model_io.h"
+#include "models/size_bounds.h"
 #include "nn/state_dict.h"
 
 namespace diffuse {
@@ -323,6 +324,8 @@ DiTTransformer2DModel load_dit(const std::string& dir) {
   } catch (const Error& e) {
     throw Error(dir + "/config.json: " + e.what());
   }
+  model_io::check_config_size(dir, "diffusion_pytorch_model.safetensors", min_parameters(cfg),
+                              min_buffer_elements(cfg));
   DiTTransformer2DModel model(cfg);
   auto sd = model_io::load_weights(dir, kDiTClass);
   // Older BasicTransformerBlock checkpoints name the feed-forward norm `norm2`.

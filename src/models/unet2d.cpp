@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "models/model_io.h"
+#include "models/size_bounds.h"
 #include "nn/state_dict.h"
 
 namespace diffuse {
@@ -349,6 +350,7 @@ UNet2DModel load_unet2d(const std::string& dir) {
   } catch (const Error& e) {
     throw Error((fs::path(dir) / "config.json").string() + ": " + e.what());
   }
+  model_io::check_config_size(dir, "diffusion_pytorch_model.safetensors", min_parameters(cfg));
   UNet2DModel model(cfg);
   auto sd = model_io::load_weights(dir, kUNet2DClass);
   convert_legacy_keys(sd);

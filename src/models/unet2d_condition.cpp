@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "models/model_io.h"
+#include "models/size_bounds.h"
 #include "nn/compute_dtype.h"
 #include "nn/state_dict.h"
 
@@ -522,6 +523,7 @@ UNet2DConditionModel load_unet2d_condition(const std::string& dir) {
   } catch (const Error& e) {
     throw Error((fs::path(dir) / "config.json").string() + ": " + e.what());
   }
+  model_io::check_config_size(dir, "diffusion_pytorch_model.safetensors", min_parameters(cfg));
   UNet2DConditionModel model(cfg);
   auto sd = model_io::load_weights(dir, kUNet2DConditionClass);
   nn::load_state_dict(*model, sd, (fs::path(dir) / "diffusion_pytorch_model.safetensors").string());
