@@ -7,6 +7,7 @@
 #include "models/model_io.h"
 #include "models/size_bounds.h"
 #include "nn/attention.h"
+#include "nn/skip_init.h"
 #include "nn/state_dict.h"
 
 namespace diffuse {
@@ -221,7 +222,11 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, bool o
 CLIPTextModel clip_text_model_from_state_dict(const CLIPTextConfig& config,
                                               const std::map<std::string, torch::Tensor>& sd_in,
                                               const std::string& source, torch::Dtype dtype) {
-  CLIPTextModel model(config);
+  CLIPTextModel model{nullptr};
+  {
+    nn::SkipInitGuard every_weight_is_loaded;
+    model = CLIPTextModel(config);
+  }
   nn::StateDict sd(sd_in.begin(), sd_in.end());
   sd.erase("text_model.embeddings.position_ids");  // a buffer in files from transformers < 4.31
   nn::load_state_dict(*model, sd, source);
