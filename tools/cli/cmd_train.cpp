@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "eval/evaluate.h"
 #include "train/presets.h"
 #include "train/trainer.h"
 
@@ -18,6 +19,7 @@ extern "C" void on_sigint(int) {
 void register_cmd(CLI::App& app) {
   auto o = std::make_shared<diffuse::TrainOptions>();
   auto threads = std::make_shared<int>(0);
+  auto eval_classifier = std::make_shared<std::string>();
   std::string presets;
   for (const auto& [n, d] : diffuse::unet_presets()) presets += "\n    " + n + ": " + d;
   for (const auto& [n, d] : diffuse::dit_presets()) presets += "\n    " + n + ": " + d;
@@ -75,13 +77,15 @@ void register_cmd(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--eval-every", o->eval_every, "Track FID every N steps (needs --eval-classifier)")
       ->capture_default_str();
-  cmd->add_option("--eval-classifier", o->eval_classifier, "Feature network folder for --eval-every");
+  cmd->add_option("--eval-classifier", *eval_classifier,
+                  "Feature network folder for --eval-every (default: the shipped fashion-mnist one)");
   cmd->add_flag("--resume", o->resume, "Continue the run in --out from its checkpoint");
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   diffuse::cli::add_threads_option(cmd, threads.get());
-  cmd->callback([o, threads] {
+  cmd->callback([o, threads, eval_classifier] {
     diffuse::cli::apply_threads(*threads);
+    if (o->eval_every > 0) o->evaluate = diffuse::train_fid_evaluator(*eval_classifier, 1000);
     std::signal(SIGINT, on_sigint);
     std::signal(SIGTERM, on_sigint);
     auto r = diffuse::train(*o);
