@@ -431,13 +431,12 @@ void Distributed::barrier(const std::string& what) {
   if (!impl_) return;
   auto& im = *impl_;
   const std::string key = "diffuse/barrier/" + std::to_string(im.barriers++);
-  try {
-    im.store->add(key, 1);
-    // Wait for every rank while watching heartbeats: a rank whose heartbeat stands still for the
-    // timeout has stopped.
+  // Waits until `counter` reaches the world size while watching heartbeats: a rank whose
+  // heartbeat stands still for the timeout has stopped.
+  auto wait_for_all = [&](const std::string& counter) {
     auto beats = im.heartbeats(env_.world_size);
     std::vector<std::chrono::steady_clock::time_point> seen(env_.world_size, std::chrono::steady_clock::now());
-    while (im.store->add(key, 0) < env_.world_size) {
+    while (im.store->add(counter, 0) < env_.world_size) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
       auto now_beats = im.heartbeats(env_.world_size);
       const auto now = std::chrono::steady_clock::now();
@@ -450,6 +449,13 @@ void Distributed::barrier(const std::string& what) {
       }
       beats = now_beats;
     }
+  };
+  try {
+    im.store->add(key, 1);
+    wait_for_all(key);
+    // Rank 0 hosts the store: it leaves only after every rank has seen the barrier complete.
+    im.store->add(key + "/left", 1);
+    if (env_.rank == 0) wait_for_all(key + "/left");
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -500,6 +506,7 @@ struct GradientSync::State {
   std::vector<char> got;
   bool armed = false;
   size_t next = 0;
+  int early = 0, last_early = 0;
   std::string what = "gradients";
   std::mutex mu;
 
@@ -531,7 +538,9 @@ struct GradientSync::State {
     slot_write(i, &grad);
     got[i] = 1;
     ++buckets[bucket_of[i]].arrived;
+    const size_t before = next;
     launch_ready();
+    early += static_cast<int>(next - before);
   }
 };
 
@@ -576,6 +585,8 @@ GradientSync::~GradientSync() {
 
 int GradientSync::buckets() const { return static_cast<int>(state_->buckets.size()); }
 
+int GradientSync::overlapped() const { return state_->last_early; }
+
 void GradientSync::arm() {
   std::lock_guard<std::mutex> lock(state_->mu);
   state_->armed = !state_->buckets.empty();
@@ -612,6 +623,8 @@ void GradientSync::finish(const std::string& what) {
     b.pending = {};
   }
   std::fill(st.got.begin(), st.got.end(), 0);
+  st.last_early = st.early;
+  st.early = 0;
   st.next = 0;
   st.armed = false;
 }

@@ -101,6 +101,8 @@ class GradientSync {
   // Waits for the reductions (reducing what no backward reached) and writes the means into .grad.
   void finish(const std::string& what);
   int buckets() const;
+  // Buckets of the last finish() whose reduction began during backward (the overlap).
+  int overlapped() const;
 
   struct State;
 
