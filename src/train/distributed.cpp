@@ -1,6 +1,5 @@
 #include "train/distributed.h"
 
-#include <torch/version.h>
 
 #include <algorithm>
 #include <atomic>
@@ -12,12 +11,20 @@
 
 #include "core/error.h"
 
-#ifdef USE_C10D_GLOO
+// DIFFUSE_HAVE_GLOO / DIFFUSE_HAVE_NCCL come from src/train/CMakeLists.txt (gloo's / NCCL's headers
+// found); c10d's headers declare their backends under USE_C10D_GLOO / USE_C10D_NCCL.
+#ifdef DIFFUSE_HAVE_GLOO
+#ifndef USE_C10D_GLOO
+#define USE_C10D_GLOO
+#endif
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
-#ifdef USE_C10D_NCCL
+#ifdef DIFFUSE_HAVE_NCCL
+#ifndef USE_C10D_NCCL
+#define USE_C10D_NCCL
+#endif
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -134,6 +141,8 @@ LaunchEnv launch_env(const std::function<const char*(const char*)>& getenv) {
     return e;
   }
   if (!get("MASTER_ADDR").empty()) e.master_addr = get("MASTER_ADDR");
+  e.agent_store = e.source == "torchrun" && get("TORCHELASTIC_USE_AGENT_STORE") == "True";
+  if (e.agent_store) e.restart_count = num("TORCHELASTIC_RESTART_COUNT", "0", 0);
   e.master_port = num("MASTER_PORT", "29500", 1);
   if (e.master_port > 65535) throw Error("MASTER_PORT=" + get("MASTER_PORT") + ": not a port");
   const std::string rank_var = e.source == "slurm" ? "SLURM_PROCID" : "RANK";
@@ -144,7 +153,7 @@ LaunchEnv launch_env(const std::function<const char*(const char*)>& getenv) {
 }
 
 bool distributed_available() {
-#ifdef USE_C10D_GLOO
+#ifdef DIFFUSE_HAVE_GLOO
   return true;
 #else
   return false;
@@ -154,14 +163,14 @@ bool distributed_available() {
 // ---------------------------------------------------------------------------------------------
 // The process group
 
-#ifdef USE_C10D_GLOO
+#ifdef DIFFUSE_HAVE_GLOO
 
 struct Distributed::Impl {
   std::chrono::milliseconds timeout{60000};
   c10::intrusive_ptr<c10d::Store> store;     // this thread's connection
   c10::intrusive_ptr<c10d::Store> hb_store;  // the heartbeat thread's
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
-#ifdef USE_C10D_NCCL
+#ifdef DIFFUSE_HAVE_NCCL
   c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;
 #endif
   std::thread heartbeat;
@@ -172,7 +181,7 @@ struct Distributed::Impl {
 
   template <class F>
   auto with_pg(F&& f) {
-#ifdef USE_C10D_NCCL
+#ifdef DIFFUSE_HAVE_NCCL
     if (nccl) return f(*nccl);
 #endif
     return f(*gloo);
@@ -216,16 +225,22 @@ Distributed::Distributed(const LaunchEnv& env, std::chrono::milliseconds timeout
   std::snprintf(secs_text, sizeof secs_text, "%g s", secs);
   c10d::TCPStoreOptions so;
   so.port = static_cast<std::uint16_t>(env_.master_port);
-  so.isServer = env_.rank == 0;
-  so.numWorkers = c10::nullopt;
+  const bool host = env_.rank == 0 && !env_.agent_store;
+  so.isServer = host;
+  so.numWorkers = {};
   so.waitWorkers = false;
   so.timeout = timeout;
   try {
     im.store = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, so);
     so.isServer = false;
     im.hb_store = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, so);
+    if (env_.agent_store) {
+      const std::string prefix = "/worker/attempt_" + std::to_string(env_.restart_count);
+      im.store = c10::make_intrusive<c10d::PrefixStore>(prefix, im.store);
+      im.hb_store = c10::make_intrusive<c10d::PrefixStore>(prefix, im.hb_store);
+    }
   } catch (const std::exception& e) {
-    if (env_.rank == 0)
+    if (host)
       throw Error(who + ": cannot host the rendezvous store on " + where + " (MASTER_ADDR / MASTER_PORT): " + e.what());
     throw Error(who + ": rendezvous store at " + where + " not reachable within " + secs_text +
                 " (rank 0 hosts it; is it running?): " + e.what());
@@ -260,7 +275,7 @@ Distributed::Distributed(const LaunchEnv& env, std::chrono::milliseconds timeout
   });
   auto pg_store = c10::make_intrusive<c10d::PrefixStore>("pg", im.store);
   try {
-#ifdef USE_C10D_NCCL
+#ifdef DIFFUSE_HAVE_NCCL
     if (device.is_cuda()) {
       auto o = c10d::ProcessGroupNCCL::Options::create();
       o->timeout = timeout;
@@ -299,7 +314,7 @@ Distributed::~Distributed() {
 
 std::string Distributed::backend() const {
   if (!impl_) return "none";
-#ifdef USE_C10D_NCCL
+#ifdef DIFFUSE_HAVE_NCCL
   if (impl_->nccl) return "nccl";
 #endif
   return "gloo";

@@ -30,6 +30,11 @@ struct LaunchEnv {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   std::string source;  // "torchrun" (also `--nproc-per-node`), "slurm", or "" for a single process
+  // Launched by torchrun itself (TORCHELASTIC_USE_AGENT_STORE=True): its agent already hosts the
+  // store at MASTER_ADDR:MASTER_PORT, so every rank connects to it, under the prefix
+  // /worker/attempt_<TORCHELASTIC_RESTART_COUNT>.
+  bool agent_store = false;
+  int restart_count = 0;
 };
 
 // From torchrun's variables when RANK is set, else Slurm's when SLURM_PROCID is set (MASTER_ADDR

@@ -307,7 +307,9 @@ TEST(TrainDistributed, ResumesWithAnotherNumberOfProcesses) {
   auto bad = dist_run(with(diffusion_args(dir, "b", 4, 30), {"--resume", "--nproc-per-node", "2", "--threads", "2"}),
                       dir / "bad.log");
   EXPECT_NE(bad.code, 0);
-  EXPECT_NE(bad.output.find("--global_batch"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("different global batch (--batch x processes) (checkpoint has 16, now 8)"),
+            std::string::npos)
+      << bad.output;
 }
 
 TEST(TrainDistributed, AKilledRankStopsTheOthersWithItsName) {

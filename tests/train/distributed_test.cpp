@@ -42,6 +42,13 @@ TEST(LaunchEnv, ReadsTorchrunSlurmOrNothing) {
   EXPECT_EQ(tr.local_world_size, 4);
   EXPECT_EQ(tr.master_addr, "10.0.0.7");
   EXPECT_EQ(tr.master_port, 29611);
+  EXPECT_FALSE(tr.agent_store);
+  auto agent = env_of({{"RANK", "1"},
+                       {"WORLD_SIZE", "2"},
+                       {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                       {"TORCHELASTIC_RESTART_COUNT", "3"}});
+  EXPECT_TRUE(agent.agent_store);  // torchrun's agent hosts the store
+  EXPECT_EQ(agent.restart_count, 3);
 
   auto sl = env_of({{"SLURM_PROCID", "6"},
                     {"SLURM_NTASKS", "8"},
