@@ -1,6 +1,5 @@
 #include "train/distributed.h"
 
-
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
