@@ -567,6 +567,9 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
       auto dl_mean = dl.detach().to(torch::kCPU, torch::kFloat64).reshape({1});
       if (dist) dist->all_reduce_mean({dl_mean}, "the discriminator loss" + at_step);
       d_loss = dl_mean.item<double>();
+      // Batch-norm statistics come from each rank's batch: rank 0's are kept on every rank (as DDP
+      // broadcasts buffers), so the replicas stay identical.
+      if (dist) dist->broadcast(disc->buffers(), "the discriminator's batch-norm statistics" + at_step);
     }
     update_ema(ema_params, params, opt.ema_decay, step);
     sm.add(sm.loss, step_loss);

@@ -61,8 +61,8 @@ struct VaeTrainOptions {
   bool quiet = false;
   // Data-parallel job (train/distributed.h); null: this process alone. `batch` is per process
   // (the global batch, batch x processes, must stay the same across resumes); scaling_factor is
-  // measured on batches of the global size. The discriminator's batch norms see each process's
-  // batch, as in DDP without SyncBatchNorm.
+  // measured on batches of the global size. The discriminator's batch norms normalise each
+  // process's batch (as DDP without SyncBatchNorm); their running statistics are rank 0's.
   std::shared_ptr<Distributed> dist;
   std::string batch_log;  // as TrainOptions::batch_log
 };
