@@ -601,8 +601,9 @@ int GradientSync::buckets() const { return static_cast<int>(state_->buckets.size
 
 int GradientSync::overlapped() const { return state_->last_early; }
 
-void GradientSync::arm() {
+void GradientSync::arm(const std::string& what) {
   std::lock_guard<std::mutex> lock(state_->mu);
+  state_->what = what;
   state_->armed = !state_->buckets.empty();
 }
 

@@ -102,7 +102,8 @@ class GradientSync {
   GradientSync(std::shared_ptr<Distributed> dist, std::vector<torch::Tensor> params, int64_t bucket_bytes = 25 << 20);
   ~GradientSync();
   // The next backward pass is the last before the update: its gradients are reduced as they come.
-  void arm();
+  // `what` names them in errors (e.g. "gradients at step 12").
+  void arm(const std::string& what);
   // Waits for the reductions (reducing what no backward reached) and writes the means into .grad.
   void finish(const std::string& what);
   int buckets() const;

@@ -444,7 +444,8 @@ TrainResult train(const TrainOptions& opt) {
         out_t = model.forward(net_in, d.t.to(torch::kFloat32), d.labels).to(torch::kFloat32);
       }
       auto loss = objective.loss(out_t, d) / accum;
-      if (micro == accum - 1) sync.arm();  // gradients are all-reduced as backward produces them
+      // The last micro-batch's gradients are all-reduced as backward produces them.
+      if (micro == accum - 1) sync.arm("gradients at step " + std::to_string(step + 1));
       loss.backward();
       step_loss += loss.item<double>();
     }

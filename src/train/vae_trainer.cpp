@@ -542,7 +542,7 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
       }
       loss = loss + w * g_loss;
     }
-    sync.arm();  // gradients are all-reduced as backward produces them
+    sync.arm("gradients" + at_step);  // all-reduced as backward produces them
     loss.backward();
     // The logged terms, averaged over the ranks (one all-reduce).
     auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kCPU, torch::kFloat64); };

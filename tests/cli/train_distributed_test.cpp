@@ -323,12 +323,13 @@ TEST(TrainDistributed, AKilledRankStopsTheOthersWithItsName) {
     pids.push_back(dist_spawn(
         args, {{"RANK", std::to_string(r)}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}},
         dir / ("rank" + std::to_string(r) + ".log")));
-  // Once the first checkpoint is written, rank 1 dies.
+  // Soon after the first checkpoint is written, rank 1 dies.
   const auto start = std::chrono::steady_clock::now();
   while (!fs::exists(dir / "run/checkpoint/state.json") &&
          std::chrono::steady_clock::now() - start < std::chrono::seconds(90))
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   ASSERT_TRUE(fs::exists(dir / "run/checkpoint/state.json"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // back in training steps (collectives)
   kill(pids[1], SIGKILL);
   const auto killed = std::chrono::steady_clock::now();
   EXPECT_EQ(dist_wait(pids[1], 10), 128 + SIGKILL);

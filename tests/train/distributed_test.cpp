@@ -170,7 +170,7 @@ TEST(Distributed, GradientSyncAveragesAccumulatedGradientsDuringBackward) {
     GradientSync sync(d, params, /*bucket_bytes=*/64);  // a bucket per tensor or so
     buckets[r] = sync.buckets();
     for (int micro = 0; micro < 2; ++micro) {
-      if (micro == 1) sync.arm();
+      if (micro == 1) sync.arm("test gradients");
       (net->forward(input(r, micro)).pow(2).mean() / 2).backward();
     }
     sync.finish("test gradients");
