@@ -114,6 +114,70 @@ bool SDPipeline::is_sd_folder(const std::string& dir) {
   return j.value("_class_name", std::string()).rfind("StableDiffusion", 0) == 0;
 }
 
+namespace {
+
+bool has_component(const nlohmann::json& index, const std::string& name) {
+  return index.contains(name) && index[name].is_array() && !index[name].empty() && !index[name][0].is_null();
+}
+
+// A tokenizer + text encoder pair of a pipeline folder; 16-bit weights computed in fp32 stay 16-bit.
+std::shared_ptr<SDTextEncoder> load_text_encoder(const std::string& dir, const std::string& encoder,
+                                                 const std::string& tokenizer, torch::Device device,
+                                                 torch::Dtype dtype) {
+  auto te = std::make_shared<SDTextEncoder>();
+  te->tokenizer = CLIPTokenizer::from_folder(dir + "/" + tokenizer);
+  const auto stored =
+      dtype == torch::kFloat32 ? model_io::stored_half_dtype(dir + "/" + encoder, "model.safetensors") : std::nullopt;
+  te->model = load_clip_text_model(dir + "/" + encoder, stored.value_or(dtype));
+  if (stored) te->compute_dtype = torch::kFloat32;
+  te->model->to(device);
+  return te;
+}
+
+// SDXL: which time ids the UNet takes, from the widths of its added embedding and of the pooled
+// text embeddings (diffusers raises at the first call when they disagree; this says it at load).
+void check_xl_conditioning(SDPipeline& p, const std::string& source) {
+  if (!p.is_xl()) return;
+  const auto& c = p.unet->config();
+  if (p.text_2) {
+    const int64_t pooled = p.text_2->model->config().projection_dim;
+    const int64_t k = c.num_time_ids(pooled);
+    if (k != 5 && k != 6)
+      throw Error(source + ": the UNet's added embedding takes " +
+                  std::to_string(c.projection_class_embeddings_input_dim.value_or(0)) + " features, which is not " +
+                  std::to_string(pooled) + " pooled text features plus 5 or 6 time ids of " +
+                  std::to_string(c.addition_time_embed_dim.value_or(0)));
+    p.requires_aesthetics_score = k == 5;
+  } else if (p.pooled_dim() <= 0) {
+    throw Error(source + ": the UNet's added embedding is too narrow for " + std::to_string(p.num_time_ids()) +
+                " time ids");
+  }
+}
+
+}  // namespace
+
+std::string SDPipeline::architecture() const {
+  std::string a = is_xl() ? (requires_aesthetics_score ? "SDXL refiner" : "SDXL")
+                  : unet->config().cross_attention_dim.at(0) == 1024 ? "SD2"
+                                                                     : "SD1";
+  if (is_inpaint_model()) a += " inpainting";
+  return a;
+}
+
+std::vector<const SDTextEncoder*> SDPipeline::text_encoders() const {
+  std::vector<const SDTextEncoder*> v;
+  if (text) v.push_back(text.get());
+  if (text_2) v.push_back(text_2.get());
+  return v;
+}
+
+int64_t SDPipeline::pooled_dim() const {
+  if (!is_xl()) return 0;
+  if (text_2) return text_2->model->config().projection_dim;
+  const auto& c = unet->config();
+  return c.projection_class_embeddings_input_dim.value_or(0) - num_time_ids() * c.addition_time_embed_dim.value_or(0);
+}
+
 SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch::Dtype dtype, bool with_text_encoder) {
   if (!fs::is_directory(dir)) throw Error(dir + ": model folder not found");
   check_compute_dtype(device, dtype);
@@ -121,13 +185,18 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
     throw Error(dir + ": no model_index.json (not a diffusers pipeline folder)");
   auto index = read_json_file(dir + "/model_index.json");
   const std::string cls = index.value("_class_name", std::string());
-  if (cls.rfind("StableDiffusion", 0) != 0 || cls.find("XL") != std::string::npos)
-    throw Error(
-        dir + "/model_index.json: pipeline class '" + cls +
-        "' is not a Stable Diffusion 1.x/2.x pipeline (StableDiffusionPipeline, StableDiffusionInpaintPipeline)");
+  const bool xl = cls.rfind("StableDiffusionXL", 0) == 0;
+  if (cls.rfind("StableDiffusion", 0) != 0 || (!xl && cls.find("XL") != std::string::npos))
+    throw Error(dir + "/model_index.json: pipeline class '" + cls +
+                "' is not a Stable Diffusion pipeline (StableDiffusionPipeline, StableDiffusionInpaintPipeline, "
+                "StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline)");
   for (const char* c : {"unet", "vae", "scheduler"}) require_component(dir, index, c);
-  if (with_text_encoder)
+  // An SDXL refiner has no text_encoder / tokenizer (model_index.json lists them as null).
+  const bool with_first = with_text_encoder && (!xl || has_component(index, "text_encoder"));
+  if (with_first)
     for (const char* c : {"text_encoder", "tokenizer"}) require_component(dir, index, c);
+  if (xl && with_text_encoder)
+    for (const char* c : {"text_encoder_2", "tokenizer_2"}) require_component(dir, index, c);
   SDPipeline p;
   p.source = dir;
   p.device = device;
@@ -137,6 +206,10 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
   p.scheduler = load_scheduler_config(sched);
   p.scheduler_class = read_json_file(sched).value("_class_name", std::string("DDIMScheduler"));
   p.unet = load_unet2d_condition(dir + "/unet");
+  if (xl != p.unet->config().text_time())
+    throw Error(dir + ": pipeline class " + cls +
+                (xl ? " needs an SDXL UNet (addition_embed_type text_time)"
+                    : " cannot run an SDXL UNet (addition_embed_type text_time)"));
   // fp16 / bf16 weights computed in fp32 go back to their 16-bit dtype (exact) and are upcast
   // block by block while they run, as for single files.
   const auto unet_stored = dtype == torch::kFloat32
@@ -144,18 +217,24 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
                                : std::nullopt;
   p.unet->to(device, unet_stored.value_or(dtype));
   if (unet_stored) p.unet->set_compute_dtype(torch::kFloat32);
+  // The VAE always runs in float32 (what SDXL's force_upcast asks for: its fp16 decoder overflows).
   p.vae = load_autoencoder_kl(dir + "/vae");
   p.vae->to(device);
-  if (with_text_encoder) {
-    auto te = std::make_shared<SDTextEncoder>();
-    te->tokenizer = CLIPTokenizer::from_folder(dir + "/tokenizer");
-    const auto text_stored = dtype == torch::kFloat32
-                                 ? model_io::stored_half_dtype(dir + "/text_encoder", "model.safetensors")
-                                 : std::nullopt;
-    te->model = load_clip_text_model(dir + "/text_encoder", text_stored.value_or(dtype));
-    if (text_stored) te->compute_dtype = torch::kFloat32;
-    te->model->to(device);
-    p.text = te;
+  if (with_first) p.text = load_text_encoder(dir, "text_encoder", "tokenizer", device, dtype);
+  if (xl) {
+    if (with_text_encoder) p.text_2 = load_text_encoder(dir, "text_encoder_2", "tokenizer_2", device, dtype);
+    if (p.text_2 && !p.text_2->model->config().with_projection)
+      throw Error(dir + "/text_encoder_2: SDXL needs a CLIPTextModelWithProjection (its pooled text_embeds)");
+    for (auto* te : {p.text.get(), p.text_2.get()})
+      if (te) te->penultimate = true;
+    p.force_zeros_for_empty_prompt =
+        index.contains("force_zeros_for_empty_prompt") && index["force_zeros_for_empty_prompt"].is_boolean()
+            ? index["force_zeros_for_empty_prompt"].get<bool>()
+            : true;
+    p.requires_aesthetics_score = index.contains("requires_aesthetics_score") &&
+                                  index["requires_aesthetics_score"].is_boolean() &&
+                                  index["requires_aesthetics_score"].get<bool>();
+    check_xl_conditioning(p, dir);
   }
   return p;
 }
@@ -278,7 +357,8 @@ CondDenoiser SDPipeline::denoiser(bool quantize, bool clamp) const {
     auto in = x;
     if (cond.has("c_concat")) in = torch::cat({x, cond.get("c_concat").to(x.device(), x.scalar_type())}, 1);
     auto ehs = cond.get("encoder_hidden_states");
-    return net->forward(in.to(dt), t, ehs.to(in.device(), dt)).to(torch::kFloat32);
+    auto text_embeds = cond.get("text_embeds"), time_ids = cond.get("time_ids");  // SDXL
+    return net->forward(in.to(dt), t, ehs.to(in.device(), dt), {}, {}, text_embeds, time_ids).to(torch::kFloat32);
   };
   DiscreteDenoiserOptions o;
   o.quantize = quantize;
@@ -308,10 +388,9 @@ void check_nchw(const torch::Tensor& t, int64_t channels, const std::string& wha
     throw Error(what + ": expected [B, " + std::to_string(channels) + ", H, W], got " + c10::str(t.sizes()));
 }
 
-torch::Tensor prompt_embeddings(const SDPipeline& pipe, const std::string& prompt, int clip_skip) {
-  if (!pipe.text)
+void require_text_encoder(const SDPipeline& pipe) {
+  if (!pipe.has_text_encoder())
     throw Error("prompt: " + pipe.source + " was loaded without its text encoder; give prompt embeddings instead");
-  return encode_weighted_prompt(*pipe.text, prompt, clip_skip);  // A1111 syntax and chunks
 }
 
 // A1111's expand_crop_region: grows [x1, x2) x [y1, y2) to the aspect ratio pw:ph inside the image.
@@ -374,6 +453,41 @@ SDResult generate_only_masked(const SDPipeline& pipe, const SDOptions& opt) {
 
 }  // namespace
 
+PromptEncoding encode_prompt(const SDPipeline& pipe, const std::string& prompt, int clip_skip) {
+  require_text_encoder(pipe);
+  PromptEncoding e;
+  std::vector<torch::Tensor> parts;
+  for (const auto* te : pipe.text_encoders())  // A1111 syntax and chunks, per encoder
+    parts.push_back(encode_weighted_prompt(*te, prompt, clip_skip, 1, &e.pooled));  // pooled: the last encoder's
+  e.embeds = parts.size() == 1 ? parts[0] : torch::cat(parts, -1);
+  return e;
+}
+
+torch::Tensor sdxl_time_ids(const SDPipeline& pipe, const SizeConditioning& c, int height, int width, bool negative) {
+  const std::array<int, 2> out{height, width}, zero{0, 0};
+  std::array<int, 2> orig = c.original_size.value_or(out), crop = c.crop_coords.value_or(zero),
+                     target = c.target_size.value_or(out);
+  std::vector<double> ids;
+  if (pipe.requires_aesthetics_score) {
+    // StableDiffusionXLImg2ImgPipeline: negative sizes default to the positive ones, crops to (0, 0)
+    if (negative) {
+      orig = c.negative_original_size.value_or(orig);
+      crop = c.negative_crop_coords.value_or(zero);
+    }
+    ids = {double(orig[0]), double(orig[1]), double(crop[0]), double(crop[1]),
+           negative ? c.negative_aesthetic_score : c.aesthetic_score};
+  } else {
+    // StableDiffusionXLPipeline: the negative row differs only when both negative sizes are given
+    if (negative && c.negative_original_size && c.negative_target_size) {
+      orig = *c.negative_original_size;
+      crop = c.negative_crop_coords.value_or(zero);
+      target = *c.negative_target_size;
+    }
+    ids = {double(orig[0]), double(orig[1]), double(crop[0]), double(crop[1]), double(target[0]), double(target[1])};
+  }
+  return torch::tensor(ids, torch::kFloat64).to(torch::kFloat32).unsqueeze(0);
+}
+
 SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   SDOptions opt = opt_in;
   if (opt.n < 1) throw Error("-n " + std::to_string(opt.n) + ": must be at least 1");
@@ -421,17 +535,50 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
 
   torch::NoGradGuard no_grad;
   const bool guided = opt.guidance > 1.0;
-  auto cond_embeds =
-      opt.prompt_embeds.defined() ? opt.prompt_embeds : prompt_embeddings(pipe, opt.prompt, opt.clip_skip);
-  torch::Tensor uncond_embeds;
-  if (guided)
-    uncond_embeds = opt.negative_prompt_embeds.defined() ? opt.negative_prompt_embeds
-                                                         : prompt_embeddings(pipe, opt.negative_prompt, opt.clip_skip);
-  if (guided) match_prompt_lengths(pipe.text.get(), cond_embeds, uncond_embeds, opt.clip_skip);
+  const bool xl = pipe.is_xl();
+  auto encode = [&](const std::string& prompt, torch::Tensor& embeds, torch::Tensor& pooled) {
+    auto e = encode_prompt(pipe, prompt, opt.clip_skip);
+    embeds = e.embeds;
+    pooled = e.pooled;
+  };
+  torch::Tensor cond_embeds, uncond_embeds, cond_pooled, uncond_pooled;
+  if (opt.prompt_embeds.defined()) {
+    cond_embeds = opt.prompt_embeds;
+    cond_pooled = opt.pooled_prompt_embeds;
+    if (xl && !cond_pooled.defined())
+      throw Error("pooled_prompt_embeds: SDXL needs them with prompt_embeds (the second text encoder's text_embeds)");
+  } else {
+    encode(opt.prompt, cond_embeds, cond_pooled);
+  }
+  if (guided) {
+    if (opt.negative_prompt_embeds.defined()) {
+      uncond_embeds = opt.negative_prompt_embeds;
+      uncond_pooled = opt.negative_pooled_prompt_embeds;
+      if (xl && !uncond_pooled.defined())
+        throw Error("negative_pooled_prompt_embeds: SDXL needs them with negative_prompt_embeds");
+    } else if (xl && opt.negative_prompt.empty() && pipe.force_zeros_for_empty_prompt) {
+      // diffusers' force_zeros_for_empty_prompt: no negative prompt conditions on zeros
+      uncond_embeds = torch::zeros_like(cond_embeds);
+      uncond_pooled = torch::zeros_like(cond_pooled);
+    } else {
+      encode(opt.negative_prompt, uncond_embeds, uncond_pooled);
+    }
+    match_prompt_lengths(pipe.text_encoders(), cond_embeds, uncond_embeds, opt.clip_skip);
+  }
+  const int64_t ctx = pipe.unet->config().cross_attention_dim.at(0);
   for (const auto* e : {&cond_embeds, &uncond_embeds})
-    if (e->defined() && (e->dim() != 3 || e->size(2) != pipe.unet->config().cross_attention_dim.at(0)))
-      throw Error("prompt embeddings: expected [1 or n, L, " +
-                  std::to_string(pipe.unet->config().cross_attention_dim.at(0)) + "], got " + c10::str(e->sizes()));
+    if (e->defined() && (e->dim() != 3 || e->size(2) != ctx))
+      throw Error("prompt embeddings: expected [1 or n, L, " + std::to_string(ctx) + "], got " + c10::str(e->sizes()));
+  torch::Tensor cond_time_ids, uncond_time_ids;
+  if (xl) {
+    const int64_t pd = pipe.pooled_dim();
+    for (const auto* e : {&cond_pooled, &uncond_pooled})
+      if (e->defined() && (e->dim() != 2 || e->size(1) != pd))
+        throw Error("pooled prompt embeddings: expected [1 or n, " + std::to_string(pd) + "], got " +
+                    c10::str(e->sizes()));
+    cond_time_ids = sdxl_time_ids(pipe, opt.size_cond, opt.height, opt.width, false);
+    uncond_time_ids = sdxl_time_ids(pipe, opt.size_cond, opt.height, opt.width, true);
+  }
 
   const SamplerDesc& sampler = *plan.sampler;
   CondDenoiser cd = pipe.denoiser(plan.quantize, plan.denoiser_clamps(pipe.scheduler));
@@ -473,6 +620,15 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
     if (guided)
       uncond.tensors["encoder_hidden_states"] =
           batch_rows(uncond_embeds, opt.n, start, end, "negative_prompt_embeds").to(pipe.device);
+    if (xl) {
+      cond.tensors["text_embeds"] = batch_rows(cond_pooled, opt.n, start, end, "pooled_prompt_embeds").to(pipe.device);
+      cond.tensors["time_ids"] = cond_time_ids.expand({b, -1}).to(pipe.device);
+      if (guided) {
+        uncond.tensors["text_embeds"] =
+            batch_rows(uncond_pooled, opt.n, start, end, "negative_pooled_prompt_embeds").to(pipe.device);
+        uncond.tensors["time_ids"] = uncond_time_ids.expand({b, -1}).to(pipe.device);
+      }
+    }
     torch::Tensor latent_mask;
     if (inpaint9) {
       namespace F = torch::nn::functional;
