@@ -25,6 +25,8 @@ struct ModelInfo {
   std::string network;      // UNet2DConditionModel, UNet2DModel, DiTTransformer2DModel
   bool latent = false;      // samples in a VAE's latent space
   bool inpainting = false;  // a 9-channel inpainting UNet
+  // Stable Diffusion: "SD1", "SD2", "SDXL" or "SDXL refiner" (+ " inpainting"); "" for other kinds.
+  std::string architecture;
   std::vector<std::string> classes;
   int width = 0, height = 0;  // native size
   int channels = 3;           // image channels (1 = grey)
@@ -73,8 +75,10 @@ struct GenerateHooks {
   int preview_every = 0;  // 0 = no previews
   CancelToken cancel;
   std::function<void(const std::string&)> message;  // notices: LoRAs merged, embeddings loaded
-  // Expert inputs of Stable Diffusion (diffusers' latents= / prompt_embeds=), undefined = none.
+  // Expert inputs of Stable Diffusion (diffusers' latents= / prompt_embeds=), undefined = none;
+  // SDXL also takes pooled_prompt_embeds / negative_pooled_prompt_embeds with them.
   torch::Tensor latents, prompt_embeds, negative_prompt_embeds;
+  torch::Tensor pooled_prompt_embeds, negative_pooled_prompt_embeds;
 };
 
 struct GenerationResult {

@@ -135,6 +135,7 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
     info.network = "UNet2DConditionModel";
     info.latent = true;
     info.inpainting = s.sd->is_inpaint_model();
+    info.architecture = s.sd->architecture();
     info.width = info.height = s.sd->default_size();
     info.channels = 3;
     info.size_step = 8;
@@ -211,9 +212,39 @@ std::vector<FieldError> Model::validate(const GenerationRequest& request) const 
     if (request.inpaint_method == "repaint")
       bad("inpaint_method", "RePaint is for class-conditional and unconditional models (SD blends)");
     if (!request.invert_from.empty()) bad("invert_from", "applies to class-conditional models");
+    const bool xl = impl_->sd->is_xl();
+    const std::string only_xl = "applies to SDXL models only (this model is " + info.architecture + ")";
+    if (!xl) {
+      if (request.original_size != std::array<int, 2>{0, 0}) bad("original_size", only_xl);
+      if (request.crop_coords != std::array<int, 2>{0, 0}) bad("crop_coords", only_xl);
+      if (request.target_size != std::array<int, 2>{0, 0}) bad("target_size", only_xl);
+      if (request.negative_original_size != std::array<int, 2>{0, 0}) bad("negative_original_size", only_xl);
+      if (request.negative_crop_coords != std::array<int, 2>{0, 0}) bad("negative_crop_coords", only_xl);
+      if (request.negative_target_size != std::array<int, 2>{0, 0}) bad("negative_target_size", only_xl);
+    }
+    if (!impl_->sd->requires_aesthetics_score) {
+      const std::string only_refiner = "applies to SDXL refiners only (this model is " + info.architecture + ")";
+      if (request.aesthetic_score) bad("aesthetic_score", only_refiner);
+      if (request.negative_aesthetic_score) bad("negative_aesthetic_score", only_refiner);
+    } else {
+      if (request.target_size != std::array<int, 2>{0, 0})
+        bad("target_size", "an SDXL refiner is conditioned on the aesthetic score, not on a target size");
+      if (request.init_image.empty())
+        bad("init_image",
+            "this model is an SDXL refiner: it refines an image (img2img, inpainting) and cannot draw from noise; "
+            "use an SDXL base model for text-to-image");
+    }
     return e;
   }
   const std::string only_sd = "applies to Stable Diffusion models only (this model is " + kind + ")";
+  if (request.original_size != std::array<int, 2>{0, 0}) bad("original_size", only_sd);
+  if (request.crop_coords != std::array<int, 2>{0, 0}) bad("crop_coords", only_sd);
+  if (request.target_size != std::array<int, 2>{0, 0}) bad("target_size", only_sd);
+  if (request.negative_original_size != std::array<int, 2>{0, 0}) bad("negative_original_size", only_sd);
+  if (request.negative_crop_coords != std::array<int, 2>{0, 0}) bad("negative_crop_coords", only_sd);
+  if (request.negative_target_size != std::array<int, 2>{0, 0}) bad("negative_target_size", only_sd);
+  if (request.aesthetic_score) bad("aesthetic_score", only_sd);
+  if (request.negative_aesthetic_score) bad("negative_aesthetic_score", only_sd);
   if (info.kind == ModelKind::Unconditional) {
     if (!request.prompt.empty()) bad("prompt", "this model is unconditional: it takes no prompt");
     if (!request.class_label.empty()) bad("class", "this model is unconditional: it has no classes");
@@ -278,6 +309,7 @@ int64_t Model::weight_bytes() const {
     add(*impl_->sd->unet);
     add(*impl_->sd->vae);
     if (impl_->sd->text) add(*impl_->sd->text->model);
+    if (impl_->sd->text_2) add(*impl_->sd->text_2->model);
   }
   if (impl_->pixel) {
     add(impl_->pixel->net.module());

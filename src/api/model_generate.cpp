@@ -177,6 +177,18 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
   o.latents = hooks.latents;
   o.prompt_embeds = hooks.prompt_embeds;
   o.negative_prompt_embeds = hooks.negative_prompt_embeds;
+  o.pooled_prompt_embeds = hooks.pooled_prompt_embeds;
+  o.negative_pooled_prompt_embeds = hooks.negative_pooled_prompt_embeds;
+  // SDXL micro-conditioning; {0, 0} sizes are the output size
+  if (r.original_size != std::array<int, 2>{0, 0}) o.size_cond.original_size = r.original_size;
+  if (r.crop_coords != std::array<int, 2>{0, 0}) o.size_cond.crop_coords = r.crop_coords;
+  if (r.target_size != std::array<int, 2>{0, 0}) o.size_cond.target_size = r.target_size;
+  if (r.negative_original_size != std::array<int, 2>{0, 0})
+    o.size_cond.negative_original_size = r.negative_original_size;
+  if (r.negative_crop_coords != std::array<int, 2>{0, 0}) o.size_cond.negative_crop_coords = r.negative_crop_coords;
+  if (r.negative_target_size != std::array<int, 2>{0, 0}) o.size_cond.negative_target_size = r.negative_target_size;
+  if (r.aesthetic_score) o.size_cond.aesthetic_score = *r.aesthetic_score;
+  if (r.negative_aesthetic_score) o.size_cond.negative_aesthetic_score = *r.negative_aesthetic_score;
 
   // LoRAs from the request and from <lora:name:weight> tags in the prompts.
   const std::string& dir = m.options.lora_dir;

@@ -1,0 +1,93 @@
+// `diffuse generate` on an SDXL pipeline folder, through the real binary: both recorded diffusers
+// runs from --prompt-embeds (with the pooled embeddings) and --latents, micro-conditioning flags,
+// the parameters they leave in the PNG, and bad input.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+
+#include "core/image.h"
+#include "core/safetensors.h"
+#include "fixtures.h"
+
+namespace diffuse {
+namespace {
+
+using test::TempDir;
+
+std::pair<int, std::string> xl_cli(const std::string& args) {
+  std::string out;
+  FILE* p = popen((std::string(DIFFUSE_CLI) + " " + args + " --threads 1 2>&1").c_str(), "r");
+  if (!p) return {-1, out};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string xl_tiny() { return test::fixture("sdxl_pipeline_tiny"); }
+
+void check_xl_run(const std::string& file, const std::string& flags) {
+  TempDir t;
+  const std::string io = xl_tiny() + "/" + file;
+  auto [code, out] = xl_cli("generate --model " + xl_tiny() + " --prompt-embeds " + io + " --latents " + io +
+                            " --steps 5 --cfg 5 --width 32 --height 32 " + flags + " --out " + (t / "o.safetensors"));
+  ASSERT_EQ(code, 0) << out;
+  auto got = safetensors::load(t / "o.safetensors");
+  auto ref = safetensors::load(io);
+  EXPECT_LT(test::max_abs_diff(got.at("latents"), ref.at("step_latents")[4]), 2e-4 + 2e-5 * 25) << file;
+  EXPECT_LT(test::max_abs_diff((got.at("samples") / 2 + 0.5).clamp(0, 1).permute({0, 2, 3, 1}), ref.at("image")), 1e-3)
+      << file;
+  EXPECT_TRUE(torch::equal(got.at("noise"), ref.at("latents")));
+}
+
+TEST(SdxlCli, ReproducesDiffusersFromLatentsAndEmbeddings) { check_xl_run("io.safetensors", ""); }
+
+// No negative embeddings in the file: zeros (force_zeros_for_empty_prompt); the size flags.
+TEST(SdxlCli, MicroConditioningFlagsReproduceDiffusers) {
+  check_xl_run("io_microcond.safetensors",
+               "--original-size 1024,768 --crop-coords 12,40 --target-size 32,48 --negative-original-size 512,512 "
+               "--negative-target-size 32,32");
+}
+
+TEST(SdxlCli, PngCarriesTheSdxlParameters) {
+  TempDir t;
+  const std::string io = xl_tiny() + "/io.safetensors";
+  auto [code, out] = xl_cli("generate --model " + xl_tiny() + " --prompt-embeds " + io +
+                            " --steps 2 --original-size 1024,768 --crop-coords 12,40 --out " + (t / "a.png"));
+  ASSERT_EQ(code, 0) << out;
+  auto params = read_png_text(t / "a.png").at("parameters");
+  for (const char* s : {"Original size: \"1024, 768\"", "Crop coords: \"12, 40\"", "Sampler: euler", "Size: 16x16"})
+    EXPECT_NE(params.find(s), std::string::npos) << s << " in " << params;
+  // --params-from reads them back: the same image
+  auto [c2, o2] = xl_cli("generate --model " + xl_tiny() + " --prompt-embeds " + io + " --params-from " +
+                         (t / "a.png") + " --out " + (t / "b.png"));
+  ASSERT_EQ(c2, 0) << o2;
+  EXPECT_EQ(read_image(t / "a.png").data, read_image(t / "b.png").data);
+}
+
+TEST(SdxlCli, BadInputIsAClearError) {
+  TempDir t;
+  const std::string io = xl_tiny() + "/io.safetensors";
+  auto [c1, o1] = xl_cli("generate --model " + xl_tiny() + " --prompt-embeds " + io + " --original-size 1024 --out " +
+                         (t / "a.png"));
+  EXPECT_NE(c1, 0);
+  EXPECT_NE(o1.find("--original-size"), std::string::npos) << o1;
+  auto [c2, o2] = xl_cli("generate --model " + xl_tiny() + " --prompt-embeds " + io + " --aesthetic-score 6 --out " +
+                         (t / "a.png"));
+  EXPECT_NE(c2, 0);
+  EXPECT_NE(o2.find("refiners only"), std::string::npos) << o2;
+  auto [c3, o3] =
+      xl_cli("generate --model " + test::fixture("sd_pipeline_tiny") + " --prompt-embeds " +
+             test::fixture("sd_pipeline_tiny/io.safetensors") + " --target-size 512,512 --out " + (t / "a.png"));
+  EXPECT_NE(c3, 0);
+  EXPECT_NE(o3.find("SDXL models only"), std::string::npos) << o3;
+  auto [c4, o4] =
+      xl_cli("generate --model " + xl_tiny() + " --prompt-embeds " + io + " --width 36 --out " + (t / "a.png"));
+  EXPECT_NE(c4, 0);
+  EXPECT_NE(o4.find("--width: must be a multiple of 8"), std::string::npos) << o4;
+}
+
+}  // namespace
+}  // namespace diffuse
