@@ -257,11 +257,11 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   p.scheduler.steps_offset = 1;
   p.scheduler.clip_sample = false;
   p.scheduler.set_alpha_to_one = false;
-  p.scheduler_class = "DDIMScheduler";
+  // SDXL checkpoints come with diffusers' SDXL scheduler (Euler, leading spacing)
+  p.scheduler_class = ck.xl ? "EulerDiscreteScheduler" : "DDIMScheduler";
   // fp16 / bf16 weights computed in fp32 stay 16-bit in memory; the UNet upcasts one block at a
   // time and the text encoder as a whole while it runs (same results, about half the memory).
   const auto unet_stored = uniform_half_dtype(ck.unet);
-  const auto text_stored = uniform_half_dtype(ck.text);
   const bool unet_resident = dtype == torch::kFloat32 && unet_stored.has_value();
   {
     // no float32 copy of a 16-bit UNet
@@ -281,14 +281,36 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   p.vae->eval();
   p.vae->to(device);
   if (with_text_encoder) {
-    auto te = std::make_shared<SDTextEncoder>();
-    te->tokenizer = CLIPTokenizer::builtin(ck.openclip ? "!" : "<|endoftext|>");
-    const bool text_resident = dtype == torch::kFloat32 && text_stored.has_value();
-    te->model = clip_text_model_from_state_dict(ck.text_config, ck.text, path + " (text encoder)",
-                                                text_resident ? *text_stored : dtype);
-    if (text_resident) te->compute_dtype = torch::kFloat32;
-    te->model->to(device);
-    p.text = te;
+    // Tokenizers: SD 1.x and SDXL's CLIP-L pad with <|endoftext|>, OpenCLIP encoders with '!'.
+    auto make = [&](const CLIPTextConfig& cfg, const TensorMap& weights, const std::string& pad,
+                    const std::string& what) {
+      auto te = std::make_shared<SDTextEncoder>();
+      te->tokenizer = CLIPTokenizer::builtin(pad);
+      const auto stored = uniform_half_dtype(weights);
+      const bool resident = dtype == torch::kFloat32 && stored.has_value();
+      {
+        DefaultDtype as(resident ? *stored : dtype == torch::kBFloat16 ? dtype : torch::kFloat32);
+        te->model = CLIPTextModel(cfg);
+      }
+      TensorMap w = weights;
+      w.erase("text_model.embeddings.position_ids");
+      load_in_parts(*te->model, "", w, path + " (" + what + ")");
+      te->model->eval();
+      te->model->to(device, resident ? *stored : dtype);
+      if (resident) te->compute_dtype = torch::kFloat32;
+      te->penultimate = ck.xl;
+      return te;
+    };
+    if (!ck.text.empty())
+      p.text = make(ck.text_config, ck.text, ck.openclip ? "!" : "<|endoftext|>",
+                    ck.xl ? "text encoder, CLIP ViT-L" : "text encoder");
+    if (ck.xl) p.text_2 = make(ck.text_2_config, ck.text_2, "!", "text encoder 2, OpenCLIP ViT-bigG");
+  }
+  ck.text.clear();
+  ck.text_2.clear();
+  if (ck.xl) {
+    p.requires_aesthetics_score = ck.architecture.rfind("SDXL refiner", 0) == 0;
+    p.force_zeros_for_empty_prompt = !p.requires_aesthetics_score;  // as the SDXL base / refiner folders say
   }
   return p;
 }
@@ -306,7 +328,10 @@ SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype d
     LdmConfigOverrides over;
     if (!config_dir.empty()) {
       if (!fs::is_directory(config_dir)) throw Error(config_dir + ": config folder not found");
-      for (auto [dir, json] : {std::pair{"unet", &over.unet}, {"vae", &over.vae}, {"text_encoder", &over.text}})
+      for (auto [dir, json] : {std::pair{"unet", &over.unet},
+                               {"vae", &over.vae},
+                               {"text_encoder", &over.text},
+                               {"text_encoder_2", &over.text_2}})
         if (fs::exists(config_dir + "/" + dir + "/config.json"))
           *json = read_json_file(config_dir + "/" + dir + "/config.json");
     }
