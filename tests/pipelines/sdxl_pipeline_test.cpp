@@ -15,6 +15,7 @@
 #include "models/error_of.h"
 #include "pipelines/prompt_weights.h"
 #include "pipelines/sd_pipeline.h"
+#include "sdxl_tiny.h"
 
 namespace fs = std::filesystem;
 
@@ -241,6 +242,82 @@ TEST(SdxlPipeline, EmptyNegativePromptIsZerosWhenTheModelSaysSo) {
   for (int i = 0; i < 40; ++i) longn += "blurry, ";
   o.negative_prompt = longn;
   EXPECT_TRUE(torch::isfinite(generate(pipe, o).latents).all().item<bool>());
+}
+
+// img2img and masked img2img run through the SD pipeline's editing code: strength 0 is the VAE
+// round trip, the known region keeps the init latents.
+TEST(SdxlPipeline, Img2ImgAndInpaintingReuseTheEditingPath) {
+  const auto& pipe = xl_pipe();
+  auto o = xl_options("io.safetensors");
+  o.latents = torch::Tensor();
+  o.seed = 7;
+  o.image = torch::rand({1, 3, 32, 32}) * 2 - 1;
+  o.strength = 0;
+  auto r = generate(pipe, o);
+  auto post = pipe.encode(o.image);
+  auto init = post.mean + post.std() * TorchNoise(7).randn({1, 4, 16, 16});
+  EXPECT_LT(test::max_abs_diff(r.latents, init), 1e-6);
+  o.strength = 1.0;
+  o.steps = 3;
+  o.mask = torch::zeros({1, 1, 32, 32});
+  o.mask.slice(2, 0, 16).fill_(1);  // repaint the top half
+  r = generate(pipe, o);
+  EXPECT_LT(test::max_abs_diff(r.latents.slice(2, 8, 16), init.slice(2, 8, 16)), 1e-6);
+  EXPECT_GT(test::max_abs_diff(r.latents.slice(2, 0, 8), init.slice(2, 0, 8)), 1e-2);
+  // micro-conditioning reaches the UNet in img2img too
+  o.mask = torch::Tensor();
+  o.strength = 0.6;
+  auto a = generate(pipe, o);
+  o.size_cond.original_size = {1024, 1024};
+  EXPECT_GT(test::max_abs_diff(generate(pipe, o).latents, a.latents), 1e-4);
+}
+
+// A refiner: only the second text encoder, 5 time ids with the aesthetic score, force_zeros off.
+TEST(SdxlPipeline, RefinerConditionsOnTheAestheticScore) {
+  test::TempDir dir;
+  auto pipe = SDPipeline::load(test::tiny_sdxl_refiner(dir / "refiner"));
+  EXPECT_EQ(pipe.architecture(), "SDXL refiner");
+  EXPECT_FALSE(pipe.text);
+  ASSERT_TRUE(pipe.text_2);
+  EXPECT_TRUE(pipe.requires_aesthetics_score);
+  EXPECT_FALSE(pipe.force_zeros_for_empty_prompt);
+  EXPECT_EQ(pipe.num_time_ids(), 5);
+  EXPECT_EQ(pipe.pooled_dim(), 32);
+  SizeConditioning c;
+  EXPECT_TRUE(torch::equal(sdxl_time_ids(pipe, c, 32, 48, false), torch::tensor({{32.f, 48.f, 0.f, 0.f, 6.f}})));
+  EXPECT_TRUE(torch::equal(sdxl_time_ids(pipe, c, 32, 48, true), torch::tensor({{32.f, 48.f, 0.f, 0.f, 2.5f}})));
+  c.original_size = {1024, 768};
+  c.crop_coords = {8, 16};
+  c.aesthetic_score = 7;
+  c.negative_aesthetic_score = 1.5;
+  EXPECT_TRUE(torch::equal(sdxl_time_ids(pipe, c, 32, 48, true), torch::tensor({{1024.f, 768.f, 0.f, 0.f, 1.5f}})));
+  // the prompt through bigG alone ([1, 77, 32]); the negative "" is encoded (force_zeros off)
+  auto e = encode_prompt(pipe, "a red cube");
+  EXPECT_EQ(e.embeds.sizes(), (std::vector<int64_t>{1, 77, 32}));
+  SDOptions o;
+  o.prompt = "a red cube";
+  o.image = torch::rand({1, 3, 32, 32}) * 2 - 1;
+  o.strength = 0.5;
+  o.steps = 4;
+  o.guidance = 5;
+  o.seed = 1;
+  auto a = generate(pipe, o);
+  EXPECT_TRUE(torch::isfinite(a.samples).all().item<bool>());
+  o.size_cond.aesthetic_score = 2;
+  EXPECT_GT(test::max_abs_diff(generate(pipe, o).latents, a.latents), 1e-4);
+  // the same run from embeddings: the unconditional branch is the encoding of ""
+  SDOptions p = o;
+  p.size_cond = SizeConditioning();
+  p.prompt_embeds = e.embeds;
+  p.pooled_prompt_embeds = e.pooled;
+  auto empty = encode_prompt(pipe, "");
+  p.negative_prompt_embeds = empty.embeds;
+  p.negative_pooled_prompt_embeds = empty.pooled;
+  EXPECT_LT(test::max_abs_diff(generate(pipe, p).latents, a.latents), 1e-5);
+  // a base folder's embeddings (64 features) do not fit the refiner
+  auto q = p;
+  q.prompt_embeds = xl_io("io.safetensors").at("prompt_embeds");
+  EXPECT_NE(test::error_of([&] { generate(pipe, q); }).find("prompt embeddings"), std::string::npos);
 }
 
 TEST(SdxlPipeline, BadInput) {
