@@ -78,6 +78,11 @@ struct GenerationRequest {
   std::array<int, 2> original_size{0, 0}, crop_coords{0, 0}, target_size{0, 0};
   std::array<int, 2> negative_original_size{0, 0}, negative_crop_coords{0, 0}, negative_target_size{0, 0};
   std::optional<double> aesthetic_score, negative_aesthetic_score;
+  // SDXL base -> refiner handoff (diffusers' denoising_end / denoising_start, A1111's refiner):
+  // the refiner model (path, or a name on the server) runs the steps after the fraction
+  // refiner_switch of the schedule, from the base's noisy latents.
+  std::string refiner;
+  double refiner_switch = 0.8;
   bool vae_tiling = false;
   int vae_tile_size = 0;
 

@@ -159,6 +159,10 @@ std::string GenerationRequest::to_infotext() const {
     kv.emplace_back("Negative crop coords", pair(negative_crop_coords));
   if (negative_target_size != std::array<int, 2>{0, 0})
     kv.emplace_back("Negative target size", pair(negative_target_size));
+  if (!refiner.empty()) {  // A1111's keys
+    kv.emplace_back("Refiner", refiner);
+    kv.emplace_back("Refiner switch at", num(refiner_switch));
+  }
   if (aesthetic_score) kv.emplace_back("Aesthetic score", num(*aesthetic_score));
   if (negative_aesthetic_score) kv.emplace_back("Negative aesthetic score", num(*negative_aesthetic_score));
   kv.emplace_back("Version", "diffuse 0.1.0");
@@ -311,6 +315,11 @@ GenerationRequest GenerationRequest::from_infotext(const std::string& text) {
                   : key == "Negative crop coords"   ? r.negative_crop_coords
                                                     : r.negative_target_size;
       if (std::sscanf(value.c_str(), "%d, %d", &dst[0], &dst[1]) != 2) fail(key, value);
+    } else if (key == "Refiner") {
+      r.refiner = value;
+    } else if (key == "Refiner switch at") {
+      if (!to_double(value, d)) fail(key, value);
+      r.refiner_switch = d;
     } else if (key == "Aesthetic score" || key == "Negative aesthetic score") {
       if (!to_double(value, d)) fail(key, value);
       (key == "Aesthetic score" ? r.aesthetic_score : r.negative_aesthetic_score) = d;

@@ -222,6 +222,10 @@ std::vector<FieldError> Model::validate(const GenerationRequest& request) const 
       if (request.negative_crop_coords != std::array<int, 2>{0, 0}) bad("negative_crop_coords", only_xl);
       if (request.negative_target_size != std::array<int, 2>{0, 0}) bad("negative_target_size", only_xl);
     }
+    if (!request.refiner.empty() && (!xl || impl_->sd->requires_aesthetics_score))
+      bad("refiner", "a refiner continues an SDXL base model (this model is " + info.architecture + ")");
+    if (!request.refiner.empty() && !impl_->options.allow_paths && !impl_->options.resolve_guide)
+      bad("refiner", "no refiner models are available here");
     if (!impl_->sd->requires_aesthetics_score) {
       const std::string only_refiner = "applies to SDXL refiners only (this model is " + info.architecture + ")";
       if (request.aesthetic_score) bad("aesthetic_score", only_refiner);
@@ -244,6 +248,7 @@ std::vector<FieldError> Model::validate(const GenerationRequest& request) const 
   if (request.negative_crop_coords != std::array<int, 2>{0, 0}) bad("negative_crop_coords", only_sd);
   if (request.negative_target_size != std::array<int, 2>{0, 0}) bad("negative_target_size", only_sd);
   if (request.aesthetic_score) bad("aesthetic_score", only_sd);
+  if (!request.refiner.empty()) bad("refiner", only_sd);
   if (request.negative_aesthetic_score) bad("negative_aesthetic_score", only_sd);
   if (info.kind == ModelKind::Unconditional) {
     if (!request.prompt.empty()) bad("prompt", "this model is unconditional: it takes no prompt");

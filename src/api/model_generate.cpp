@@ -9,6 +9,7 @@
 #include "api/model_state.h"
 #include "core/error.h"
 #include "core/image.h"
+#include "core/runtime.h"
 #include "pipelines/mask.h"
 #include "pipelines/textual_inversion.h"
 
@@ -42,6 +43,8 @@ struct Tracker {
   Clock::time_point start = Clock::now();
   int done = 0;
 
+  int total = 0;  // steps over all batches; 0 = each run's own count times the batches
+
   StepCallback callback() {
     return [this](const StepInfo& s) {
       if (hooks.cancel.cancelled()) throw Cancelled();
@@ -49,7 +52,7 @@ struct Tracker {
       if (!hooks.progress) return;
       ProgressInfo p;
       p.step = done;
-      p.total = s.total * batches;
+      p.total = total > 0 ? total : s.total * batches;
       p.sigma = s.sigma_next;
       p.elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
       p.eta_s = p.elapsed_s / done * std::max(0, p.total - done);
@@ -120,6 +123,35 @@ void check_same_size(const torch::Tensor& image, const torch::Tensor& mask) {
     throw RequestError("mask", "its size " + std::to_string(mask.size(3)) + "x" + std::to_string(mask.size(2)) +
                                    " differs from init_image's " + std::to_string(image.size(3)) + "x" +
                                    std::to_string(image.size(2)));
+}
+
+// The request's SDXL refiner, loaded (or kept from the last request) in the request's dtype.
+SDPipeline& load_refiner(Model::Impl& m, const GenerationRequest& r) {
+  if (!m.sd->is_xl() || m.sd->requires_aesthetics_score)
+    throw RequestError("refiner", "a refiner continues an SDXL base model");
+  if (m.sd->is_inpaint_model()) throw RequestError("refiner", "not with a 9-channel inpainting model");
+  const std::string path = m.options.resolve_guide ? m.options.resolve_guide(r.refiner)
+                           : m.options.allow_paths ? r.refiner
+                                                   : "";
+  if (path.empty()) throw RequestError("refiner", "no model named '" + r.refiner + "'");
+  if (!m.refiner || m.refiner_path != path || m.refiner_dtype != r.dtype) {
+    m.refiner.reset();
+    try {
+      m.refiner = std::make_unique<SDPipeline>(load_sd(path, parse_device(m.options.device),
+                                                       r.dtype == "bf16"   ? torch::kBFloat16
+                                                       : r.dtype == "fp16" ? torch::kFloat16
+                                                                           : torch::kFloat32));
+    } catch (const Error& e) {
+      throw RequestError("refiner", e.what());
+    }
+    m.refiner_path = path;
+    m.refiner_dtype = r.dtype;
+  }
+  SDPipeline& p = *m.refiner;
+  if (!p.is_xl() || p.latent_channels() != m.sd->latent_channels() || p.is_inpaint_model())
+    throw RequestError("refiner", r.refiner + " is " + p.architecture() + ", not an SDXL model that can refine");
+  if (!p.has_text_encoder()) throw RequestError("refiner", r.refiner + " was loaded without its text encoder");
+  return p;
 }
 
 }  // namespace
@@ -220,10 +252,29 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
   pipe.vae_tiling.enabled = r.vae_tiling || r.vae_tile_size > 0;
   pipe.vae_tiling.tile = r.vae_tile_size;
 
-  Tracker t{hooks, (o.n + o.batch_size - 1) / o.batch_size, true};
+  const int batches = (o.n + o.batch_size - 1) / o.batch_size;
+  Tracker t{hooks, batches, true};
   o.callback = t.callback();
   const auto start = Clock::now();
-  SDResult sr = generate(pipe, o);
+  SDResult sr;
+  if (r.refiner.empty()) {
+    sr = generate(pipe, o);
+  } else {
+    if (o.prompt_embeds.defined() || o.negative_prompt_embeds.defined())
+      throw RequestError("refiner", "takes prompts: prompt embeddings fit the base model's text encoders only");
+    SDPipeline& refiner = load_refiner(m, r);
+    t.total = o.steps * batches;  // both models' steps
+    SDOptions base = o;
+    base.denoising_end = r.refiner_switch;
+    const SDResult b = generate(pipe, base);
+    SDOptions ref = o;  // the same prompts, seeds and sizes; the refiner's own text encoder
+    ref.denoising_start = r.refiner_switch;
+    ref.start_latents = b.x_end;
+    ref.image = ref.mask = torch::Tensor();
+    ref.strength = 1.0;
+    sr = generate(refiner, ref);
+    sr.noise = b.noise;
+  }
   GenerationResult res;
   res.images = sr.samples;
   res.latents = sr.latents;

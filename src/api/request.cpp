@@ -38,7 +38,8 @@ bool GenerationRequest::operator==(const GenerationRequest& o) const {
          original_size == o.original_size && crop_coords == o.crop_coords && target_size == o.target_size &&
          negative_original_size == o.negative_original_size && negative_crop_coords == o.negative_crop_coords &&
          negative_target_size == o.negative_target_size && aesthetic_score == o.aesthetic_score &&
-         negative_aesthetic_score == o.negative_aesthetic_score;
+         negative_aesthetic_score == o.negative_aesthetic_score && refiner == o.refiner &&
+         refiner_switch == o.refiner_switch;
 }
 
 namespace {
@@ -125,6 +126,8 @@ std::vector<FieldError> GenerationRequest::validate() const {
                           {"negative_crop_coords", &negative_crop_coords}})
     if ((*v)[0] < 0 || (*v)[1] < 0 || (*v)[0] > 65536 || (*v)[1] > 65536)
       bad(field, "must be [top, left] in [0, 65536]");
+  if (!finite(refiner_switch) || refiner_switch <= 0 || refiner_switch >= 1)
+    bad("refiner_switch", "must lie strictly between 0 and 1");
   if (aesthetic_score && (!finite(*aesthetic_score) || *aesthetic_score < 0 || *aesthetic_score > 100))
     bad("aesthetic_score", "must be in [0, 100]");
   if (negative_aesthetic_score &&
@@ -209,6 +212,8 @@ std::string GenerationRequest::to_json() const {
   j["negative_original_size"] = negative_original_size;
   j["negative_crop_coords"] = negative_crop_coords;
   j["negative_target_size"] = negative_target_size;
+  j["refiner"] = refiner;
+  j["refiner_switch"] = refiner_switch;
   if (aesthetic_score) j["aesthetic_score"] = *aesthetic_score;
   if (negative_aesthetic_score) j["negative_aesthetic_score"] = *negative_aesthetic_score;
   return j.dump();
@@ -432,6 +437,10 @@ GenerationRequest GenerationRequest::from_json(const std::string& text) {
         rd.fail(key, crop ? "must be [top, left]" : "must be [height, width]");
       else
         for (size_t i = 0; i < 2; ++i) rd.integer(v[i], key, dst[i]);
+    } else if (key == "refiner") {
+      rd.str(v, key, r.refiner);
+    } else if (key == "refiner_switch") {
+      rd.number(v, key, r.refiner_switch);
     } else if (key == "aesthetic_score" || key == "negative_aesthetic_score") {
       double x = 0;
       if (!v.is_null() && rd.number(v, key, x))

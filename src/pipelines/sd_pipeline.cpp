@@ -513,6 +513,18 @@ torch::Tensor sdxl_time_ids(const SDPipeline& pipe, const SizeConditioning& c, i
   return torch::tensor(ids, torch::kFloat64).to(torch::kFloat32).unsqueeze(0);
 }
 
+int64_t denoising_split(const SDPipeline& pipe, const torch::Tensor& sigmas, double fraction) {
+  if (!(fraction > 0 && fraction < 1)) throw Error("refiner_switch: must lie strictly between 0 and 1");
+  const int64_t T = pipe.scheduler.num_train_timesteps;
+  const double cutoff = std::round(static_cast<double>(T) - fraction * static_cast<double>(T));
+  const int64_t steps = sigmas.size(0) - 1;
+  auto t = DiscreteSchedule(pipe.scheduler).sigma_to_t(sigmas.slice(0, 0, steps).to(torch::kFloat64));
+  int64_t n = 0;
+  for (int64_t i = 0; i < steps; ++i)
+    if (t[i].item<double>() >= cutoff - 1e-3) ++n;  // t is fractional only through float rounding
+  return n;
+}
+
 SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   SDOptions opt = opt_in;
   if (opt.n < 1) throw Error("-n " + std::to_string(opt.n) + ": must be at least 1");
@@ -554,7 +566,22 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   torch::Tensor sigmas = plan.sigmas;
   const bool strength_max = opt.strength >= 1.0;
   const bool from_image = image.defined() && !(mask.defined() && strength_max);  // start from noised init latents
+  const bool handoff_end = !std::isnan(opt.denoising_end), handoff_start = !std::isnan(opt.denoising_start);
+  if (handoff_start) {
+    if (!opt.start_latents.defined() || opt.start_latents.dim() != 4 || opt.start_latents.size(1) != C ||
+        opt.start_latents.size(2) != h || opt.start_latents.size(3) != w)
+      throw Error("denoising_start: needs start_latents [1 or n, " + std::to_string(C) + ", " + std::to_string(h) +
+                  ", " + std::to_string(w) + "]");
+    if (inpaint9) throw Error("refiner: a 9-channel inpainting model cannot continue another model's latents");
+    image = torch::Tensor();  // the run continues the latents
+    mask = torch::Tensor();
+  }
   if (image.defined() && !strength_max) sigmas = truncate_sigmas(sigmas, opt.strength);
+  if (handoff_end) sigmas = sigmas.slice(0, 0, denoising_split(pipe, sigmas, opt.denoising_end) + 1);
+  if (handoff_start) sigmas = sigmas.slice(0, denoising_split(pipe, sigmas, opt.denoising_start));
+  if (sigmas.size(0) < 2 && (handoff_end || handoff_start))
+    throw Error("refiner_switch " + std::to_string(handoff_end ? opt.denoising_end : opt.denoising_start) +
+                ": leaves no step to one of the models with " + std::to_string(opt.steps) + " steps");
   const double s0 = sigmas[0].item<double>(), s_last = sigmas[-1].item<double>();
   const bool need_image_latents = image.defined() && (!inpaint9 || !strength_max);
 
@@ -611,6 +638,8 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   res.samples = torch::empty({opt.n, 3, opt.height, opt.width});
   res.latents = torch::empty({opt.n, C, h, w});
   res.noise = torch::empty({opt.n, C, h, w});
+  res.x_end = torch::empty({opt.n, C, h, w});
+  if (handoff_end) res.samples = torch::Tensor();
   const int bs = std::max(1, opt.batch_size);
   for (int start = 0; start < opt.n; start += bs) {
     const int end = std::min(opt.n, start + bs), b = end - start;
@@ -682,7 +711,10 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
     if (sigmas.size(0) < 2) {
       lat = init;  // strength 0: nothing to re-run
     } else {
-      auto x = from_image ? init + s0 * noise : noise * plan.init_scale(s0);
+      auto x = handoff_start
+                   ? batch_rows(opt.start_latents, opt.n, start, end, "start_latents").to(pipe.device, torch::kFloat32)
+               : from_image ? init + s0 * noise
+                            : noise * plan.init_scale(s0);
       SamplerOptions so;
       if (!std::isnan(opt.eta)) so.eta = opt.eta;
       so.s_noise = opt.s_noise;
@@ -690,11 +722,13 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
       so.callback = opt.callback;
       so.x0_clamp = plan.x0_clamp;
       x = sampler.fn(den, x, sigmas.to(pipe.device), so);
+      res.x_end.slice(0, start, end).copy_(x);
       lat = s_last > 0 ? x / std::sqrt(1 + s_last * s_last) : x;  // back to diffusers' VP latents
     }
     if (latent_mask.defined()) lat = lat * latent_mask + init * (1 - latent_mask);
     res.latents.slice(0, start, end).copy_(lat);
-    res.samples.slice(0, start, end).copy_(pipe.decode(lat));
+    if (sigmas.size(0) < 2) res.x_end.slice(0, start, end).copy_(lat);
+    if (!handoff_end) res.samples.slice(0, start, end).copy_(pipe.decode(lat));
   }
   return res;
 }

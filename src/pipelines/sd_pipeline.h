@@ -149,6 +149,13 @@ struct SDOptions {
   double mask_blur = 0;          // Gaussian blur sigma of the mask in pixels (A1111's mask blur)
   bool only_masked = false;      // inpaint only a crop around the mask, resized to width x height
   int only_masked_padding = 32;  // pixels of context around the mask's bounding box
+  // Base -> refiner handoff (diffusers' denoising_end / denoising_start): with the training
+  // timesteps t of the schedule and cutoff = round(1000 * (1 - fraction)), `denoising_end` runs
+  // only the steps with t >= cutoff and returns the noisy latents (SDResult::x_end, not decoded);
+  // `denoising_start` runs the steps with t < cutoff from `start_latents` ([1 or n, C, h, w], the
+  // x_end of the first model, in the sampler's sigma-scaled form), ignoring image and strength.
+  double denoising_end = NAN, denoising_start = NAN;
+  torch::Tensor start_latents;
   StepCallback callback;
 };
 
@@ -156,7 +163,14 @@ struct SDResult {
   torch::Tensor samples;  // [n, 3, H, W] float in [-1, 1] nominal (decoded, not clamped)
   torch::Tensor latents;  // [n, C, h, w] final (scaled) latents as diffusers returns them
   torch::Tensor noise;    // [n, C, h, w] the starting standard-normal noise
+  // [n, C, h, w] the sampler's latents at the last sigma (x0 + sigma * noise); with denoising_end
+  // what a refiner starts from (`samples` is then undefined: nothing is decoded)
+  torch::Tensor x_end;
 };
+
+// The split of a schedule for denoising_end / denoising_start = `fraction`: the number of steps
+// (of sigmas.size(0) - 1) whose timestep is at least round(T * (1 - fraction)) (diffusers' rule).
+int64_t denoising_split(const SDPipeline& pipe, const torch::Tensor& sigmas, double fraction);
 
 SDResult generate(const SDPipeline& pipe, const SDOptions& opt);
 

@@ -9,6 +9,8 @@
 #include "core/image.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
+#include "pipelines/sd_pipeline.h"
+#include "sdxl_tiny.h"
 
 namespace diffuse {
 namespace {
@@ -87,6 +89,65 @@ TEST(SdxlCli, BadInputIsAClearError) {
       xl_cli("generate --model " + xl_tiny() + " --prompt-embeds " + io + " --width 36 --out " + (t / "a.png"));
   EXPECT_NE(c4, 0);
   EXPECT_NE(o4.find("--width: must be a multiple of 8"), std::string::npos) << o4;
+}
+
+// --refiner: the base runs the steps up to --refiner-switch, the refiner the rest from the base's
+// latents, as the library's denoising_end / denoising_start do; the PNG names both (A1111's keys).
+TEST(SdxlCli, RefinerTakesOverAtTheSwitch) {
+  TempDir t;
+  const std::string base = test::tiny_sdxl_folder(t / "base"), refiner = test::tiny_sdxl_refiner(t / "refiner");
+  auto [code, out] = xl_cli("generate --model " + base + " --refiner " + refiner +
+                            " --refiner-switch 0.6 --prompt 'a red cube' --negative-prompt 'blurry' --steps 5 "
+                            "--width 32 --height 32 --seed 4 --out " +
+                            (t / "o.safetensors"));
+  ASSERT_EQ(code, 0) << out;
+  auto got = safetensors::load(t / "o.safetensors");
+  auto bp = SDPipeline::load(base), rp = SDPipeline::load(refiner);
+  SDOptions o;
+  o.prompt = "a red cube";
+  o.negative_prompt = "blurry";
+  o.steps = 5;
+  o.guidance = 7.5;
+  o.width = o.height = 32;
+  o.seed = 4;
+  o.denoising_end = 0.6;
+  auto a = generate(bp, o);
+  SDOptions r = o;
+  r.denoising_end = NAN;
+  r.denoising_start = 0.6;
+  r.start_latents = a.x_end;
+  auto b = generate(rp, r);
+  EXPECT_LT(test::max_abs_diff(got.at("latents"), b.latents), 1e-5);
+  EXPECT_LT(test::max_abs_diff(got.at("samples"), b.samples), 1e-5);
+  // the base alone gives another image
+  SDOptions plain = o;
+  plain.denoising_end = NAN;
+  EXPECT_GT(test::max_abs_diff(generate(bp, plain).latents, b.latents), 1e-3);
+  auto [c2, o2] = xl_cli("generate --model " + base + " --refiner " + refiner +
+                         " --prompt 'a red cube' --steps 5 --width 32 --height 32 --out " + (t / "o.png"));
+  ASSERT_EQ(c2, 0) << o2;
+  auto params = read_png_text(t / "o.png").at("parameters");
+  for (const std::string s : {"Refiner: " + refiner, std::string("Refiner switch at: 0.8")})
+    EXPECT_NE(params.find(s), std::string::npos) << s << " in " << params;
+}
+
+// A refiner given as the model of a text-to-image run, and a refiner for a non-SDXL model.
+TEST(SdxlCli, RefinerMisuseIsAClearError) {
+  TempDir t;
+  const std::string refiner = test::tiny_sdxl_refiner(t / "refiner");
+  auto [c1, o1] = xl_cli("generate --model " + refiner + " --prompt 'a cube' --out " + (t / "a.png"));
+  EXPECT_NE(c1, 0);
+  EXPECT_NE(o1.find("SDXL refiner"), std::string::npos) << o1;
+  EXPECT_NE(o1.find("--image"), std::string::npos) << o1;
+  auto [c2, o2] =
+      xl_cli("generate --model " + test::fixture("sd_pipeline_tiny") + " --prompt-embeds " +
+             test::fixture("sd_pipeline_tiny/io.safetensors") + " --refiner " + refiner + " --out " + (t / "a.png"));
+  EXPECT_NE(c2, 0);
+  EXPECT_NE(o2.find("--refiner"), std::string::npos) << o2;
+  auto [c3, o3] = xl_cli("generate --model " + test::tiny_sdxl_folder(t / "base") + " --refiner " + refiner +
+                         " --refiner-switch 1.5 --prompt x --out " + (t / "a.png"));
+  EXPECT_NE(c3, 0);
+  EXPECT_NE(o3.find("--refiner-switch"), std::string::npos) << o3;
 }
 
 }  // namespace

@@ -320,6 +320,48 @@ TEST(SdxlPipeline, RefinerConditionsOnTheAestheticScore) {
   EXPECT_NE(test::error_of([&] { generate(pipe, q); }).find("prompt embeddings"), std::string::npos);
 }
 
+// denoising_end / denoising_start as diffusers splits the schedule: 5 Euler steps at timesteps
+// 801, 601, 401, 201, 1; with the same model on both sides the handoff is the uninterrupted run.
+TEST(SdxlPipeline, DenoisingEndAndStartSplitTheScheduleAsDiffusers) {
+  const auto& pipe = xl_pipe();
+  const auto sigmas = xl_io("io.safetensors").at("sigmas").to(torch::kFloat64);
+  EXPECT_EQ(denoising_split(pipe, sigmas, 0.8), 4);  // cutoff 200: t >= 200
+  EXPECT_EQ(denoising_split(pipe, sigmas, 0.5), 2);  // cutoff 500
+  EXPECT_EQ(denoising_split(pipe, sigmas, 0.3), 1);  // cutoff 700
+  auto full = xl_options("io.safetensors");
+  std::vector<torch::Tensor> full_steps;
+  full.callback = [&](const StepInfo& s) { full_steps.push_back(s.x.clone()); };
+  auto ref = generate(pipe, full);
+  for (double sw : {0.8, 0.5}) {
+    auto a = xl_options("io.safetensors");
+    int na = 0, nb = 0;
+    a.callback = [&](const StepInfo&) { ++na; };
+    a.denoising_end = sw;
+    auto first = generate(pipe, a);
+    EXPECT_FALSE(first.samples.defined());  // nothing decoded
+    const int split = static_cast<int>(denoising_split(pipe, sigmas, sw));
+    EXPECT_EQ(na, split);
+    EXPECT_TRUE(torch::equal(first.x_end, full_steps[static_cast<size_t>(split - 1)]));
+    auto b = xl_options("io.safetensors");
+    b.latents = torch::Tensor();
+    b.denoising_start = sw;
+    b.start_latents = first.x_end;
+    b.callback = [&](const StepInfo&) { ++nb; };
+    auto second = generate(pipe, b);
+    EXPECT_EQ(na + nb, 5);
+    EXPECT_TRUE(torch::equal(second.latents, ref.latents)) << sw;
+    EXPECT_TRUE(torch::equal(second.samples, ref.samples)) << sw;
+  }
+  auto bad = xl_options("io.safetensors");
+  bad.denoising_end = 0.1;  // cutoff 900: no step for the base
+  EXPECT_NE(test::error_of([&] { generate(pipe, bad); }).find("leaves no step"), std::string::npos);
+  bad.denoising_end = 1.5;
+  EXPECT_NE(test::error_of([&] { generate(pipe, bad); }).find("refiner_switch"), std::string::npos);
+  bad = xl_options("io.safetensors");
+  bad.denoising_start = 0.8;
+  EXPECT_NE(test::error_of([&] { generate(pipe, bad); }).find("start_latents"), std::string::npos);
+}
+
 TEST(SdxlPipeline, BadInput) {
   const auto& pipe = xl_pipe();
   auto o = xl_options("io.safetensors");

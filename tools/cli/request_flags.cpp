@@ -66,6 +66,8 @@ const FieldFlag kFieldFlags[] = {
     {"target_size", "--target-size"},
     {"negative_aesthetic_score", "--negative-aesthetic-score"},
     {"aesthetic_score", "--aesthetic-score"},
+    {"refiner_switch", "--refiner-switch"},
+    {"refiner", "--refiner"},
     {"image", "--image"},
     {"sigma", "--sigma"},
     {"mode", "--mode"},
@@ -215,6 +217,13 @@ void add_request_options(CLI::App* cmd, RequestArgs* a) {
   add(cmd->add_option("--negative-aesthetic-score", a->negative_aesthetic_score,
                       "SDXL refiners: aesthetic score of the unconditional branch (default 2.5)"),
       "negative_aesthetic_score");
+  add(cmd->add_option("--refiner", r.refiner,
+                      "SDXL: a refiner model (folder or .safetensors) that runs the last steps from the base's latents")
+          ->type_name("MODEL"),
+      "refiner");
+  add(cmd->add_option("--refiner-switch", r.refiner_switch,
+                      "SDXL: fraction of the schedule after which the refiner takes over (default 0.8)"),
+      "refiner_switch");
   cmd->add_option("--params-from", a->params_from,
                   "Re-run the request stored in a PNG's parameters (flags given override its fields)")
       ->type_name("IMAGE.png");
@@ -367,7 +376,11 @@ GenerationRequest build_request(RequestArgs& a) {
       if (std::sscanf(v->c_str(), "%d,%d%c", &(*dst)[0], &(*dst)[1], &tail) != 2)
         throw RequestError(
             field, *v + (k.find("crop") != std::string::npos ? ": expected TOP,LEFT" : ": expected HEIGHT,WIDTH"));
-    } else if (k == "aesthetic_score")
+    } else if (k == "refiner")
+      r.refiner = f.refiner;
+    else if (k == "refiner_switch")
+      r.refiner_switch = f.refiner_switch;
+    else if (k == "aesthetic_score")
       r.aesthetic_score = a.aesthetic_score;
     else if (k == "negative_aesthetic_score")
       r.negative_aesthetic_score = a.negative_aesthetic_score;
