@@ -72,8 +72,7 @@ void Model::Impl::load_sd(const std::string& dtype) {
                                                      options.text_encoder, options.prediction, options.model_config));
   sd_dtype = dtype;
   sd_loras.clear();
-  if (!options.embeddings.empty() && !sd->text) throw Error("embeddings need the text encoder (drop prompt_embeds)");
-  for (const auto& f : options.embeddings) embeddings_loaded.push_back(load_embedding(*sd->text, f));
+  for (const auto& f : options.embeddings) embeddings_loaded.push_back(load_embedding(*sd, f));
 }
 
 void Model::Impl::prepare_sd(const std::string& dtype, const std::vector<LoraSpec>& loras,

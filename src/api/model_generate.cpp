@@ -242,8 +242,7 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
   m.prepare_sd(r.dtype, loras, hooks.message);
   SDPipeline& pipe = *m.sd;
   if (!m.options.embeddings_dir.empty()) {
-    if (!pipe.text) throw Error("embeddings_dir: embeddings need the text encoder (drop prompt_embeds)");
-    for (const auto& t : load_embeddings_for(*pipe.text, m.options.embeddings_dir, {o.prompt, o.negative_prompt}))
+    for (const auto& t : load_embeddings_for(pipe, m.options.embeddings_dir, {o.prompt, o.negative_prompt}))
       m.embeddings_loaded.push_back(t);
   }
   if (hooks.message)

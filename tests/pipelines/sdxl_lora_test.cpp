@@ -3,11 +3,15 @@
 // SD 1.x LoRA refused with its unmatched keys listed.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "core/safetensors.h"
 #include "fixtures.h"
 #include "models/error_of.h"
 #include "pipelines/lora.h"
 #include "pipelines/sd_pipeline.h"
+#include "pipelines/textual_inversion.h"
+#include "sdxl_tiny.h"
 
 namespace diffuse {
 namespace {
@@ -64,6 +68,43 @@ TEST(SdxlLora, KohyaKeysOfTheUNetAndBothTextEncodersMerge) {
   peft["text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight"] = u;
   apply_lora(pipe, peft, 1.0, "peft");
   EXPECT_TRUE(torch::allclose(xl_param(*pipe.text_2->model, q1), xl_merged(untouched, u, d, 1.0)));
+}
+
+// SDXL textual inversion: clip_l rows for the first encoder, clip_g rows for the second, one
+// trigger in both tokenizers; the prompt's trigger encodes to exactly those rows.
+TEST(SdxlLora, TextualInversionFillsBothEncoders) {
+  torch::NoGradGuard ng;
+  test::TempDir dir;
+  auto pipe = SDPipeline::load(test::tiny_sdxl_folder(dir / "xl"));
+  torch::manual_seed(3);
+  auto l = torch::randn({2, 32}), g = torch::randn({2, 32});
+  safetensors::save(dir / "shiny.safetensors", {{"clip_l", l}, {"clip_g", g}});
+  EXPECT_EQ(load_embedding(pipe, dir / "shiny.safetensors"), "shiny");
+  for (auto* te : {pipe.text.get(), pipe.text_2.get()}) {
+    auto ids = te->tokenizer.encode("shiny");
+    ASSERT_EQ(ids.size(), 2u);
+    auto rows = te->model->token_embedding->weight.index({torch::tensor(ids)});
+    EXPECT_TRUE(torch::equal(rows, te == pipe.text.get() ? l : g));
+  }
+  // the embedding changes the prompt's encoding in both halves
+  auto with = encode_prompt(pipe, "a shiny cube"), without = encode_prompt(pipe, "a cube");
+  EXPECT_GT(
+      test::max_abs_diff(with.embeds.slice(2, 0, 32).slice(1, 0, 3), without.embeds.slice(2, 0, 32).slice(1, 0, 3)),
+      1e-3);
+  // an SD 1.x embedding, or a second file with the same trigger, is refused by name
+  safetensors::save(dir / "sd1.safetensors", {{"emb_params", torch::randn({1, 32})}});
+  auto e = test::error_of([&] { load_embedding(pipe, dir / "sd1.safetensors"); });
+  EXPECT_NE(e.find("clip_l"), std::string::npos) << e;
+  e = test::error_of([&] { load_embedding(pipe, dir / "shiny.safetensors"); });
+  EXPECT_NE(e.find("already"), std::string::npos) << e;
+  // the folder form loads the files a prompt names
+  std::filesystem::create_directories(dir / "emb");
+  safetensors::save(dir / "emb/glow.safetensors", {{"clip_l", l.slice(0, 0, 1)}, {"clip_g", g.slice(0, 0, 1)}});
+  safetensors::save(dir / "emb/unused.safetensors", {{"clip_l", l}, {"clip_g", g}});
+  auto loaded = load_embeddings_for(pipe, dir / "emb", {"a glow", ""});
+  EXPECT_EQ(loaded, std::vector<std::string>{"glow"});
+  EXPECT_EQ(pipe.text->tokenizer.encode("glow").size(), 1u);
+  EXPECT_EQ(pipe.text_2->tokenizer.token_id("unused"), -1);
 }
 
 // A LoRA made for SD 1.x: lora_te_ (one text encoder) and SD1's UNet layout match nothing here.
