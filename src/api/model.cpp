@@ -172,7 +172,8 @@ GenerationRequest Model::resolve(const GenerationRequest& request) const {
   }
   if (r.schedule.empty() && r.sigmas.empty() && request.sampler.empty()) r.schedule = d.schedule;
   if (!r.steps) r.steps = d.steps ? d.steps : 20;
-  if (!r.guidance) r.guidance = d.guidance ? d.guidance : (sd ? 7.5 : 1.0);
+  // diffusers' defaults: 7.5 for SD 1.x / 2.x, 5 for SDXL
+  if (!r.guidance) r.guidance = d.guidance ? d.guidance : (sd ? (impl_->sd->is_xl() ? 5.0 : 7.5) : 1.0);
   if (r.guide_model.empty() && !sd && !request.guidance) {
     // the recommended guide goes with the recommended guidance scale
     r.guide_model = d.guide_model;

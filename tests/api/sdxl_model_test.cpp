@@ -20,6 +20,8 @@ TEST(SdxlModel, InfoAndTheDiffusersRunsThroughTheApi) {
   EXPECT_EQ(m.info().kind, ModelKind::StableDiffusion);
   EXPECT_EQ(m.info().architecture, "SDXL");
   EXPECT_EQ(m.info().width, 16);
+  EXPECT_EQ(m.resolve(GenerationRequest()).guidance, 5.0);  // diffusers' SDXL default
+  EXPECT_EQ(m.resolve(GenerationRequest()).sampler, "euler");
   for (const char* file : {"io.safetensors", "io_microcond.safetensors"}) {
     const auto io = safetensors::load(test::fixture(std::string("sdxl_pipeline_tiny/") + file));
     GenerateHooks h;
@@ -45,8 +47,9 @@ TEST(SdxlModel, InfoAndTheDiffusersRunsThroughTheApi) {
     EXPECT_LT(test::max_abs_diff((res.images / 2 + 0.5).clamp(0, 1).permute({0, 2, 3, 1}), io.at("image")), 1e-3)
         << file;
     EXPECT_LT(test::max_abs_diff(res.latents, io.at("step_latents")[4]), 1e-3) << file;
-    if (r.original_size[0] > 0)
+    if (r.original_size[0] > 0) {
       EXPECT_NE(res.infotexts[0].find("Original size: \"1024, 768\""), std::string::npos) << res.infotexts[0];
+    }
   }
 }
 

@@ -107,7 +107,7 @@ TEST(SdxlCli, RefinerTakesOverAtTheSwitch) {
   o.prompt = "a red cube";
   o.negative_prompt = "blurry";
   o.steps = 5;
-  o.guidance = 7.5;
+  o.guidance = 5;  // the SDXL default of the CLI, as diffusers
   o.width = o.height = 32;
   o.seed = 4;
   o.denoising_end = 0.6;
@@ -127,7 +127,7 @@ TEST(SdxlCli, RefinerTakesOverAtTheSwitch) {
                          " --prompt 'a red cube' --steps 5 --width 32 --height 32 --out " + (t / "o.png"));
   ASSERT_EQ(c2, 0) << o2;
   auto params = read_png_text(t / "o.png").at("parameters");
-  for (const std::string s : {"Refiner: " + refiner, std::string("Refiner switch at: 0.8")})
+  for (const std::string& s : {"Refiner: " + refiner, std::string("Refiner switch at: 0.8")})
     EXPECT_NE(params.find(s), std::string::npos) << s << " in " << params;
 }
 

@@ -130,8 +130,10 @@ void add_request_options(CLI::App* cmd, RequestArgs* a) {
   add(cmd->add_option("--class", r.class_label, "Class name or index (default: rows of every class)"), "class");
   add(cmd->add_option("--prompt,-p", r.prompt, "Prompt (Stable Diffusion; a class name for class models)"), "prompt");
   add(cmd->add_option("--negative-prompt", r.negative_prompt, "Negative prompt (Stable Diffusion)"), "negative_prompt");
-  add(cmd->add_option("--guidance,--cfg", a->guidance,
-                      "Guidance scale (1 = off; default: the model's recommended, else 7.5 for Stable Diffusion, 1)"),
+  add(cmd->add_option(
+          "--guidance,--cfg", a->guidance,
+          "Guidance scale (1 = off; default: the model's recommended, else 7.5 for Stable Diffusion, 5 for SDXL, "
+          "1)"),
       "guidance");
   add(cmd->add_option("--cfg-rescale", r.guidance_rescale, "CFG-rescale factor phi (0 = off)"), "guidance_rescale");
   add_guidance_interval_option(cmd, &a->guidance_lo, &a->guidance_hi);
