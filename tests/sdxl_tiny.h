@@ -65,4 +65,27 @@ inline std::string tiny_sdxl_refiner(const std::string& dir) {
   return dir;
 }
 
+// A 9-channel inpainting variant (StableDiffusionXLInpaintPipeline): conv_in takes [latents, mask,
+// masked-image latents] with zero weights on the 5 added channels, so it denoises exactly as the
+// base UNet does.
+inline std::string tiny_sdxl_inpaint(const std::string& dir) {
+  namespace fs = std::filesystem;
+  using nlohmann::json;
+  tiny_sdxl_folder(dir);
+  auto index = json::parse(read_file(dir + "/model_index.json"));
+  index["_class_name"] = "StableDiffusionXLInpaintPipeline";
+  write_file_atomically(dir + "/model_index.json", index.dump(2));
+  const std::string src = fixture("sdxl_pipeline_tiny/unet");
+  fs::remove(dir + "/unet");
+  fs::create_directories(dir + "/unet");
+  auto cfg = json::parse(read_file(src + "/config.json"));
+  cfg["in_channels"] = 9;
+  write_file_atomically(dir + "/unet/config.json", cfg.dump(2));
+  auto sd = safetensors::load(src + "/diffusion_pytorch_model.safetensors");
+  auto& w = sd.at("conv_in.weight");
+  w = torch::cat({w, torch::zeros({w.size(0), 5, w.size(2), w.size(3)})}, 1);
+  safetensors::save(dir + "/unet/diffusion_pytorch_model.safetensors", sd, {{"format", "pt"}});
+  return dir;
+}
+
 }  // namespace diffuse::test

@@ -272,6 +272,25 @@ TEST(SdxlPipeline, Img2ImgAndInpaintingReuseTheEditingPath) {
   EXPECT_GT(test::max_abs_diff(generate(pipe, o).latents, a.latents), 1e-4);
 }
 
+// A 9-channel SDXL inpainting UNet gets [latents, mask, masked-image latents]; with zero weights on
+// the added channels it must denoise as the base model does, drawing the same noise first.
+TEST(SdxlPipeline, NineChannelInpaintingModel) {
+  test::TempDir dir;
+  auto inpaint = SDPipeline::load(test::tiny_sdxl_inpaint(dir / "inpaint"));
+  EXPECT_EQ(inpaint.architecture(), "SDXL inpainting");
+  auto o = xl_options("io.safetensors");
+  o.latents = torch::Tensor();
+  o.seed = 11;
+  auto plain = generate(xl_pipe(), o);
+  o.image = torch::rand({1, 3, 32, 32}) * 2 - 1;
+  o.mask = torch::zeros({1, 1, 32, 32});
+  o.mask.slice(3, 0, 16).fill_(1);
+  o.strength = 1.0;
+  auto r = generate(inpaint, o);
+  EXPECT_TRUE(torch::equal(r.noise, plain.noise));
+  EXPECT_LT(test::max_abs_diff(r.latents, plain.latents), 1e-4);
+}
+
 // A refiner: only the second text encoder, 5 time ids with the aesthetic score, force_zeros off.
 TEST(SdxlPipeline, RefinerConditionsOnTheAestheticScore) {
   test::TempDir dir;
