@@ -43,6 +43,7 @@ struct LoadOptions {
   std::vector<std::string> embeddings;  // embedding files always loaded
   std::string prediction;               // single files: epsilon or v_prediction
   std::string model_config;             // single files: a diffusers folder with the component configs
+  std::string vae;                      // Stable Diffusion: VAE weights replacing the model's (folder or file)
   bool text_encoder = true;             // false: Stable Diffusion without its text encoder (prompt_embeds only)
   // Whether request fields may name files (guide_model, loras), as on the command line. A server
   // turns this off and maps guide_model names with resolve_guide.

@@ -70,6 +70,7 @@ void Model::Impl::load_sd(const std::string& dtype) {
   return_large_frees_to_os();
   sd = std::make_unique<SDPipeline>(diffuse::load_sd(path, parse_device(options.device), dtype_of(dtype),
                                                      options.text_encoder, options.prediction, options.model_config));
+  if (!options.vae.empty()) replace_vae(*sd, options.vae);
   sd_dtype = dtype;
   sd_loras.clear();
   for (const auto& f : options.embeddings) embeddings_loaded.push_back(load_embedding(*sd, f));

@@ -488,6 +488,24 @@ LdmCheckpoint convert_ldm(const TensorMap& all, const std::string& source, const
   return ck;
 }
 
+TensorMap convert_ldm_vae(const TensorMap& tensors, const AutoencoderKLConfig& config, const std::string& source) {
+  const Table table = vae_table(config);
+  TensorMap out;
+  std::vector<std::string> unknown;
+  for (const auto& [k, v] : tensors) {
+    std::string name;
+    const Rule* rule = nullptr;
+    if (!table.map(k, true, &name, &rule)) {
+      unknown.push_back(k);
+      continue;
+    }
+    out[name] = rule->attention_1x1 && v.dim() == 4 ? v.flatten(1) : v;
+  }
+  if (!unknown.empty())
+    throw Error(source + ": " + std::to_string(unknown.size()) + " tensors of no VAE module: " + list(unknown));
+  return out;
+}
+
 TensorMap to_ldm(const UNet2DConditionConfig& unet_config, const TensorMap& unet, const AutoencoderKLConfig& vae_config,
                  const TensorMap& vae, const TensorMap& text) {
   TensorMap out;

@@ -50,6 +50,11 @@ struct LdmConfigOverrides {
 LdmCheckpoint convert_ldm(const TensorMap& tensors, const std::string& source,
                           const LdmConfigOverrides& overrides = {});
 
+// A VAE file in LDM names without the first_stage_model. prefix (encoder.down.0.block.0..., the
+// form of stand-alone VAE files such as sdxl_vae.safetensors) -> diffusers names for `config`.
+// Unknown keys raise a diffuse::Error listing them.
+TensorMap convert_ldm_vae(const TensorMap& tensors, const AutoencoderKLConfig& config, const std::string& source);
+
 // The inverse: diffusers state dicts (SD1 layout) -> LDM names, for writing A1111-style checkpoints.
 TensorMap to_ldm(const UNet2DConditionConfig& unet_config, const TensorMap& unet, const AutoencoderKLConfig& vae_config,
                  const TensorMap& vae, const TensorMap& text);

@@ -351,6 +351,30 @@ SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype d
   return p;
 }
 
+void replace_vae(SDPipeline& pipe, const std::string& path) {
+  AutoencoderKLConfig cfg = pipe.vae->config();
+  TensorMap sd;
+  if (fs::is_directory(path)) {
+    sd = model_io::load_weights(path, "AutoencoderKL");
+  } else {
+    if (fs::path(path).extension() != ".safetensors")
+      throw Error("vae " + path + ": expected a folder or .safetensors");
+    if (!fs::is_regular_file(path)) throw Error("vae " + path + ": no such file");
+    auto file = safetensors::File::open(path);
+    for (const auto& name : file.names()) {
+      std::string k = name.rfind("first_stage_model.", 0) == 0 ? name.substr(18) : name;
+      if (k == "model_ema.decay" || k == "model_ema.num_updates") continue;
+      sd[k] = file.get(name);
+    }
+    if (sd.count("encoder.down.0.block.0.conv1.weight")) sd = convert_ldm_vae(sd, cfg, path);
+  }
+  AutoencoderKL vae(cfg);
+  load_in_parts(*vae, "", sd, "vae " + path);
+  vae->eval();
+  vae->to(pipe.device);
+  pipe.vae = vae;
+}
+
 int SDPipeline::default_size() const {
   const auto& s = unet->config().sample_size;
   return static_cast<int>((s.empty() ? 64 : s[0]) * vae_scale_factor());

@@ -112,6 +112,12 @@ struct SizeConditioning {
   double aesthetic_score = 6.0, negative_aesthetic_score = 2.5;  // refiners
 };
 
+// Replaces the pipeline's VAE with the weights of `path` (--vae): a diffusers AutoencoderKL folder,
+// or a .safetensors file in diffusers or LDM names (with or without first_stage_model.), such as
+// the fp16-fixed SDXL VAE. The architecture and scaling factor stay the model's; the VAE runs in
+// float32. Missing, unused or mis-shaped tensors raise a diffuse::Error naming the file.
+void replace_vae(SDPipeline& pipe, const std::string& path);
+
 struct SDOptions {
   int n = 1;                  // images
   int width = 0, height = 0;  // 0 = default_size()

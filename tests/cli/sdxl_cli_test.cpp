@@ -131,6 +131,23 @@ TEST(SdxlCli, RefinerTakesOverAtTheSwitch) {
     EXPECT_NE(params.find(s), std::string::npos) << s << " in " << params;
 }
 
+// --vae replaces the model's VAE (here with its own weights: the same image); a bad file is named.
+TEST(SdxlCli, VaeFlagReplacesTheVae) {
+  TempDir t;
+  const std::string io = xl_tiny() + "/io.safetensors";
+  safetensors::save(t / "vae.safetensors", safetensors::load(xl_tiny() + "/vae/diffusion_pytorch_model.safetensors"));
+  const std::string run = "generate --model " + xl_tiny() + " --prompt-embeds " + io + " --steps 2 --out ";
+  auto [c1, o1] = xl_cli(run + (t / "a.safetensors"));
+  ASSERT_EQ(c1, 0) << o1;
+  auto [c2, o2] = xl_cli(run + (t / "b.safetensors") + " --vae " + (t / "vae.safetensors"));
+  ASSERT_EQ(c2, 0) << o2;
+  EXPECT_TRUE(torch::equal(safetensors::load(t / "a.safetensors").at("samples"),
+                           safetensors::load(t / "b.safetensors").at("samples")));
+  auto [c3, o3] = xl_cli(run + (t / "c.safetensors") + " --vae " + io);
+  EXPECT_NE(c3, 0);
+  EXPECT_NE(o3.find("--vae"), std::string::npos) << o3;
+}
+
 // A refiner given as the model of a text-to-image run, and a refiner for a non-SDXL model.
 TEST(SdxlCli, RefinerMisuseIsAClearError) {
   TempDir t;

@@ -13,6 +13,8 @@
 #include "diffusion/noise.h"
 #include "fixtures.h"
 #include "models/error_of.h"
+#include "nn/state_dict.h"
+#include "pipelines/ldm_convert.h"
 #include "pipelines/prompt_weights.h"
 #include "pipelines/sd_pipeline.h"
 #include "sdxl_tiny.h"
@@ -379,6 +381,37 @@ TEST(SdxlPipeline, DenoisingEndAndStartSplitTheScheduleAsDiffusers) {
   bad = xl_options("io.safetensors");
   bad.denoising_start = 0.8;
   EXPECT_NE(test::error_of([&] { generate(pipe, bad); }).find("start_latents"), std::string::npos);
+}
+
+// --vae: the model's VAE replaced by a file in LDM names (stand-alone VAE files), with or without
+// first_stage_model., or in diffusers names; the result decodes identically to the original.
+TEST(SdxlPipeline, VaeReplacedFromFiles) {
+  test::TempDir dir;
+  SDPipeline pipe = SDPipeline::load(test::fixture(kXlTiny));
+  auto vae_sd = nn::state_dict(*pipe.vae);
+  TensorMap diffusers_names(vae_sd.begin(), vae_sd.end());
+  auto ldm = to_ldm(pipe.unet->config(), {}, pipe.vae->config(), diffusers_names, {});
+  TensorMap bare;
+  for (const auto& [k, v] : ldm) bare[k.substr(18)] = v.to(torch::kHalf);  // as sdxl_vae.safetensors: fp16
+  safetensors::save(dir / "ldm.safetensors", bare);
+  safetensors::save(dir / "prefixed.safetensors", ldm);
+  safetensors::save(dir / "diffusers.safetensors", diffusers_names);
+  auto z = torch::randn({1, 4, 16, 16});
+  const auto ref = pipe.decode(z);
+  const auto old = pipe.vae;
+  for (const char* f : {"ldm.safetensors", "prefixed.safetensors", "diffusers.safetensors"}) {
+    replace_vae(pipe, dir / f);
+    EXPECT_NE(pipe.vae.ptr(), old.ptr());
+    EXPECT_EQ(pipe.vae->encoder->conv_in->weight.scalar_type(), torch::kFloat32);  // runs in float32
+    EXPECT_LT(test::max_abs_diff(pipe.decode(z), ref), std::string(f) == "ldm.safetensors" ? 0.05 : 1e-6) << f;
+  }
+  bare.erase("decoder.conv_out.bias");
+  safetensors::save(dir / "partial.safetensors", bare);
+  auto e = test::error_of([&] { replace_vae(pipe, dir / "partial.safetensors"); });
+  EXPECT_NE(e.find("partial.safetensors"), std::string::npos) << e;
+  EXPECT_NE(e.find("conv_out.bias"), std::string::npos) << e;
+  e = test::error_of([&] { replace_vae(pipe, dir / "missing.safetensors"); });
+  EXPECT_NE(e.find("vae"), std::string::npos) << e;
 }
 
 TEST(SdxlPipeline, BadInput) {

@@ -80,6 +80,7 @@ const FieldFlag kFieldFlags[] = {
     {"embeddings_dir", "--embeddings-dir"},
     {"lora_dir", "--lora-dir"},
     {"device", "--device"},
+    {"vae", "--vae"},
     {"models_dir", "--models-dir"},
     {"models", "--model"},
     {"host", "--host"},
@@ -238,6 +239,9 @@ void add_request_options(CLI::App* cmd, RequestArgs* a) {
   cmd->add_option("--prediction", a->load.prediction, "Single-file checkpoints: epsilon or v_prediction");
   cmd->add_option("--model-config", a->load.model_config,
                   "Single-file checkpoints: a diffusers pipeline folder whose component configs to use");
+  cmd->add_option("--vae", a->load.vae,
+                  "Stable Diffusion: VAE weights (AutoencoderKL folder or .safetensors, diffusers or LDM names) "
+                  "replacing the model's, e.g. SDXL's fp16-fixed VAE");
   cmd->add_option("--device", a->load.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_option("--latents", a->latents, "Starting latents: safetensors with tensor 'latents' (diffusers latents=)");
   cmd->add_option("--prompt-embeds", a->prompt_embeds,
