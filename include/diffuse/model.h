@@ -25,6 +25,8 @@ struct ModelInfo {
   std::string network;      // UNet2DConditionModel, UNet2DModel, DiTTransformer2DModel
   bool latent = false;      // samples in a VAE's latent space
   bool inpainting = false;  // a 9-channel inpainting UNet
+  // Stable Diffusion: "SD1", "SD2", "SDXL" or "SDXL refiner" (+ " inpainting"); "" for other kinds.
+  std::string architecture;
   std::vector<std::string> classes;
   int width = 0, height = 0;  // native size
   int channels = 3;           // image channels (1 = grey)
@@ -41,6 +43,7 @@ struct LoadOptions {
   std::vector<std::string> embeddings;  // embedding files always loaded
   std::string prediction;               // single files: epsilon or v_prediction
   std::string model_config;             // single files: a diffusers folder with the component configs
+  std::string vae;                      // Stable Diffusion: VAE weights replacing the model's (folder or file)
   bool text_encoder = true;             // false: Stable Diffusion without its text encoder (prompt_embeds only)
   // Whether request fields may name files (guide_model, loras), as on the command line. A server
   // turns this off and maps guide_model names with resolve_guide.
@@ -73,8 +76,10 @@ struct GenerateHooks {
   int preview_every = 0;  // 0 = no previews
   CancelToken cancel;
   std::function<void(const std::string&)> message;  // notices: LoRAs merged, embeddings loaded
-  // Expert inputs of Stable Diffusion (diffusers' latents= / prompt_embeds=), undefined = none.
+  // Expert inputs of Stable Diffusion (diffusers' latents= / prompt_embeds=), undefined = none;
+  // SDXL also takes pooled_prompt_embeds / negative_pooled_prompt_embeds with them.
   torch::Tensor latents, prompt_embeds, negative_prompt_embeds;
+  torch::Tensor pooled_prompt_embeds, negative_pooled_prompt_embeds;
 };
 
 struct GenerationResult {

@@ -70,6 +70,19 @@ struct GenerationRequest {
   std::vector<LoraWeight> loras;  // also <lora:name:weight> tags in the prompt
   int clip_skip = 0;
   std::string dtype = "fp32";  // UNet / text-encoder compute dtype: fp32, fp16, bf16
+
+  // SDXL micro-conditioning (diffusers' original_size, crops_coords_top_left, target_size) as
+  // {height, width} and {top, left}; {0, 0} sizes = the output size. The negative_* sizes
+  // condition the unconditional branch (as diffusers, only when both sizes are given; crop
+  // default {0, 0}). Refiners: aesthetic_score (default 6) and negative_aesthetic_score (2.5).
+  std::array<int, 2> original_size{0, 0}, crop_coords{0, 0}, target_size{0, 0};
+  std::array<int, 2> negative_original_size{0, 0}, negative_crop_coords{0, 0}, negative_target_size{0, 0};
+  std::optional<double> aesthetic_score, negative_aesthetic_score;
+  // SDXL base -> refiner handoff (diffusers' denoising_end / denoising_start, A1111's refiner):
+  // the refiner model (path, or a name on the server) runs the steps after the fraction
+  // refiner_switch of the schedule, from the base's noisy latents.
+  std::string refiner;
+  double refiner_switch = 0.8;
   bool vae_tiling = false;
   int vae_tile_size = 0;
 

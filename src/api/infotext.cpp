@@ -148,6 +148,23 @@ std::string GenerationRequest::to_infotext() const {
   if (clip_skip > 0) kv.emplace_back("Clip skip", std::to_string(clip_skip + 1));  // A1111 counts from 1
   if (dtype != "fp32") kv.emplace_back("Dtype", dtype);
   if (vae_tiling || vae_tile_size > 0) kv.emplace_back("Tiled VAE", std::to_string(vae_tile_size));
+  // SDXL micro-conditioning, in the order of the request fields ({height, width}, {top, left})
+  auto pair = [](const std::array<int, 2>& a) { return std::to_string(a[0]) + ", " + std::to_string(a[1]); };
+  if (original_size != std::array<int, 2>{0, 0}) kv.emplace_back("Original size", pair(original_size));
+  if (crop_coords != std::array<int, 2>{0, 0}) kv.emplace_back("Crop coords", pair(crop_coords));
+  if (target_size != std::array<int, 2>{0, 0}) kv.emplace_back("Target size", pair(target_size));
+  if (negative_original_size != std::array<int, 2>{0, 0})
+    kv.emplace_back("Negative original size", pair(negative_original_size));
+  if (negative_crop_coords != std::array<int, 2>{0, 0})
+    kv.emplace_back("Negative crop coords", pair(negative_crop_coords));
+  if (negative_target_size != std::array<int, 2>{0, 0})
+    kv.emplace_back("Negative target size", pair(negative_target_size));
+  if (!refiner.empty()) {  // A1111's keys
+    kv.emplace_back("Refiner", refiner);
+    kv.emplace_back("Refiner switch at", num(refiner_switch));
+  }
+  if (aesthetic_score) kv.emplace_back("Aesthetic score", num(*aesthetic_score));
+  if (negative_aesthetic_score) kv.emplace_back("Negative aesthetic score", num(*negative_aesthetic_score));
   kv.emplace_back("Version", "diffuse 0.1.0");
   for (size_t i = 0; i < kv.size(); ++i) o << (i ? ", " : "") << kv[i].first << ": " << quote_if_needed(kv[i].second);
   return o.str();
@@ -289,6 +306,23 @@ GenerationRequest GenerationRequest::from_infotext(const std::string& text) {
       r.clip_skip = static_cast<int>(std::max<int64_t>(0, i - 1));
     } else if (key == "Dtype") {
       r.dtype = value;
+    } else if (key == "Original size" || key == "Crop coords" || key == "Target size" ||
+               key == "Negative original size" || key == "Negative crop coords" || key == "Negative target size") {
+      auto& dst = key == "Original size"            ? r.original_size
+                  : key == "Crop coords"            ? r.crop_coords
+                  : key == "Target size"            ? r.target_size
+                  : key == "Negative original size" ? r.negative_original_size
+                  : key == "Negative crop coords"   ? r.negative_crop_coords
+                                                    : r.negative_target_size;
+      if (std::sscanf(value.c_str(), "%d, %d", &dst[0], &dst[1]) != 2) fail(key, value);
+    } else if (key == "Refiner") {
+      r.refiner = value;
+    } else if (key == "Refiner switch at") {
+      if (!to_double(value, d)) fail(key, value);
+      r.refiner_switch = d;
+    } else if (key == "Aesthetic score" || key == "Negative aesthetic score") {
+      if (!to_double(value, d)) fail(key, value);
+      (key == "Aesthetic score" ? r.aesthetic_score : r.negative_aesthetic_score) = d;
     } else if (key == "Tiled VAE") {
       if (!to_small_int(value, i)) fail(key, value);
       r.vae_tiling = true;

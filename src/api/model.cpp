@@ -70,10 +70,10 @@ void Model::Impl::load_sd(const std::string& dtype) {
   return_large_frees_to_os();
   sd = std::make_unique<SDPipeline>(diffuse::load_sd(path, parse_device(options.device), dtype_of(dtype),
                                                      options.text_encoder, options.prediction, options.model_config));
+  if (!options.vae.empty()) replace_vae(*sd, options.vae);
   sd_dtype = dtype;
   sd_loras.clear();
-  if (!options.embeddings.empty() && !sd->text) throw Error("embeddings need the text encoder (drop prompt_embeds)");
-  for (const auto& f : options.embeddings) embeddings_loaded.push_back(load_embedding(*sd->text, f));
+  for (const auto& f : options.embeddings) embeddings_loaded.push_back(load_embedding(*sd, f));
 }
 
 void Model::Impl::prepare_sd(const std::string& dtype, const std::vector<LoraSpec>& loras,
@@ -135,6 +135,7 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
     info.network = "UNet2DConditionModel";
     info.latent = true;
     info.inpainting = s.sd->is_inpaint_model();
+    info.architecture = s.sd->architecture();
     info.width = info.height = s.sd->default_size();
     info.channels = 3;
     info.size_step = 8;
@@ -172,7 +173,8 @@ GenerationRequest Model::resolve(const GenerationRequest& request) const {
   }
   if (r.schedule.empty() && r.sigmas.empty() && request.sampler.empty()) r.schedule = d.schedule;
   if (!r.steps) r.steps = d.steps ? d.steps : 20;
-  if (!r.guidance) r.guidance = d.guidance ? d.guidance : (sd ? 7.5 : 1.0);
+  // diffusers' defaults: 7.5 for SD 1.x / 2.x, 5 for SDXL
+  if (!r.guidance) r.guidance = d.guidance ? d.guidance : (sd ? (impl_->sd->is_xl() ? 5.0 : 7.5) : 1.0);
   if (r.guide_model.empty() && !sd && !request.guidance) {
     // the recommended guide goes with the recommended guidance scale
     r.guide_model = d.guide_model;
@@ -211,9 +213,44 @@ std::vector<FieldError> Model::validate(const GenerationRequest& request) const 
     if (request.inpaint_method == "repaint")
       bad("inpaint_method", "RePaint is for class-conditional and unconditional models (SD blends)");
     if (!request.invert_from.empty()) bad("invert_from", "applies to class-conditional models");
+    const bool xl = impl_->sd->is_xl();
+    const std::string only_xl = "applies to SDXL models only (this model is " + info.architecture + ")";
+    if (!xl) {
+      if (request.original_size != std::array<int, 2>{0, 0}) bad("original_size", only_xl);
+      if (request.crop_coords != std::array<int, 2>{0, 0}) bad("crop_coords", only_xl);
+      if (request.target_size != std::array<int, 2>{0, 0}) bad("target_size", only_xl);
+      if (request.negative_original_size != std::array<int, 2>{0, 0}) bad("negative_original_size", only_xl);
+      if (request.negative_crop_coords != std::array<int, 2>{0, 0}) bad("negative_crop_coords", only_xl);
+      if (request.negative_target_size != std::array<int, 2>{0, 0}) bad("negative_target_size", only_xl);
+    }
+    if (!request.refiner.empty() && (!xl || impl_->sd->requires_aesthetics_score))
+      bad("refiner", "a refiner continues an SDXL base model (this model is " + info.architecture + ")");
+    if (!request.refiner.empty() && !impl_->options.allow_paths && !impl_->options.resolve_guide)
+      bad("refiner", "no refiner models are available here");
+    if (!impl_->sd->requires_aesthetics_score) {
+      const std::string only_refiner = "applies to SDXL refiners only (this model is " + info.architecture + ")";
+      if (request.aesthetic_score) bad("aesthetic_score", only_refiner);
+      if (request.negative_aesthetic_score) bad("negative_aesthetic_score", only_refiner);
+    } else {
+      if (request.target_size != std::array<int, 2>{0, 0})
+        bad("target_size", "an SDXL refiner is conditioned on the aesthetic score, not on a target size");
+      if (request.init_image.empty())
+        bad("init_image",
+            "this model is an SDXL refiner: it refines an image (img2img, inpainting) and cannot draw from noise; "
+            "use an SDXL base model for text-to-image");
+    }
     return e;
   }
   const std::string only_sd = "applies to Stable Diffusion models only (this model is " + kind + ")";
+  if (request.original_size != std::array<int, 2>{0, 0}) bad("original_size", only_sd);
+  if (request.crop_coords != std::array<int, 2>{0, 0}) bad("crop_coords", only_sd);
+  if (request.target_size != std::array<int, 2>{0, 0}) bad("target_size", only_sd);
+  if (request.negative_original_size != std::array<int, 2>{0, 0}) bad("negative_original_size", only_sd);
+  if (request.negative_crop_coords != std::array<int, 2>{0, 0}) bad("negative_crop_coords", only_sd);
+  if (request.negative_target_size != std::array<int, 2>{0, 0}) bad("negative_target_size", only_sd);
+  if (request.aesthetic_score) bad("aesthetic_score", only_sd);
+  if (!request.refiner.empty()) bad("refiner", only_sd);
+  if (request.negative_aesthetic_score) bad("negative_aesthetic_score", only_sd);
   if (info.kind == ModelKind::Unconditional) {
     if (!request.prompt.empty()) bad("prompt", "this model is unconditional: it takes no prompt");
     if (!request.class_label.empty()) bad("class", "this model is unconditional: it has no classes");
@@ -278,6 +315,7 @@ int64_t Model::weight_bytes() const {
     add(*impl_->sd->unet);
     add(*impl_->sd->vae);
     if (impl_->sd->text) add(*impl_->sd->text->model);
+    if (impl_->sd->text_2) add(*impl_->sd->text_2->model);
   }
   if (impl_->pixel) {
     add(impl_->pixel->net.module());

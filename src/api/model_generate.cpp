@@ -9,6 +9,7 @@
 #include "api/model_state.h"
 #include "core/error.h"
 #include "core/image.h"
+#include "core/runtime.h"
 #include "pipelines/mask.h"
 #include "pipelines/textual_inversion.h"
 
@@ -42,6 +43,8 @@ struct Tracker {
   Clock::time_point start = Clock::now();
   int done = 0;
 
+  int total = 0;  // steps over all batches; 0 = each run's own count times the batches
+
   StepCallback callback() {
     return [this](const StepInfo& s) {
       if (hooks.cancel.cancelled()) throw Cancelled();
@@ -49,7 +52,7 @@ struct Tracker {
       if (!hooks.progress) return;
       ProgressInfo p;
       p.step = done;
-      p.total = s.total * batches;
+      p.total = total > 0 ? total : s.total * batches;
       p.sigma = s.sigma_next;
       p.elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
       p.eta_s = p.elapsed_s / done * std::max(0, p.total - done);
@@ -122,6 +125,35 @@ void check_same_size(const torch::Tensor& image, const torch::Tensor& mask) {
                                    std::to_string(image.size(2)));
 }
 
+// The request's SDXL refiner, loaded (or kept from the last request) in the request's dtype.
+SDPipeline& load_refiner(Model::Impl& m, const GenerationRequest& r) {
+  if (!m.sd->is_xl() || m.sd->requires_aesthetics_score)
+    throw RequestError("refiner", "a refiner continues an SDXL base model");
+  if (m.sd->is_inpaint_model()) throw RequestError("refiner", "not with a 9-channel inpainting model");
+  const std::string path = m.options.resolve_guide ? m.options.resolve_guide(r.refiner)
+                           : m.options.allow_paths ? r.refiner
+                                                   : "";
+  if (path.empty()) throw RequestError("refiner", "no model named '" + r.refiner + "'");
+  if (!m.refiner || m.refiner_path != path || m.refiner_dtype != r.dtype) {
+    m.refiner.reset();
+    try {
+      m.refiner = std::make_unique<SDPipeline>(load_sd(path, parse_device(m.options.device),
+                                                       r.dtype == "bf16"   ? torch::kBFloat16
+                                                       : r.dtype == "fp16" ? torch::kFloat16
+                                                                           : torch::kFloat32));
+    } catch (const Error& e) {
+      throw RequestError("refiner", e.what());
+    }
+    m.refiner_path = path;
+    m.refiner_dtype = r.dtype;
+  }
+  SDPipeline& p = *m.refiner;
+  if (!p.is_xl() || p.latent_channels() != m.sd->latent_channels() || p.is_inpaint_model())
+    throw RequestError("refiner", r.refiner + " is " + p.architecture() + ", not an SDXL model that can refine");
+  if (!p.has_text_encoder()) throw RequestError("refiner", r.refiner + " was loaded without its text encoder");
+  return p;
+}
+
 }  // namespace
 
 GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const GenerateHooks& hooks) {
@@ -177,6 +209,18 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
   o.latents = hooks.latents;
   o.prompt_embeds = hooks.prompt_embeds;
   o.negative_prompt_embeds = hooks.negative_prompt_embeds;
+  o.pooled_prompt_embeds = hooks.pooled_prompt_embeds;
+  o.negative_pooled_prompt_embeds = hooks.negative_pooled_prompt_embeds;
+  // SDXL micro-conditioning; {0, 0} sizes are the output size
+  if (r.original_size != std::array<int, 2>{0, 0}) o.size_cond.original_size = r.original_size;
+  if (r.crop_coords != std::array<int, 2>{0, 0}) o.size_cond.crop_coords = r.crop_coords;
+  if (r.target_size != std::array<int, 2>{0, 0}) o.size_cond.target_size = r.target_size;
+  if (r.negative_original_size != std::array<int, 2>{0, 0})
+    o.size_cond.negative_original_size = r.negative_original_size;
+  if (r.negative_crop_coords != std::array<int, 2>{0, 0}) o.size_cond.negative_crop_coords = r.negative_crop_coords;
+  if (r.negative_target_size != std::array<int, 2>{0, 0}) o.size_cond.negative_target_size = r.negative_target_size;
+  if (r.aesthetic_score) o.size_cond.aesthetic_score = *r.aesthetic_score;
+  if (r.negative_aesthetic_score) o.size_cond.negative_aesthetic_score = *r.negative_aesthetic_score;
 
   // LoRAs from the request and from <lora:name:weight> tags in the prompts.
   const std::string& dir = m.options.lora_dir;
@@ -198,8 +242,7 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
   m.prepare_sd(r.dtype, loras, hooks.message);
   SDPipeline& pipe = *m.sd;
   if (!m.options.embeddings_dir.empty()) {
-    if (!pipe.text) throw Error("embeddings_dir: embeddings need the text encoder (drop prompt_embeds)");
-    for (const auto& t : load_embeddings_for(*pipe.text, m.options.embeddings_dir, {o.prompt, o.negative_prompt}))
+    for (const auto& t : load_embeddings_for(pipe, m.options.embeddings_dir, {o.prompt, o.negative_prompt}))
       m.embeddings_loaded.push_back(t);
   }
   if (hooks.message)
@@ -208,10 +251,29 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
   pipe.vae_tiling.enabled = r.vae_tiling || r.vae_tile_size > 0;
   pipe.vae_tiling.tile = r.vae_tile_size;
 
-  Tracker t{hooks, (o.n + o.batch_size - 1) / o.batch_size, true};
+  const int batches = (o.n + o.batch_size - 1) / o.batch_size;
+  Tracker t{hooks, batches, true};
   o.callback = t.callback();
   const auto start = Clock::now();
-  SDResult sr = generate(pipe, o);
+  SDResult sr;
+  if (r.refiner.empty()) {
+    sr = generate(pipe, o);
+  } else {
+    if (o.prompt_embeds.defined() || o.negative_prompt_embeds.defined())
+      throw RequestError("refiner", "takes prompts: prompt embeddings fit the base model's text encoders only");
+    SDPipeline& refiner = load_refiner(m, r);
+    t.total = o.steps * batches;  // both models' steps
+    SDOptions base = o;
+    base.denoising_end = r.refiner_switch;
+    const SDResult b = generate(pipe, base);
+    SDOptions ref = o;  // the same prompts, seeds and sizes; the refiner's own text encoder
+    ref.denoising_start = r.refiner_switch;
+    ref.start_latents = b.x_end;
+    ref.image = ref.mask = torch::Tensor();
+    ref.strength = 1.0;
+    sr = generate(refiner, ref);
+    sr.noise = b.noise;
+  }
   GenerationResult res;
   res.images = sr.samples;
   res.latents = sr.latents;

@@ -24,6 +24,9 @@ struct Model::Impl {
   std::string sd_dtype;
   std::vector<LoraSpec> sd_loras;
   std::vector<std::string> embeddings_loaded;  // triggers, reported by the next generation
+  // SDXL refiner of the last request that asked for one (path and dtype it was loaded with).
+  std::unique_ptr<SDPipeline> refiner;
+  std::string refiner_path, refiner_dtype;
   // Class-conditional / unconditional pipelines and the guides they were run with.
   std::unique_ptr<PixelPipeline> pixel;
   std::map<std::string, std::shared_ptr<const PixelPipeline>> guides;

@@ -34,7 +34,12 @@ bool GenerationRequest::operator==(const GenerationRequest& o) const {
          inpaint_only_masked_padding == o.inpaint_only_masked_padding && outpaint == o.outpaint &&
          inpaint_method == o.inpaint_method && jump_length == o.jump_length && jump_n_sample == o.jump_n_sample &&
          invert_from == o.invert_from && loras_eq() && clip_skip == o.clip_skip && dtype == o.dtype &&
-         vae_tiling == o.vae_tiling && vae_tile_size == o.vae_tile_size && output_format == o.output_format;
+         vae_tiling == o.vae_tiling && vae_tile_size == o.vae_tile_size && output_format == o.output_format &&
+         original_size == o.original_size && crop_coords == o.crop_coords && target_size == o.target_size &&
+         negative_original_size == o.negative_original_size && negative_crop_coords == o.negative_crop_coords &&
+         negative_target_size == o.negative_target_size && aesthetic_score == o.aesthetic_score &&
+         negative_aesthetic_score == o.negative_aesthetic_score && refiner == o.refiner &&
+         refiner_switch == o.refiner_switch;
 }
 
 namespace {
@@ -111,6 +116,23 @@ std::vector<FieldError> GenerationRequest::validate() const {
   if (dtype != "fp32" && dtype != "fp16" && dtype != "bf16") bad("dtype", "must be fp32, fp16 or bf16");
   if (vae_tile_size < 0) bad("vae_tile_size", "must be >= 0");
   if (output_format != "png" && output_format != "jpeg") bad("output_format", "must be png or jpeg");
+  for (auto [field, v] : {std::pair<const char*, const std::array<int, 2>*>{"original_size", &original_size},
+                          {"target_size", &target_size},
+                          {"negative_original_size", &negative_original_size},
+                          {"negative_target_size", &negative_target_size}})
+    if ((*v)[0] < 0 || (*v)[1] < 0 || (*v)[0] > 65536 || (*v)[1] > 65536 || (((*v)[0] == 0) != ((*v)[1] == 0)))
+      bad(field, "must be [height, width] in [1, 65536], or [0, 0] for the output size");
+  for (auto [field, v] : {std::pair<const char*, const std::array<int, 2>*>{"crop_coords", &crop_coords},
+                          {"negative_crop_coords", &negative_crop_coords}})
+    if ((*v)[0] < 0 || (*v)[1] < 0 || (*v)[0] > 65536 || (*v)[1] > 65536)
+      bad(field, "must be [top, left] in [0, 65536]");
+  if (!finite(refiner_switch) || refiner_switch <= 0 || refiner_switch >= 1)
+    bad("refiner_switch", "must lie strictly between 0 and 1");
+  if (aesthetic_score && (!finite(*aesthetic_score) || *aesthetic_score < 0 || *aesthetic_score > 100))
+    bad("aesthetic_score", "must be in [0, 100]");
+  if (negative_aesthetic_score &&
+      (!finite(*negative_aesthetic_score) || *negative_aesthetic_score < 0 || *negative_aesthetic_score > 100))
+    bad("negative_aesthetic_score", "must be in [0, 100]");
   return e;
 }
 
@@ -184,6 +206,16 @@ std::string GenerationRequest::to_json() const {
   j["vae_tiling"] = vae_tiling;
   j["vae_tile_size"] = vae_tile_size;
   j["output_format"] = output_format;
+  j["original_size"] = original_size;
+  j["crop_coords"] = crop_coords;
+  j["target_size"] = target_size;
+  j["negative_original_size"] = negative_original_size;
+  j["negative_crop_coords"] = negative_crop_coords;
+  j["negative_target_size"] = negative_target_size;
+  j["refiner"] = refiner;
+  j["refiner_switch"] = refiner_switch;
+  if (aesthetic_score) j["aesthetic_score"] = *aesthetic_score;
+  if (negative_aesthetic_score) j["negative_aesthetic_score"] = *negative_aesthetic_score;
   return j.dump();
 }
 
@@ -392,7 +424,28 @@ GenerationRequest GenerationRequest::from_json(const std::string& text) {
       rd.boolean(v, key, r.vae_tiling);
     else if (key == "vae_tile_size")
       rd.integer(v, key, r.vae_tile_size);
-    else if (key == "output_format") {
+    else if (key == "original_size" || key == "crop_coords" || key == "target_size" ||
+             key == "negative_original_size" || key == "negative_crop_coords" || key == "negative_target_size") {
+      auto& dst = key == "original_size"            ? r.original_size
+                  : key == "crop_coords"            ? r.crop_coords
+                  : key == "target_size"            ? r.target_size
+                  : key == "negative_original_size" ? r.negative_original_size
+                  : key == "negative_crop_coords"   ? r.negative_crop_coords
+                                                    : r.negative_target_size;
+      const bool crop = key.find("crop") != std::string::npos;
+      if (!v.is_array() || v.size() != 2)
+        rd.fail(key, crop ? "must be [top, left]" : "must be [height, width]");
+      else
+        for (size_t i = 0; i < 2; ++i) rd.integer(v[i], key, dst[i]);
+    } else if (key == "refiner") {
+      rd.str(v, key, r.refiner);
+    } else if (key == "refiner_switch") {
+      rd.number(v, key, r.refiner_switch);
+    } else if (key == "aesthetic_score" || key == "negative_aesthetic_score") {
+      double x = 0;
+      if (!v.is_null() && rd.number(v, key, x))
+        (key == "aesthetic_score" ? r.aesthetic_score : r.negative_aesthetic_score) = x;
+    } else if (key == "output_format") {
       rd.str(v, key, r.output_format);
       if (r.output_format == "jpg") r.output_format = "jpeg";
     } else

@@ -62,11 +62,15 @@ CLIPTextConfig CLIPTextConfig::from_json(const nlohmann::json& jin) {
   r.read("pad_token_id", c.pad_token_id);
   r.read("bos_token_id", c.bos_token_id);
   r.read("eos_token_id", c.eos_token_id);
+  r.read("projection_dim", c.projection_dim);
+  if (j.contains("architectures") && j.at("architectures").is_array())
+    for (const auto& a : j.at("architectures"))
+      if (a == "CLIPTextModelWithProjection") c.with_projection = true;
   return c;
 }
 
 nlohmann::json CLIPTextConfig::to_json() const {
-  return {{"architectures", {"CLIPTextModel"}},
+  return {{"architectures", {with_projection ? "CLIPTextModelWithProjection" : "CLIPTextModel"}},
           {"model_type", "clip_text_model"},
           {"vocab_size", vocab_size},
           {"hidden_size", hidden_size},
@@ -79,6 +83,7 @@ nlohmann::json CLIPTextConfig::to_json() const {
           {"pad_token_id", pad_token_id},
           {"bos_token_id", bos_token_id},
           {"eos_token_id", eos_token_id},
+          {"projection_dim", projection_dim},
           {"torch_dtype", "float32"}};
 }
 
@@ -92,6 +97,7 @@ void CLIPTextConfig::validate() const {
   positive("num_hidden_layers", num_hidden_layers);
   positive("num_attention_heads", num_attention_heads);
   positive("max_position_embeddings", max_position_embeddings);
+  if (with_projection) positive("projection_dim", projection_dim);
   if (hidden_size % num_attention_heads != 0)
     throw Error("CLIPTextModel config: hidden_size " + std::to_string(hidden_size) +
                 " is not divisible by num_attention_heads " + std::to_string(num_attention_heads));
@@ -157,6 +163,10 @@ CLIPTextModelImpl::CLIPTextModelImpl(const CLIPTextConfig& config) : config_(con
   final_layer_norm = text_model->register_module(
       "final_layer_norm",
       torch::nn::LayerNorm(torch::nn::LayerNormOptions({config_.hidden_size}).eps(config_.layer_norm_eps)));
+  if (config_.with_projection)
+    text_projection = register_module(
+        "text_projection",
+        torch::nn::Linear(torch::nn::LinearOptions(config_.hidden_size, config_.projection_dim).bias(false)));
 }
 
 int64_t CLIPTextModelImpl::add_token_embeddings(const torch::Tensor& rows) {
@@ -216,6 +226,7 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, bool o
   out.last_hidden_state = final_layer_norm->forward(h);
   auto idx = eos_positions(ids);
   out.pooler_output = out.last_hidden_state.index({torch::arange(B, idx.options()), idx});
+  if (text_projection) out.text_embeds = text_projection->forward(out.pooler_output);
   return out;
 }
 

@@ -2,7 +2,10 @@
 // transformers CLIPTextModel (the Stable Diffusion text encoder): token + position embeddings,
 // pre-norm transformer layers with causal self-attention (q/k/v/out_proj, layer_norm1/2, mlp.fc1/fc2,
 // quick_gelu or gelu), final_layer_norm, and the pooled output at the end-of-text token. Same
-// config.json keys and state-dict names as transformers (text_model.*).
+// config.json keys and state-dict names as transformers (text_model.*). With the
+// CLIPTextModelWithProjection architecture (SDXL's text_encoder_2, OpenCLIP ViT-bigG) it also
+// holds text_projection (Linear hidden -> projection_dim, no bias) and returns text_embeds, the
+// projected pooled output.
 #include <torch/torch.h>
 
 #include <cstdint>
@@ -13,7 +16,7 @@
 
 namespace diffuse {
 
-// CLIPTextConfig keys with transformers defaults (projection_dim and dropout keys are ignored).
+// CLIPTextConfig keys with transformers defaults (dropout keys are ignored).
 struct CLIPTextConfig {
   int64_t vocab_size = 49408;
   int64_t hidden_size = 512;
@@ -26,6 +29,9 @@ struct CLIPTextConfig {
   int64_t pad_token_id = 1;
   int64_t bos_token_id = 49406;
   int64_t eos_token_id = 49407;
+  int64_t projection_dim = 512;
+  // architectures ["CLIPTextModelWithProjection"]: text_projection and text_embeds.
+  bool with_projection = false;
 
   // Accepts a transformers CLIPTextModel config (architectures ["CLIPTextModel"] or model_type
   // clip_text_model) or a CLIPModel config's "text_config"; wrong types throw diffuse::Error.
@@ -39,6 +45,7 @@ struct CLIPTextOutput {
   torch::Tensor last_hidden_state;           // [B, T, hidden] after final_layer_norm
   torch::Tensor pooler_output;               // [B, hidden]: last_hidden_state at the end-of-text token
   std::vector<torch::Tensor> hidden_states;  // output_hidden_states: embeddings, then each layer (no final norm)
+  torch::Tensor text_embeds;                 // [B, projection_dim] text_projection(pooler_output); with_projection only
 };
 
 namespace nn {
@@ -73,7 +80,8 @@ TORCH_MODULE(CLIPEncoderLayer);
 
 }  // namespace nn
 
-// Registers text_model.{embeddings.{token,position}_embedding, encoder.layers.N, final_layer_norm}.
+// Registers text_model.{embeddings.{token,position}_embedding, encoder.layers.N, final_layer_norm}
+// and, with_projection, text_projection.
 class CLIPTextModelImpl : public torch::nn::Module {
  public:
   explicit CLIPTextModelImpl(const CLIPTextConfig& config);
@@ -101,6 +109,7 @@ class CLIPTextModelImpl : public torch::nn::Module {
   torch::nn::ModuleList layers{nullptr};
   std::vector<nn::CLIPEncoderLayer> layer_list;
   torch::nn::LayerNorm final_layer_norm{nullptr};
+  torch::nn::Linear text_projection{nullptr};  // with_projection only
 
  private:
   CLIPTextConfig config_;

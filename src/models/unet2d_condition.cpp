@@ -203,6 +203,15 @@ int64_t UNet2DConditionConfig::heads(size_t i) const {
   return block_out_channels.at(i);  // unreachable after validate()
 }
 
+int64_t UNet2DConditionConfig::num_time_ids(int64_t pooled_dim) const {
+  if (!text_time() || !addition_time_embed_dim || !projection_class_embeddings_input_dim ||
+      *addition_time_embed_dim <= 0)
+    return -1;
+  const int64_t rest = *projection_class_embeddings_input_dim - pooled_dim;
+  if (rest <= 0 || rest % *addition_time_embed_dim != 0) return -1;
+  return rest / *addition_time_embed_dim;
+}
+
 void UNet2DConditionConfig::validate() const {
   auto fail = [](const std::string& m) { throw Error(std::string(kUNet2DConditionClass) + " config: " + m); };
   const size_t n = block_out_channels.size();
@@ -258,7 +267,16 @@ void UNet2DConditionConfig::validate() const {
     fail("conv_in_kernel and conv_out_kernel must be odd and positive");
   if (time_embedding_type != "positional")
     fail("unsupported time_embedding_type '" + time_embedding_type + "' (supported: positional)");
-  if (addition_embed_type) fail("addition_embed_type '" + *addition_embed_type + "' is not supported");
+  if (addition_embed_type && *addition_embed_type != "text_time")
+    fail("addition_embed_type '" + *addition_embed_type + "' is not supported (supported: null, text_time)");
+  if (text_time()) {
+    if (!addition_time_embed_dim || *addition_time_embed_dim <= 0)
+      fail("addition_embed_type 'text_time' requires a positive addition_time_embed_dim");
+    if (!projection_class_embeddings_input_dim || *projection_class_embeddings_input_dim <= 0)
+      fail("addition_embed_type 'text_time' requires a positive projection_class_embeddings_input_dim");
+    if (class_embed_type && *class_embed_type == "projection")
+      fail("class_embed_type 'projection' and addition_embed_type 'text_time' cannot be combined");
+  }
   if (encoder_hid_dim || encoder_hid_dim_type) fail("encoder_hid_dim / encoder_hid_dim_type are not supported");
   if (time_cond_proj_dim) fail("time_cond_proj_dim is not supported");
   if (timestep_post_act) fail("timestep_post_act is not supported");
@@ -301,6 +319,13 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   } else if (cfg.class_embed_type && *cfg.class_embed_type == "projection") {
     class_embedding_mlp = register_module(
         "class_embedding", nn::TimestepEmbedding(*cfg.projection_class_embeddings_input_dim, temb, cfg.act_fn));
+  }
+  if (cfg.text_time()) {
+    // diffusers builds these with TimestepEmbedding's default activation (silu), not act_fn
+    add_time_proj = register_module("add_time_proj",
+                                    nn::Timesteps(*cfg.addition_time_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift));
+    add_embedding =
+        register_module("add_embedding", nn::TimestepEmbedding(*cfg.projection_class_embeddings_input_dim, temb));
   }
 
   // Options shared by the cross-attention down, mid and up blocks at (un-reversed) block index b.
@@ -418,8 +443,30 @@ torch::nn::Module* module_of(const Holder& h) {
 torch::Device UNet2DConditionModelImpl::device() const { return conv_in->weight.device(); }
 void UNet2DConditionModelImpl::set_attention_chunk_size(int64_t n) { nn::set_attention_query_chunk_size(*this, n); }
 
+torch::Tensor UNet2DConditionModelImpl::added_embedding(const torch::Tensor& text_embeds, const torch::Tensor& time_ids,
+                                                        int64_t batch) {
+  const std::string cls = kUNet2DConditionClass;
+  if (!add_embedding) throw Error(cls + ": text_embeds / time_ids given but the model has no text_time embedding");
+  if (!text_embeds.defined() || !time_ids.defined())
+    throw Error(cls +
+                ": addition_embed_type 'text_time' requires text_embeds and time_ids (SDXL's pooled prompt "
+                "embeddings and micro-conditioning)");
+  const int64_t d = *config_.addition_time_embed_dim, in = *config_.projection_class_embeddings_input_dim;
+  if (text_embeds.dim() != 2 || text_embeds.size(0) != batch || time_ids.dim() != 2 || time_ids.size(0) != batch ||
+      text_embeds.size(1) + time_ids.size(1) * d != in)
+    throw Error(cls + ": expected text_embeds [" + std::to_string(batch) + ", P] and time_ids [" +
+                std::to_string(batch) + ", K] with P + K * " + std::to_string(d) + " = " + std::to_string(in) +
+                ", got " + c10::str(text_embeds.sizes()) + " and " + c10::str(time_ids.sizes()));
+  const auto dt = dtype();
+  nn::ComputeDtypeGuard wide({add_embedding.ptr().get()}, dt, compute_dtype_.has_value());
+  auto time_embeds = add_time_proj->forward(time_ids.to(device()).reshape({-1})).reshape({batch, -1});
+  auto add_embeds = torch::cat({text_embeds.to(device(), torch::kFloat32), time_embeds}, -1);
+  return add_embedding->forward(add_embeds.to(dt));
+}
+
 torch::Tensor UNet2DConditionModelImpl::embed(const torch::Tensor& timestep, int64_t batch,
-                                              const torch::Tensor& class_labels) {
+                                              const torch::Tensor& class_labels, const torch::Tensor& text_embeds,
+                                              const torch::Tensor& time_ids) {
   if (!timestep.defined()) throw Error(std::string(kUNet2DConditionClass) + ": timestep is required");
   auto t = timestep.reshape({-1}).to(device());
   if (t.size(0) == 1 && batch != 1) t = t.expand({batch}).contiguous();
@@ -450,6 +497,8 @@ torch::Tensor UNet2DConditionModelImpl::embed(const torch::Tensor& timestep, int
   } else if (class_labels.defined()) {
     throw Error(std::string(kUNet2DConditionClass) + ": class_labels given but the model has no class embedding");
   }
+  if (add_embedding || text_embeds.defined() || time_ids.defined())
+    emb = emb + added_embedding(text_embeds, time_ids, batch);
   if (config_.time_embedding_act_fn) emb = nn::activate(nn::parse_activation(*config_.time_embedding_act_fn), emb);
   return emb;
 }
@@ -457,7 +506,8 @@ torch::Tensor UNet2DConditionModelImpl::embed(const torch::Tensor& timestep, int
 torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torch::Tensor& timestep,
                                                 const torch::Tensor& encoder_hidden_states,
                                                 const torch::Tensor& class_labels,
-                                                const torch::Tensor& encoder_attention_mask) {
+                                                const torch::Tensor& encoder_attention_mask,
+                                                const torch::Tensor& text_embeds, const torch::Tensor& time_ids) {
   const std::string cls = kUNet2DConditionClass;
   if (sample.dim() != 4 || sample.size(1) != config_.in_channels)
     throw Error(cls + ": expected sample [B, " + std::to_string(config_.in_channels) + ", H, W], got shape " +
@@ -481,7 +531,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torc
   if (config_.center_input_sample) sample = 2 * sample - 1.0;
 
   const bool upcast = compute_dtype_.has_value();
-  auto emb = embed(timestep, batch, class_labels);
+  auto emb = embed(timestep, batch, class_labels, text_embeds, time_ids);
   nn::ComputeDtypeGuard ends({module_of(conv_in), module_of(conv_norm_out), module_of(conv_out)}, dt, upcast);
   auto h = conv_in->forward(sample.to(dt));
   std::vector<torch::Tensor> res{h};

@@ -1,13 +1,15 @@
 #pragma once
-// diffusers UNet2DConditionModel (the Stable Diffusion 1.x / 2.x denoiser), with diffusers'
+// diffusers UNet2DConditionModel (the Stable Diffusion 1.x / 2.x / XL denoiser), with diffusers'
 // config keys, state-dict names and folder layout (config.json +
 // diffusion_pytorch_model.safetensors).
 //
 // Supported: CrossAttnDownBlock2D / DownBlock2D, CrossAttnUpBlock2D / UpBlock2D,
-// UNetMidBlock2DCrossAttn (or no mid block), per-block head counts, linear or 1x1-conv
-// projections, upcast_attention, any in_channels (9 for inpainting), class embeddings
-// (num_class_embeds, "timestep", "identity", "projection"), time_embedding_act_fn.
-// Rejected with a diffuse::Error: addition_embed_type (SDXL), encoder_hid_dim(_type),
+// UNetMidBlock2DCrossAttn (or no mid block), per-block head counts and transformer depths,
+// linear or 1x1-conv projections, upcast_attention, any in_channels (9 for inpainting), class
+// embeddings (num_class_embeds, "timestep", "identity", "projection"), time_embedding_act_fn,
+// and SDXL's added conditioning (addition_embed_type "text_time": pooled text embeddings and
+// micro-conditioning time ids, add_time_proj + add_embedding).
+// Rejected with a diffuse::Error: other addition_embed_types, encoder_hid_dim(_type),
 // time_cond_proj_dim, class_embeddings_concat, dual_cross_attention, attention_type other
 // than "default", time_embedding_type other than "positional", other block types.
 #include <torch/torch.h>
@@ -110,6 +112,12 @@ struct UNet2DConditionConfig {
     return only_cross_attention_list ? static_cast<bool>(only_cross_attention.at(i))
                                      : static_cast<bool>(only_cross_attention.at(0));
   }
+  // addition_embed_type "text_time" (SDXL): the UNet takes text_embeds and time_ids.
+  bool text_time() const { return addition_embed_type && *addition_embed_type == "text_time"; }
+  // text_time: how many time ids go with pooled text embeddings of `pooled_dim` features
+  // (6 for an SDXL base: original size, crop top-left, target size; 5 for the refiner: original
+  // size, crop, aesthetic score); -1 when the widths do not add up.
+  int64_t num_time_ids(int64_t pooled_dim) const;
   bool operator==(const UNet2DConditionConfig& o) const { return to_json() == o.to_json(); }
   bool operator!=(const UNet2DConditionConfig& o) const { return !(*this == o); }
 };
@@ -120,13 +128,20 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
   // sample [B, in_channels, H, W]; timestep scalar, [1] or [B]; encoder_hidden_states
   // [B, M, cross_attention_dim]; class_labels [B] iff the model has a class embedding;
-  // encoder_attention_mask [B, M] (1 keep, 0 discard), optional. Returns [B, out_channels, H, W].
-  // H and W need not be multiples of the downsampling factor (upsample sizes are forwarded).
+  // encoder_attention_mask [B, M] (1 keep, 0 discard), optional; text_embeds [B, P] and time_ids
+  // [B, K] (diffusers' added_cond_kwargs) iff the model is text_time. Returns
+  // [B, out_channels, H, W]. H and W need not be multiples of the downsampling factor (upsample
+  // sizes are forwarded).
   torch::Tensor forward(torch::Tensor sample, const torch::Tensor& timestep, const torch::Tensor& encoder_hidden_states,
-                        const torch::Tensor& class_labels = {}, const torch::Tensor& encoder_attention_mask = {});
+                        const torch::Tensor& class_labels = {}, const torch::Tensor& encoder_attention_mask = {},
+                        const torch::Tensor& text_embeds = {}, const torch::Tensor& time_ids = {});
 
-  // time_embedding(time_proj(t)) (+ class embedding) (then time_embedding_act_fn), for `batch`.
-  torch::Tensor embed(const torch::Tensor& timestep, int64_t batch, const torch::Tensor& class_labels = {});
+  // time_embedding(time_proj(t)) (+ class embedding) (+ add_embedding of text_embeds and the
+  // time ids' add_time_proj) (then time_embedding_act_fn), for `batch`.
+  torch::Tensor embed(const torch::Tensor& timestep, int64_t batch, const torch::Tensor& class_labels = {},
+                      const torch::Tensor& text_embeds = {}, const torch::Tensor& time_ids = {});
+  // text_time: add_embedding(cat([text_embeds, add_time_proj(time_ids).reshape(B, -1)])), [B, temb].
+  torch::Tensor added_embedding(const torch::Tensor& text_embeds, const torch::Tensor& time_ids, int64_t batch);
 
   const UNet2DConditionConfig& config() const { return config_; }
   // The dtype forward computes in: the compute dtype when set, else the weights' dtype.
@@ -144,6 +159,8 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   nn::TimestepEmbedding time_embedding{nullptr};
   torch::nn::Embedding class_embedding_table{nullptr};  // "class_embedding" (num_class_embeds)
   nn::TimestepEmbedding class_embedding_mlp{nullptr};   // "class_embedding" (timestep / projection)
+  nn::Timesteps add_time_proj{nullptr};                 // text_time
+  nn::TimestepEmbedding add_embedding{nullptr};         // text_time
   torch::nn::ModuleList down_blocks{nullptr}, up_blocks{nullptr};
   // Per block index exactly one of the two is non-null.
   std::vector<nn::UNetDownBlock2D> down_plain;

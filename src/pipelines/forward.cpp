@@ -57,7 +57,7 @@ std::string check_network_folder(const std::string& dir) {
     m = load_autoencoder_kl(dir).ptr();
   else if (cls == "DiTTransformer2DModel" || cls == "Transformer2DModel")
     m = load_dit(dir).ptr();
-  else if (cls == "CLIPTextModel")
+  else if (cls == "CLIPTextModel" || cls == "CLIPTextModelWithProjection")
     m = load_clip_text_model(dir).ptr();
   else
     throw Error(dir + "/config.json: _class_name '" + cls + "' is not a network diffuse knows");
@@ -88,7 +88,15 @@ TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device
     auto labels = optional(in, "class_labels");
     if (labels.defined()) labels = labels.to(device);
     auto mask = optional(in, "encoder_attention_mask");
-    return {{"out", m->forward(sample, t, ehs, labels, mask).to(torch::kCPU)}};
+    // SDXL's added conditioning (diffusers' added_cond_kwargs)
+    auto text_embeds = optional(in, "text_embeds"), time_ids = optional(in, "time_ids");
+    if (m->config().text_time()) {
+      text_embeds = need_input(in, "text_embeds", cls + " (addition_embed_type text_time)");
+      time_ids = need_input(in, "time_ids", cls + " (addition_embed_type text_time)");
+    }
+    if (text_embeds.defined()) text_embeds = text_embeds.to(device, torch::kFloat32);
+    if (time_ids.defined()) time_ids = time_ids.to(device, torch::kFloat32);
+    return {{"out", m->forward(sample, t, ehs, labels, mask, text_embeds, time_ids).to(torch::kCPU)}};
   }
   if (cls == "AutoencoderKL") {
     auto m = load_autoencoder_kl(dir);
@@ -116,15 +124,19 @@ TensorMap run_forward(const std::string& dir, const TensorMap& in, torch::Device
     auto labels = need_input(in, "class_labels", cls).to(device, torch::kInt64);
     return {{"out", m->forward(sample, t, labels).to(torch::kCPU)}};
   }
-  if (cls == "CLIPTextModel") {
+  if (cls == "CLIPTextModel" || cls == "CLIPTextModelWithProjection") {
     auto m = load_clip_text_model(dir);
     m->to(device);
     auto ids = need_input(in, "input_ids", cls).to(device, torch::kInt64);
     auto mask = optional(in, "attention_mask");
     if (mask.defined()) mask = mask.to(device);
     auto r = m->forward(ids, true, mask);
-    TensorMap out{{"last_hidden_state", r.last_hidden_state.to(torch::kCPU)},
-                  {"pooler_output", r.pooler_output.to(torch::kCPU)}};
+    TensorMap out{{"last_hidden_state", r.last_hidden_state.to(torch::kCPU)}};
+    // transformers' CLIPTextModelWithProjection returns text_embeds instead of pooler_output
+    if (r.text_embeds.defined())
+      out["text_embeds"] = r.text_embeds.to(torch::kCPU);
+    else
+      out["pooler_output"] = r.pooler_output.to(torch::kCPU);
     for (size_t i = 0; i < r.hidden_states.size(); ++i)
       out["hidden_states." + std::to_string(i)] = r.hidden_states[i].to(torch::kCPU);
     return out;

@@ -12,7 +12,10 @@ namespace diffuse {
 using TensorMap = std::map<std::string, torch::Tensor>;
 
 // Reads `_class_name` (diffusers) or `architectures` (transformers: CLIPTextModel, input_ids
-// [+ attention_mask] -> last_hidden_state, pooler_output, hidden_states.N) from DIR/config.json
+// [+ attention_mask] -> last_hidden_state, pooler_output, hidden_states.N;
+// CLIPTextModelWithProjection: text_embeds instead of pooler_output; UNet2DConditionModel:
+// sample, timestep, encoder_hidden_states [+ class_labels, encoder_attention_mask, and for SDXL's
+// text_time UNets text_embeds + time_ids] -> out) from DIR/config.json
 // and runs that network on the inputs it needs (other tensors are ignored). Throws diffuse::Error naming a missing
 // input or unknown class.
 // The network class a folder's config.json names (_class_name or architectures).

@@ -1,6 +1,7 @@
 #include "pipelines/ldm_convert.h"
 
 #include <algorithm>
+#include <set>
 #include <unordered_map>
 
 #include "core/error.h"
@@ -13,6 +14,7 @@ const std::string kUnetPrefix = "model.diffusion_model.";
 const std::string kVaePrefix = "first_stage_model.";
 const std::string kClipPrefix = "cond_stage_model.transformer.";  // + text_model.*
 const std::string kOpenClipPrefix = "cond_stage_model.model.";
+const std::string kSgmPrefix = "conditioner.embedders.";  // SDXL: N.transformer.* (CLIP-L), N.model.* (bigG)
 
 using Pairs = std::vector<std::pair<std::string, std::string>>;  // LDM name, diffusers name
 
@@ -74,6 +76,10 @@ Table unet_table(const UNet2DConditionConfig& c) {
   t.add("input_blocks.0.0", "conv_in");
   t.add("out.0", "conv_norm_out");
   t.add("out.2", "conv_out");
+  if (c.text_time()) {  // SDXL's added conditioning MLP
+    t.add("label_emb.0.0", "add_embedding.linear_1");
+    t.add("label_emb.0.2", "add_embedding.linear_2");
+  }
   int idx = 1;
   for (int b = 0; b < n; ++b) {
     const std::string db = "down_blocks." + std::to_string(b);
@@ -168,7 +174,7 @@ UNet2DConditionConfig detect_unet(const TensorMap& t, const std::string& src) {
   const auto& conv_in = need(t, "input_blocks.0.0.weight", what);
   c.in_channels = conv_in.size(1);
   c.out_channels = need(t, "out.2.weight", what).size(0);
-  std::vector<int64_t> widths;
+  std::vector<int64_t> widths, depths;
   std::vector<bool> attn;
   std::vector<int> layers{0};
   int64_t context = 0;
@@ -184,12 +190,12 @@ UNet2DConditionConfig detect_unet(const TensorMap& t, const std::string& src) {
     if (layers.back() == 0) {
       widths.push_back(w);
       attn.push_back(a);
+      depths.push_back(a ? count_indexed(t, ib + ".1.transformer_blocks.") : 1);
     }
     ++layers.back();
     if (a && context == 0) {
       context = need(t, ib + ".1.transformer_blocks.0.attn2.to_k.weight", what).size(1);
       linear_proj = need(t, ib + ".1.proj_in.weight", what).dim() == 2;
-      c.transformer_layers_per_block = count_indexed(t, ib + ".1.transformer_blocks.");
     }
   }
   if (widths.empty() || layers.size() != widths.size()) throw Error(what + ": unexpected input_blocks layout");
@@ -206,7 +212,25 @@ UNet2DConditionConfig detect_unet(const TensorMap& t, const std::string& src) {
   if (context == 0) throw Error(what + ": no cross-attention found: unknown architecture");
   c.cross_attention_dim = context;
   c.use_linear_projection = linear_proj;
-  if (context == 1024) {  // SD 2.x: 64-wide heads
+  // transformer depth per level (SDXL: 1 / 2 / 10); one value when every attention level agrees
+  bool same_depth = true;
+  for (size_t b = 0; b < depths.size(); ++b)
+    if (attn[b] && depths[b] != depths[std::find(attn.begin(), attn.end(), true) - attn.begin()]) same_depth = false;
+  if (same_depth) {
+    c.transformer_layers_per_block = depths[std::find(attn.begin(), attn.end(), true) - attn.begin()];
+  } else {
+    PerBlockInt d;
+    d.list = true;
+    d.values = depths;
+    c.transformer_layers_per_block = d;
+  }
+  const bool xl = t.count("label_emb.0.0.weight") > 0;
+  if (xl) {  // SDXL: pooled text embeddings + time ids through label_emb (add_embedding)
+    c.addition_embed_type = "text_time";
+    c.addition_time_embed_dim = 256;
+    c.projection_class_embeddings_input_dim = need(t, "label_emb.0.0.weight", what).size(1);
+  }
+  if (context == 1024 || xl) {  // SD 2.x and SDXL: 64-wide heads
     PerBlockInt heads;
     heads.list = true;
     for (int64_t w : widths) heads.values.push_back(w / 64);
@@ -214,7 +238,7 @@ UNet2DConditionConfig detect_unet(const TensorMap& t, const std::string& src) {
   } else {
     c.attention_head_dim = PerBlockInt(8);
   }
-  c.sample_size = {64};
+  c.sample_size = {xl ? 128 : 64};
   return c;
 }
 
@@ -250,12 +274,19 @@ CLIPTextConfig detect_clip(const TensorMap& t, bool openclip, const std::string&
   c.hidden_act = openclip ? "gelu" : "quick_gelu";
   c.bos_token_id = 0;  // the SD text-encoder configs (pre-4.31 transformers): eos by argmax
   c.eos_token_id = 2;
+  if (t.count("text_projection.weight")) {  // SDXL's OpenCLIP bigG: CLIPTextModelWithProjection
+    c.with_projection = true;
+    c.projection_dim = t.at("text_projection.weight").size(0);
+  }
   return c;
 }
 
-// OpenCLIP (SD 2.x) text tower -> transformers CLIPTextModel names; the last resblock is dropped
-// (SD 2.x conditions on the penultimate layer, as diffusers' 23-layer text encoder does).
-TensorMap convert_openclip(const TensorMap& t, std::vector<std::string>* ignored, std::vector<std::string>* unknown) {
+// OpenCLIP text tower -> transformers CLIPTextModel names. SD 2.x (`xl` false): the last resblock
+// and text_projection are dropped (SD 2.x conditions on the penultimate layer, as diffusers'
+// 23-layer text encoder does). SDXL: every layer is kept and text_projection (x @ P) becomes the
+// Linear weight text_projection.weight = P^T (CLIPTextModelWithProjection), for the pooled output.
+TensorMap convert_openclip(const TensorMap& t, const std::string& prefix, bool xl, std::vector<std::string>* ignored,
+                           std::vector<std::string>* unknown) {
   TensorMap out;
   const int blocks = count_indexed(t, "transformer.resblocks.");
   const Pairs renames = {{"ln_1", "layer_norm1"},
@@ -270,14 +301,16 @@ TensorMap convert_openclip(const TensorMap& t, std::vector<std::string>* ignored
       out["text_model.embeddings.position_embedding.weight"] = v;
     } else if (k == "ln_final.weight" || k == "ln_final.bias") {
       out["text_model.final_layer_norm." + k.substr(9)] = v;
+    } else if (k == "text_projection" && xl) {
+      out["text_projection.weight"] = v.t();
     } else if (k == "text_projection" || k == "logit_scale") {
-      ignored->push_back(kOpenClipPrefix + k);
+      ignored->push_back(prefix + k);
     } else if (k.rfind("transformer.resblocks.", 0) == 0) {
       const auto dot = k.find('.', 22);
       const int i = std::stoi(k.substr(22, dot - 22));
       const std::string rest = k.substr(dot + 1), layer = "text_model.encoder.layers." + std::to_string(i) + ".";
-      if (i == blocks - 1) {
-        ignored->push_back(kOpenClipPrefix + k);
+      if (i == blocks - 1 && !xl) {
+        ignored->push_back(prefix + k);
         continue;
       }
       if (rest == "attn.in_proj_weight" || rest == "attn.in_proj_bias") {
@@ -295,9 +328,9 @@ TensorMap convert_openclip(const TensorMap& t, std::vector<std::string>* ignored
           done = true;
           break;
         }
-      if (!done) unknown->push_back(kOpenClipPrefix + k);
+      if (!done) unknown->push_back(prefix + k);
     } else {
-      unknown->push_back(kOpenClipPrefix + k);
+      unknown->push_back(prefix + k);
     }
   }
   return out;
@@ -316,35 +349,86 @@ LdmCheckpoint convert_ldm(const TensorMap& all, const std::string& source, const
   LdmCheckpoint ck;
   auto unet_t = strip(all, kUnetPrefix), vae_t = strip(all, kVaePrefix);
   auto clip_t = strip(all, kClipPrefix), openclip_t = strip(all, kOpenClipPrefix);
+  // SDXL (SGM naming): conditioner.embedders.N.transformer.* is CLIP ViT-L (HF names),
+  // conditioner.embedders.N.model.* OpenCLIP ViT-bigG; a refiner has only the latter.
+  TensorMap sgm_clip, sgm_openclip;
+  std::string sgm_clip_prefix, sgm_openclip_prefix;
+  std::set<std::string> embedders;  // "conditioner.embedders.N."
+  for (auto it = all.lower_bound(kSgmPrefix); it != all.end() && it->first.rfind(kSgmPrefix, 0) == 0; ++it) {
+    const auto dot = it->first.find('.', kSgmPrefix.size());
+    if (dot != std::string::npos) embedders.insert(it->first.substr(0, dot + 1));
+  }
+  for (const auto& e : embedders) {
+    if (has_prefix(all, e + "transformer.")) {
+      sgm_clip_prefix = e + "transformer.";
+      sgm_clip = strip(all, sgm_clip_prefix);
+    } else if (has_prefix(all, e + "model.")) {
+      sgm_openclip_prefix = e + "model.";
+      sgm_openclip = strip(all, sgm_openclip_prefix);
+    }
+  }
+  ck.xl = !sgm_openclip.empty();
   std::vector<std::string> missing;
   if (unet_t.empty()) missing.push_back("UNet (" + kUnetPrefix + "*)");
   if (vae_t.empty()) missing.push_back("VAE (" + kVaePrefix + "*)");
-  if (clip_t.empty() && openclip_t.empty())
-    missing.push_back("text encoder (" + kClipPrefix + "text_model.* or " + kOpenClipPrefix + "*)");
+  if (clip_t.empty() && openclip_t.empty() && !ck.xl)
+    missing.push_back("text encoder (" + kClipPrefix + "text_model.*, " + kOpenClipPrefix + "* or " + kSgmPrefix +
+                      "N.model.*)");
   if (!missing.empty()) {
     std::string m;
     for (const auto& s : missing) m += (m.empty() ? "" : ", ") + s;
-    throw Error(source + ": not a Stable Diffusion 1.x/2.x checkpoint: missing " + m);
+    throw Error(source + ": not a Stable Diffusion 1.x/2.x/XL checkpoint: missing " + m);
   }
   ck.unet_config = with_overrides(detect_unet(unet_t, source), over.unet);
   ck.unet_config.validate();
-  ck.vae_config = with_overrides(detect_vae(vae_t, source), over.vae);
+  ck.vae_config = detect_vae(vae_t, source);
+  if (ck.xl) ck.vae_config.scaling_factor = 0.13025;  // SDXL's VAE (force_upcast: it runs in float32)
+  ck.vae_config = with_overrides(ck.vae_config, over.vae);
   ck.vae_config.validate();
   std::vector<std::string> unknown;
-  ck.openclip = clip_t.empty();
-  if (ck.openclip) {
-    ck.text = convert_openclip(openclip_t, &ck.ignored, &unknown);
-  } else {
-    for (auto& [k, v] : clip_t) {
+  auto take_clip = [&](const TensorMap& t, const std::string& prefix) {
+    TensorMap out;
+    for (auto& [k, v] : t) {
       if (k == "text_model.embeddings.position_ids")
-        ck.ignored.push_back(kClipPrefix + k);
+        ck.ignored.push_back(prefix + k);
       else
-        ck.text[k] = v;
+        out[k] = v;
     }
+    return out;
+  };
+  if (ck.xl) {
+    if (!ck.unet_config.text_time())
+      throw Error(source + ": SDXL text encoders (" + kSgmPrefix +
+                  "*) but no label_emb in the UNet: unknown architecture");
+    if (!sgm_clip.empty()) {
+      ck.text = take_clip(sgm_clip, sgm_clip_prefix);
+      ck.text_config = with_overrides(detect_clip(ck.text, false, source), over.text);
+      ck.text_config.validate();
+    }
+    ck.text_2 = convert_openclip(sgm_openclip, sgm_openclip_prefix, true, &ck.ignored, &unknown);
+    ck.text_2_config = with_overrides(detect_clip(ck.text_2, true, source), over.text_2);
+    ck.text_2_config.validate();
+    if (!ck.text_2_config.with_projection)
+      throw Error(source + ": " + sgm_openclip_prefix + "text_projection not found (SDXL's pooled text embeddings)");
+    const int64_t k = ck.unet_config.num_time_ids(ck.text_2_config.projection_dim);
+    if (k != 5 && k != 6)
+      throw Error(source + ": the UNet's label_emb takes " +
+                  std::to_string(ck.unet_config.projection_class_embeddings_input_dim.value_or(0)) + " features, not " +
+                  std::to_string(ck.text_2_config.projection_dim) +
+                  " pooled text features plus 5 or 6 time ids: unknown architecture");
+    ck.architecture = k == 5 ? "SDXL refiner" : "SDXL";
+    if (k == 6 && ck.text.empty())
+      throw Error(source + ": an SDXL base needs its CLIP ViT-L text encoder (" + kSgmPrefix + "0.transformer.*)");
+  } else {
+    ck.openclip = clip_t.empty();
+    if (ck.openclip)
+      ck.text = convert_openclip(openclip_t, kOpenClipPrefix, false, &ck.ignored, &unknown);
+    else
+      ck.text = take_clip(clip_t, kClipPrefix);
+    ck.text_config = with_overrides(detect_clip(ck.text, ck.openclip, source), over.text);
+    ck.text_config.validate();
+    ck.architecture = ck.unet_config.cross_attention_dim.at(0) == 1024 ? "SD2" : "SD1";
   }
-  ck.text_config = with_overrides(detect_clip(ck.text, ck.openclip, source), over.text);
-  ck.text_config.validate();
-  ck.architecture = ck.unet_config.cross_attention_dim.at(0) == 1024 ? "SD2" : "SD1";
   if (ck.unet_config.in_channels == 9) ck.architecture += " inpainting";
 
   auto convert = [&](const TensorMap& t, const Table& table, const std::string& prefix, TensorMap* out) {
@@ -367,6 +451,12 @@ LdmCheckpoint convert_ldm(const TensorMap& all, const std::string& source, const
         unknown.push_back(k);
       continue;
     }
+    if (k.rfind(kSgmPrefix, 0) == 0) {  // SDXL text encoders, converted above
+      if ((sgm_clip_prefix.empty() || k.rfind(sgm_clip_prefix, 0) != 0) &&
+          (sgm_openclip_prefix.empty() || k.rfind(sgm_openclip_prefix, 0) != 0))
+        unknown.push_back(k);
+      continue;
+    }
     static const char* kSchedule[] = {"betas",
                                       "alphas_cumprod",
                                       "alphas_cumprod_prev",
@@ -381,7 +471,9 @@ LdmCheckpoint convert_ldm(const TensorMap& all, const std::string& source, const
                                       "posterior_mean_coef2",
                                       "logvar",
                                       "model_ema.decay",
-                                      "model_ema.num_updates"};
+                                      "model_ema.num_updates",
+                                      "denoiser.sigmas",
+                                      "denoiser.log_sigmas"};
     const std::string& key = k;  // (a structured binding cannot be captured in C++17)
     if (std::find_if(std::begin(kSchedule), std::end(kSchedule), [&](const char* s) { return key == s; }) !=
             std::end(kSchedule) ||
@@ -394,6 +486,24 @@ LdmCheckpoint convert_ldm(const TensorMap& all, const std::string& source, const
     throw Error(source + ": " + std::to_string(unknown.size()) +
                 " tensors of no known Stable Diffusion module: " + list(unknown));
   return ck;
+}
+
+TensorMap convert_ldm_vae(const TensorMap& tensors, const AutoencoderKLConfig& config, const std::string& source) {
+  const Table table = vae_table(config);
+  TensorMap out;
+  std::vector<std::string> unknown;
+  for (const auto& [k, v] : tensors) {
+    std::string name;
+    const Rule* rule = nullptr;
+    if (!table.map(k, true, &name, &rule)) {
+      unknown.push_back(k);
+      continue;
+    }
+    out[name] = rule->attention_1x1 && v.dim() == 4 ? v.flatten(1) : v;
+  }
+  if (!unknown.empty())
+    throw Error(source + ": " + std::to_string(unknown.size()) + " tensors of no VAE module: " + list(unknown));
+  return out;
 }
 
 TensorMap to_ldm(const UNet2DConditionConfig& unet_config, const TensorMap& unet, const AutoencoderKLConfig& vae_config,

@@ -61,13 +61,23 @@ std::map<std::string, Target> lora_targets(const SDPipeline& pipe) {
   } catch (const Error&) {
     // A UNet layout the LDM table does not cover: only diffusers-named keys match.
   }
-  if (pipe.text)
-    for (const auto& p : pipe.text->model->named_parameters()) {
+  // SD 1.x / 2.x: lora_te_*, text_encoder.*; SDXL (kohya): lora_te1_* (CLIP ViT-L), lora_te2_*
+  // (OpenCLIP bigG), diffusers: text_encoder.*, text_encoder_2.*
+  auto add_text = [&](const SDTextEncoder* te, const std::string& kohya, const std::string& diffusers) {
+    if (!te) return;
+    for (const auto& p : te->model->named_parameters()) {
       if (!ends_with(p.key(), ".weight")) continue;
       const std::string m = p.key().substr(0, p.key().size() - 7);
-      t["lora_te_" + underscored(m)] = {p.value(), true};
-      t["text_encoder." + m] = {p.value(), true};
+      t[kohya + underscored(m)] = {p.value(), true};
+      t[diffusers + "." + m] = {p.value(), true};
     }
+  };
+  if (pipe.is_xl()) {
+    add_text(pipe.text.get(), "lora_te1_", "text_encoder");
+    add_text(pipe.text_2.get(), "lora_te2_", "text_encoder_2");
+  } else {
+    add_text(pipe.text.get(), "lora_te_", "text_encoder");
+  }
   return t;
 }
 
@@ -156,8 +166,8 @@ LoraMergeReport apply_lora(SDPipeline& pipe, const std::map<std::string, torch::
     auto it = targets.find(base);
     if (it == targets.end()) {
       // Text-encoder layers of a pipeline loaded without one are skipped, not unmatched.
-      const bool te = base.rfind("lora_te_", 0) == 0 || base.rfind("text_encoder.", 0) == 0;
-      if (!(te && !pipe.text)) unmatched.push_back(base);
+      const bool te = base.rfind("lora_te", 0) == 0 || base.rfind("text_encoder", 0) == 0;
+      if (!(te && !pipe.has_text_encoder())) unmatched.push_back(base);
       continue;
     }
     if (!l.down.defined() || !l.up.defined()) {

@@ -5,7 +5,9 @@
 //    .alpha, lora_te_text_model_encoder_layers_0_self_attn_q_proj...; kohya's LDM-named UNet keys
 //    (lora_unet_input_blocks_1_1_proj_in...) through the diffusers <-> LDM name table of ldm_convert;
 //  - diffusers / PEFT: unet.<module>.lora_A.weight / lora_B.weight (optional .alpha),
-//    text_encoder.<module>.lora_A.weight / lora_B.weight.
+//    text_encoder.<module>.lora_A.weight / lora_B.weight;
+//  - SDXL: kohya's lora_unet_* (LDM / SGM names such as lora_unet_input_blocks_4_1_...), lora_te1_*
+//    (CLIP ViT-L) and lora_te2_* (OpenCLIP bigG); diffusers' text_encoder_2.*.
 // A file whose keys do not all name layers of the model (a LoRA for another architecture, or a
 // LoRA variant this loader does not know) is refused with a diffuse::Error listing them, before
 // any weight changes.

@@ -207,7 +207,7 @@ std::vector<PromptChunk> prompt_chunks(const CLIPTokenizer& tok, const std::stri
 }
 
 torch::Tensor encode_weighted_prompt(const SDTextEncoder& te, const std::string& prompt, int clip_skip,
-                                     int64_t min_chunks) {
+                                     int64_t min_chunks, torch::Tensor* pooled) {
   torch::NoGradGuard ng;
   const auto& cfg = te.model->config();
   auto chunks = prompt_chunks(te.tokenizer, prompt, cfg.max_position_embeddings);
@@ -219,7 +219,10 @@ torch::Tensor encode_weighted_prompt(const SDTextEncoder& te, const std::string&
       if (id < 0 || id >= cfg.vocab_size)
         throw Error("prompt: token id " + std::to_string(id) + " is outside the text encoder's vocabulary (" +
                     std::to_string(cfg.vocab_size) + ")");
-    auto z = te.encode_ids(torch::tensor(c.ids, torch::kInt64).unsqueeze(0), clip_skip);
+    torch::Tensor chunk_pooled;
+    auto z = te.encode_ids(torch::tensor(c.ids, torch::kInt64).unsqueeze(0), clip_skip,
+                           pooled && parts.empty() ? &chunk_pooled : nullptr);
+    if (pooled && parts.empty()) *pooled = chunk_pooled;
     if (c.weighted()) {
       // A1111's "Original" emphasis: z *= weights; z *= original_mean / new_mean.
       auto w = torch::tensor(c.weights, torch::kFloat64).to(z.scalar_type()).view({1, -1, 1});
@@ -233,12 +236,21 @@ torch::Tensor encode_weighted_prompt(const SDTextEncoder& te, const std::string&
 }
 
 void match_prompt_lengths(const SDTextEncoder* te, torch::Tensor& a, torch::Tensor& b, int clip_skip) {
+  std::vector<const SDTextEncoder*> encoders;
+  if (te) encoders.push_back(te);
+  match_prompt_lengths(encoders, a, b, clip_skip);
+}
+
+void match_prompt_lengths(const std::vector<const SDTextEncoder*>& encoders, torch::Tensor& a, torch::Tensor& b,
+                          int clip_skip) {
   if (!a.defined() || !b.defined() || a.dim() != 3 || b.dim() != 3 || a.size(1) == b.size(1)) return;
   torch::Tensor& shorter = a.size(1) < b.size(1) ? a : b;
   const int64_t target = std::max(a.size(1), b.size(1));
-  const int64_t len = te ? te->model->config().max_position_embeddings : 77;
-  if (!te || shorter.size(1) % len != 0 || target % len != 0) return;  // given embeddings: used as they are
-  auto empty = encode_weighted_prompt(*te, "", clip_skip).to(shorter.device(), shorter.scalar_type());
+  const int64_t len = encoders.empty() ? 77 : encoders[0]->model->config().max_position_embeddings;
+  if (encoders.empty() || shorter.size(1) % len != 0 || target % len != 0) return;  // given embeddings: as they are
+  std::vector<torch::Tensor> parts;
+  for (const auto* te : encoders) parts.push_back(encode_weighted_prompt(*te, "", clip_skip));
+  auto empty = (parts.size() == 1 ? parts[0] : torch::cat(parts, -1)).to(shorter.device(), shorter.scalar_type());
   auto pad = empty.expand({shorter.size(0), len, empty.size(2)}).repeat({1, (target - shorter.size(1)) / len, 1});
   shorter = torch::cat({shorter, pad}, 1);
 }

@@ -46,12 +46,19 @@ std::vector<PromptChunk> prompt_chunks(const CLIPTokenizer& tok, const std::stri
 
 // The weighted chunk encoding [1, 77 * chunks, hidden] (clip_skip as SDTextEncoder::encode_ids).
 // `min_chunks` appends chunks of the empty prompt (A1111 pads the shorter of prompt and negative).
+// `pooled` (optional) receives the pooled output [1, P] of the first chunk, unweighted (A1111's
+// SDXL conditioning; diffusers' pooled_prompt_embeds for prompts of up to 75 tokens).
 torch::Tensor encode_weighted_prompt(const SDTextEncoder& te, const std::string& prompt, int clip_skip = 0,
-                                     int64_t min_chunks = 1);
+                                     int64_t min_chunks = 1, torch::Tensor* pooled = nullptr);
 
 // Makes two prompt embeddings [B, L, C] the same length by appending empty-prompt chunks
 // (encoded with `te`) to the shorter one when both lengths are multiples of 77; otherwise
 // (or without a text encoder) they are left as they are.
 void match_prompt_lengths(const SDTextEncoder* te, torch::Tensor& a, torch::Tensor& b, int clip_skip = 0);
+// The same for embeddings that concatenate the features of several encoders (SDXL: CLIP-L and
+// OpenCLIP bigG); the empty chunk is the concatenation of each encoder's. Empty `encoders`: as
+// without a text encoder.
+void match_prompt_lengths(const std::vector<const SDTextEncoder*>& encoders, torch::Tensor& a, torch::Tensor& b,
+                          int clip_skip = 0);
 
 }  // namespace diffuse

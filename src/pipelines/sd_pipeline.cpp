@@ -115,6 +115,70 @@ bool SDPipeline::is_sd_folder(const std::string& dir) {
   return j.value("_class_name", std::string()).rfind("StableDiffusion", 0) == 0;
 }
 
+namespace {
+
+bool has_component(const nlohmann::json& index, const std::string& name) {
+  return index.contains(name) && index[name].is_array() && !index[name].empty() && !index[name][0].is_null();
+}
+
+// A tokenizer + text encoder pair of a pipeline folder; 16-bit weights computed in fp32 stay 16-bit.
+std::shared_ptr<SDTextEncoder> load_text_encoder(const std::string& dir, const std::string& encoder,
+                                                 const std::string& tokenizer, torch::Device device,
+                                                 torch::Dtype dtype) {
+  auto te = std::make_shared<SDTextEncoder>();
+  te->tokenizer = CLIPTokenizer::from_folder(dir + "/" + tokenizer);
+  const auto stored =
+      dtype == torch::kFloat32 ? model_io::stored_half_dtype(dir + "/" + encoder, "model.safetensors") : std::nullopt;
+  te->model = load_clip_text_model(dir + "/" + encoder, stored.value_or(dtype));
+  if (stored) te->compute_dtype = torch::kFloat32;
+  te->model->to(device);
+  return te;
+}
+
+// SDXL: which time ids the UNet takes, from the widths of its added embedding and of the pooled
+// text embeddings (diffusers raises at the first call when they disagree; this says it at load).
+void check_xl_conditioning(SDPipeline& p, const std::string& source) {
+  if (!p.is_xl()) return;
+  const auto& c = p.unet->config();
+  if (p.text_2) {
+    const int64_t pooled = p.text_2->model->config().projection_dim;
+    const int64_t k = c.num_time_ids(pooled);
+    if (k != 5 && k != 6)
+      throw Error(source + ": the UNet's added embedding takes " +
+                  std::to_string(c.projection_class_embeddings_input_dim.value_or(0)) + " features, which is not " +
+                  std::to_string(pooled) + " pooled text features plus 5 or 6 time ids of " +
+                  std::to_string(c.addition_time_embed_dim.value_or(0)));
+    p.requires_aesthetics_score = k == 5;
+  } else if (p.pooled_dim() <= 0) {
+    throw Error(source + ": the UNet's added embedding is too narrow for " + std::to_string(p.num_time_ids()) +
+                " time ids");
+  }
+}
+
+}  // namespace
+
+std::string SDPipeline::architecture() const {
+  std::string a = is_xl() ? (requires_aesthetics_score ? "SDXL refiner" : "SDXL")
+                  : unet->config().cross_attention_dim.at(0) == 1024 ? "SD2"
+                                                                     : "SD1";
+  if (is_inpaint_model()) a += " inpainting";
+  return a;
+}
+
+std::vector<const SDTextEncoder*> SDPipeline::text_encoders() const {
+  std::vector<const SDTextEncoder*> v;
+  if (text) v.push_back(text.get());
+  if (text_2) v.push_back(text_2.get());
+  return v;
+}
+
+int64_t SDPipeline::pooled_dim() const {
+  if (!is_xl()) return 0;
+  if (text_2) return text_2->model->config().projection_dim;
+  const auto& c = unet->config();
+  return c.projection_class_embeddings_input_dim.value_or(0) - num_time_ids() * c.addition_time_embed_dim.value_or(0);
+}
+
 SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch::Dtype dtype, bool with_text_encoder) {
   if (!fs::is_directory(dir)) throw Error(dir + ": model folder not found");
   check_compute_dtype(device, dtype);
@@ -122,13 +186,18 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
     throw Error(dir + ": no model_index.json (not a diffusers pipeline folder)");
   auto index = read_json_file(dir + "/model_index.json");
   const std::string cls = index.value("_class_name", std::string());
-  if (cls.rfind("StableDiffusion", 0) != 0 || cls.find("XL") != std::string::npos)
-    throw Error(
-        dir + "/model_index.json: pipeline class '" + cls +
-        "' is not a Stable Diffusion 1.x/2.x pipeline (StableDiffusionPipeline, StableDiffusionInpaintPipeline)");
+  const bool xl = cls.rfind("StableDiffusionXL", 0) == 0;
+  if (cls.rfind("StableDiffusion", 0) != 0 || (!xl && cls.find("XL") != std::string::npos))
+    throw Error(dir + "/model_index.json: pipeline class '" + cls +
+                "' is not a Stable Diffusion pipeline (StableDiffusionPipeline, StableDiffusionInpaintPipeline, "
+                "StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline)");
   for (const char* c : {"unet", "vae", "scheduler"}) require_component(dir, index, c);
-  if (with_text_encoder)
+  // An SDXL refiner has no text_encoder / tokenizer (model_index.json lists them as null).
+  const bool with_first = with_text_encoder && (!xl || has_component(index, "text_encoder"));
+  if (with_first)
     for (const char* c : {"text_encoder", "tokenizer"}) require_component(dir, index, c);
+  if (xl && with_text_encoder)
+    for (const char* c : {"text_encoder_2", "tokenizer_2"}) require_component(dir, index, c);
   SDPipeline p;
   p.source = dir;
   p.device = device;
@@ -138,6 +207,10 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
   p.scheduler = load_scheduler_config(sched);
   p.scheduler_class = read_json_file(sched).value("_class_name", std::string("DDIMScheduler"));
   p.unet = load_unet2d_condition(dir + "/unet");
+  if (xl != p.unet->config().text_time())
+    throw Error(dir + ": pipeline class " + cls +
+                (xl ? " needs an SDXL UNet (addition_embed_type text_time)"
+                    : " cannot run an SDXL UNet (addition_embed_type text_time)"));
   // fp16 / bf16 weights computed in fp32 go back to their 16-bit dtype (exact) and are upcast
   // block by block while they run, as for single files.
   const auto unet_stored = dtype == torch::kFloat32
@@ -145,18 +218,24 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
                                : std::nullopt;
   p.unet->to(device, unet_stored.value_or(dtype));
   if (unet_stored) p.unet->set_compute_dtype(torch::kFloat32);
+  // The VAE always runs in float32 (what SDXL's force_upcast asks for: its fp16 decoder overflows).
   p.vae = load_autoencoder_kl(dir + "/vae");
   p.vae->to(device);
-  if (with_text_encoder) {
-    auto te = std::make_shared<SDTextEncoder>();
-    te->tokenizer = CLIPTokenizer::from_folder(dir + "/tokenizer");
-    const auto text_stored = dtype == torch::kFloat32
-                                 ? model_io::stored_half_dtype(dir + "/text_encoder", "model.safetensors")
-                                 : std::nullopt;
-    te->model = load_clip_text_model(dir + "/text_encoder", text_stored.value_or(dtype));
-    if (text_stored) te->compute_dtype = torch::kFloat32;
-    te->model->to(device);
-    p.text = te;
+  if (with_first) p.text = load_text_encoder(dir, "text_encoder", "tokenizer", device, dtype);
+  if (xl) {
+    if (with_text_encoder) p.text_2 = load_text_encoder(dir, "text_encoder_2", "tokenizer_2", device, dtype);
+    if (p.text_2 && !p.text_2->model->config().with_projection)
+      throw Error(dir + "/text_encoder_2: SDXL needs a CLIPTextModelWithProjection (its pooled text_embeds)");
+    for (auto* te : {p.text.get(), p.text_2.get()})
+      if (te) te->penultimate = true;
+    p.force_zeros_for_empty_prompt =
+        index.contains("force_zeros_for_empty_prompt") && index["force_zeros_for_empty_prompt"].is_boolean()
+            ? index["force_zeros_for_empty_prompt"].get<bool>()
+            : true;
+    p.requires_aesthetics_score = index.contains("requires_aesthetics_score") &&
+                                  index["requires_aesthetics_score"].is_boolean() &&
+                                  index["requires_aesthetics_score"].get<bool>();
+    check_xl_conditioning(p, dir);
   }
   return p;
 }
@@ -179,11 +258,11 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   p.scheduler.steps_offset = 1;
   p.scheduler.clip_sample = false;
   p.scheduler.set_alpha_to_one = false;
-  p.scheduler_class = "DDIMScheduler";
+  // SDXL checkpoints come with diffusers' SDXL scheduler (Euler, leading spacing)
+  p.scheduler_class = ck.xl ? "EulerDiscreteScheduler" : "DDIMScheduler";
   // fp16 / bf16 weights computed in fp32 stay 16-bit in memory; the UNet upcasts one layer at a
   // time and the text encoder as a whole while it runs (same results, about half the memory).
   const auto unet_stored = uniform_half_dtype(ck.unet);
-  const auto text_stored = uniform_half_dtype(ck.text);
   const bool unet_resident = dtype == torch::kFloat32 && unet_stored.has_value();
   {
     // no float32 copy of a 16-bit UNet
@@ -207,14 +286,37 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   p.vae->eval();
   p.vae->to(device);
   if (with_text_encoder) {
-    auto te = std::make_shared<SDTextEncoder>();
-    te->tokenizer = CLIPTokenizer::builtin(ck.openclip ? "!" : "<|endoftext|>");
-    const bool text_resident = dtype == torch::kFloat32 && text_stored.has_value();
-    te->model = clip_text_model_from_state_dict(ck.text_config, ck.text, path + " (text encoder)",
-                                                text_resident ? *text_stored : dtype);
-    if (text_resident) te->compute_dtype = torch::kFloat32;
-    te->model->to(device);
-    p.text = te;
+    // Tokenizers: SD 1.x and SDXL's CLIP-L pad with <|endoftext|>, OpenCLIP encoders with '!'.
+    auto make = [&](const CLIPTextConfig& cfg, const TensorMap& weights, const std::string& pad,
+                    const std::string& what) {
+      auto te = std::make_shared<SDTextEncoder>();
+      te->tokenizer = CLIPTokenizer::builtin(pad);
+      const auto stored = uniform_half_dtype(weights);
+      const bool resident = dtype == torch::kFloat32 && stored.has_value();
+      {
+        DefaultDtype as(resident ? *stored : dtype == torch::kBFloat16 ? dtype : torch::kFloat32);
+        nn::SkipInitGuard every_weight_is_loaded;
+        te->model = CLIPTextModel(cfg);
+      }
+      TensorMap w = weights;
+      w.erase("text_model.embeddings.position_ids");
+      load_in_parts(*te->model, "", w, path + " (" + what + ")");
+      te->model->eval();
+      te->model->to(device, resident ? *stored : dtype);
+      if (resident) te->compute_dtype = torch::kFloat32;
+      te->penultimate = ck.xl;
+      return te;
+    };
+    if (!ck.text.empty())
+      p.text = make(ck.text_config, ck.text, ck.openclip ? "!" : "<|endoftext|>",
+                    ck.xl ? "text encoder, CLIP ViT-L" : "text encoder");
+    if (ck.xl) p.text_2 = make(ck.text_2_config, ck.text_2, "!", "text encoder 2, OpenCLIP ViT-bigG");
+  }
+  ck.text.clear();
+  ck.text_2.clear();
+  if (ck.xl) {
+    p.requires_aesthetics_score = ck.architecture.rfind("SDXL refiner", 0) == 0;
+    p.force_zeros_for_empty_prompt = !p.requires_aesthetics_score;  // as the SDXL base / refiner folders say
   }
   return p;
 }
@@ -232,7 +334,10 @@ SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype d
     LdmConfigOverrides over;
     if (!config_dir.empty()) {
       if (!fs::is_directory(config_dir)) throw Error(config_dir + ": config folder not found");
-      for (auto [dir, json] : {std::pair{"unet", &over.unet}, {"vae", &over.vae}, {"text_encoder", &over.text}})
+      for (auto [dir, json] : {std::pair{"unet", &over.unet},
+                               {"vae", &over.vae},
+                               {"text_encoder", &over.text},
+                               {"text_encoder_2", &over.text_2}})
         if (fs::exists(config_dir + "/" + dir + "/config.json"))
           *json = read_json_file(config_dir + "/" + dir + "/config.json");
     }
@@ -250,6 +355,30 @@ SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype d
     p.scheduler.prediction_type = prediction;
   }
   return p;
+}
+
+void replace_vae(SDPipeline& pipe, const std::string& path) {
+  AutoencoderKLConfig cfg = pipe.vae->config();
+  TensorMap sd;
+  if (fs::is_directory(path)) {
+    sd = model_io::load_weights(path, "AutoencoderKL");
+  } else {
+    if (fs::path(path).extension() != ".safetensors")
+      throw Error("vae " + path + ": expected a folder or .safetensors");
+    if (!fs::is_regular_file(path)) throw Error("vae " + path + ": no such file");
+    auto file = safetensors::File::open(path);
+    for (const auto& name : file.names()) {
+      std::string k = name.rfind("first_stage_model.", 0) == 0 ? name.substr(18) : name;
+      if (k == "model_ema.decay" || k == "model_ema.num_updates") continue;
+      sd[k] = file.get(name);
+    }
+    if (sd.count("encoder.down.0.block.0.conv1.weight")) sd = convert_ldm_vae(sd, cfg, path);
+  }
+  AutoencoderKL vae(cfg);
+  load_in_parts(*vae, "", sd, "vae " + path);
+  vae->eval();
+  vae->to(pipe.device);
+  pipe.vae = vae;
 }
 
 int SDPipeline::default_size() const {
@@ -283,7 +412,8 @@ CondDenoiser SDPipeline::denoiser(bool quantize, bool clamp) const {
     auto in = x;
     if (cond.has("c_concat")) in = torch::cat({x, cond.get("c_concat").to(x.device(), x.scalar_type())}, 1);
     auto ehs = cond.get("encoder_hidden_states");
-    return net->forward(in.to(dt), t, ehs.to(in.device(), dt)).to(torch::kFloat32);
+    auto text_embeds = cond.get("text_embeds"), time_ids = cond.get("time_ids");  // SDXL
+    return net->forward(in.to(dt), t, ehs.to(in.device(), dt), {}, {}, text_embeds, time_ids).to(torch::kFloat32);
   };
   DiscreteDenoiserOptions o;
   o.quantize = quantize;
@@ -313,10 +443,9 @@ void check_nchw(const torch::Tensor& t, int64_t channels, const std::string& wha
     throw Error(what + ": expected [B, " + std::to_string(channels) + ", H, W], got " + c10::str(t.sizes()));
 }
 
-torch::Tensor prompt_embeddings(const SDPipeline& pipe, const std::string& prompt, int clip_skip) {
-  if (!pipe.text)
+void require_text_encoder(const SDPipeline& pipe) {
+  if (!pipe.has_text_encoder())
     throw Error("prompt: " + pipe.source + " was loaded without its text encoder; give prompt embeddings instead");
-  return encode_weighted_prompt(*pipe.text, prompt, clip_skip);  // A1111 syntax and chunks
 }
 
 // A1111's expand_crop_region: grows [x1, x2) x [y1, y2) to the aspect ratio pw:ph inside the image.
@@ -379,6 +508,53 @@ SDResult generate_only_masked(const SDPipeline& pipe, const SDOptions& opt) {
 
 }  // namespace
 
+PromptEncoding encode_prompt(const SDPipeline& pipe, const std::string& prompt, int clip_skip) {
+  require_text_encoder(pipe);
+  PromptEncoding e;
+  std::vector<torch::Tensor> parts;
+  for (const auto* te : pipe.text_encoders())  // A1111 syntax and chunks, per encoder
+    parts.push_back(encode_weighted_prompt(*te, prompt, clip_skip, 1, &e.pooled));  // pooled: the last encoder's
+  e.embeds = parts.size() == 1 ? parts[0] : torch::cat(parts, -1);
+  return e;
+}
+
+torch::Tensor sdxl_time_ids(const SDPipeline& pipe, const SizeConditioning& c, int height, int width, bool negative) {
+  const std::array<int, 2> out{height, width}, zero{0, 0};
+  std::array<int, 2> orig = c.original_size.value_or(out), crop = c.crop_coords.value_or(zero),
+                     target = c.target_size.value_or(out);
+  std::vector<double> ids;
+  if (pipe.requires_aesthetics_score) {
+    // StableDiffusionXLImg2ImgPipeline: negative sizes default to the positive ones, crops to (0, 0)
+    if (negative) {
+      orig = c.negative_original_size.value_or(orig);
+      crop = c.negative_crop_coords.value_or(zero);
+    }
+    ids = {double(orig[0]), double(orig[1]), double(crop[0]), double(crop[1]),
+           negative ? c.negative_aesthetic_score : c.aesthetic_score};
+  } else {
+    // StableDiffusionXLPipeline: the negative row differs only when both negative sizes are given
+    if (negative && c.negative_original_size && c.negative_target_size) {
+      orig = *c.negative_original_size;
+      crop = c.negative_crop_coords.value_or(zero);
+      target = *c.negative_target_size;
+    }
+    ids = {double(orig[0]), double(orig[1]), double(crop[0]), double(crop[1]), double(target[0]), double(target[1])};
+  }
+  return torch::tensor(ids, torch::kFloat64).to(torch::kFloat32).unsqueeze(0);
+}
+
+int64_t denoising_split(const SDPipeline& pipe, const torch::Tensor& sigmas, double fraction) {
+  if (!(fraction > 0 && fraction < 1)) throw Error("refiner_switch: must lie strictly between 0 and 1");
+  const int64_t T = pipe.scheduler.num_train_timesteps;
+  const double cutoff = std::round(static_cast<double>(T) - fraction * static_cast<double>(T));
+  const int64_t steps = sigmas.size(0) - 1;
+  auto t = DiscreteSchedule(pipe.scheduler).sigma_to_t(sigmas.slice(0, 0, steps).to(torch::kFloat64));
+  int64_t n = 0;
+  for (int64_t i = 0; i < steps; ++i)
+    if (t[i].item<double>() >= cutoff - 1e-3) ++n;  // t is fractional only through float rounding
+  return n;
+}
+
 SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   SDOptions opt = opt_in;
   if (opt.n < 1) throw Error("-n " + std::to_string(opt.n) + ": must be at least 1");
@@ -420,23 +596,71 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   torch::Tensor sigmas = plan.sigmas;
   const bool strength_max = opt.strength >= 1.0;
   const bool from_image = image.defined() && !(mask.defined() && strength_max);  // start from noised init latents
+  const bool handoff_end = !std::isnan(opt.denoising_end), handoff_start = !std::isnan(opt.denoising_start);
+  if (handoff_start) {
+    if (!opt.start_latents.defined() || opt.start_latents.dim() != 4 || opt.start_latents.size(1) != C ||
+        opt.start_latents.size(2) != h || opt.start_latents.size(3) != w)
+      throw Error("denoising_start: needs start_latents [1 or n, " + std::to_string(C) + ", " + std::to_string(h) +
+                  ", " + std::to_string(w) + "]");
+    if (inpaint9) throw Error("refiner: a 9-channel inpainting model cannot continue another model's latents");
+    image = torch::Tensor();  // the run continues the latents
+    mask = torch::Tensor();
+  }
   if (image.defined() && !strength_max) sigmas = truncate_sigmas(sigmas, opt.strength);
+  if (handoff_end) sigmas = sigmas.slice(0, 0, denoising_split(pipe, sigmas, opt.denoising_end) + 1);
+  if (handoff_start) sigmas = sigmas.slice(0, denoising_split(pipe, sigmas, opt.denoising_start));
+  if (sigmas.size(0) < 2 && (handoff_end || handoff_start))
+    throw Error("refiner_switch " + std::to_string(handoff_end ? opt.denoising_end : opt.denoising_start) +
+                ": leaves no step to one of the models with " + std::to_string(opt.steps) + " steps");
   const double s0 = sigmas[0].item<double>(), s_last = sigmas[-1].item<double>();
   const bool need_image_latents = image.defined() && (!inpaint9 || !strength_max);
 
   torch::NoGradGuard no_grad;
   const bool guided = opt.guidance > 1.0;
-  auto cond_embeds =
-      opt.prompt_embeds.defined() ? opt.prompt_embeds : prompt_embeddings(pipe, opt.prompt, opt.clip_skip);
-  torch::Tensor uncond_embeds;
-  if (guided)
-    uncond_embeds = opt.negative_prompt_embeds.defined() ? opt.negative_prompt_embeds
-                                                         : prompt_embeddings(pipe, opt.negative_prompt, opt.clip_skip);
-  if (guided) match_prompt_lengths(pipe.text.get(), cond_embeds, uncond_embeds, opt.clip_skip);
+  const bool xl = pipe.is_xl();
+  auto encode = [&](const std::string& prompt, torch::Tensor& embeds, torch::Tensor& pooled) {
+    auto e = encode_prompt(pipe, prompt, opt.clip_skip);
+    embeds = e.embeds;
+    pooled = e.pooled;
+  };
+  torch::Tensor cond_embeds, uncond_embeds, cond_pooled, uncond_pooled;
+  if (opt.prompt_embeds.defined()) {
+    cond_embeds = opt.prompt_embeds;
+    cond_pooled = opt.pooled_prompt_embeds;
+    if (xl && !cond_pooled.defined())
+      throw Error("pooled_prompt_embeds: SDXL needs them with prompt_embeds (the second text encoder's text_embeds)");
+  } else {
+    encode(opt.prompt, cond_embeds, cond_pooled);
+  }
+  if (guided) {
+    if (opt.negative_prompt_embeds.defined()) {
+      uncond_embeds = opt.negative_prompt_embeds;
+      uncond_pooled = opt.negative_pooled_prompt_embeds;
+      if (xl && !uncond_pooled.defined())
+        throw Error("negative_pooled_prompt_embeds: SDXL needs them with negative_prompt_embeds");
+    } else if (xl && opt.negative_prompt.empty() && pipe.force_zeros_for_empty_prompt) {
+      // diffusers' force_zeros_for_empty_prompt: no negative prompt conditions on zeros
+      uncond_embeds = torch::zeros_like(cond_embeds);
+      uncond_pooled = torch::zeros_like(cond_pooled);
+    } else {
+      encode(opt.negative_prompt, uncond_embeds, uncond_pooled);
+    }
+    match_prompt_lengths(pipe.text_encoders(), cond_embeds, uncond_embeds, opt.clip_skip);
+  }
+  const int64_t ctx = pipe.unet->config().cross_attention_dim.at(0);
   for (const auto* e : {&cond_embeds, &uncond_embeds})
-    if (e->defined() && (e->dim() != 3 || e->size(2) != pipe.unet->config().cross_attention_dim.at(0)))
-      throw Error("prompt embeddings: expected [1 or n, L, " +
-                  std::to_string(pipe.unet->config().cross_attention_dim.at(0)) + "], got " + c10::str(e->sizes()));
+    if (e->defined() && (e->dim() != 3 || e->size(2) != ctx))
+      throw Error("prompt embeddings: expected [1 or n, L, " + std::to_string(ctx) + "], got " + c10::str(e->sizes()));
+  torch::Tensor cond_time_ids, uncond_time_ids;
+  if (xl) {
+    const int64_t pd = pipe.pooled_dim();
+    for (const auto* e : {&cond_pooled, &uncond_pooled})
+      if (e->defined() && (e->dim() != 2 || e->size(1) != pd))
+        throw Error("pooled prompt embeddings: expected [1 or n, " + std::to_string(pd) + "], got " +
+                    c10::str(e->sizes()));
+    cond_time_ids = sdxl_time_ids(pipe, opt.size_cond, opt.height, opt.width, false);
+    uncond_time_ids = sdxl_time_ids(pipe, opt.size_cond, opt.height, opt.width, true);
+  }
 
   const SamplerDesc& sampler = *plan.sampler;
   CondDenoiser cd = pipe.denoiser(plan.quantize, plan.denoiser_clamps(pipe.scheduler));
@@ -444,6 +668,8 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   res.samples = torch::empty({opt.n, 3, opt.height, opt.width});
   res.latents = torch::empty({opt.n, C, h, w});
   res.noise = torch::empty({opt.n, C, h, w});
+  res.x_end = torch::empty({opt.n, C, h, w});
+  if (handoff_end) res.samples = torch::Tensor();
   const int bs = std::max(1, opt.batch_size);
   for (int start = 0; start < opt.n; start += bs) {
     const int end = std::min(opt.n, start + bs), b = end - start;
@@ -478,6 +704,15 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
     if (guided)
       uncond.tensors["encoder_hidden_states"] =
           batch_rows(uncond_embeds, opt.n, start, end, "negative_prompt_embeds").to(pipe.device);
+    if (xl) {
+      cond.tensors["text_embeds"] = batch_rows(cond_pooled, opt.n, start, end, "pooled_prompt_embeds").to(pipe.device);
+      cond.tensors["time_ids"] = cond_time_ids.expand({b, -1}).to(pipe.device);
+      if (guided) {
+        uncond.tensors["text_embeds"] =
+            batch_rows(uncond_pooled, opt.n, start, end, "negative_pooled_prompt_embeds").to(pipe.device);
+        uncond.tensors["time_ids"] = uncond_time_ids.expand({b, -1}).to(pipe.device);
+      }
+    }
     torch::Tensor latent_mask;
     if (inpaint9) {
       namespace F = torch::nn::functional;
@@ -506,7 +741,10 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
     if (sigmas.size(0) < 2) {
       lat = init;  // strength 0: nothing to re-run
     } else {
-      auto x = from_image ? init + s0 * noise : noise * plan.init_scale(s0);
+      auto x = handoff_start
+                   ? batch_rows(opt.start_latents, opt.n, start, end, "start_latents").to(pipe.device, torch::kFloat32)
+               : from_image ? init + s0 * noise
+                            : noise * plan.init_scale(s0);
       SamplerOptions so;
       if (!std::isnan(opt.eta)) so.eta = opt.eta;
       so.s_noise = opt.s_noise;
@@ -514,11 +752,13 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
       so.callback = opt.callback;
       so.x0_clamp = plan.x0_clamp;
       x = sampler.fn(den, x, sigmas.to(pipe.device), so);
+      res.x_end.slice(0, start, end).copy_(x);
       lat = s_last > 0 ? x / std::sqrt(1 + s_last * s_last) : x;  // back to diffusers' VP latents
     }
     if (latent_mask.defined()) lat = lat * latent_mask + init * (1 - latent_mask);
     res.latents.slice(0, start, end).copy_(lat);
-    res.samples.slice(0, start, end).copy_(pipe.decode(lat));
+    if (sigmas.size(0) < 2) res.x_end.slice(0, start, end).copy_(lat);
+    if (!handoff_end) res.samples.slice(0, start, end).copy_(pipe.decode(lat));
   }
   return res;
 }

@@ -5,16 +5,22 @@
 
 namespace diffuse {
 
-torch::Tensor SDTextEncoder::encode_ids(const torch::Tensor& ids, int clip_skip) const {
+torch::Tensor SDTextEncoder::encode_ids(const torch::Tensor& ids, int clip_skip, torch::Tensor* pooled) const {
   torch::NoGradGuard ng;
   CLIPTextModel m = model;
   const int64_t layers = m->config().num_hidden_layers;
   if (clip_skip < 0 || clip_skip >= layers)
     throw Error("clip_skip " + std::to_string(clip_skip) + ": must lie in [0, " + std::to_string(layers - 1) + "]");
   nn::ComputeDtypeGuard wide({m.ptr().get()}, compute_dtype.value_or(torch::kFloat32), compute_dtype.has_value());
-  auto out = m->forward(ids.to(m->device(), torch::kInt64), clip_skip > 0);
-  auto h =
-      clip_skip > 0 ? m->final_norm(out.hidden_states[static_cast<size_t>(layers - clip_skip)]) : out.last_hidden_state;
+  auto out = m->forward(ids.to(m->device(), torch::kInt64), clip_skip > 0 || penultimate);
+  torch::Tensor h;
+  if (penultimate)
+    h = out.hidden_states[static_cast<size_t>(layers - 1 - clip_skip)];
+  else
+    h = clip_skip > 0 ? m->final_norm(out.hidden_states[static_cast<size_t>(layers - clip_skip)])
+                      : out.last_hidden_state;
+  if (pooled)
+    *pooled = (out.text_embeds.defined() ? out.text_embeds : out.pooler_output).to(torch::kCPU, torch::kFloat32);
   return h.to(torch::kCPU, torch::kFloat32);
 }
 

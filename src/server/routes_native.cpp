@@ -101,6 +101,7 @@ void add_native_routes(httplib::Server& http, Context& c) {
         const ModelInfo& info = c.models.get(e.name)->info();
         m["kind"] = to_string(info.kind);
         m["network"] = info.network;
+        if (!info.architecture.empty()) m["architecture"] = info.architecture;  // SD1, SD2, SDXL, ...
         m["latent"] = info.latent;
         m["classes"] = info.classes;
         m["width"] = info.width;

@@ -49,6 +49,14 @@ GenerationRequest full() {
   r.vae_tiling = true;
   r.vae_tile_size = 256;
   r.output_format = "jpeg";
+  r.original_size = {1024, 768};
+  r.crop_coords = {12, 40};
+  r.target_size = {896, 1152};
+  r.negative_original_size = {512, 512};
+  r.negative_crop_coords = {4, 8};
+  r.negative_target_size = {1024, 1024};
+  r.aesthetic_score = 6.5;
+  r.negative_aesthetic_score = 2.25;
   return r;
 }
 
@@ -126,6 +134,14 @@ TEST(Request, LimitsAreCheckedByField) {
   const auto e = check_limits(r, l);
   for (const char* f : {"width", "steps", "n", "prompt"}) EXPECT_TRUE(names(e, f)) << f;
   EXPECT_TRUE(check_limits(GenerationRequest(), l).empty());
+  // SDXL sizes: pairs of non-negative numbers, both zero or both set
+  GenerationRequest bad;
+  bad.original_size = {1024, 0};
+  bad.crop_coords = {-1, 0};
+  bad.aesthetic_score = -1;
+  const auto be = bad.validate();
+  for (const char* f : {"original_size", "crop_coords", "aesthetic_score"}) EXPECT_TRUE(names(be, f)) << f;
+  EXPECT_ANY_THROW(GenerationRequest::from_json(R"({"target_size": [1024]})"));
   GenerationRequest huge;  // n x width x height beyond int64: refused without overflowing
   huge.n = 2000000000;
   huge.width = huge.height = 2000000000;

@@ -67,11 +67,9 @@ TEST_F(Cli, ForwardMatchesEveryModelFixture) {
     std::string fixture;
     std::vector<std::string> outputs;
   } cases[] = {
-      {"unet2d_ddpm", {"out"}},
-      {"unet_sd1_tiny", {"out"}},
-      {"unet_sd2_tiny", {"out"}},
-      {"dit_tiny", {"out"}},
-      {"vae_tiny", {"latent_mean", "latent_logvar", "recon", "decoded"}},
+      {"unet2d_ddpm", {"out"}},   {"unet_sd1_tiny", {"out"}},
+      {"unet_sd2_tiny", {"out"}}, {"unet_sdxl_tiny", {"out"}},  // inputs text_embeds and time_ids
+      {"dit_tiny", {"out"}},      {"vae_tiny", {"latent_mean", "latent_logvar", "recon", "decoded"}},
   };
   for (const auto& c : cases) {
     TempDir t;

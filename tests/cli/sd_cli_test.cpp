@@ -116,7 +116,7 @@ TEST(SdCli, BadInputIsAClearError) {
   EXPECT_NE(o5.find("use bf16 or fp32"), std::string::npos) << o5;
   auto [c4, o4] = sd_cli("generate --model " + io() + " --out " + (t / "a.png"));  // safetensors, not SD
   EXPECT_EQ(c4, 1);
-  EXPECT_NE(o4.find("not a Stable Diffusion 1.x/2.x checkpoint: missing UNet"), std::string::npos) << o4;
+  EXPECT_NE(o4.find("not a Stable Diffusion 1.x/2.x/XL checkpoint: missing UNet"), std::string::npos) << o4;
   auto [c3, o3] = sd_cli("generate --model " + tiny() + " --mask x.png --out " + (t / "a.png"));
   EXPECT_EQ(c3, 1);
   EXPECT_NE(o3.find("--mask: needs --image"), std::string::npos) << o3;

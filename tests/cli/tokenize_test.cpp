@@ -122,5 +122,20 @@ TEST(CliForward, ClipTextModelMatchesTransformers) {
   }
 }
 
+TEST(CliForward, ClipTextModelWithProjectionMatchesTransformers) {
+  TempDir tmp;
+  const auto io = test::fixture("clip_text_proj_tiny/io.safetensors");
+  auto [code, out] = diffuse_cli(tmp, "forward --model " + test::fixture("clip_text_proj_tiny") + " --inputs " + io +
+                                          " --out " + (tmp / "o.safetensors") + " --threads 1");
+  ASSERT_EQ(code, 0) << out;
+  auto got = safetensors::load(tmp / "o.safetensors");
+  auto ref = safetensors::load(io);
+  for (const char* t : {"text_embeds", "last_hidden_state", "hidden_states.0", "hidden_states.1", "hidden_states.2"}) {
+    ASSERT_TRUE(got.count(t)) << t;
+    EXPECT_LE(test::max_abs_diff(got.at(t), ref.at(t)), 1e-4) << t;
+  }
+  EXPECT_FALSE(got.count("pooler_output"));  // transformers' class returns text_embeds instead
+}
+
 }  // namespace
 }  // namespace diffuse

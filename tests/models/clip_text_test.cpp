@@ -55,6 +55,70 @@ void check_parity(const std::string& name, const std::string& act) {
 TEST(ClipText, ParityQuickGelu) { check_parity("clip_text_tiny_quickgelu", "quick_gelu"); }
 TEST(ClipText, ParityGelu) { check_parity("clip_text_tiny_gelu", "gelu"); }
 
+// transformers CLIPTextModelWithProjection (SDXL's text_encoder_2): every output of the fixture,
+// the hooks of its sub-modules, and SDXL's use of it (hidden_states[-2] without final_layer_norm).
+TEST(ClipText, WithProjectionMatchesTransformers) {
+  torch::NoGradGuard ng;
+  const std::string name = "clip_text_proj_tiny";
+  auto model = load_clip_text_model(fixture(name));
+  const auto& c = model->config();
+  EXPECT_TRUE(c.with_projection);
+  EXPECT_EQ(c.projection_dim, 32);
+  EXPECT_EQ(c.hidden_act, "gelu");
+  EXPECT_EQ(c.eos_token_id, 2);
+  ASSERT_TRUE(model->text_projection);
+  EXPECT_FALSE(model->text_projection->options.bias());
+  int64_t params = 0;
+  for (const auto& p : model->parameters()) params += p.numel();
+  EXPECT_EQ(params, 49130);
+  auto io = safetensors::load(fixture(name + "/io.safetensors"));
+  const auto& ids = io.at("input_ids");
+  // row 0 pads with 0 ('!'), row 1 with EOS: argmax finds the first EOS in both
+  auto pos = model->eos_positions(ids);
+  EXPECT_EQ(pos[0].item<int64_t>(), 8);
+  EXPECT_EQ(pos[1].item<int64_t>(), 4);
+  auto out = model->forward(ids, true);
+  std::map<std::string, torch::Tensor> got{{"text_embeds", out.text_embeds},
+                                           {"last_hidden_state", out.last_hidden_state},
+                                           {"inter.text_projection", out.text_embeds},
+                                           {"inter.text_model.final_layer_norm", out.last_hidden_state}};
+  ASSERT_EQ(out.hidden_states.size(), 3u);
+  for (size_t i = 0; i < out.hidden_states.size(); ++i)
+    got["hidden_states." + std::to_string(i)] = out.hidden_states[i];
+  got["inter.text_model.embeddings"] = out.hidden_states[0];
+  got["inter.text_model.encoder.layers.0"] = out.hidden_states[1];
+  got["inter.text_model.encoder.layers.1"] = out.hidden_states[2];
+  size_t compared = 0;
+  for (const auto& [k, ref] : io) {
+    if (k == "input_ids") continue;
+    ASSERT_TRUE(got.count(k)) << "no output for fixture tensor " << k;
+    const double d = max_abs_diff(got.at(k), ref);
+    std::printf("%s %s %.3g\n", name.c_str(), k.c_str(), d);
+    EXPECT_LT(d, test::kParityTol) << k;
+    ++compared;
+  }
+  EXPECT_EQ(compared, io.size() - 1);
+  // Layer by layer from the reference inputs, so an error cannot hide behind another.
+  auto mask = torch::zeros({1, 1, 77, 77}).masked_fill(torch::ones({77, 77}, torch::kBool).triu(1), -3.4e38);
+  auto l1 = model->layer_list[1]->forward(io.at("hidden_states.1"), mask);
+  EXPECT_LT(max_abs_diff(l1, io.at("hidden_states.2")), test::kParityTol);
+  auto pooled = io.at("last_hidden_state").index({torch::arange(2), pos});
+  EXPECT_LT(max_abs_diff(model->text_projection->forward(pooled), io.at("text_embeds")), test::kParityTol);
+  // The config round-trips with its architecture.
+  EXPECT_EQ(CLIPTextConfig::from_json(c.to_json()).to_json(), c.to_json());
+  EXPECT_EQ(c.to_json().at("architectures")[0], "CLIPTextModelWithProjection");
+  // A plain CLIPTextModel has neither text_projection nor text_embeds.
+  auto plain = load_clip_text_model(fixture("clip_text_tiny_gelu"));
+  EXPECT_FALSE(plain->text_projection);
+  EXPECT_FALSE(plain->forward(ids).text_embeds.defined());
+  // A CLIPTextModelWithProjection state dict without text_projection.weight is refused by name.
+  auto sd = safetensors::load(fixture(name + "/model.safetensors"));
+  ASSERT_TRUE(sd.count("text_projection.weight"));
+  sd.erase("text_projection.weight");
+  EXPECT_NE(error_of([&] { clip_text_model_from_state_dict(c, sd, "mem"); }).find("text_projection.weight"),
+            std::string::npos);
+}
+
 TEST(ClipText, PoolingByEosIdWhenNotLegacy) {
   torch::NoGradGuard ng;
   auto legacy = load_clip_text_model(fixture("clip_text_tiny_quickgelu"));

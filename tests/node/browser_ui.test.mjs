@@ -219,7 +219,7 @@ test('the gallery survives a reload', async () => {
 
 test('a text model takes a prompt, a negative prompt and a size', async () => {
   await page.selectOption('#model', 'sd_tiny');
-  assert.equal(await page.locator('#model-kind').textContent(), 'Stable Diffusion');
+  assert.equal(await page.locator('#model-kind').textContent(), 'Stable Diffusion · SD1');
   for (const id of ['#prompt', '#negative_prompt', '#width', '#size-preset']) assert.ok(await page.locator(id).isEnabled(), id);
   assert.equal(await page.locator('#class').isVisible(), false);
   const size = Number(await page.inputValue('#width'));

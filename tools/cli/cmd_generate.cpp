@@ -70,6 +70,13 @@ void run(Args& a) {
   if (!a.r.prompt_embeds.empty()) {
     hooks.prompt_embeds = tensor_from(a.r.prompt_embeds, "prompt_embeds", true);
     hooks.negative_prompt_embeds = tensor_from(a.r.prompt_embeds, "negative_prompt_embeds", false);
+    // SDXL's pooled embeddings (diffusers' names), [P] or [n, P]
+    for (auto [name, dst] : {std::pair{"pooled_prompt_embeds", &hooks.pooled_prompt_embeds},
+                             {"negative_pooled_prompt_embeds", &hooks.negative_pooled_prompt_embeds}}) {
+      *dst = tensor_from(a.r.prompt_embeds, name, false);
+      if (dst->defined() && dst->dim() == 3 && dst->size(0) == 1) *dst = (*dst)[0];  // tensor_from adds a dim to 2-D
+      if (dst->defined() && dst->dim() == 1) *dst = dst->unsqueeze(0);
+    }
     // the text encoder is needed only for an unconditional branch without embeddings
     const bool cfg = !req.guidance || *req.guidance > 1;
     a.r.load.text_encoder = cfg && !hooks.negative_prompt_embeds.defined();

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <sstream>
 
@@ -57,6 +58,16 @@ const FieldFlag kFieldFlags[] = {
     {"vae_tiling", "--vae-tiling"},
     {"vae_tile_size", "--vae-tile-size"},
     {"output_format", "--out"},
+    {"negative_original_size", "--negative-original-size"},
+    {"negative_crop_coords", "--negative-crop-coords"},
+    {"negative_target_size", "--negative-target-size"},
+    {"original_size", "--original-size"},
+    {"crop_coords", "--crop-coords"},
+    {"target_size", "--target-size"},
+    {"negative_aesthetic_score", "--negative-aesthetic-score"},
+    {"aesthetic_score", "--aesthetic-score"},
+    {"refiner_switch", "--refiner-switch"},
+    {"refiner", "--refiner"},
     {"image", "--image"},
     {"sigma", "--sigma"},
     {"mode", "--mode"},
@@ -69,6 +80,7 @@ const FieldFlag kFieldFlags[] = {
     {"embeddings_dir", "--embeddings-dir"},
     {"lora_dir", "--lora-dir"},
     {"device", "--device"},
+    {"vae", "--vae"},
     {"models_dir", "--models-dir"},
     {"models", "--model"},
     {"host", "--host"},
@@ -119,8 +131,10 @@ void add_request_options(CLI::App* cmd, RequestArgs* a) {
   add(cmd->add_option("--class", r.class_label, "Class name or index (default: rows of every class)"), "class");
   add(cmd->add_option("--prompt,-p", r.prompt, "Prompt (Stable Diffusion; a class name for class models)"), "prompt");
   add(cmd->add_option("--negative-prompt", r.negative_prompt, "Negative prompt (Stable Diffusion)"), "negative_prompt");
-  add(cmd->add_option("--guidance,--cfg", a->guidance,
-                      "Guidance scale (1 = off; default: the model's recommended, else 7.5 for Stable Diffusion, 1)"),
+  add(cmd->add_option(
+          "--guidance,--cfg", a->guidance,
+          "Guidance scale (1 = off; default: the model's recommended, else 7.5 for Stable Diffusion, 5 for SDXL, "
+          "1)"),
       "guidance");
   add(cmd->add_option("--cfg-rescale", r.guidance_rescale, "CFG-rescale factor phi (0 = off)"), "guidance_rescale");
   add_guidance_interval_option(cmd, &a->guidance_lo, &a->guidance_hi);
@@ -184,6 +198,35 @@ void add_request_options(CLI::App* cmd, RequestArgs* a) {
       "vae_tiling");
   add(cmd->add_option("--vae-tile-size", r.vae_tile_size, "VAE tile size in pixels (default: the VAE's, 512)"),
       "vae_tile_size");
+  add(cmd->add_option("--original-size", a->original_size,
+                      "SDXL micro-conditioning: original image size H,W (default: the output size)"),
+      "original_size");
+  add(cmd->add_option("--crop-coords", a->crop_coords, "SDXL micro-conditioning: crop top-left TOP,LEFT (default 0,0)"),
+      "crop_coords");
+  add(cmd->add_option("--target-size", a->target_size,
+                      "SDXL micro-conditioning: target size H,W (default: the output size)"),
+      "target_size");
+  add(cmd->add_option("--negative-original-size", a->negative_original_size,
+                      "SDXL: original size H,W of the unconditional branch (with --negative-target-size)"),
+      "negative_original_size");
+  add(cmd->add_option("--negative-crop-coords", a->negative_crop_coords,
+                      "SDXL: crop TOP,LEFT of the unconditional branch (default 0,0)"),
+      "negative_crop_coords");
+  add(cmd->add_option("--negative-target-size", a->negative_target_size,
+                      "SDXL: target size H,W of the unconditional branch (with --negative-original-size)"),
+      "negative_target_size");
+  add(cmd->add_option("--aesthetic-score", a->aesthetic_score, "SDXL refiners: aesthetic score (default 6)"),
+      "aesthetic_score");
+  add(cmd->add_option("--negative-aesthetic-score", a->negative_aesthetic_score,
+                      "SDXL refiners: aesthetic score of the unconditional branch (default 2.5)"),
+      "negative_aesthetic_score");
+  add(cmd->add_option("--refiner", r.refiner,
+                      "SDXL: a refiner model (folder or .safetensors) that runs the last steps from the base's latents")
+          ->type_name("MODEL"),
+      "refiner");
+  add(cmd->add_option("--refiner-switch", r.refiner_switch,
+                      "SDXL: fraction of the schedule after which the refiner takes over (default 0.8)"),
+      "refiner_switch");
   cmd->add_option("--params-from", a->params_from,
                   "Re-run the request stored in a PNG's parameters (flags given override its fields)")
       ->type_name("IMAGE.png");
@@ -196,10 +239,14 @@ void add_request_options(CLI::App* cmd, RequestArgs* a) {
   cmd->add_option("--prediction", a->load.prediction, "Single-file checkpoints: epsilon or v_prediction");
   cmd->add_option("--model-config", a->load.model_config,
                   "Single-file checkpoints: a diffusers pipeline folder whose component configs to use");
+  cmd->add_option("--vae", a->load.vae,
+                  "Stable Diffusion: VAE weights (AutoencoderKL folder or .safetensors, diffusers or LDM names) "
+                  "replacing the model's, e.g. SDXL's fp16-fixed VAE");
   cmd->add_option("--device", a->load.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_option("--latents", a->latents, "Starting latents: safetensors with tensor 'latents' (diffusers latents=)");
   cmd->add_option("--prompt-embeds", a->prompt_embeds,
-                  "safetensors with 'prompt_embeds' and optionally 'negative_prompt_embeds'");
+                  "safetensors with 'prompt_embeds' and optionally 'negative_prompt_embeds' (SDXL: also "
+                  "'pooled_prompt_embeds' and 'negative_pooled_prompt_embeds')");
 }
 
 GenerationRequest build_request(RequestArgs& a) {
@@ -321,6 +368,28 @@ GenerationRequest build_request(RequestArgs& a) {
       r.vae_tiling = f.vae_tiling;
     else if (k == "vae_tile_size")
       r.vae_tile_size = f.vae_tile_size;
+    else if (k.find("original_size") != std::string::npos || k.find("crop_coords") != std::string::npos ||
+             k.find("target_size") != std::string::npos) {
+      const std::map<std::string, std::pair<const std::string*, std::array<int, 2>*>> pairs = {
+          {"original_size", {&a.original_size, &r.original_size}},
+          {"crop_coords", {&a.crop_coords, &r.crop_coords}},
+          {"target_size", {&a.target_size, &r.target_size}},
+          {"negative_original_size", {&a.negative_original_size, &r.negative_original_size}},
+          {"negative_crop_coords", {&a.negative_crop_coords, &r.negative_crop_coords}},
+          {"negative_target_size", {&a.negative_target_size, &r.negative_target_size}}};
+      const auto& [v, dst] = pairs.at(k);
+      char tail = 0;
+      if (std::sscanf(v->c_str(), "%d,%d%c", &(*dst)[0], &(*dst)[1], &tail) != 2)
+        throw RequestError(
+            field, *v + (k.find("crop") != std::string::npos ? ": expected TOP,LEFT" : ": expected HEIGHT,WIDTH"));
+    } else if (k == "refiner")
+      r.refiner = f.refiner;
+    else if (k == "refiner_switch")
+      r.refiner_switch = f.refiner_switch;
+    else if (k == "aesthetic_score")
+      r.aesthetic_score = a.aesthetic_score;
+    else if (k == "negative_aesthetic_score")
+      r.negative_aesthetic_score = a.negative_aesthetic_score;
   }
   a.load.dtype = r.dtype;
   return r;

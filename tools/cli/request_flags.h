@@ -13,6 +13,9 @@ namespace diffuse::cli {
 struct RequestArgs {
   GenerationRequest req;  // the fields flags write into (copied over the base request)
   std::string init_image_path, mask_path, outpaint, params_from, sigmas;
+  std::string original_size, crop_coords, target_size;  // SDXL: "H,W", "TOP,LEFT", "H,W"
+  std::string negative_original_size, negative_crop_coords, negative_target_size;
+  double aesthetic_score = 0, negative_aesthetic_score = 0;
   std::vector<std::string> loras;  // FILE[:weight]
   std::vector<CLI::Option*> given;
   std::vector<std::pair<CLI::Option*, const char*>> fields;  // option -> request field

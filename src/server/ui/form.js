@@ -39,7 +39,9 @@ export class Form {
 
   setup(list) {
     this.list = list;
-    $('model').replaceChildren(...list.models.map((m) => option(m.name, m.name, m.error || KIND_NAMES[m.kind])));
+    $('model').replaceChildren(
+      ...list.models.map((m) => option(m.name, m.name, m.error || m.architecture || KIND_NAMES[m.kind])),
+    );
     $('sampler').replaceChildren(
       option('', "the model's default"),
       ...list.samplers.map((s) => option(s.name, s.name, s.summary)),
@@ -78,7 +80,9 @@ export class Form {
     $('model').value = name;
     const sd = m.kind === 'stable-diffusion';
     const classes = m.kind === 'class-conditional' ? m.classes || [] : [];
-    const kind = m.error ? `cannot load: ${m.error}` : KIND_NAMES[m.kind] || m.kind;
+    const kind = m.error
+      ? `cannot load: ${m.error}`
+      : [KIND_NAMES[m.kind] || m.kind, m.architecture].filter(Boolean).join(' · ');
     $('model-kind').textContent = classes.length ? `${kind} · ${classes.length} classes` : kind;
     $('prompt-field').hidden = !sd;
     $('negative-field').hidden = !sd;
