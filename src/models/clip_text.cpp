@@ -7,6 +7,7 @@
 #include "models/model_io.h"
 #include "models/size_bounds.h"
 #include "nn/attention.h"
+#include "nn/compute_dtype.h"
 #include "nn/skip_init.h"
 #include "nn/state_dict.h"
 
@@ -140,6 +141,7 @@ CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& c) : act_(c.hid
 }
 
 torch::Tensor CLIPEncoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  LayerUpcast wide({this});  // 16-bit weights in a compute-dtype scope: one layer at a time
   auto h = x + self_attn->forward(layer_norm1->forward(x), mask);
   return h + fc2->forward(clip_activate(act_, fc1->forward(layer_norm2->forward(h))));
 }
@@ -205,7 +207,11 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, bool o
     throw Error("CLIPTextModel: token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " +
                 std::to_string(config_.vocab_size) + ")");
   auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(device()));
-  auto h = token_embedding->forward(ids) + position_embedding->forward(pos).unsqueeze(0);
+  torch::Tensor h;
+  {
+    nn::LayerUpcast wide({embeddings.get()});
+    h = token_embedding->forward(ids) + position_embedding->forward(pos).unsqueeze(0);
+  }
 
   const auto opts = torch::TensorOptions().dtype(h.scalar_type()).device(h.device());
   const double neg = h.scalar_type() == torch::kHalf       ? -65504.0
@@ -223,11 +229,18 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, bool o
     h = layer->forward(h, mask);
     if (output_hidden_states) out.hidden_states.push_back(h);
   }
+  nn::LayerUpcast wide(
+      {final_layer_norm.ptr().get(), text_projection.is_empty() ? nullptr : text_projection.ptr().get()});
   out.last_hidden_state = final_layer_norm->forward(h);
   auto idx = eos_positions(ids);
   out.pooler_output = out.last_hidden_state.index({torch::arange(B, idx.options()), idx});
   if (text_projection) out.text_embeds = text_projection->forward(out.pooler_output);
   return out;
+}
+
+torch::Tensor CLIPTextModelImpl::final_norm(const torch::Tensor& x) {
+  nn::LayerUpcast wide({final_layer_norm.ptr().get()});
+  return final_layer_norm->forward(x);
 }
 
 CLIPTextModel clip_text_model_from_state_dict(const CLIPTextConfig& config,

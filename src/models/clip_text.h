@@ -96,7 +96,7 @@ class CLIPTextModelImpl : public torch::nn::Module {
   // transformers 4.31, including every SD text encoder), else the first eos_token_id.
   torch::Tensor eos_positions(const torch::Tensor& input_ids) const;
   // final_layer_norm, for clip-skip (applied to an intermediate hidden state).
-  torch::Tensor final_norm(const torch::Tensor& x) { return final_layer_norm->forward(x); }
+  torch::Tensor final_norm(const torch::Tensor& x);
 
   const CLIPTextConfig& config() const { return config_; }
   // Appends rows [n, hidden] to the token-embedding table (textual inversion); returns the first new id.

@@ -11,7 +11,8 @@ torch::Tensor SDTextEncoder::encode_ids(const torch::Tensor& ids, int clip_skip,
   const int64_t layers = m->config().num_hidden_layers;
   if (clip_skip < 0 || clip_skip >= layers)
     throw Error("clip_skip " + std::to_string(clip_skip) + ": must lie in [0, " + std::to_string(layers - 1) + "]");
-  nn::ComputeDtypeGuard wide({m.ptr().get()}, compute_dtype.value_or(torch::kFloat32), compute_dtype.has_value());
+  // 16-bit weights computed in a wider dtype are upcast one encoder layer at a time
+  nn::ComputeDtypeScope layer_by_layer(compute_dtype);
   auto out = m->forward(ids.to(m->device(), torch::kInt64), clip_skip > 0 || penultimate);
   torch::Tensor h;
   if (penultimate)
