@@ -86,6 +86,10 @@ struct GenerateOptions {
   double eta = NAN;         // NaN = the sampler's default (DDIM 0, ancestral samplers 1)
   double s_noise = 1.0;
   int batch_size = 64;    // images per forward pass
+  // Sharded generation across processes: only the batches whose index modulo `shards` is `shard`
+  // are computed; the other images' rows of the result stay zero. Each computed image is the one
+  // an unsharded call gives.
+  int shard = 0, shards = 1;
   StepCallback callback;  // progress (step counts per batch)
   // Optional initial standard-normal noise [n, latent C, latent H, latent W] instead of the
   // seeded one (seed interpolation); the samplers' own noise still comes from the seeds.
