@@ -93,8 +93,9 @@ void add_dist_options(CLI::App* cmd, DistFlags* flags, bool generation) {
                         "variables (docs/distributed.md)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
-  cmd->add_option("--dist-timeout", flags->timeout_s,
-                  "Several processes: seconds to wait for a rank (rendezvous, collectives) before stopping with an error")
+  cmd->add_option(
+         "--dist-timeout", flags->timeout_s,
+         "Several processes: seconds to wait for a rank (rendezvous, collectives) before stopping with an error")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
 }

@@ -3,9 +3,9 @@
 // N processes on this machine (as torchrun does: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
 // MASTER_ADDR, MASTER_PORT set for each, the threads split between them), and every process joins
 // the job its environment describes (torchrun's or Slurm's variables).
-#include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
 
