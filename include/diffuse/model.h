@@ -80,6 +80,11 @@ struct GenerateHooks {
   // SDXL also takes pooled_prompt_embeds / negative_pooled_prompt_embeds with them.
   torch::Tensor latents, prompt_embeds, negative_prompt_embeds;
   torch::Tensor pooled_prompt_embeds, negative_pooled_prompt_embeds;
+  // Sharded generation across processes (class, unconditional and Stable Diffusion models): this
+  // call computes only the batches of batch_size images whose index modulo `shards` is `shard`, and
+  // the other images' rows of images, noise and latents are zero; summing the results of shards
+  // 0..shards-1 gives the unsharded result exactly (each image depends only on its seed).
+  int shard = 0, shards = 1;
 };
 
 struct GenerationResult {

@@ -70,6 +70,14 @@ std::string sigmas_csv(const std::vector<double>& v) {
   return o.str();
 }
 
+// Batches this call computes: those of its shard.
+int shard_batches(int n, int batch_size, const GenerateHooks& hooks) {
+  if (hooks.shards < 1 || hooks.shard < 0 || hooks.shard >= hooks.shards)
+    throw Error("shard " + std::to_string(hooks.shard) + " of " + std::to_string(hooks.shards) + ": out of range");
+  const int batches = (n + std::max(1, batch_size) - 1) / std::max(1, batch_size);
+  return std::max(1, (batches - hooks.shard + hooks.shards - 1) / hooks.shards);
+}
+
 // A run whose images hold NaN or infinities is an error, not a black image.
 void check_finite(const torch::Tensor& images) {
   if (!torch::isfinite(images).all().item<bool>())
@@ -251,7 +259,9 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
   pipe.vae_tiling.enabled = r.vae_tiling || r.vae_tile_size > 0;
   pipe.vae_tiling.tile = r.vae_tile_size;
 
-  const int batches = (o.n + o.batch_size - 1) / o.batch_size;
+  o.shard = hooks.shard;
+  o.shards = hooks.shards;
+  const int batches = shard_batches(o.n, o.batch_size, hooks);
   Tracker t{hooks, batches, true};
   o.callback = t.callback();
   const auto start = Clock::now();
@@ -367,7 +377,9 @@ GenerationResult generate_pixel(Model::Impl& m, const GenerationRequest& r, cons
     g.jump_length = r.jump_length;
     g.jump_n_sample = r.jump_n_sample;
   }
-  Tracker t{hooks, (g.n + g.batch_size - 1) / g.batch_size, pipe.latent()};
+  g.shard = hooks.shard;
+  g.shards = hooks.shards;
+  Tracker t{hooks, shard_batches(g.n, g.batch_size, hooks), pipe.latent()};
   g.callback = t.callback();
   const auto start = Clock::now();
   GenerateResult gr = generate(pipe, g);

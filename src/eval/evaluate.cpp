@@ -118,11 +118,17 @@ torch::Tensor generate_for_eval(const PixelPipeline& pipe, const GenerateOptions
   }
   const int chunk = std::max(1, opt.batch_size);
   if (progress) progress("generate", 0, n);
-  torch::Tensor out = torch::empty({n, pipe.channels(), pipe.image_size(), pipe.image_size()}, torch::kUInt8);
-  for (int start = 0; start < n; start += chunk) {
+  if (opt.shards < 1 || opt.shard < 0 || opt.shard >= opt.shards)
+    throw Error("shard " + std::to_string(opt.shard) + " of " + std::to_string(opt.shards) + ": out of range");
+  // zeros: the rows of other shards' chunks stay zero
+  torch::Tensor out = torch::zeros({n, pipe.channels(), pipe.image_size(), pipe.image_size()}, torch::kUInt8);
+  for (int start = 0, k = 0; start < n; start += chunk, ++k) {
+    if (k % opt.shards != opt.shard) continue;
     int b = std::min(chunk, n - start);
     GenerateOptions g = opt;
     g.n = b;
+    g.shard = 0;
+    g.shards = 1;
     g.seed = opt.seed + static_cast<uint64_t>(start);  // image i keeps seed + i
     g.classes.clear();
     if (!cls.empty()) g.classes.assign(cls.begin() + start, cls.begin() + start + b);
@@ -319,10 +325,15 @@ EvalReport evaluate_pipeline(const PixelPipeline& pipe, const FeatureNet& net, c
   r.generate.callback = nullptr;
   std::vector<int64_t> cls;
   auto images = generate_for_eval(pipe, opt.generate, opt.n, &cls, opt.progress);
+  if (opt.gather) {
+    images = opt.gather(images);
+    if (!images.defined()) return r;  // a process that only generates
+  }
+  r.generate.shard = 0;
+  r.generate.shards = 1;
   r.generate_seconds = seconds_since(t0);
   if (!opt.save_samples.empty()) {
-    GenerateOptions g = opt.generate;
-    g.n = opt.n;
+    GenerateOptions g = r.generate;
     save_eval_samples(opt.save_samples, images, pipe, g, cls);
     r.samples_dir = opt.save_samples;
   }

@@ -71,6 +71,8 @@ using EvalProgress = std::function<void(const std::string& stage, int64_t done, 
 // Class-balanced generation for evaluation: image i gets class i mod K (K = the pipeline's classes,
 // unconditional models get none) and seed opt.seed + i, in chunks of opt.batch_size. Returns 8-bit
 // images [n, C, H, W] (quantised as a saved PNG would be); `classes` receives the pipeline class ids.
+// With opt.shards > 1 only the chunks whose index modulo opt.shards is opt.shard are generated and
+// the other rows are zero (each image is the same as without sharding).
 torch::Tensor generate_for_eval(const PixelPipeline& pipe, const GenerateOptions& opt, int n,
                                 std::vector<int64_t>* classes = nullptr, const EvalProgress& progress = {});
 
@@ -98,6 +100,10 @@ struct EvalOptions {
   // The folder must not exist or be empty; it appears only when every image is written.
   std::string save_samples;
   EvalProgress progress;
+  // Sharded generation across processes (generate.shard of generate.shards): `gather` receives this
+  // process's images (the other shards' rows zero) and returns all n of them, or an undefined tensor
+  // where this process only generates: evaluate_pipeline then returns without scoring.
+  std::function<torch::Tensor(const torch::Tensor&)> gather;
 };
 
 struct EvalReport {

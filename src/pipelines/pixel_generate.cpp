@@ -113,14 +113,18 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
   CondDenoiser guide_d = opt.guide ? opt.guide->denoiser() : CondDenoiser();
   const bool guided = opt.guidance != 1.0;
 
-  auto samples = torch::empty({opt.n, pipe.channels(), height, width});
-  torch::Tensor latents_all = pipe.latent() ? torch::empty({opt.n, c, lh, lw}) : torch::Tensor();
-  auto noise_all = torch::empty({opt.n, c, lh, lw});
+  if (opt.shards < 1 || opt.shard < 0 || opt.shard >= opt.shards)
+    throw Error("shard " + std::to_string(opt.shard) + " of " + std::to_string(opt.shards) + ": out of range");
+  // zeros: the rows of other shards' batches stay zero
+  auto samples = torch::zeros({opt.n, pipe.channels(), height, width});
+  torch::Tensor latents_all = pipe.latent() ? torch::zeros({opt.n, c, lh, lw}) : torch::Tensor();
+  auto noise_all = torch::zeros({opt.n, c, lh, lw});
   torch::Tensor mask;
   if (opt.mask.defined()) mask = opt.mask.to(torch::kFloat32).clamp(0, 1);
   torch::NoGradGuard no_grad;
   const int bs = std::max(1, opt.batch_size);
-  for (int start = 0; start < opt.n; start += bs) {
+  for (int start = 0, batch = 0; start < opt.n; start += bs, ++batch) {
+    if (batch % opt.shards != opt.shard) continue;
     const int end = std::min(opt.n, start + bs), b = end - start;
     PerImageNoise gen(opt.rng, opt.seed + static_cast<uint64_t>(start), b);
     torch::Tensor n0;

@@ -85,7 +85,11 @@ struct GenerateOptions {
   std::string rng = "cpu";  // cpu: torch's CPU generator (diffusers, ComfyUI); philox: A1111's GPU-style noise
   double eta = NAN;         // NaN = the sampler's default (DDIM 0, ancestral samplers 1)
   double s_noise = 1.0;
-  int batch_size = 64;    // images per forward pass
+  int batch_size = 64;  // images per forward pass
+  // Sharded generation across processes: only the batches whose index modulo `shards` is `shard`
+  // are computed; the other images' rows of the result stay zero. Each computed image is the one
+  // an unsharded call gives.
+  int shard = 0, shards = 1;
   StepCallback callback;  // progress (step counts per batch)
   // Optional initial standard-normal noise [n, latent C, latent H, latent W] instead of the
   // seeded one (seed interpolation); the samplers' own noise still comes from the seeds.

@@ -665,13 +665,17 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   const SamplerDesc& sampler = *plan.sampler;
   CondDenoiser cd = pipe.denoiser(plan.quantize, plan.denoiser_clamps(pipe.scheduler));
   SDResult res;
-  res.samples = torch::empty({opt.n, 3, opt.height, opt.width});
-  res.latents = torch::empty({opt.n, C, h, w});
-  res.noise = torch::empty({opt.n, C, h, w});
-  res.x_end = torch::empty({opt.n, C, h, w});
+  if (opt.shards < 1 || opt.shard < 0 || opt.shard >= opt.shards)
+    throw Error("shard " + std::to_string(opt.shard) + " of " + std::to_string(opt.shards) + ": out of range");
+  // zeros: the rows of other shards' batches stay zero
+  res.samples = torch::zeros({opt.n, 3, opt.height, opt.width});
+  res.latents = torch::zeros({opt.n, C, h, w});
+  res.noise = torch::zeros({opt.n, C, h, w});
+  res.x_end = torch::zeros({opt.n, C, h, w});
   if (handoff_end) res.samples = torch::Tensor();
   const int bs = std::max(1, opt.batch_size);
-  for (int start = 0; start < opt.n; start += bs) {
+  for (int start = 0, batch = 0; start < opt.n; start += bs, ++batch) {
+    if (batch % opt.shards != opt.shard) continue;
     const int end = std::min(opt.n, start + bs), b = end - start;
     PerImageNoise gen(opt.rng, opt.seed + static_cast<uint64_t>(start), b);
     auto img = batch_rows(image, opt.n, start, end, "image");

@@ -147,6 +147,10 @@ struct SDOptions {
   double eta = NAN;         // NaN = the sampler's default
   double s_noise = 1.0;
   int batch_size = 1;  // images per UNet call (times 2 with CFG)
+  // Sharded generation across processes: only the batches whose index modulo `shards` is `shard`
+  // are computed; the other images' rows of the result stay zero. Each computed image is the one
+  // an unsharded call gives.
+  int shard = 0, shards = 1;
   // img2img / inpainting: init image [1 or n, 3, H, W] in [-1, 1] (H, W = height, width).
   torch::Tensor image;
   double strength = 0.8;  // img2img: fraction of the schedule re-run (1 = from pure noise)

@@ -210,6 +210,56 @@ TEST(EvaluatePipeline, ClassBalancedGenerationAndReport) {
   EXPECT_THROW(quick_fid(pipe, w.net, stats, 1, g), Error);
 }
 
+TEST(EvaluatePipeline, ShardedGenerationGathersTheSameSamples) {
+  World w;
+  auto pipe = tiny_pipeline(12, 1, {"b", "a"});
+  GenerateOptions g;
+  g.steps = 2;
+  g.batch_size = 3;
+  const auto whole = generate_for_eval(pipe, g, 8);
+  // Chunks 0 and 2 (images 0-2, 6-7) on shard 0, chunk 1 (images 3-5) on shard 1; the rest zero.
+  std::vector<torch::Tensor> parts;
+  for (int shard = 0; shard < 2; ++shard) {
+    GenerateOptions s = g;
+    s.shard = shard;
+    s.shards = 2;
+    parts.push_back(generate_for_eval(pipe, s, 8));
+  }
+  EXPECT_TRUE(torch::equal(parts[0].slice(0, 0, 3), whole.slice(0, 0, 3)));
+  EXPECT_TRUE(torch::equal(parts[0].slice(0, 6, 8), whole.slice(0, 6, 8)));
+  EXPECT_EQ(parts[0].slice(0, 3, 6).max().item<int>(), 0);
+  EXPECT_TRUE(torch::equal(parts[1].slice(0, 3, 6), whole.slice(0, 3, 6)));
+  EXPECT_EQ(parts[1].slice(0, 0, 3).max().item<int>() + parts[1].slice(0, 6, 8).max().item<int>(), 0);
+
+  // The gathered samples score as the unsharded ones; a process that only generates gets no report.
+  EvalOptions o;
+  o.n = 8;
+  o.generate = g;
+  o.cache_dir = w.cache;
+  o.metrics.kid.subsets = 5;
+  const auto plain = evaluate_pipeline(pipe, w.net, o);
+  o.generate.shard = 1;
+  o.generate.shards = 2;
+  torch::Tensor seen;
+  o.gather = [&](const torch::Tensor& mine) {
+    seen = mine;
+    return torch::Tensor();
+  };
+  const auto helper = evaluate_pipeline(pipe, w.net, o);
+  EXPECT_TRUE(torch::equal(seen, parts[1]));
+  EXPECT_EQ(helper.samples.n, 0);
+  EXPECT_TRUE(std::isnan(helper.samples.fid));
+  o.generate.shard = 0;
+  o.gather = [&](const torch::Tensor& mine) { return mine + parts[1]; };
+  const auto gathered = evaluate_pipeline(pipe, w.net, o);
+  EXPECT_EQ(gathered.samples.n, 8);
+  EXPECT_EQ(gathered.samples.fid, plain.samples.fid);
+  EXPECT_EQ(gathered.samples.class_agreement, plain.samples.class_agreement);
+  EXPECT_EQ(gathered.generate.shards, 1);
+  o.generate.shard = 2;
+  EXPECT_THROW(evaluate_pipeline(pipe, w.net, o), Error);
+}
+
 // A labelled reference set whose class k has features N(3k, 1) and logits favouring class k.
 ReferenceSet gaussian_classes(int64_t per_class, int classes, int64_t dim, uint64_t seed) {
   torch::manual_seed(seed);

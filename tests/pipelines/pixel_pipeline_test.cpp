@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,6 +37,36 @@ GenerateOptions options(int n, const std::string& sigmas) {
   o.sigmas = sigmas;
   o.seed = 7;
   return o;
+}
+
+TEST(PixelPipeline, ShardsComputeTheirBatchesOfTheWholeRun) {
+  auto p = tiny(1);
+  auto o = options(5, "10,3,1,0.3,0");
+  o.sampler = "euler_a";  // sampler noise too
+  o.classes = {0, 1, 0, 1, 1};
+  o.batch_size = 2;
+  auto whole = generate(p, o);
+  torch::Tensor sum = torch::zeros_like(whole.samples), noise = torch::zeros_like(whole.noise);
+  for (int shard = 0; shard < 2; ++shard) {
+    o.shard = shard;
+    o.shards = 2;
+    auto part = generate(p, o);
+    // batches 0 and 2 (images 0, 1, 4) on shard 0, batch 1 (images 2, 3) on shard 1
+    const std::vector<int64_t> mine = shard == 0 ? std::vector<int64_t>{0, 1, 4} : std::vector<int64_t>{2, 3};
+    for (int64_t i = 0; i < 5; ++i) {
+      const bool own = std::find(mine.begin(), mine.end(), i) != mine.end();
+      EXPECT_EQ(torch::equal(part.samples[i], whole.samples[i]), own) << "shard " << shard << " image " << i;
+      if (!own) {
+        EXPECT_EQ(part.samples[i].abs().max().item<float>(), 0.0f);
+      }
+    }
+    sum += part.samples;
+    noise += part.noise;
+  }
+  EXPECT_TRUE(torch::equal(sum, whole.samples));
+  EXPECT_TRUE(torch::equal(noise, whole.noise));
+  o.shard = 2;
+  EXPECT_THROW(generate(p, o), Error);
 }
 
 TEST(PixelPipeline, AutoguidanceByItselfIsTheUnguidedModel) {

@@ -9,6 +9,8 @@
 #include "core/progress.h"
 #include "core/runtime.h"
 #include "eval/evaluate.h"
+#include "launch.h"
+#include "train/distributed.h"
 
 namespace cmd_eval {
 
@@ -17,13 +19,28 @@ struct Args {
   diffuse::EvalOptions o;
   int threads = 0;
   bool json = false, no_floor = false, quiet = false;
+  diffuse::cli::DistFlags dist;
 };
 
 void run(Args& a) {
-  diffuse::cli::apply_threads(a.threads);
   if (a.model.empty() == a.images.empty()) throw diffuse::Error("pass exactly one of --model DIR or --images DIR");
+  if (a.dist.nproc_per_node > 1 && a.model.empty())
+    throw diffuse::Error("--nproc-per-node: only the generation of --model evaluations is sharded");
+  if (diffuse::cli::launch_local(a.dist, a.threads)) return;
+  diffuse::cli::apply_threads(a.threads);
+  // Several processes: each generates its share of the samples, rank 0 gathers and scores them.
+  std::shared_ptr<diffuse::Distributed> dist = a.model.empty() ? nullptr : diffuse::cli::join_job(a.dist, a.device);
   auto device = diffuse::parse_device(a.device);
   auto& o = a.o;
+  if (dist) {
+    o.generate.shard = dist->rank();
+    o.generate.shards = dist->world_size();
+    o.gather = [dist](const torch::Tensor& mine) {
+      auto all = diffuse::cli::gather_shards(*dist, mine, "the generated samples");
+      return dist->main() ? all : torch::Tensor();
+    };
+    if (!dist->main()) a.quiet = true;
+  }
   o.data = a.data;
   o.floor = !a.no_floor;
   if (!a.model.empty() && o.n < 2) throw diffuse::Error("--n must be at least 2 (got " + std::to_string(o.n) + ")");
@@ -55,6 +72,7 @@ void run(Args& a) {
     diffuse::check_compatible(pipe, net);  // before any generation
     if (!a.guide_model.empty()) o.generate.guide = diffuse::cli::load_guide(a.guide_model, pipe);
     r = diffuse::evaluate_pipeline(pipe, net, o);
+    if (dist && !dist->main()) return;  // rank 0 scores and reports
   } else {
     r = diffuse::evaluate_images(a.images, net, o);
   }
@@ -112,6 +130,7 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_flag("--quiet", a->quiet, "No progress output");
   diffuse::cli::add_threads_option(cmd, &a->threads);
+  diffuse::cli::add_dist_options(cmd, &a->dist, true);
   cmd->callback([a] { run(*a); });
 }
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <random>
 #include <sstream>
 
 #include "commands.h"
@@ -15,7 +16,9 @@
 #include "core/safetensors.h"
 #include "core/strings.h"
 #include "diffuse/diffuse.h"
+#include "launch.h"
 #include "request_flags.h"
+#include "train/distributed.h"
 
 namespace fs = std::filesystem;
 
@@ -28,6 +31,7 @@ struct Args {
   int threads = 0, nrow = 0;
   bool timings = false;
   cli::RequestArgs r;
+  cli::DistFlags dist;
 };
 
 enum class OutKind { Grid, Dir, Raw };
@@ -60,12 +64,24 @@ torch::Tensor tensor_from(const std::string& path, const std::string& name, bool
 }
 
 void run(Args& a) {
-  cli::apply_threads(a.threads);
   const OutKind kind = output_kind(a.out);
   GenerationRequest req = cli::build_request(a.r);
   req.check();  // before loading anything
-
+  if (cli::launch_local(a.dist, a.threads)) return;
+  cli::apply_threads(a.threads);
+  // Several processes: each generates its share of the batches, rank 0 gathers and writes them.
+  std::shared_ptr<Distributed> dist = cli::join_job(a.dist, a.r.load.device);
   GenerateHooks hooks;
+  if (dist) {
+    if (req.seed < 0) {  // one random seed for every rank
+      auto seed = torch::tensor({static_cast<int64_t>(std::random_device{}() >> 1)}, torch::kInt64);
+      dist->broadcast({seed}, "the seed");
+      req.seed = seed.item<int64_t>();
+    }
+    hooks.shard = dist->rank();
+    hooks.shards = dist->world_size();
+  }
+
   if (!a.r.latents.empty()) hooks.latents = tensor_from(a.r.latents, "latents", true);
   if (!a.r.prompt_embeds.empty()) {
     hooks.prompt_embeds = tensor_from(a.r.prompt_embeds, "prompt_embeds", true);
@@ -106,6 +122,12 @@ void run(Args& a) {
   GenerationResult res = model.generate(req, hooks);
   const double decode_s = std::chrono::duration<double>(Clock::now() - last).count();  // after the last step
   progress.finish();
+  if (dist) {
+    res.images = cli::gather_shards(*dist, res.images, "the generated images");
+    res.noise = cli::gather_shards(*dist, res.noise, "the generated images' noise");
+    res.latents = cli::gather_shards(*dist, res.latents, "the generated latents");
+    if (!dist->main()) return;  // rank 0 writes
+  }
   if (a.timings) {
     std::ostringstream js;
     js << "{\"load_s\": " << load_s << ", \"step_s\": [";
@@ -159,6 +181,7 @@ void register_cmd(CLI::App& app) {
                 "Print stage times on stderr as one JSON line: load, each step (the first includes prompt "
                 "encoding), the VAE decode after the last step, and the peak RSS after each stage");
   cli::add_threads_option(cmd, &a->threads);
+  cli::add_dist_options(cmd, &a->dist, true);
   cmd->callback([a] { run(*a); });
 }
 

@@ -82,15 +82,20 @@ extern "C" void remember_signal(int sig) { forwarded_signal = sig; }
 
 }  // namespace launch_detail
 
-void add_dist_options(CLI::App* cmd, DistFlags* flags) {
+void add_dist_options(CLI::App* cmd, DistFlags* flags, bool generation) {
   cmd->add_option("--nproc-per-node", flags->nproc_per_node,
-                  "Data-parallel: run as N processes on this machine (threads split between them; --batch is per "
-                  "process). Several machines: launch one process per rank with torchrun's or Slurm's variables "
-                  "(docs/distributed.md)")
+                  generation
+                      ? "Sharded generation: run as N processes on this machine (threads split between them), each "
+                        "generating a share of the batches; rank 0 gathers and writes them. Several machines: one "
+                        "process per rank with torchrun's or Slurm's variables (docs/distributed.md)"
+                      : "Data-parallel: run as N processes on this machine (threads split between them; --batch is "
+                        "per process). Several machines: launch one process per rank with torchrun's or Slurm's "
+                        "variables (docs/distributed.md)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
-  cmd->add_option("--dist-timeout", flags->timeout_s,
-                  "Data-parallel: seconds to wait for a rank (rendezvous, collectives) before stopping with an error")
+  cmd->add_option(
+         "--dist-timeout", flags->timeout_s,
+         "Several processes: seconds to wait for a rank (rendezvous, collectives) before stopping with an error")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
 }
@@ -227,6 +232,16 @@ std::shared_ptr<Distributed> join_job(const DistFlags& flags, std::string& devic
   if (device == "cuda") device = "cuda:" + std::to_string(env.local_rank);
   return std::make_shared<Distributed>(env, std::chrono::milliseconds(static_cast<int64_t>(flags.timeout_s * 1000)),
                                        parse_device(device));
+}
+
+torch::Tensor gather_shards(Distributed& dist, const torch::Tensor& mine, const std::string& what) {
+  if (!mine.defined()) return mine;
+  dist.barrier(what);  // generation takes as long as it takes on each rank
+  const torch::Device dev =
+      dist.backend() == "nccl" ? torch::Device(torch::kCUDA, dist.env().local_rank) : torch::Device(torch::kCPU);
+  auto flat = mine.to(dev, torch::kFloat32).contiguous().view(-1).clone();
+  dist.all_reduce_sum_async(flat, what).wait();
+  return flat.view(mine.sizes()).to(mine.device(), mine.scalar_type());
 }
 
 }  // namespace diffuse::cli

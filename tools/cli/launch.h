@@ -3,6 +3,8 @@
 // N processes on this machine (as torchrun does: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
 // MASTER_ADDR, MASTER_PORT set for each, the threads split between them), and every process joins
 // the job its environment describes (torchrun's or Slurm's variables).
+#include <torch/torch.h>
+
 #include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
@@ -18,8 +20,8 @@ struct DistFlags {
   double timeout_s = 60;
 };
 
-// --nproc-per-node and --dist-timeout.
-void add_dist_options(CLI::App* cmd, DistFlags* flags);
+// --nproc-per-node and --dist-timeout (`generation`: of a command whose generation is sharded).
+void add_dist_options(CLI::App* cmd, DistFlags* flags, bool generation = false);
 
 // With flags.nproc_per_node > 1 (and not already inside a launched job): starts the processes,
 // waits for them and returns true; a failed process makes this throw CLI::RuntimeError with its
@@ -30,5 +32,10 @@ bool launch_local(const DistFlags& flags, int threads);
 // The job this process belongs to (null: a single process). `device` "cuda" becomes
 // "cuda:<LOCAL_RANK>".
 std::shared_ptr<Distributed> join_job(const DistFlags& flags, std::string& device);
+
+// Sharded generation: `mine` holds this rank's images (the other ranks' rows zero); every rank
+// waits for the others (as long as their heartbeats go on), then all get every rank's rows (their
+// sum, exact since the others are zero). `what` names the step in errors.
+torch::Tensor gather_shards(Distributed& dist, const torch::Tensor& mine, const std::string& what);
 
 }  // namespace diffuse::cli
