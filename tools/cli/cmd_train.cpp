@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "train/presets.h"
+#include "train/text_to_image.h"
 #include "train/trainer.h"
 
 namespace cmd_train {
@@ -16,7 +17,8 @@ extern "C" void on_sigint(int) {
 }
 
 void register_cmd(CLI::App& app) {
-  auto o = std::make_shared<diffuse::TrainOptions>();
+  auto t2i = std::make_shared<diffuse::TextToImageOptions>();
+  auto o = std::shared_ptr<diffuse::TrainOptions>(t2i, &t2i->train);
   auto threads = std::make_shared<int>(0);
   std::string presets;
   for (const auto& [n, d] : diffuse::unet_presets()) presets += "\n    " + n + ": " + d;
@@ -44,6 +46,22 @@ void register_cmd(CLI::App& app) {
                   "Fine-tune: start from this pipeline (or UNet/DiT) folder; its network config replaces --config, "
                   "and --prediction, --beta-schedule and the classes must match it")
       ->check(CLI::ExistingDirectory);
+  std::string te_presets;
+  for (const auto& [n, d] : diffuse::text_encoder_presets()) te_presets += "\n    " + n + ": " + d;
+  auto* te_opt = cmd->add_option(
+      "--text-encoder", t2i->text_encoder,
+      "Text-to-image from captioned --data (IMAGE.png + IMAGE.txt, metadata.jsonl, emoji-captions): a "
+      "UNet2DConditionModel (--config t2i-tiny, t2i-small or a config.json) on --latent VAE latents, with "
+      "a CLIP text encoder trained from scratch (a preset) or frozen (a CLIPTextModel or SD pipeline "
+      "folder); writes a StableDiffusionPipeline folder. Presets:" +
+          te_presets);
+  cmd->add_option("--caption-ext", t2i->caption_ext, "Text-to-image: extension of the caption files")
+      ->capture_default_str();
+  cmd->add_option("--caption-dropout", t2i->caption_dropout,
+                  "Text-to-image: probability of training a caption as \"\" (for classifier-free guidance)")
+      ->capture_default_str();
+  cmd->add_option("--sample-prompt", t2i->sample_prompts,
+                  "Text-to-image: a prompt of the sample grids (repeatable; default the first 8 captions)");
   cmd->add_option("--image-size", o->image_size, "Training resolution (0 = the data's own)")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Optimizer steps in total")->capture_default_str();
   cmd->add_option("--batch", o->batch, "Batch size")->capture_default_str();
@@ -80,11 +98,11 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   diffuse::cli::add_threads_option(cmd, threads.get());
-  cmd->callback([o, threads] {
+  cmd->callback([o, t2i, te_opt, threads] {
     diffuse::cli::apply_threads(*threads);
     std::signal(SIGINT, on_sigint);
     std::signal(SIGTERM, on_sigint);
-    auto r = diffuse::train(*o);
+    auto r = te_opt->count() > 0 ? diffuse::train_text_to_image(*t2i) : diffuse::train(*o);
     std::signal(SIGINT, SIG_DFL);
     std::printf("%s: %lld steps, loss %.5f, %.1f s%s\n", o->out.c_str(), static_cast<long long>(r.steps), r.final_loss,
                 r.seconds, r.interrupted ? " (interrupted; continue with --resume)" : "");
