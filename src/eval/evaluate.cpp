@@ -525,18 +525,16 @@ std::string find_classifier(const std::string& data) {
   throw Error(msg);
 }
 
-void install_train_eval_hook() {
-  set_train_eval_hook([](const std::string& pipeline_dir, const std::string& classifier_dir, int n) {
-    struct Cached {
-      FeatureNet net;
-      FeatureStats ref;
-    };
-    static std::mutex mu;
-    static std::map<std::string, std::shared_ptr<Cached>> cache;
-    std::lock_guard<std::mutex> lock(mu);
-    std::string dir = classifier_dir.empty() ? find_classifier() : classifier_dir;
-    auto& c = cache[dir];
+std::function<double(const std::string& pipeline_dir)> train_fid_evaluator(const std::string& classifier_dir, int n) {
+  struct Cached {
+    FeatureNet net;
+    FeatureStats ref;
+  };
+  auto cache = std::make_shared<std::shared_ptr<Cached>>();
+  return [cache, classifier_dir, n](const std::string& pipeline_dir) {
+    auto& c = *cache;
     if (!c) {
+      const std::string dir = classifier_dir.empty() ? find_classifier() : classifier_dir;
       auto net = FeatureNet::load(dir);
       if (net.config().dataset.empty()) throw Error(dir + ": the feature network does not name its dataset");
       c = std::make_shared<Cached>(Cached{net, reference_stats(net, net.config().dataset, "train")});
@@ -545,7 +543,7 @@ void install_train_eval_hook() {
     GenerateOptions g;
     g.seed = 0;
     return quick_fid(pipe, c->net, c->ref, n, g);
-  });
+  };
 }
 
 }  // namespace diffuse

@@ -149,9 +149,10 @@ double quick_fid(const PixelPipeline& pipe, const FeatureNet& net, const Feature
 // Throws diffuse::Error listing the places tried.
 std::string find_classifier(const std::string& data = "fashion-mnist");
 
-// Installs the FID hook of `diffuse train --eval-every` (see train/trainer.h): loads the written
-// pipeline, the feature network (given folder, or find_classifier), the cached training-set
-// statistics of its dataset, and returns quick_fid with the default sampler.
-void install_train_eval_hook();
+// The evaluation of `diffuse train --eval-every` (TrainOptions::evaluate): FID of `n` samples of the
+// pipeline folder it is given (the default sampler, seed 0) against the training-set statistics of
+// the feature network's dataset. The network (`classifier_dir`, or find_classifier()) and the
+// statistics are loaded on the first call and kept by the returned function.
+std::function<double(const std::string& pipeline_dir)> train_fid_evaluator(const std::string& classifier_dir, int n);
 
 }  // namespace diffuse

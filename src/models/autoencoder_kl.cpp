@@ -2,7 +2,9 @@
 
 #include "core/error.h"
 #include "models/model_io.h"
+#include "models/size_bounds.h"
 #include "nn/attention.h"
+#include "nn/skip_init.h"
 #include "nn/state_dict.h"
 
 namespace diffuse {
@@ -277,7 +279,12 @@ AutoencoderKL load_autoencoder_kl(const std::string& dir) {
   } catch (const Error& e) {
     throw Error(dir + "/config.json: " + e.what());
   }
-  AutoencoderKL model(cfg);
+  model_io::check_config_size(dir, "diffusion_pytorch_model.safetensors", min_parameters(cfg));
+  AutoencoderKL model{nullptr};
+  {
+    nn::SkipInitGuard every_weight_is_loaded;
+    model = AutoencoderKL(cfg);
+  }
   auto sd = model_io::load_weights(dir, kAutoencoderKLClass);
   model_io::convert_legacy_attention_keys(sd);
   nn::load_state_dict(*model, nn::StateDict(sd.begin(), sd.end()), dir + "/diffusion_pytorch_model.safetensors");

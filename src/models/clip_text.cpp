@@ -5,7 +5,9 @@
 
 #include "core/error.h"
 #include "models/model_io.h"
+#include "models/size_bounds.h"
 #include "nn/attention.h"
+#include "nn/skip_init.h"
 #include "nn/state_dict.h"
 
 namespace diffuse {
@@ -220,7 +222,11 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, bool o
 CLIPTextModel clip_text_model_from_state_dict(const CLIPTextConfig& config,
                                               const std::map<std::string, torch::Tensor>& sd_in,
                                               const std::string& source, torch::Dtype dtype) {
-  CLIPTextModel model(config);
+  CLIPTextModel model{nullptr};
+  {
+    nn::SkipInitGuard every_weight_is_loaded;
+    model = CLIPTextModel(config);
+  }
   nn::StateDict sd(sd_in.begin(), sd_in.end());
   sd.erase("text_model.embeddings.position_ids");  // a buffer in files from transformers < 4.31
   nn::load_state_dict(*model, sd, source);
@@ -238,6 +244,7 @@ CLIPTextModel load_clip_text_model(const std::string& dir, torch::Dtype dtype) {
   } catch (const Error& e) {
     throw Error(dir + "/config.json: " + e.what());
   }
+  model_io::check_config_size(dir, kCLIPWeightsFile, min_parameters(cfg));
   const auto sd = model_io::load_weights(dir, kCLIPTextClass, kCLIPWeightsFile);
   return clip_text_model_from_state_dict(cfg, sd, dir + "/" + kCLIPWeightsFile, dtype);
 }

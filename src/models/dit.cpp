@@ -4,6 +4,8 @@
 
 #include "core/error.h"
 #include "models/model_io.h"
+#include "models/size_bounds.h"
+#include "nn/skip_init.h"
 #include "nn/state_dict.h"
 
 namespace diffuse {
@@ -323,7 +325,13 @@ DiTTransformer2DModel load_dit(const std::string& dir) {
   } catch (const Error& e) {
     throw Error(dir + "/config.json: " + e.what());
   }
-  DiTTransformer2DModel model(cfg);
+  model_io::check_config_size(dir, "diffusion_pytorch_model.safetensors", min_parameters(cfg),
+                              min_buffer_elements(cfg));
+  DiTTransformer2DModel model{nullptr};
+  {
+    nn::SkipInitGuard every_weight_is_loaded;
+    model = DiTTransformer2DModel(cfg);
+  }
   auto sd = model_io::load_weights(dir, kDiTClass);
   // Older BasicTransformerBlock checkpoints name the feed-forward norm `norm2`.
   std::vector<std::pair<std::string, std::string>> renames;

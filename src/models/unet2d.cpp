@@ -6,6 +6,8 @@
 
 #include "core/error.h"
 #include "models/model_io.h"
+#include "models/size_bounds.h"
+#include "nn/skip_init.h"
 #include "nn/state_dict.h"
 
 namespace diffuse {
@@ -349,7 +351,12 @@ UNet2DModel load_unet2d(const std::string& dir) {
   } catch (const Error& e) {
     throw Error((fs::path(dir) / "config.json").string() + ": " + e.what());
   }
-  UNet2DModel model(cfg);
+  model_io::check_config_size(dir, "diffusion_pytorch_model.safetensors", min_parameters(cfg));
+  UNet2DModel model{nullptr};
+  {
+    nn::SkipInitGuard every_weight_is_loaded;
+    model = UNet2DModel(cfg);
+  }
   auto sd = model_io::load_weights(dir, kUNet2DClass);
   convert_legacy_keys(sd);
   nn::load_state_dict(*model, sd, (fs::path(dir) / "diffusion_pytorch_model.safetensors").string());

@@ -6,7 +6,9 @@
 
 #include "core/error.h"
 #include "models/model_io.h"
+#include "models/size_bounds.h"
 #include "nn/compute_dtype.h"
+#include "nn/skip_init.h"
 #include "nn/state_dict.h"
 
 namespace diffuse {
@@ -522,7 +524,12 @@ UNet2DConditionModel load_unet2d_condition(const std::string& dir) {
   } catch (const Error& e) {
     throw Error((fs::path(dir) / "config.json").string() + ": " + e.what());
   }
-  UNet2DConditionModel model(cfg);
+  model_io::check_config_size(dir, "diffusion_pytorch_model.safetensors", min_parameters(cfg));
+  UNet2DConditionModel model{nullptr};
+  {
+    nn::SkipInitGuard every_weight_is_loaded;
+    model = UNet2DConditionModel(cfg);
+  }
   auto sd = model_io::load_weights(dir, kUNet2DConditionClass);
   nn::load_state_dict(*model, sd, (fs::path(dir) / "diffusion_pytorch_model.safetensors").string());
   model->eval();

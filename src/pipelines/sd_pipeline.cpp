@@ -15,6 +15,7 @@
 #include "diffusion/sigmas.h"
 #include "models/model_io.h"
 #include "nn/compute_dtype.h"
+#include "nn/skip_init.h"
 #include "nn/state_dict.h"
 #include "pipelines/batch.h"
 #include "pipelines/image_noise.h"
@@ -187,6 +188,7 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   {
     // no float32 copy of a 16-bit UNet
     DefaultDtype as(unet_resident ? *unet_stored : dtype == torch::kBFloat16 ? dtype : torch::kFloat32);
+    nn::SkipInitGuard every_weight_is_loaded;
     p.unet = UNet2DConditionModel(ck.unet_config);
   }
   load_in_parts(*p.unet, "", ck.unet, path + " (UNet)");
@@ -197,7 +199,10 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   } else {
     p.unet->to(device, dtype);
   }
-  p.vae = AutoencoderKL(ck.vae_config);
+  {
+    nn::SkipInitGuard every_weight_is_loaded;
+    p.vae = AutoencoderKL(ck.vae_config);
+  }
   load_in_parts(*p.vae, "", ck.vae, path + " (VAE)");
   p.vae->eval();
   p.vae->to(device);

@@ -24,9 +24,10 @@
 #include "train/autocast.h"
 #include "train/captioned.h"
 #include "train/checkpoint.h"
+#include "train/diffusion_objective.h"
 #include "train/loader.h"
 #include "train/run_helpers.h"
-#include "train/trainer.h"
+#include "train/train_loop.h"
 
 namespace fs = std::filesystem;
 
@@ -150,33 +151,6 @@ std::vector<BucketLatents> encode_buckets(const SDPipeline& pipe, const Captione
   return out;
 }
 
-torch::Tensor min_snr_weights(const torch::Tensor& alphas_cumprod, const torch::Tensor& t, double gamma,
-                              Prediction pred) {
-  auto a = alphas_cumprod.index_select(0, t);
-  auto snr = a / (1 - a);
-  auto clipped = torch::clamp_max(snr, gamma);
-  return pred == Prediction::Epsilon ? clipped / snr : pred == Prediction::V ? clipped / (snr + 1) : clipped;
-}
-
-std::string csv_row(int64_t step, double loss, double lr, double seconds) {
-  char buf[128];
-  std::snprintf(buf, sizeof buf, "%lld,%.6g,%.6g,%.1f\n", static_cast<long long>(step), loss, lr, seconds);
-  return buf;
-}
-
-void trim_csv(const std::string& path, int64_t step) {
-  if (!fs::exists(path)) return;
-  std::istringstream in(read_file(path));
-  std::string line, kept;
-  bool header = true;
-  while (std::getline(in, line)) {
-    if (!header && (line.empty() || std::stoll(line.substr(0, line.find(','))) > step)) continue;
-    kept += line + "\n";
-    header = false;
-  }
-  write_file_atomically(path, kept);
-}
-
 void plot_loss(const std::string& dir) {
   auto cols = read_csv_columns(dir + "/metrics.csv");
   if (cols["step"].empty()) return;
@@ -201,13 +175,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   const torch::Device device = parse_device(opt.device);
   const std::string dir = lora_train_dir(opt.out), ckpt_dir = dir + "/checkpoint";
   const nlohmann::json opts_now = lora_options_json(opt);
-  std::optional<CheckpointState> resumed;
-  if (opt.resume && has_checkpoint(ckpt_dir)) {
-    resumed = read_checkpoint_state(ckpt_dir);
-    check_resume_options(resumed->options, opts_now, kLoraResumeKeys, ckpt_dir);
-  } else if (!opt.resume && (fs::exists(ckpt_dir) || fs::exists(dir + "/metrics.csv"))) {
-    throw Error(dir + ": already holds a training run (use resume to continue it, or another out)");
-  }
+  const std::optional<CheckpointState> resumed = open_run(dir, opts_now, kLoraResumeKeys, opt.resume, opt.quiet);
 
   SDPipeline pipe = load_base(opt, device);
   const bool train_text = opt.text_encoder_lr > 0;
@@ -253,7 +221,6 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
 
   const auto alphas_cumprod = make_alphas_cumprod(pipe.scheduler).to(device);
   const std::string prediction = pipe.scheduler.prediction_type;
-  const Prediction pred = parse_prediction(prediction);
   const int T = pipe.scheduler.num_train_timesteps;
 
   // Text conditioning; the empty caption's embedding (caption dropout) is computed once when the
@@ -264,9 +231,9 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     if (!grad) ng.emplace();
     return pipe.text->model->forward(ids).last_hidden_state;
   };
-  // The loss of a batch (mean over elements, min-SNR weighted when `weighted`).
+  // Per-sample MSE of a batch at given timesteps and noise (the fixed-noise evaluation).
   auto batch_loss = [&](const torch::Tensor& x0, const torch::Tensor& noise, const torch::Tensor& t,
-                        const torch::Tensor& ehs, bool weighted) {
+                        const torch::Tensor& ehs) {
     auto xt = add_noise(alphas_cumprod, x0, noise, t);
     auto target = prediction_target(prediction, alphas_cumprod, x0, noise, t);
     torch::Tensor out;
@@ -274,9 +241,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
       AutocastGuard autocast(device, opt.bf16);
       out = pipe.unet->forward(xt, t.to(torch::kFloat32), ehs).to(torch::kFloat32);
     }
-    auto per = (out - target).pow(2).mean({1, 2, 3});
-    if (weighted && opt.min_snr_gamma > 0) per = per * min_snr_weights(alphas_cumprod, t, opt.min_snr_gamma, pred);
-    return per;
+    return (out - target).pow(2).mean({1, 2, 3});
   };
   // Fixed-noise loss over every training image at 4 timesteps spread over the schedule.
   auto eval_loss = [&] {
@@ -297,7 +262,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
                         .to(device);
           auto noise = torch::randn(x0.sizes(), gen).to(device);
           auto t = torch::full({e - s}, static_cast<int64_t>((k + 0.5) * T / 4), torch::kInt64).to(device);
-          total += batch_loss(x0, noise, t, ehs, false).sum().item<double>();
+          total += batch_loss(x0, noise, t, ehs).sum().item<double>();
           count += e - s;
         }
       }
@@ -305,26 +270,21 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     return total / static_cast<double>(count);
   };
 
-  int64_t step = 0;
-  double smooth = NAN, trained_seconds = 0;
+  LoopState state;
+  double smooth = NAN;
   if (resumed) {
     load_checkpoint(ckpt_dir, *resumed, *network, *network, unet_opt);
     // Both optimizers step together, so the text encoder's has the UNet's step count.
     if (text_opt)
       text_opt->load_state(load_checkpoint_extra(ckpt_dir, "text_optimizer"), unet_opt.steps(),
                            ckpt_dir + "/text_optimizer.safetensors");
-    step = resumed->step;
+    state.step = resumed->step;
+    state.trained_seconds = resumed->seconds;
     smooth = resumed->smooth_loss;
-    trained_seconds = resumed->seconds;
-    if (step > opt.steps)
-      throw Error(ckpt_dir + ": already at step " + std::to_string(step) + " (raise steps to train further)");
+    if (state.step > opt.steps)
+      throw Error(ckpt_dir + ": already at step " + std::to_string(state.step) + " (raise steps to train further)");
   }
-  fs::create_directories(dir);
-  write_file_atomically(dir + "/train_config.json", opts_now.dump(2) + "\n");
-  if (resumed)
-    trim_csv(dir + "/metrics.csv", step);
-  else
-    write_file_atomically(dir + "/metrics.csv", "step,loss,lr,elapsed_s\n");
+  start_run_files(dir, opts_now, "step,loss,lr,img_per_s,elapsed_s", !resumed);
 
   if (!opt.quiet) {
     std::fprintf(stderr,
@@ -333,7 +293,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
                  static_cast<long long>(data.size()), data.buckets.size(), result.unet_layers, result.text_layers,
                  opt.network.rank, static_cast<double>(result.parameters) / 1e6, device.str().c_str(),
                  runtime_summary().c_str());
-    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(step));
+    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
   }
   result.eval_loss_before = NAN;
   if (!resumed) {
@@ -360,7 +320,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
         {"ss_base_model_version", v2 ? "sd_v2" : "sd_v1"},
         {"ss_sd_model_name", fs::path(opt.model).filename().string()},
         {"ss_output_name", fs::path(opt.out).stem().string()},
-        {"ss_steps", std::to_string(step)},
+        {"ss_steps", std::to_string(state.step)},
         {"ss_max_train_steps", std::to_string(opt.steps)},
         {"ss_learning_rate", c10::str(opt.lr)},
         {"ss_unet_lr", c10::str(opt.lr)},
@@ -403,24 +363,18 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     CheckpointExtras extras;
     if (text_opt) extras["text_optimizer"] = text_opt->state();
     // LoRA training keeps no EMA: the network is saved as both.
-    save_checkpoint(ckpt_dir, CheckpointState{step, smooth, trained_seconds, opts_now}, *network, *network, unet_opt,
-                    extras);
+    save_checkpoint(ckpt_dir, CheckpointState{state.step, smooth, state.trained_seconds, opts_now}, *network, *network,
+                    unet_opt, extras);
     save_lora();
-    plot_loss(dir);
   };
 
+  const DiffusionObjective objective(alphas_cumprod, {prediction, 0.0, -1, false, opt.min_snr_gamma});
   CaptionedLoader loader(data, opt.batch, opt.seed);
-  Progress progress(opt.steps, "train-lora", "step", !opt.quiet);
   NonFiniteGuard nonfinite(opt.max_nonfinite_steps);
-  train_stop_flag() = false;
-  auto t0 = std::chrono::steady_clock::now(), t_last = t0;
-  std::string csv;
-  while (step < opt.steps) {
-    if (train_stop_flag()) {
-      result.interrupted = true;
-      break;
-    }
-    const double lr = scheduled_lr(opt.lr, step, opt.warmup, opt.lr_schedule, opt.steps);
+  double lr = 0;
+  LoopCallbacks cb;
+  cb.step = [&](int64_t step) {
+    lr = scheduled_lr(opt.lr, step, opt.warmup, opt.lr_schedule, opt.steps);
     const double text_lr = scheduled_lr(opt.text_encoder_lr, step, opt.warmup, opt.lr_schedule, opt.steps);
     unet_opt.zero_grad();
     if (text_opt) text_opt->zero_grad();
@@ -431,8 +385,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     auto mean = bl.mean.index_select(0, rows), sd = bl.std.index_select(0, rows);
     auto x0 = (mean + sd * torch::randn(mean.sizes(), gen)).to(device);
     const int64_t B = x0.size(0);
-    auto t = torch::randint(T, {B}, gen, torch::kInt64).to(device);
-    auto noise = torch::randn(x0.sizes(), gen).to(device);
+    const DiffusionDraw draw = objective.draw(x0, {}, gen);
     auto captions = b.captions;
     if (opt.caption_dropout > 0) {
       auto drop = torch::rand({B}, gen);
@@ -441,7 +394,12 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     }
     network->attach();
     auto ehs = encode_text(captions, train_text);
-    auto loss = batch_loss(x0, noise, t, ehs, true).mean();
+    torch::Tensor out;
+    {
+      AutocastGuard autocast(device, opt.bf16);
+      out = pipe.unet->forward(draw.xt, draw.t.to(torch::kFloat32), ehs).to(torch::kFloat32);
+    }
+    auto loss = objective.loss(out, draw);
     loss.backward();
     const double step_loss = loss.item<double>();
     if (nonfinite.ok(step_loss, params, step)) {
@@ -450,33 +408,36 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
       if (text_opt) text_opt->step(text_lr);
       smooth = std::isnan(smooth) ? step_loss : 0.98 * smooth + 0.02 * step_loss;
     }
-    ++step;
-    auto now = std::chrono::steady_clock::now();
-    trained_seconds += std::chrono::duration<double>(now - t_last).count();
-    t_last = now;
+  };
+  cb.progress_text = [&] {
     char text[96];
     std::snprintf(text, sizeof text, "loss %.4f lr %.2e", smooth, lr);
-    progress.update(step, text, static_cast<double>(B), "img");
-    if (step % 10 == 0 || step == opt.steps) csv += csv_row(step, smooth, lr, trained_seconds);
-    if ((opt.save_every > 0 && step % opt.save_every == 0) || step == opt.steps) {
-      std::ofstream(dir + "/metrics.csv", std::ios::app) << csv;
-      csv.clear();
-      save_all();
-    }
-  }
-  if (!csv.empty()) std::ofstream(dir + "/metrics.csv", std::ios::app) << csv;
-  if (result.interrupted) {
-    save_all();
-    if (!opt.quiet)
-      std::fprintf(stderr, "\ninterrupted: checkpoint written at step %lld\n", static_cast<long long>(step));
-  } else {
-    progress.finish("loss " + std::to_string(smooth));
-  }
+    return std::string(text);
+  };
+  cb.metrics_row = [&](int64_t step, double ips, double seconds, double) {
+    char row[128];
+    std::snprintf(row, sizeof row, "%lld,%.6g,%.6g,%.1f,%.1f\n", static_cast<long long>(step), smooth, lr, ips,
+                  seconds);
+    return std::string(row);
+  };
+  cb.save = save_all;
+  cb.plots = [&] { plot_loss(dir); };
+  cb.finish_text = [&] { return "loss " + std::to_string(smooth); };
+  LoopOptions lo;
+  lo.label = "train-lora";
+  lo.out = dir;
+  lo.steps = opt.steps;
+  lo.save_every = opt.save_every;
+  lo.log_every = 10;
+  lo.images_per_step = opt.batch;
+  lo.quiet = opt.quiet;
+  const LoopResult loop = run_training_loop(lo, state, cb);
+  result.interrupted = loop.interrupted;
   result.eval_loss_after = eval_loss();
   network->detach();
-  result.steps = step;
+  result.steps = state.step;
   result.final_loss = smooth;
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  result.seconds = loop.seconds;
   return result;
 }
 

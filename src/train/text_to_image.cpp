@@ -28,8 +28,10 @@
 #include "train/autocast.h"
 #include "train/captioned.h"
 #include "train/checkpoint.h"
+#include "train/diffusion_objective.h"
 #include "train/loader.h"
 #include "train/run_helpers.h"
+#include "train/train_loop.h"
 
 namespace fs = std::filesystem;
 
@@ -241,13 +243,7 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
   const torch::Device device = parse_device(to.device);
   const std::string out = to.out, ckpt_dir = out + "/checkpoint";
   const nlohmann::json opts_now = t2i_options_json(opt);
-  std::optional<CheckpointState> resumed;
-  if (to.resume && has_checkpoint(ckpt_dir)) {
-    resumed = read_checkpoint_state(ckpt_dir);
-    check_resume_options(resumed->options, opts_now, kT2IResumeKeys, ckpt_dir);
-  } else if (!to.resume && (fs::exists(ckpt_dir) || fs::exists(out + "/metrics.csv"))) {
-    throw Error(out + ": already holds a training run (use --resume to continue it, or another --out)");
-  }
+  const std::optional<CheckpointState> resumed = open_run(out, opts_now, kT2IResumeKeys, to.resume, to.quiet);
 
   // VAE, data and latents (each image's posterior encoded once).
   AutoencoderKL vae = load_autoencoder_kl(to.latent);
@@ -350,7 +346,6 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
   sched.num_train_timesteps = to.num_train_timesteps;
   sched.clip_sample = false;  // latents are not bounded
   const auto alphas_cumprod = make_alphas_cumprod(sched).to(device);
-  const Prediction pred = parse_prediction(to.prediction);
 
   auto tokenize_all = [&](const std::vector<std::string>& caps) {
     const int64_t len = tcfg.max_position_embeddings;
@@ -450,28 +445,17 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
       write_png(path, to_image(grid), {{"parameters", text}});
   };
 
-  int64_t step = 0;
-  double smooth = NAN, trained_seconds = 0;
+  LoopState state;
+  double smooth = NAN;
   if (resumed) {
     load_checkpoint(ckpt_dir, *resumed, *model, *ema, optimizer);
-    step = resumed->step;
+    state.step = resumed->step;
+    state.trained_seconds = resumed->seconds;
     smooth = resumed->smooth_loss;
-    trained_seconds = resumed->seconds;
-    if (step > to.steps)
-      throw Error(ckpt_dir + ": already at step " + std::to_string(step) + " (raise --steps to train further)");
+    if (state.step > to.steps)
+      throw Error(ckpt_dir + ": already at step " + std::to_string(state.step) + " (raise --steps to train further)");
   }
-  fs::create_directories(out + "/samples");
-  write_file_atomically(out + "/train_config.json", opts_now.dump(2) + "\n");
-  if (resumed) {
-    // Rows logged after the checkpoint are logged again.
-    std::istringstream in(read_file(out + "/metrics.csv"));
-    std::string line, kept;
-    for (bool header = true; std::getline(in, line); header = false)
-      if (header || (!line.empty() && std::stoll(line.substr(0, line.find(','))) <= step)) kept += line + "\n";
-    write_file_atomically(out + "/metrics.csv", kept);
-  } else {
-    write_file_atomically(out + "/metrics.csv", "step,loss,lr,img_per_s,elapsed_s\n");
-  }
+  start_run_files(out, opts_now, "step,loss,lr,img_per_s,elapsed_s", !resumed);
   if (!to.quiet) {
     int64_t n = 0;
     for (auto& p : params) n += p.numel();
@@ -483,25 +467,18 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
                  runtime_summary().c_str());
   }
   auto save_all = [&] {
-    save_checkpoint(ckpt_dir, CheckpointState{step, smooth, trained_seconds, opts_now}, *model, *ema, optimizer);
+    save_checkpoint(ckpt_dir, CheckpointState{state.step, smooth, state.trained_seconds, opts_now}, *model, *ema,
+                    optimizer);
     save_pipeline();
-    write_t2i_loss_plot(out);
   };
 
+  const DiffusionObjective objective(alphas_cumprod, {to.prediction, 0.0, -1, false, to.min_snr_gamma});
   CaptionedLoader loader(data, to.batch, to.seed);
-  Progress progress(to.steps, "train", "step", !to.quiet);
   NonFiniteGuard nonfinite(to.max_nonfinite_steps);
-  train_stop_flag() = false;
-  TrainResult result;
-  auto t0 = std::chrono::steady_clock::now(), t_last = t0;
-  int64_t imgs = 0;
-  std::string csv;
-  while (step < to.steps) {
-    if (train_stop_flag()) {
-      result.interrupted = true;
-      break;
-    }
-    const double lr = scheduled_lr(to.lr, step, to.warmup, to.lr_schedule, to.steps);
+  double lr = 0;
+  LoopCallbacks cb;
+  cb.step = [&](int64_t step) {
+    lr = scheduled_lr(to.lr, step, to.warmup, to.lr_schedule, to.steps);
     optimizer.zero_grad();
     CaptionedBatch b = loader.make(step);
     auto gen = at::detail::createCPUGenerator(mix_seed(to.seed, static_cast<uint64_t>(step)));
@@ -510,30 +487,20 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
     auto mean = mean_all.index_select(0, rows), sd = std_all.index_select(0, rows);
     auto x0 = (mean + sd * torch::randn(mean.sizes(), gen)).to(device);
     const int64_t B = x0.size(0);
-    auto t = torch::randint(to.num_train_timesteps, {B}, gen, torch::kInt64).to(device);
-    auto noise = torch::randn(x0.sizes(), gen).to(device);
+    const DiffusionDraw draw = objective.draw(x0, {}, gen);
     auto captions = b.captions;
     if (opt.caption_dropout > 0) {
       auto drop = torch::rand({B}, gen);
       for (int64_t i = 0; i < B; ++i)
         if (drop[i].item<double>() < opt.caption_dropout) captions[static_cast<size_t>(i)].clear();
     }
-    auto xt = add_noise(alphas_cumprod, x0, noise, t);
-    auto target = prediction_target(to.prediction, alphas_cumprod, x0, noise, t);
     torch::Tensor pred_out;
     {
       AutocastGuard autocast(device, to.bf16);
       auto ehs = encode_text(model, captions);
-      pred_out = model->unet->forward(xt, t.to(torch::kFloat32), ehs).to(torch::kFloat32);
+      pred_out = model->unet->forward(draw.xt, draw.t.to(torch::kFloat32), ehs).to(torch::kFloat32);
     }
-    auto per = (pred_out - target).pow(2).mean({1, 2, 3});
-    if (to.min_snr_gamma > 0) {
-      auto a = alphas_cumprod.index_select(0, t);
-      auto snr = a / (1 - a);
-      auto c = torch::clamp_max(snr, to.min_snr_gamma);
-      per = per * (pred == Prediction::Epsilon ? c / snr : pred == Prediction::V ? c / (snr + 1) : c);
-    }
-    auto loss = per.mean();
+    auto loss = objective.loss(pred_out, draw);
     loss.backward();
     const double step_loss = loss.item<double>();
     if (nonfinite.ok(step_loss, params, step)) {
@@ -542,40 +509,37 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
       update_ema(ema->parameters(), model->parameters(), to.ema_decay, step);
       smooth = std::isnan(smooth) ? step_loss : 0.98 * smooth + 0.02 * step_loss;
     }
-    ++step;
-    imgs += B;
-    auto now = std::chrono::steady_clock::now();
-    trained_seconds += std::chrono::duration<double>(now - t_last).count();
-    t_last = now;
+  };
+  cb.progress_text = [&] {
     char text[96];
     std::snprintf(text, sizeof text, "loss %.4f lr %.2e", smooth, lr);
-    progress.update(step, text, static_cast<double>(B), "img");
-    if (step % 50 == 0 || step == to.steps) {
-      const double el = std::chrono::duration<double>(now - t0).count();
-      char row[160];
-      std::snprintf(row, sizeof row, "%lld,%.6g,%.6g,%.1f,%.1f\n", static_cast<long long>(step), smooth, lr,
-                    el > 0 ? static_cast<double>(imgs) / el : 0.0, trained_seconds);
-      csv += row;
-    }
-    if ((to.save_every > 0 && step % to.save_every == 0) || step == to.steps) {
-      std::ofstream(out + "/metrics.csv", std::ios::app) << csv;
-      csv.clear();
-      save_all();
-    }
-    if (to.sample_every > 0 && (step % to.sample_every == 0 || step == to.steps)) write_grid(step);
-  }
-  if (!csv.empty()) std::ofstream(out + "/metrics.csv", std::ios::app) << csv;
-  if (result.interrupted) {
-    save_all();
-    if (!to.quiet)
-      std::fprintf(stderr, "\ninterrupted: checkpoint written at step %lld\n", static_cast<long long>(step));
-  } else {
-    progress.finish("loss " + std::to_string(smooth));
-    if (step >= to.steps && !fs::exists(out + "/model_index.json")) save_pipeline();
-  }
-  result.steps = step;
+    return std::string(text);
+  };
+  cb.metrics_row = [&](int64_t step, double ips, double seconds, double) {
+    char row[160];
+    std::snprintf(row, sizeof row, "%lld,%.6g,%.6g,%.1f,%.1f\n", static_cast<long long>(step), smooth, lr, ips,
+                  seconds);
+    return std::string(row);
+  };
+  cb.save = save_all;
+  cb.plots = [&] { write_t2i_loss_plot(out); };
+  cb.sample = write_grid;
+  cb.finish_text = [&] { return "loss " + std::to_string(smooth); };
+  LoopOptions lo;
+  lo.label = "train";
+  lo.out = out;
+  lo.steps = to.steps;
+  lo.save_every = to.save_every;
+  lo.sample_every = to.sample_every;
+  lo.images_per_step = to.batch;
+  lo.quiet = to.quiet;
+  const LoopResult loop = run_training_loop(lo, state, cb);
+  TrainResult result;
+  result.interrupted = loop.interrupted;
+  if (!loop.interrupted && !fs::exists(out + "/model_index.json")) save_pipeline();
+  result.steps = state.step;
   result.final_loss = smooth;
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  result.seconds = loop.seconds;
   return result;
 }
 

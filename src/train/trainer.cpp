@@ -21,6 +21,7 @@
 #include "train/autocast.h"
 #include "train/checkpoint.h"
 #include "train/dataset.h"
+#include "train/diffusion_objective.h"
 #include "train/latents.h"
 #include "train/loader.h"
 #include "train/presets.h"
@@ -30,16 +31,7 @@ namespace fs = std::filesystem;
 
 namespace diffuse {
 
-std::atomic<bool>& train_stop_flag() {
-  static std::atomic<bool> flag{false};
-  return flag;
-}
-
 namespace {
-EvalHook& eval_hook() {
-  static EvalHook hook;
-  return hook;
-}
 
 void validate(const TrainOptions& o) {
   if (o.data.empty()) throw Error("--data is required");
@@ -53,6 +45,8 @@ void validate(const TrainOptions& o) {
   if (o.ema_decay < 0 || o.ema_decay >= 1) throw Error("--ema must be in [0, 1)");
   if (o.class_dropout < 0 || o.class_dropout >= 1) throw Error("--class-dropout must be in [0, 1)");
   if (o.save_every < 0 || o.sample_every < 0 || o.eval_every < 0) throw Error("--*-every must be >= 0");
+  if (o.eval_every > 0 && !o.evaluate)
+    throw Error("--eval-every " + std::to_string(o.eval_every) + ": no evaluation given");
   if (o.min_snr_gamma < 0) throw Error("--min-snr-gamma must be >= 0");
   if (!o.init.empty() && !fs::is_directory(o.init)) throw Error("--init " + o.init + ": folder not found");
   parse_prediction(o.prediction);
@@ -97,20 +91,6 @@ const std::vector<std::string> kResumeKeys = {"data",       "config",        "la
                                               "prediction", "beta_schedule", "num_train_timesteps",
                                               "seed",       "flip",          "class_dropout",
                                               "init",       "task",          "scale"};
-
-// Drops the rows of metrics.csv after `step` (logged by a run that was killed after its checkpoint).
-void trim_metrics(const std::string& path, int64_t step) {
-  if (!fs::exists(path)) return;
-  std::istringstream in(read_file(path));
-  std::string line, kept;
-  bool header = true;
-  while (std::getline(in, line)) {
-    if (!header && (line.empty() || std::stoll(line.substr(0, line.find(','))) > step)) continue;
-    kept += line + "\n";
-    header = false;
-  }
-  write_file_atomically(path, kept);
-}
 
 std::string csv_line(int64_t step, double loss, double lr, double ips, double elapsed, double fid) {
   char buf[160];
@@ -224,8 +204,6 @@ void write_superres_grid(const PixelPipeline& pipe, const SuperResConfig& cfg, c
 
 }  // namespace
 
-void set_train_eval_hook(EvalHook hook) { eval_hook() = std::move(hook); }
-
 TrainResult train(const TrainOptions& opt) {
   validate(opt);
   torch::Device device = parse_device(opt.device);
@@ -236,16 +214,7 @@ TrainResult train(const TrainOptions& opt) {
   const std::string out = opt.out;
   const std::string ckpt_dir = out + "/checkpoint";
   nlohmann::json opts_now = options_json(opt);
-  std::optional<CheckpointState> resumed;
-  if (opt.resume && has_checkpoint(ckpt_dir)) {
-    resumed = read_checkpoint_state(ckpt_dir);
-    check_resume_options(resumed->options, opts_now, kResumeKeys, ckpt_dir);
-  } else if (opt.resume) {
-    // A job preempted before its first checkpoint is relaunched with the same command.
-    if (!opt.quiet) std::fprintf(stderr, "no checkpoint in %s yet: starting from scratch\n", ckpt_dir.c_str());
-  } else if (fs::exists(ckpt_dir) || fs::exists(out + "/metrics.csv")) {
-    throw Error(out + ": already holds a training run (use --resume to continue it, or another --out)");
-  }
+  std::optional<CheckpointState> resumed = open_run(out, opts_now, kResumeKeys, opt.resume, opt.quiet);
 
   AutoencoderKL vae{nullptr};
   if (!opt.latent.empty()) {
@@ -337,7 +306,6 @@ TrainResult train(const TrainOptions& opt) {
   const torch::Tensor sr_grid_images =
       superres ? data.images.slice(0, 0, std::min<int64_t>(8, data.size())).to(torch::kFloat32) / 127.5 - 1.0
                : torch::Tensor();
-  // Unconditional DiTs are trained (and sampled) with their null class.
   const bool always_null = model.is_dit() && !labelled;
 
   torch::manual_seed(opt.seed);  // parameter initialisation
@@ -372,24 +340,24 @@ TrainResult train(const TrainOptions& opt) {
   }
   AdamW optimizer(named, AdamW::Options{0.9, 0.999, 1e-8, opt.weight_decay});
 
-  const auto alphas_cumprod = make_alphas_cumprod(pipe.scheduler).to(device);
-  const Prediction pred = parse_prediction(opt.prediction);
-  int64_t step = 0;
+  DiffusionObjectiveOptions oo;
+  oo.prediction = opt.prediction;
+  oo.class_dropout = opt.class_dropout;
+  oo.null_class = pipe.null_class;
+  oo.always_null = always_null;  // unconditional DiTs are trained (and sampled) with their null class
+  oo.min_snr_gamma = opt.min_snr_gamma;
+  const DiffusionObjective objective(make_alphas_cumprod(pipe.scheduler).to(device), oo);
+  LoopState state;
   double smooth_loss = NAN;
-  double trained_seconds = 0;
   if (resumed) {
     load_checkpoint(ckpt_dir, *resumed, model.module(), ema.module(), optimizer);
-    step = resumed->step;
+    state.step = resumed->step;
+    state.trained_seconds = resumed->seconds;
     smooth_loss = resumed->smooth_loss;
-    trained_seconds = resumed->seconds;
-    if (step > opt.steps)
-      throw Error(ckpt_dir + ": already at step " + std::to_string(step) + " (raise --steps to train further)");
-    trim_metrics(out + "/metrics.csv", step);  // rows logged after the checkpoint are logged again
+    if (state.step > opt.steps)
+      throw Error(ckpt_dir + ": already at step " + std::to_string(state.step) + " (raise --steps to train further)");
   }
-
-  fs::create_directories(out + "/samples");
-  write_file_atomically(out + "/train_config.json", opts_now.dump(2) + "\n");
-  if (!resumed) write_file_atomically(out + "/metrics.csv", "step,loss,lr,img_per_s,elapsed_s,fid\n");
+  start_run_files(out, opts_now, "step,loss,lr,img_per_s,elapsed_s,fid", !resumed);
 
   if (!opt.quiet) {
     int64_t nparams = 0;
@@ -398,83 +366,51 @@ TrainResult train(const TrainOptions& opt) {
                  static_cast<long long>(data.size()), vae ? "latents" : "images", sample_channels, sample_size,
                  sample_size, num_classes, model.class_name().c_str(), nparams / 1e6, device.str().c_str(),
                  runtime_summary().c_str());
-    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(step));
+    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
   }
 
-  auto save_all = [&](bool with_plot) {
-    save_checkpoint(ckpt_dir, CheckpointState{step, smooth_loss, trained_seconds, opts_now}, model.module(),
-                    ema.module(), optimizer);
-    save_model();
-    if (with_plot) write_loss_plot(out);
-  };
-
-  if (step >= opt.steps) {
+  if (state.step >= opt.steps) {
     // Relaunched after the final checkpoint (e.g. killed while writing the model): write it again.
     save_model();
     write_loss_plot(out);
     if (!opt.quiet)
       std::fprintf(stderr, "already at step %lld: the final model is written from the checkpoint\n",
-                   static_cast<long long>(step));
+                   static_cast<long long>(state.step));
   }
   const int accum = opt.grad_accum;
-  BatchLoader loader(data, opt.batch, opt.seed, opt.flip && !vae, step * accum);
-  Progress progress(opt.steps, "train", "step", !opt.quiet);
-  TrainResult result;
-  auto t0 = std::chrono::steady_clock::now();
-  auto t_last = t0;
-  int64_t imgs_since = 0;
-  std::string csv;
-  train_stop_flag() = false;
+  BatchLoader loader(data, opt.batch, opt.seed, opt.flip && !vae, state.step * accum);
   NonFiniteGuard nonfinite(opt.max_nonfinite_steps);
-  while (step < opt.steps) {
-    if (train_stop_flag()) {
-      result.interrupted = true;
-      break;
-    }
-    const double lr = scheduled_lr(opt.lr, step, opt.warmup, opt.lr_schedule, opt.steps);
+  double lr = 0;
+
+  LoopOptions lo;
+  lo.label = "train";
+  lo.out = out;
+  lo.steps = opt.steps;
+  lo.save_every = opt.save_every;
+  lo.sample_every = opt.sample_every;
+  lo.eval_every = opt.eval_every;
+  lo.images_per_step = static_cast<int64_t>(opt.batch) * accum;
+  lo.quiet = opt.quiet;
+  LoopCallbacks cb;
+  cb.step = [&](int64_t step) {
+    lr = scheduled_lr(opt.lr, step, opt.warmup, opt.lr_schedule, opt.steps);
     optimizer.zero_grad();
     double step_loss = 0;
     for (int micro = 0; micro < accum; ++micro) {
       Batch b = loader.next();
       auto gen = at::detail::createCPUGenerator(mix_seed(opt.seed, static_cast<uint64_t>(b.step)));
       auto x0 = vae ? sample_scaled_latents(vae->config(), b.images, gen).to(device) : b.images.to(device);
-      const int64_t B = x0.size(0);
-      auto t = torch::randint(opt.num_train_timesteps, {B}, gen, torch::kInt64).to(device);
-      auto noise = torch::randn(x0.sizes(), gen).to(device);
-      torch::Tensor labels;
-      if (labelled) {
-        labels = b.labels.clone();
-        if (pipe.null_class >= 0 && opt.class_dropout > 0) {
-          auto drop = torch::rand({B}, gen) < opt.class_dropout;
-          labels.masked_fill_(drop, pipe.null_class);
-        }
-        labels = labels.to(device);
-      } else if (always_null) {
-        labels = torch::full({B}, pipe.null_class, torch::kInt64).to(device);
-      }
-      auto xt = add_noise(alphas_cumprod, x0, noise, t);
+      DiffusionDraw d = objective.draw(x0, labelled ? b.labels : torch::Tensor(), gen);
       // Super-resolution conditioning: the low-resolution image, upsampled, as extra channels.
-      auto net_in = superres ? superres_input(xt, sr_condition(x0, opt.scale)) : xt;
-      auto target = prediction_target(opt.prediction, alphas_cumprod, x0, noise, t);
+      auto net_in = superres ? superres_input(d.xt, sr_condition(x0, opt.scale)) : d.xt;
       torch::Tensor out_t;
       {
         AutocastGuard autocast(device, opt.bf16);
-        out_t = model.forward(net_in, t.to(torch::kFloat32), labels).to(torch::kFloat32);
+        out_t = model.forward(net_in, d.t.to(torch::kFloat32), d.labels).to(torch::kFloat32);
       }
-      auto per_sample = (out_t - target).pow(2).mean({1, 2, 3});
-      if (opt.min_snr_gamma > 0) {
-        auto a = alphas_cumprod.index_select(0, t);
-        auto snr = a / (1 - a);
-        auto clipped = torch::clamp_max(snr, opt.min_snr_gamma);
-        torch::Tensor w = pred == Prediction::Epsilon ? clipped / snr
-                          : pred == Prediction::V     ? clipped / (snr + 1)
-                                                      : clipped;
-        per_sample = per_sample * w;
-      }
-      auto loss = per_sample.mean() / accum;
+      auto loss = objective.loss(out_t, d) / accum;
       loss.backward();
       step_loss += loss.item<double>();
-      imgs_since += B;
     }
     if (nonfinite.ok(step_loss, params, step)) {
       if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);
@@ -482,56 +418,41 @@ TrainResult train(const TrainOptions& opt) {
       update_ema(ema.module().parameters(), model.module().parameters(), opt.ema_decay, step);
       smooth_loss = std::isnan(smooth_loss) ? step_loss : 0.98 * smooth_loss + 0.02 * step_loss;
     }
-    ++step;  // a skipped step still consumes its batch, so resuming sees the same data order
-
-    auto now = std::chrono::steady_clock::now();
-    double dt = std::chrono::duration<double>(now - t_last).count();
-    trained_seconds += dt;
-    t_last = now;
+    // A skipped step still consumes its batch, so resuming sees the same data order.
+  };
+  cb.progress_text = [&] {
     char text[96];
     std::snprintf(text, sizeof text, "loss %.4f lr %.2e", smooth_loss, lr);
-    progress.update(step, text, static_cast<double>(opt.batch * accum), "img");
-    bool log_now = step % 50 == 0 || step == opt.steps;
-    double fid = NAN;
-    bool save_now = (opt.save_every > 0 && step % opt.save_every == 0) || step == opt.steps;
-    if (opt.eval_every > 0 && (step % opt.eval_every == 0 || step == opt.steps) && eval_hook()) {
-      save_all(false);
-      save_now = false;
-      fid = eval_hook()(out, opt.eval_classifier, 1000);
-      log_now = true;
+    return std::string(text);
+  };
+  cb.metrics_row = [&](int64_t step, double ips, double seconds, double fid) {
+    return csv_line(step, smooth_loss, lr, ips, seconds, fid);
+  };
+  cb.save = [&] {
+    save_checkpoint(ckpt_dir, CheckpointState{state.step, smooth_loss, state.trained_seconds, opts_now}, model.module(),
+                    ema.module(), optimizer);
+    save_model();
+  };
+  cb.plots = [&] { write_loss_plot(out); };
+  cb.sample = [&](int64_t step) {
+    char name[64];
+    std::snprintf(name, sizeof name, "/samples/step_%07lld.png", static_cast<long long>(step));
+    if (superres) {
+      write_superres_grid(pipe, sr_config, sr_grid_images, {out + name, out + "/samples/latest.png"}, step);
+    } else {
+      write_sample_grid(pipe, out + name, step);
+      write_sample_grid(pipe, out + "/samples/latest.png", step);
     }
-    if (log_now) {
-      double el = std::chrono::duration<double>(now - t0).count();
-      double ips = el > 0 ? imgs_since / el : 0;
-      csv += csv_line(step, smooth_loss, lr, ips, trained_seconds, fid);
-    }
-    if (save_now) {
-      std::ofstream(out + "/metrics.csv", std::ios::app) << csv;
-      csv.clear();
-      save_all(true);
-    }
-    if (opt.sample_every > 0 && (step % opt.sample_every == 0 || step == opt.steps)) {
-      char name[64];
-      std::snprintf(name, sizeof name, "/samples/step_%07lld.png", static_cast<long long>(step));
-      if (superres) {
-        write_superres_grid(pipe, sr_config, sr_grid_images, {out + name, out + "/samples/latest.png"}, step);
-      } else {
-        write_sample_grid(pipe, out + name, step);
-        write_sample_grid(pipe, out + "/samples/latest.png", step);
-      }
-    }
-  }
-  if (!csv.empty()) std::ofstream(out + "/metrics.csv", std::ios::app) << csv;
-  if (result.interrupted) {
-    save_all(true);
-    if (!opt.quiet)
-      std::fprintf(stderr, "\ninterrupted: checkpoint written at step %lld\n", static_cast<long long>(step));
-  } else {
-    progress.finish("loss " + std::to_string(smooth_loss));
-  }
-  result.steps = step;
+  };
+  if (opt.evaluate) cb.evaluate = [&](int64_t) { return opt.evaluate(out); };
+  cb.finish_text = [&] { return "loss " + std::to_string(smooth_loss); };
+  const LoopResult lr_result = run_training_loop(lo, state, cb);
+
+  TrainResult result;
+  result.steps = state.step;
   result.final_loss = smooth_loss;
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  result.seconds = lr_result.seconds;
+  result.interrupted = lr_result.interrupted;
   return result;
 }
 

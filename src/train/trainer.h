@@ -2,10 +2,11 @@
 // `diffuse train`: trains a diffusion model (UNet2DModel or DiTTransformer2DModel), in pixel
 // space or in the latent space of a given AutoencoderKL, and writes a diffusers pipeline folder
 // (EMA weights), checkpoints, metrics.csv, loss.png and sample grids.
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
+
+#include "train/train_loop.h"
 
 namespace diffuse {
 
@@ -42,8 +43,12 @@ struct TrainOptions {
   uint64_t seed = 0;
   int64_t save_every = 1000;
   int64_t sample_every = 1000;
-  int64_t eval_every = 0;       // FID tracking (needs a feature network)
-  std::string eval_classifier;  // feature network folder for eval_every
+  // Evaluation during training, every eval_every steps (0 = off) and at the end: `evaluate` gets
+  // the pipeline folder just written and returns a metric (e.g. FID), logged in metrics.csv's fid
+  // column and plotted in fid.png. Supplied by the caller (the CLI passes FID on a feature network),
+  // so training needs no evaluation code of its own.
+  int64_t eval_every = 0;
+  std::function<double(const std::string& pipeline_dir)> evaluate;
   bool resume = false;
   std::string device = "auto";
   bool quiet = false;
@@ -55,14 +60,6 @@ struct TrainResult {
   double seconds = 0;        // wall time of this run
   bool interrupted = false;  // stopped by request (Ctrl-C); a checkpoint was written
 };
-
-// Set to true (e.g. from a SIGINT handler) to stop at the next step boundary.
-std::atomic<bool>& train_stop_flag();
-
-// Optional hook for FID tracking, installed by the evaluation library:
-// (pipeline folder just written, n samples) -> FID.
-using EvalHook = std::function<double(const std::string& pipeline_dir, const std::string& classifier_dir, int n)>;
-void set_train_eval_hook(EvalHook hook);
 
 TrainResult train(const TrainOptions& opt);
 

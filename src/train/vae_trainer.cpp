@@ -21,7 +21,7 @@
 #include "train/loader.h"
 #include "train/patch_discriminator.h"
 #include "train/run_helpers.h"
-#include "train/trainer.h"
+#include "train/train_loop.h"
 
 namespace fs = std::filesystem;
 
@@ -284,19 +284,11 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
   const std::string out = opt.out;
   const std::string ckpt_dir = out + "/checkpoint";
   nlohmann::json opts_now = options_json(opt);
-  std::optional<CheckpointState> resumed;
-  if (opt.resume && !has_checkpoint(ckpt_dir)) {
-    if (!opt.quiet) std::fprintf(stderr, "no checkpoint in %s yet: starting from scratch\n", ckpt_dir.c_str());
-  } else if (opt.resume) {
-    resumed = read_checkpoint_state(ckpt_dir);
-    check_resume_options(
-        resumed->options, opts_now,
-        {"data", "config", "image_size", "channels", "batch", "seed", "flip", "recon_loss", "kl_weight", "disc_weight",
-         "disc_start", "disc_adaptive", "disc_channels", "init", "freeze_encoder"},
-        ckpt_dir);
-  } else if (fs::exists(ckpt_dir) || fs::exists(out + "/metrics.csv")) {
-    throw Error(out + ": already holds a training run (use --resume to continue it, or another --out)");
-  }
+  const std::optional<CheckpointState> resumed =
+      open_run(out, opts_now,
+               {"data", "config", "image_size", "channels", "batch", "seed", "flip", "recon_loss", "kl_weight",
+                "disc_weight", "disc_start", "disc_adaptive", "disc_channels", "init", "freeze_encoder"},
+               opt.resume, opt.quiet);
 
   Dataset data, held_out;
   load_splits(opt, data, held_out);
@@ -373,27 +365,22 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
       }
   }
 
-  int64_t step = 0;
+  LoopState state;
   Smoothed sm;
-  double trained_seconds = 0;
   if (resumed) {
     load_checkpoint(ckpt_dir, *resumed, *model, *ema, optimizer);
-    step = resumed->step;
-    trained_seconds = resumed->seconds;
+    state.step = resumed->step;
+    state.trained_seconds = resumed->seconds;
     sm.from_tensor(load_checkpoint_extra(ckpt_dir, "vae_state").at("smoothed"));
     if (use_disc) {
       nn::load_state_dict(*disc, load_checkpoint_extra(ckpt_dir, "discriminator"), ckpt_dir + "/discriminator");
       auto st = load_checkpoint_extra(ckpt_dir, "disc_optimizer");
       disc_opt->load_state(st, st.at("steps").item<int64_t>(), ckpt_dir + "/disc_optimizer");
     }
-    if (step >= opt.steps)
-      throw Error(ckpt_dir + ": already at step " + std::to_string(step) + " (raise --steps to train further)");
+    if (state.step >= opt.steps)
+      throw Error(ckpt_dir + ": already at step " + std::to_string(state.step) + " (raise --steps to train further)");
   }
-
-  fs::create_directories(out + "/samples");
-  write_file_atomically(out + "/train_config.json", opts_now.dump(2) + "\n");
-  if (!resumed)
-    write_file_atomically(out + "/metrics.csv", "step,loss,recon,kl,psnr,d_loss,lr,img_per_s,elapsed_s,perceptual\n");
+  start_run_files(out, opts_now, "step,loss,recon,kl,psnr,d_loss,lr,img_per_s,elapsed_s,perceptual", !resumed);
   // Runs begun before the perceptual column keep their nine columns.
   const bool csv_perceptual = read_file(out + "/metrics.csv").find(",perceptual") != std::string::npos;
   if (!opt.quiet) {
@@ -409,7 +396,7 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
                  static_cast<long long>(has_held_out ? held_out.size() : 0), nparams / 1e6, trained,
                  static_cast<long long>(cfg.downsample_factor()), static_cast<long long>(cfg.latent_channels),
                  use_disc ? " + PatchGAN" : "", device.str().c_str(), runtime_summary().c_str());
-    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(step));
+    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
   }
 
   // Eight fixed held-out images, spread over the set (emoji: over the subgroups), for the grids.
@@ -439,7 +426,7 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
     auto sd = nn::state_dict(*ema);
     model_io::save_folder(out, j, std::map<std::string, torch::Tensor>(sd.begin(), sd.end()));
   };
-  auto save_all = [&] {
+  auto save_checkpoint_and_model = [&] {
     CheckpointExtras extras;
     extras["vae_state"] = {{"smoothed", sm.to_tensor()}};
     if (use_disc) {
@@ -449,29 +436,28 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
       st["steps"] = torch::tensor(disc_opt->steps(), torch::kInt64);
       extras["disc_optimizer"] = st;
     }
-    save_checkpoint(ckpt_dir, CheckpointState{step, sm.loss, trained_seconds, opts_now}, *model, *ema, optimizer,
-                    extras);
+    save_checkpoint(ckpt_dir, CheckpointState{state.step, sm.loss, state.trained_seconds, opts_now}, *model, *ema,
+                    optimizer, extras);
     save_vae_folder();
-    write_plots(out);
   };
 
   const double disc_lr = opt.disc_lr > 0 ? opt.disc_lr : opt.lr;
   const double pixels = static_cast<double>(data.channels()) * data.image_size() * data.image_size();
-  BatchLoader loader(data, opt.batch, opt.seed, opt.flip, step);
-  Progress progress(opt.steps, "train-vae", "step", !opt.quiet);
-  VaeTrainResult result;
-  auto t0 = std::chrono::steady_clock::now();
-  auto t_last = t0;
-  int64_t imgs_since = 0;
-  std::string csv;
-  train_stop_flag() = false;
+  BatchLoader loader(data, opt.batch, opt.seed, opt.flip, state.step);
   NonFiniteGuard nonfinite(opt.max_nonfinite_steps);
-  while (step < opt.steps) {
-    if (train_stop_flag()) {
-      result.interrupted = true;
-      break;
-    }
-    const double lr = scheduled_lr(opt.lr, step, opt.warmup, opt.lr_schedule, opt.steps);
+  double lr = 0;
+
+  LoopOptions lo;
+  lo.label = "train-vae";
+  lo.out = out;
+  lo.steps = opt.steps;
+  lo.save_every = opt.save_every;
+  lo.sample_every = opt.sample_every;
+  lo.images_per_step = opt.batch;
+  lo.quiet = opt.quiet;
+  LoopCallbacks cb;
+  cb.step = [&](int64_t step) {
+    lr = scheduled_lr(opt.lr, step, opt.warmup, opt.lr_schedule, opt.steps);
     Batch b = loader.next();
     auto gen = at::detail::createCPUGenerator(mix_seed(opt.seed, static_cast<uint64_t>(b.step)));
     auto x = b.images.to(device);
@@ -511,10 +497,7 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
     }
     loss.backward();
     const double step_loss = loss.item<double>();
-    if (!nonfinite.ok(step_loss, params, step)) {
-      ++step;  // the batch is consumed, so resuming sees the same data order
-      continue;
-    }
+    if (!nonfinite.ok(step_loss, params, step)) return;  // the batch is consumed: resuming keeps the data order
     if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);
     optimizer.step(lr);
     double d_loss = NAN;
@@ -526,59 +509,53 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
       d_loss = dl.item<double>();
     }
     update_ema(ema_params, params, opt.ema_decay, step);
-    ++step;
-    imgs_since += x.size(0);
     sm.add(sm.loss, step_loss);
     sm.add(sm.recon, rec_loss.item<double>());
     sm.add(sm.kl, kl.item<double>());
     sm.add(sm.psnr, psnr_per_image(rec.detach().clamp(-1, 1), x).mean().item<double>());
     if (!std::isnan(d_loss)) sm.add(sm.d_loss, d_loss);
     if (p_loss.defined()) sm.add(sm.perceptual, p_loss.item<double>());
-
-    auto now = std::chrono::steady_clock::now();
-    trained_seconds += std::chrono::duration<double>(now - t_last).count();
-    t_last = now;
+  };
+  cb.progress_text = [&] {
     char text[128];
     if (std::isnan(sm.perceptual))
       std::snprintf(text, sizeof text, "rec %.4f kl %.1f psnr %.2f dB", sm.recon, sm.kl, sm.psnr);
     else
       std::snprintf(text, sizeof text, "rec %.4f perc %.4f kl %.1f psnr %.2f dB", sm.recon, sm.perceptual, sm.kl,
                     sm.psnr);
-    progress.update(step, text, static_cast<double>(opt.batch), "img");
-    const bool save_now = (opt.save_every > 0 && step % opt.save_every == 0) || step == opt.steps;
-    if (step % 50 == 0 || step == opt.steps || save_now) {
-      double el = std::chrono::duration<double>(now - t0).count();
-      csv += std::to_string(step) + "," + fmt(sm.loss) + "," + fmt(sm.recon) + "," + fmt(sm.kl) + "," + fmt(sm.psnr) +
-             "," + fmt(sm.d_loss) + "," + fmt(lr) + "," + fmt(el > 0 ? imgs_since / el : 0) + "," +
-             fmt(trained_seconds) + (csv_perceptual ? "," + fmt(sm.perceptual) : std::string()) + "\n";
-    }
-    if (save_now) {
-      std::ofstream(out + "/metrics.csv", std::ios::app) << csv;
-      csv.clear();
-      save_all();
-    }
-    if (opt.sample_every > 0 && (step % opt.sample_every == 0 || step == opt.steps)) write_grid(step);
-  }
-  if (!csv.empty()) std::ofstream(out + "/metrics.csv", std::ios::app) << csv;
-  result.steps = step;
+    return std::string(text);
+  };
+  cb.metrics_row = [&](int64_t step, double ips, double seconds, double) {
+    return std::to_string(step) + "," + fmt(sm.loss) + "," + fmt(sm.recon) + "," + fmt(sm.kl) + "," + fmt(sm.psnr) +
+           "," + fmt(sm.d_loss) + "," + fmt(lr) + "," + fmt(ips) + "," + fmt(seconds) +
+           (csv_perceptual ? "," + fmt(sm.perceptual) : std::string()) + "\n";
+  };
+  cb.save = save_checkpoint_and_model;
+  cb.plots = [&] { write_plots(out); };
+  if (opt.sample_every > 0) cb.sample = write_grid;
+  cb.finish_text = [&] { return "psnr " + fmt(sm.psnr) + " dB"; };
+  const LoopResult loop = run_training_loop(lo, state, cb);
+
+  VaeTrainResult result;
+  result.steps = state.step;
   result.final_loss = sm.loss;
   result.train_psnr = sm.psnr;
-  if (result.interrupted) {
-    save_all();
-    if (!opt.quiet)
-      std::fprintf(stderr, "\ninterrupted: checkpoint written at step %lld\n", static_cast<long long>(step));
+  result.interrupted = loop.interrupted;
+  if (loop.interrupted) {
     result.scaling_factor = scaling;
-    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    result.seconds = loop.seconds;
     return result;
   }
-  progress.finish("psnr " + fmt(sm.psnr) + " dB");
+  const int64_t step = state.step;
+  const double trained_seconds = state.trained_seconds;
+  const auto t_final = std::chrono::steady_clock::now();
 
   // Final measurements on the saved (EMA) weights.
   const int64_t n_eval = std::min<int64_t>(opt.eval_images, eval_set.size());
   result.heldout_psnr = reconstruction_psnr(ema, eval_set.images.narrow(0, 0, n_eval), opt.batch);
   result.heldout_images = has_held_out ? n_eval : 0;
   result.scaling_factor = scaling;
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  result.seconds = loop.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_final).count();
   nlohmann::json m = {
       {"steps", step},
       {"heldout_psnr_db", result.heldout_psnr},

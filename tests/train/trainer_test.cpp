@@ -240,3 +240,33 @@ TEST(Trainer, Bf16AutocastTrainsWithFp32Weights) {
 
 }  // namespace
 }  // namespace diffuse
+
+namespace diffuse {
+namespace {
+
+TEST(Trainer, EvaluatesDuringTrainingThroughTheGivenFunction) {
+  test::TempDir dir;
+  write_two_class_set(dir / "data", 4);
+  auto o = tiny_options(dir / "data", dir / "run");
+  o.steps = 6;
+  o.eval_every = 4;
+  std::vector<std::string> seen;
+  o.evaluate = [&](const std::string& pipeline_dir) {
+    seen.push_back(pipeline_dir);
+    EXPECT_TRUE(fs::exists(pipeline_dir + "/model_index.json"));  // the model is written first
+    return 10.0 + static_cast<double>(seen.size());
+  };
+  train(o);
+  ASSERT_EQ(seen.size(), 2u);  // at step 4 and at the end
+  EXPECT_EQ(seen[0], dir / "run");
+  auto cols = read_csv_columns(dir / "run/metrics.csv");
+  ASSERT_EQ(cols["step"], (std::vector<double>{4, 6}));
+  EXPECT_EQ(cols["fid"], (std::vector<double>{11, 12}));
+  EXPECT_TRUE(fs::exists(dir / "run/fid.png"));
+  auto bad = tiny_options(dir / "data", dir / "bad");
+  bad.eval_every = 2;  // no evaluation given
+  EXPECT_NE(test::error_of([&] { train(bad); }).find("--eval-every 2"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace diffuse

@@ -12,9 +12,6 @@
 
 namespace cmd_eval {
 
-// `diffuse train --eval-every N` computes FID through this hook.
-const bool kTrainHookInstalled = (diffuse::install_train_eval_hook(), true);
-
 struct Args {
   std::string model, images, data, classifier, guide_model, device = "cpu", json_out;
   diffuse::EvalOptions o;

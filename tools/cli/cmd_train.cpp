@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "eval/evaluate.h"
 #include "train/presets.h"
 #include "train/text_to_image.h"
 #include "train/trainer.h"
@@ -20,6 +21,7 @@ void register_cmd(CLI::App& app) {
   auto t2i = std::make_shared<diffuse::TextToImageOptions>();
   auto o = std::shared_ptr<diffuse::TrainOptions>(t2i, &t2i->train);
   auto threads = std::make_shared<int>(0);
+  auto eval_classifier = std::make_shared<std::string>();
   std::string presets;
   for (const auto& [n, d] : diffuse::unet_presets()) presets += "\n    " + n + ": " + d;
   for (const auto& [n, d] : diffuse::dit_presets()) presets += "\n    " + n + ": " + d;
@@ -93,13 +95,15 @@ void register_cmd(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--eval-every", o->eval_every, "Track FID every N steps (needs --eval-classifier)")
       ->capture_default_str();
-  cmd->add_option("--eval-classifier", o->eval_classifier, "Feature network folder for --eval-every");
+  cmd->add_option("--eval-classifier", *eval_classifier,
+                  "Feature network folder for --eval-every (default: the shipped fashion-mnist one)");
   cmd->add_flag("--resume", o->resume, "Continue the run in --out from its checkpoint");
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   diffuse::cli::add_threads_option(cmd, threads.get());
-  cmd->callback([o, t2i, te_opt, threads] {
+  cmd->callback([o, t2i, te_opt, threads, eval_classifier] {
     diffuse::cli::apply_threads(*threads);
+    if (o->eval_every > 0) o->evaluate = diffuse::train_fid_evaluator(*eval_classifier, 1000);
     std::signal(SIGINT, on_sigint);
     std::signal(SIGTERM, on_sigint);
     auto r = te_opt->count() > 0 ? diffuse::train_text_to_image(*t2i) : diffuse::train(*o);

@@ -7,7 +7,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "train/lora_trainer.h"
-#include "train/trainer.h"
+#include "train/train_loop.h"
 
 namespace cmd_train_lora {
 

@@ -1,0 +1,136 @@
+#include "train/train_loop.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/progress.h"
+#include "train/run_helpers.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+std::atomic<bool>& train_stop_flag() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
+namespace {
+
+bool every(int64_t step, int64_t period, int64_t last) { return period > 0 && (step % period == 0 || step == last); }
+
+}  // namespace
+
+LoopResult run_training_loop(const LoopOptions& opt, LoopState& state, const LoopCallbacks& cb) {
+  if (!cb.step || !cb.metrics_row || !cb.save) throw Error("training loop: step, metrics_row and save are required");
+  if (opt.eval_every > 0 && !cb.evaluate) throw Error("training loop: eval_every needs an evaluate function");
+  const std::string csv_path = opt.out + "/metrics.csv";
+  auto flush = [&](std::string& rows) {
+    if (rows.empty()) return;
+    std::ofstream(csv_path, std::ios::app) << rows;
+    rows.clear();
+  };
+  auto save = [&] {
+    cb.save();
+    if (cb.plots) cb.plots();
+  };
+  Progress progress(opt.steps, opt.label, "step", !opt.quiet);
+  LoopResult result;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto t_last = t0;
+  int64_t images = 0;
+  std::string rows;
+  train_stop_flag() = false;
+  while (state.step < opt.steps) {
+    if (train_stop_flag()) {
+      result.interrupted = true;
+      break;
+    }
+    cb.step(state.step);
+    const int64_t step = ++state.step;
+    images += opt.images_per_step;
+    const auto now = std::chrono::steady_clock::now();
+    state.trained_seconds += std::chrono::duration<double>(now - t_last).count();
+    t_last = now;
+    progress.update(step, cb.progress_text ? cb.progress_text() : std::string(),
+                    static_cast<double>(opt.images_per_step), "img");
+
+    const bool save_now = every(step, opt.save_every, opt.steps) || step == opt.steps;
+    const bool eval_now = every(step, opt.eval_every, opt.steps);
+    double eval = NAN;
+    if (eval_now) {
+      flush(rows);
+      cb.save();  // the evaluation reads the model folder
+      eval = cb.evaluate(step);
+    }
+    if (eval_now || save_now || every(step, opt.log_every, opt.steps)) {
+      const double elapsed = std::chrono::duration<double>(now - t0).count();
+      rows +=
+          cb.metrics_row(step, elapsed > 0 ? static_cast<double>(images) / elapsed : 0.0, state.trained_seconds, eval);
+    }
+    if (save_now) {
+      flush(rows);
+      if (eval_now) {
+        if (cb.plots) cb.plots();  // saved just before the evaluation
+      } else {
+        save();
+      }
+    }
+    if (cb.sample && every(step, opt.sample_every, opt.steps)) cb.sample(step);
+  }
+  flush(rows);
+  if (result.interrupted) {
+    save();
+    if (!opt.quiet)
+      std::fprintf(stderr, "\ninterrupted: checkpoint written at step %lld\n", static_cast<long long>(state.step));
+  } else {
+    progress.finish(cb.finish_text ? cb.finish_text() : std::string());
+  }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return result;
+}
+
+void trim_metrics(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::istringstream in(read_file(path));
+  std::string line, kept;
+  bool header = true;
+  while (std::getline(in, line)) {
+    if (!header && (line.empty() || std::stoll(line.substr(0, line.find(','))) > step)) continue;
+    kept += line + "\n";
+    header = false;
+  }
+  write_file_atomically(path, kept);
+}
+
+std::optional<CheckpointState> open_run(const std::string& out, const nlohmann::json& options,
+                                        const std::vector<std::string>& resume_keys, bool resume, bool quiet) {
+  const std::string ckpt_dir = out + "/checkpoint";
+  if (resume && has_checkpoint(ckpt_dir)) {
+    CheckpointState st = read_checkpoint_state(ckpt_dir);
+    check_resume_options(st.options, options, resume_keys, ckpt_dir);
+    trim_metrics(out + "/metrics.csv", st.step);  // rows logged after the checkpoint are logged again
+    return st;
+  }
+  if (resume) {
+    // A job preempted before its first checkpoint is relaunched with the same command.
+    if (!quiet) std::fprintf(stderr, "no checkpoint in %s yet: starting from scratch\n", ckpt_dir.c_str());
+  } else if (fs::exists(ckpt_dir) || fs::exists(out + "/metrics.csv")) {
+    throw Error(out + ": already holds a training run (use --resume to continue it, or another --out)");
+  }
+  return std::nullopt;
+}
+
+void start_run_files(const std::string& out, const nlohmann::json& options, const std::string& csv_header, bool fresh) {
+  fs::create_directories(out + "/samples");
+  write_file_atomically(out + "/train_config.json", options.dump(2) + "\n");
+  if (fresh) write_file_atomically(out + "/metrics.csv", csv_header + "\n");
+}
+
+}  // namespace diffuse
