@@ -244,7 +244,8 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     return (out - target).pow(2).mean({1, 2, 3});
   };
   // Fixed-noise loss over every training image at 4 timesteps spread over the schedule.
-  auto eval_loss = [&] {
+  auto eval_loss = [&]() -> double {
+    if (opt.eval_images <= 0) return NAN;
     torch::NoGradGuard ng;
     network->attach();
     auto gen = at::detail::createCPUGenerator(mix_seed(opt.seed, 0x6576616c));
@@ -254,8 +255,8 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
       const auto& bl = latents[b];
       std::vector<std::string> caps;
       for (auto i : data.buckets[b].items) caps.push_back(data.captions[static_cast<size_t>(i)]);
-      for (int64_t s = 0; s < bl.mean.size(0); s += 8) {
-        const int64_t e = std::min(bl.mean.size(0), s + 8);
+      for (int64_t s = 0; s < bl.mean.size(0) && count < 4 * opt.eval_images; s += 8) {
+        const int64_t e = std::min({bl.mean.size(0), s + 8, s + opt.eval_images - count / 4});
         auto ehs = encode_text(std::vector<std::string>(caps.begin() + s, caps.begin() + e), false);
         for (int k = 0; k < 4; ++k) {
           auto x0 = (bl.mean.slice(0, s, e) + bl.std.slice(0, s, e) * torch::randn(bl.mean.slice(0, s, e).sizes(), gen))

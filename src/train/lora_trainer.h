@@ -38,13 +38,15 @@ struct LoraTrainOptions {
   std::string device = "auto";
   bool quiet = false;
   int max_nonfinite_steps = 10;
+  int eval_images = 16;  // images of the fixed-noise loss before and after training (0 = none)
 };
 
 struct LoraTrainResult {
   int64_t steps = 0;
   double final_loss = 0;  // smoothed training loss
-  // Loss over the training images at fixed timesteps and noise (every image, 4 timesteps spread
-  // over the schedule), without and with the adapter: what training lowered.
+  // Loss over the training images at fixed timesteps and noise (the first eval_images images, 4
+  // timesteps spread over the schedule), without and with the adapter: what training lowered
+  // (NaN with eval_images 0).
   double eval_loss_before = 0, eval_loss_after = 0;
   int64_t images = 0;
   int unet_layers = 0, text_layers = 0;

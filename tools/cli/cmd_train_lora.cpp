@@ -92,6 +92,9 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed for the LoRA initialisation, data order and noise")->capture_default_str();
   cmd->add_option("--save-every", o->save_every, "Checkpoint and LoRA file every N steps (and at the end / on Ctrl-C)")
       ->capture_default_str();
+  cmd->add_option("--eval-images", o->eval_images,
+                  "Images of the fixed-noise loss printed before and after training (0 = skip it)")
+      ->capture_default_str();
   cmd->add_flag("--resume", o->resume, "Continue the run of --out from its checkpoint");
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "No progress output");
