@@ -12,9 +12,11 @@
 
 #include "core/image.h"
 #include "core/json_file.h"
+#include "core/safetensors.h"
 #include "fixtures.h"
 #include "models/error_of.h"
 #include "pipelines/sd_pipeline.h"
+#include "sd_tiny_text.h"
 
 namespace diffuse {
 namespace {
@@ -171,6 +173,81 @@ TEST(TextToImage, LearnsColourAndShapeAndComposesAHeldOutPair) {
               total, r.final_loss, r.seconds);
   EXPECT_GE(ok_colour, 9);  // of 12; chance: 2 of 12 (six colours), 6 of 12 (two shapes)
   EXPECT_GE(ok_shape, 9);
+}
+
+}  // namespace
+}  // namespace diffuse
+
+namespace diffuse {
+namespace {
+
+TextToImageOptions short_t2i_run(const test::TempDir& dir, const std::string& out, int64_t steps) {
+  TextToImageOptions o;
+  o.train.data = fs::exists(dir / "shapes") ? dir / "shapes" : write_shapes(dir / "shapes");
+  o.train.out = dir / out;
+  o.train.latent = test::source_path("models/emoji-vae");
+  o.train.config = "t2i-tiny";
+  o.train.image_size = 32;
+  o.train.steps = steps;
+  o.train.batch = 4;
+  o.train.lr = 1e-3;
+  o.train.warmup = 2;
+  o.train.save_every = 0;
+  o.train.sample_every = 0;
+  o.train.quiet = true;
+  o.train.device = "cpu";
+  o.caption_dropout = 0.3;
+  return o;
+}
+
+TEST(TextToImage, ResumeIsBitExact) {
+  test::TempDir dir;
+  train_text_to_image(short_t2i_run(dir, "straight", 4));
+  train_text_to_image(short_t2i_run(dir, "resumed", 2));
+  auto o = short_t2i_run(dir, "resumed", 4);
+  o.train.resume = true;
+  EXPECT_EQ(train_text_to_image(o).steps, 4);
+  for (const char* f :
+       {"checkpoint/model.safetensors", "checkpoint/ema.safetensors", "checkpoint/optimizer.safetensors",
+        "unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"}) {
+    const auto a = safetensors::load(dir / ("straight/" + std::string(f)));
+    const auto b = safetensors::load(dir / ("resumed/" + std::string(f)));
+    ASSERT_EQ(a.size(), b.size()) << f;
+    for (const auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << f << " " << k;
+  }
+  o.caption_dropout = 0.5;
+  EXPECT_NE(test::error_of([&] { train_text_to_image(o); }).find("different --caption_dropout"), std::string::npos);
+}
+
+TEST(TextToImage, FrozenTextEncoderFromAPipelineFolderAndClearErrors) {
+  test::TempDir dir;
+  auto o = short_t2i_run(dir, "frozen", 2);
+  o.text_encoder = test::tiny_sd_folder(dir / "sd");  // 32 wide, its own (cut) tokenizer
+  train_text_to_image(o);
+  const auto trained = safetensors::load(dir / "frozen/text_encoder/model.safetensors");
+  const auto given = safetensors::load(test::fixture("sd_pipeline_tiny/text_encoder/model.safetensors"));
+  ASSERT_GE(trained.size(), 20u);
+  for (const auto& [k, v] : trained) {
+    ASSERT_TRUE(given.count(k)) << k;
+    EXPECT_TRUE(torch::equal(given.at(k), v)) << k;  // frozen
+  }
+  EXPECT_EQ(read_json_file(dir / "frozen/tokenizer/vocab.json"), read_json_file(dir / "sd/tokenizer/vocab.json"));
+  EXPECT_EQ(read_json_file(dir / "frozen/unet/config.json")["cross_attention_dim"], 32);
+  auto pipe = SDPipeline::load(dir / "frozen");
+  SDOptions g;
+  g.prompt = "a red square";
+  g.steps = 2;
+  EXPECT_EQ(generate(pipe, g).samples.sizes(), (std::vector<int64_t>{1, 3, 32, 32}));
+
+  auto bad = short_t2i_run(dir, "bad", 1);
+  bad.train.latent.clear();
+  EXPECT_NE(test::error_of([&] { train_text_to_image(bad); }).find("--latent is required"), std::string::npos);
+  bad = short_t2i_run(dir, "bad", 1);
+  bad.text_encoder = "clip-huge";
+  EXPECT_NE(test::error_of([&] { train_text_to_image(bad); }).find("not a preset"), std::string::npos);
+  bad = short_t2i_run(dir, "bad", 1);
+  bad.train.image_size = 36;
+  EXPECT_NE(test::error_of([&] { train_text_to_image(bad); }).find("must be a multiple of 8"), std::string::npos);
 }
 
 }  // namespace
