@@ -349,10 +349,28 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
         {"ss_seed", std::to_string(opt.seed)},
         {"ss_training_started_at", iso_time(started)},
         {"ss_training_finished_at", iso_time(std::time(nullptr))},
-        {"ss_dataset_dirs",
-         nlohmann::json{{fs::path(opt.data).filename().string(), {{"n_repeats", 1}, {"img_count", data.size()}}}}
-             .dump()},
     };
+    // kohya's per-folder summaries: repeats and image counts, and how often each comma-separated tag
+    // of the captions occurs (what A1111 shows for a LoRA).
+    nlohmann::json dirs = nlohmann::json::object(), tags = nlohmann::json::object();
+    for (int64_t i = 0; i < data.size(); ++i) {
+      const auto k = static_cast<size_t>(i);
+      const std::string folder = data.source == "emoji-captions"
+                                     ? "emoji-captions"
+                                     : fs::path(data.files[k]).parent_path().filename().string();
+      auto& d = dirs[folder];
+      d["n_repeats"] = data.repeats[k];
+      d["img_count"] = d.value("img_count", 0) + 1;
+      std::stringstream caption(data.captions[k]);
+      for (std::string tag; std::getline(caption, tag, ',');) {
+        const auto b = tag.find_first_not_of(' '), e = tag.find_last_not_of(' ');
+        if (b == std::string::npos) continue;
+        auto& n = tags[folder][tag.substr(b, e - b + 1)];
+        n = n.is_null() ? 1 : n.get<int>() + 1;
+      }
+    }
+    meta["ss_dataset_dirs"] = dirs.dump();
+    meta["ss_tag_frequency"] = tags.dump();
     nlohmann::json buckets = nlohmann::json::object();
     for (size_t b = 0; b < data.buckets.size(); ++b)
       buckets[std::to_string(b)] = {{"resolution", {data.buckets[b].width, data.buckets[b].height}},

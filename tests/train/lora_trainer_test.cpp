@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "core/image.h"
 #include "core/safetensors.h"
@@ -98,6 +99,11 @@ TEST(LoraTrainer, LearnsItsDataAndTheFileRoundTripsThroughTheLoader) {
   EXPECT_EQ(meta.at("ss_num_train_images"), "8");  // 2 images repeated twice
   EXPECT_EQ(meta.at("ss_network_train_unet_only"), "False");
   EXPECT_NE(meta.at("ss_network_args").find("conv_dim"), std::string::npos);
+  const auto dirs = nlohmann::json::parse(meta.at("ss_dataset_dirs"));
+  EXPECT_EQ(dirs["2_shapes"]["n_repeats"], 2);
+  EXPECT_EQ(dirs["2_shapes"]["img_count"], 2);
+  EXPECT_EQ(dirs["data"]["img_count"], 4);
+  EXPECT_EQ(nlohmann::json::parse(meta.at("ss_tag_frequency"))["data"]["a wide red picture"], 1);
   const auto lora = file.load_all();
   EXPECT_EQ(static_cast<int>(lora.size()), 3 * (r.unet_layers + r.text_layers));
   EXPECT_TRUE(lora.count("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight"));
