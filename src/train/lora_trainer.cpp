@@ -1,5 +1,6 @@
 #include "train/lora_trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +13,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/image.h"
 #include "core/plot.h"
 #include "core/progress.h"
 #include "core/runtime.h"
@@ -55,6 +57,7 @@ void validate_lora_options(const LoraTrainOptions& o) {
   if (o.caption_dropout < 0 || o.caption_dropout >= 1) throw Error("caption_dropout: must be in [0, 1)");
   if (o.min_snr_gamma < 0) throw Error("min_snr_gamma: must be >= 0");
   if (o.save_every < 0) throw Error("save_every: must be >= 0");
+  if (o.sample_every < 0) throw Error("sample_every: must be >= 0");
   if (o.save_dtype != "fp16" && o.save_dtype != "bf16" && o.save_dtype != "fp32")
     throw Error("save_dtype " + o.save_dtype + ": expected fp16, bf16 or fp32");
 }
@@ -442,12 +445,40 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   cb.save = save_all;
   cb.plots = [&] { plot_loss(dir); };
   cb.finish_text = [&] { return "loss " + std::to_string(smooth); };
+  std::vector<std::string> prompts = opt.sample_prompts;
+  for (const auto& c : data.captions)
+    if (prompts.empty() || (opt.sample_prompts.empty() && prompts.size() < 4 &&
+                            std::find(prompts.begin(), prompts.end(), c) == prompts.end()))
+      prompts.push_back(c);
+  cb.sample = [&](int64_t step) {
+    torch::NoGradGuard ng;
+    network->attach();
+    std::vector<torch::Tensor> rows;
+    for (const auto& prompt : prompts) {
+      SDOptions g;
+      g.prompt = prompt;
+      g.n = g.batch_size = 4;
+      g.steps = 20;
+      g.guidance = 7.5;
+      g.seed = 1000;
+      g.width = g.height = co.resolution;
+      rows.push_back(generate(pipe, g).samples);
+    }
+    std::string text = "LoRA training samples at step " + std::to_string(step) + ", rows:";
+    for (const auto& p : prompts) text += "\n" + p;
+    char name[64];
+    std::snprintf(name, sizeof name, "/samples/step_%07lld.png", static_cast<long long>(step));
+    const auto grid = to_image(make_grid(torch::cat(rows).clamp(-1, 1), 4));
+    for (const std::string& path : {dir + name, dir + "/samples/latest.png"})
+      write_png(path, grid, {{"parameters", text}});
+  };
   LoopOptions lo;
   lo.label = "train-lora";
   lo.out = dir;
   lo.steps = opt.steps;
   lo.save_every = opt.save_every;
   lo.log_every = 10;
+  lo.sample_every = opt.sample_every;
   lo.images_per_step = opt.batch;
   lo.quiet = opt.quiet;
   const LoopResult loop = run_training_loop(lo, state, cb);

@@ -4,9 +4,10 @@
 // writes it as a kohya-format .safetensors file, with kohya's training metadata (ss_*) in its
 // __metadata__, that `--lora` here, A1111 and ComfyUI load. The base weights stay frozen.
 // Beside the output, `<stem>-train/` holds checkpoint/ (bit-exact resume, also on Ctrl-C),
-// metrics.csv and loss.png.
+// metrics.csv, loss.png and samples/.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "train/lora_network.h"
 
@@ -34,6 +35,10 @@ struct LoraTrainOptions {
   std::string save_dtype = "fp16";  // fp16 | bf16 | fp32: dtype of the saved LoRA tensors
   uint64_t seed = 0;
   int64_t save_every = 500;  // checkpoint and LoRA file every N steps (and at the end / on Ctrl-C)
+  // Sample grids (OUT-train/samples/step_NNNNNNN.png): every N steps (0 = never), one row of 4
+  // seeds per prompt, with the adapters applied (empty prompts = the first 4 distinct captions).
+  int64_t sample_every = 0;
+  std::vector<std::string> sample_prompts;
   bool resume = false;
   std::string device = "auto";
   bool quiet = false;

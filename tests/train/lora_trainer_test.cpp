@@ -76,6 +76,8 @@ TEST(LoraTrainer, LearnsItsDataAndTheFileRoundTripsThroughTheLoader) {
   o.network.conv = true;
   o.text_encoder_lr = 1e-3;
   o.save_dtype = "fp32";
+  o.sample_every = 60;
+  o.sample_prompts = {"a red picture", "a wide blue picture"};
   auto r = train_lora(o);
   std::printf("train-lora tiny: %d UNet + %d text layers, %lld parameters, fixed-noise loss %.5f -> %.5f, %.1f s\n",
               r.unet_layers, r.text_layers, static_cast<long long>(r.parameters), r.eval_loss_before, r.eval_loss_after,
@@ -87,6 +89,9 @@ TEST(LoraTrainer, LearnsItsDataAndTheFileRoundTripsThroughTheLoader) {
   ASSERT_TRUE(fs::exists(o.out));
   EXPECT_TRUE(fs::exists(lora_train_dir(o.out) + "/checkpoint/state.json"));
   EXPECT_TRUE(fs::exists(lora_train_dir(o.out) + "/loss.png"));
+  const Image grid = read_image(lora_train_dir(o.out) + "/samples/step_0000060.png");
+  EXPECT_EQ(grid.width, 4 * 16 + 5 * 2);  // 4 seeds of 16x16 per prompt, 2 px padding
+  EXPECT_EQ(grid.height, 2 * 16 + 3 * 2);
 
   // kohya keys and metadata.
   auto file = safetensors::File::open(o.out);

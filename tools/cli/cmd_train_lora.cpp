@@ -92,6 +92,11 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed for the LoRA initialisation, data order and noise")->capture_default_str();
   cmd->add_option("--save-every", o->save_every, "Checkpoint and LoRA file every N steps (and at the end / on Ctrl-C)")
       ->capture_default_str();
+  cmd->add_option("--sample-every", o->sample_every,
+                  "Write a sample grid (OUT-train/samples/) every N steps with the LoRA applied (0 = never)")
+      ->capture_default_str();
+  cmd->add_option("--sample-prompt", o->sample_prompts,
+                  "A prompt of the sample grids (repeatable; default the first 4 captions)");
   cmd->add_option("--eval-images", o->eval_images,
                   "Images of the fixed-noise loss printed before and after training (0 = skip it)")
       ->capture_default_str();
