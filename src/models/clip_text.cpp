@@ -227,10 +227,12 @@ CLIPTextModel clip_text_model_from_state_dict(const CLIPTextConfig& config,
     nn::SkipInitGuard every_weight_is_loaded;
     model = CLIPTextModel(config);
   }
+  // Converted before loading: the uninitialised fp32 storage is never touched, and the weights
+  // are copied once, straight into the target dtype (what converting afterwards gives, exactly).
+  model->to(dtype);
   nn::StateDict sd(sd_in.begin(), sd_in.end());
   sd.erase("text_model.embeddings.position_ids");  // a buffer in files from transformers < 4.31
   nn::load_state_dict(*model, sd, source);
-  model->to(dtype);
   model->eval();
   return model;
 }

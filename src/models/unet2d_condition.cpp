@@ -485,15 +485,15 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torc
   nn::ComputeDtypeGuard ends({module_of(conv_in), module_of(conv_norm_out), module_of(conv_out)}, dt, upcast);
   auto h = conv_in->forward(sample.to(dt));
   std::vector<torch::Tensor> res{h};
+  // The blocks' resnets, transformers and samplers upcast one layer at a time.
+  nn::ComputeDtypeScope layer_by_layer(compute_dtype_);
   for (size_t i = 0; i < n; ++i) {
-    nn::ComputeDtypeGuard wide({module_of(down_cross[i]), module_of(down_plain[i])}, dt, upcast);
     nn::DownBlockOutput out =
         down_cross[i] ? down_cross[i]->forward(h, emb, ehs, mask) : down_plain[i]->forward(h, emb);
     h = out.hidden_states;
     res.insert(res.end(), out.res_samples.begin(), out.res_samples.end());
   }
   if (mid_block) {
-    nn::ComputeDtypeGuard wide({module_of(mid_block)}, dt, upcast);
     h = mid_block->forward(h, emb, ehs, mask);
   }
   for (size_t i = 0; i < n; ++i) {
@@ -502,7 +502,6 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torc
     res.resize(res.size() - k);
     std::vector<int64_t> upsample_size;
     if (i != n - 1 && forward_upsample_size) upsample_size = {res.back().size(2), res.back().size(3)};
-    nn::ComputeDtypeGuard wide({module_of(up_cross[i]), module_of(up_plain[i])}, dt, upcast);
     if (up_cross[i])
       h = up_cross[i]->forward(h, std::move(skips), emb, ehs, upsample_size, mask);
     else

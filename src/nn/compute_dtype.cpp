@@ -3,7 +3,7 @@
 namespace diffuse::nn {
 
 ComputeDtypeGuard::ComputeDtypeGuard(std::initializer_list<torch::nn::Module*> modules, torch::Dtype compute,
-                                     bool enabled) {
+                                     bool enabled, bool recurse) {
   if (!enabled) return;
   torch::NoGradGuard ng;
   auto convert = [&](torch::Tensor& t) {
@@ -13,8 +13,8 @@ ComputeDtypeGuard::ComputeDtypeGuard(std::initializer_list<torch::nn::Module*> m
   };
   for (auto* m : modules) {
     if (!m) continue;
-    for (auto& p : m->parameters(true)) convert(p);
-    for (auto& b : m->buffers(true)) convert(b);
+    for (auto& p : m->parameters(recurse)) convert(p);
+    for (auto& b : m->buffers(recurse)) convert(b);
   }
 }
 
@@ -24,6 +24,21 @@ ComputeDtypeGuard::~ComputeDtypeGuard() {
     if (t.scalar_type() != d) t.set_data(t.to(d));
   }
 }
+
+namespace {
+thread_local std::optional<torch::Dtype> thread_compute;
+}
+
+ComputeDtypeScope::ComputeDtypeScope(std::optional<torch::Dtype> compute) : previous_(thread_compute) {
+  thread_compute = compute;
+}
+
+ComputeDtypeScope::~ComputeDtypeScope() { thread_compute = previous_; }
+
+std::optional<torch::Dtype> ComputeDtypeScope::current() { return thread_compute; }
+
+LayerUpcast::LayerUpcast(std::initializer_list<torch::nn::Module*> modules, bool recurse)
+    : guard_(modules, thread_compute.value_or(torch::kFloat32), thread_compute.has_value(), recurse) {}
 
 bool has_other_float_dtype(const torch::nn::Module& m, torch::Dtype d) {
   for (const auto& p : m.parameters(true))

@@ -1,6 +1,7 @@
 #include "nn/resnet.h"
 
 #include "core/error.h"
+#include "nn/compute_dtype.h"
 
 namespace diffuse::nn {
 
@@ -38,6 +39,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : opt_(o), a
 }
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
+  LayerUpcast wide({this});
   torch::Tensor input = x;
   torch::Tensor h = activate(act_, norm1(x));
   if (opt_.up) {

@@ -1,6 +1,7 @@
 #include "nn/sampling.h"
 
 #include "core/error.h"
+#include "nn/compute_dtype.h"
 
 namespace diffuse::nn {
 
@@ -20,6 +21,7 @@ Downsample2DImpl::Downsample2DImpl(int64_t channels, bool use_conv, int64_t out_
 }
 
 torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
+  LayerUpcast wide({this});
   TORCH_CHECK(x.size(1) == channels_, "Downsample2D: expected ", channels_, " channels, got ", x.size(1));
   if (!conv) return F::avg_pool2d(x, F::AvgPool2dFuncOptions(2).stride(2));
   if (padding_ == 0) return conv(torch::constant_pad_nd(x, {0, 1, 0, 1}, 0));
@@ -48,6 +50,7 @@ Upsample2DImpl::Upsample2DImpl(int64_t channels, bool use_conv, int64_t out_chan
 }
 
 torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x, const std::vector<int64_t>& output_size) {
+  LayerUpcast wide({this});
   TORCH_CHECK(x.size(1) == channels_, "Upsample2D: expected ", channels_, " channels, got ", x.size(1));
   auto h = upsample_nearest_2x(x, output_size);
   return conv ? conv(h) : h;

@@ -1,6 +1,7 @@
 #include "nn/transformer_2d.h"
 
 #include "core/error.h"
+#include "nn/compute_dtype.h"
 
 namespace diffuse::nn {
 
@@ -56,6 +57,7 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(const BasicTransformerBlock
 
 torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& encoder_hidden_states,
                                                  const torch::Tensor& encoder_attention_mask) {
+  LayerUpcast wide({this});
   auto h = x;
   {
     auto n = norm1->forward(h);
@@ -116,6 +118,9 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torc
   if (x.dim() != 4 || x.size(1) != opt_.in_channels)
     throw Error("Transformer2DModel: expected [B, " + std::to_string(opt_.in_channels) + ", H, W] input");
   const int64_t b = x.size(0), hgt = x.size(2), wid = x.size(3);
+  // the blocks upcast themselves; the norm and projections here
+  auto of = [](const auto& holder) -> torch::nn::Module* { return holder.is_empty() ? nullptr : holder.ptr().get(); };
+  LayerUpcast own({of(norm), of(proj_in_conv), of(proj_in_linear), of(proj_out_conv), of(proj_out_linear)});
   auto h = norm->forward(x);
   if (proj_in_conv) {
     h = proj_in_conv->forward(h).permute({0, 2, 3, 1}).reshape({b, hgt * wid, inner_dim_});

@@ -180,7 +180,7 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   p.scheduler.clip_sample = false;
   p.scheduler.set_alpha_to_one = false;
   p.scheduler_class = "DDIMScheduler";
-  // fp16 / bf16 weights computed in fp32 stay 16-bit in memory; the UNet upcasts one block at a
+  // fp16 / bf16 weights computed in fp32 stay 16-bit in memory; the UNet upcasts one layer at a
   // time and the text encoder as a whole while it runs (same results, about half the memory).
   const auto unet_stored = uniform_half_dtype(ck.unet);
   const auto text_stored = uniform_half_dtype(ck.text);

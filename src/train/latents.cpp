@@ -46,11 +46,13 @@ Dataset encode_latent_dataset(AutoencoderKL vae, const Dataset& data, bool flip,
   return r;
 }
 
-torch::Tensor sample_scaled_latents(const AutoencoderKLConfig& vae, const torch::Tensor& posterior,
-                                    at::Generator& gen) {
+torch::Tensor sample_scaled_latents(const AutoencoderKLConfig& vae, const torch::Tensor& posterior, at::Generator& gen,
+                                    int64_t offset, int64_t total) {
   const int64_t lc = posterior.size(1) / 2;
   auto mean = posterior.slice(1, 0, lc), std = posterior.slice(1, lc, 2 * lc);
-  auto eps = torch::randn(mean.sizes(), gen, torch::TensorOptions().dtype(mean.scalar_type()));
+  auto shape = mean.sizes().vec();
+  if (total > 0) shape[0] = total;
+  auto eps = torch::randn(shape, gen, torch::TensorOptions().dtype(mean.scalar_type())).narrow(0, offset, mean.size(0));
   auto z = mean + std * eps.to(mean.device());
   if (vae.shift_factor) z = z - *vae.shift_factor;
   return z * vae.scaling_factor;

@@ -21,7 +21,9 @@ Dataset encode_latent_dataset(AutoencoderKL vae, const Dataset& data, bool flip,
                               bool progress = true, int batch_size = 64);
 
 // A latent sample for a batch of encode_latent_dataset rows: (mean + std * eps - shift) * scale,
-// eps drawn from `gen`.
-torch::Tensor sample_scaled_latents(const AutoencoderKLConfig& vae, const torch::Tensor& posterior, at::Generator& gen);
+// eps drawn from `gen`. With `total` > 0 the batch is rows [offset, offset + B) of a global batch
+// of `total` rows: eps is drawn for all of them and sliced.
+torch::Tensor sample_scaled_latents(const AutoencoderKLConfig& vae, const torch::Tensor& posterior, at::Generator& gen,
+                                    int64_t offset = 0, int64_t total = 0);
 
 }  // namespace diffuse

@@ -12,8 +12,15 @@ uint64_t mix_seed(uint64_t a, uint64_t b) {
 }
 
 BatchLoader::BatchLoader(const Dataset& data, int batch_size, uint64_t seed, bool flip, int64_t first_step,
-                         int prefetch)
-    : data_(data), batch_size_(batch_size), seed_(seed), flip_(flip), prefetch_(prefetch), next_step_(first_step) {
+                         int prefetch, int rank, int world)
+    : data_(data),
+      batch_size_(batch_size),
+      seed_(seed),
+      flip_(flip),
+      prefetch_(prefetch),
+      rank_(rank),
+      world_(world),
+      next_step_(first_step) {
   worker_ = std::thread([this] { run(); });
 }
 
@@ -40,11 +47,12 @@ std::vector<int64_t> BatchLoader::permutation(int64_t epoch) const {
 
 Batch BatchLoader::make(int64_t step) const {
   const int64_t n = data_.size();
+  const int64_t global = static_cast<int64_t>(batch_size_) * world_, first = static_cast<int64_t>(rank_) * batch_size_;
   std::vector<int64_t> idx(static_cast<size_t>(batch_size_));
   int64_t cached_epoch = -1;
   std::vector<int64_t> perm;
   for (int j = 0; j < batch_size_; ++j) {
-    int64_t g = step * batch_size_ + j;
+    int64_t g = step * global + first + j;
     int64_t epoch = g / n;
     if (epoch != cached_epoch) {
       perm = permutation(epoch);
@@ -62,14 +70,15 @@ Batch BatchLoader::make(int64_t step) const {
   if (flip_) {
     std::mt19937_64 rng(mix_seed(seed_ ^ 0xf11bull, static_cast<uint64_t>(step)));
     std::vector<int64_t> flips;
-    for (int j = 0; j < batch_size_; ++j)
-      if (rng() & 1) flips.push_back(j);
+    for (int64_t j = 0; j < first + batch_size_; ++j)
+      if ((rng() & 1) && j >= first) flips.push_back(j - first);
     if (!flips.empty()) {
       auto fi = torch::tensor(flips, torch::kInt64);
       b.images.index_copy_(0, fi, b.images.index_select(0, fi).flip({3}));
     }
   }
   if (data_.labelled()) b.labels = data_.labels.index_select(0, index);
+  b.indices = std::move(idx);
   return b;
 }
 

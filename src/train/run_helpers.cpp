@@ -21,9 +21,12 @@ double scheduled_lr(double peak, int64_t step, int64_t warmup, const std::string
 void check_resume_options(const nlohmann::json& saved, const nlohmann::json& now, const std::vector<std::string>& keys,
                           const std::string& source) {
   for (const auto& key : keys)
-    if (saved.contains(key) && saved[key] != now[key])
-      throw Error(source + ": --resume with a different --" + key + " (checkpoint has " + saved[key].dump() + ", now " +
+    if (saved.contains(key) && saved[key] != now[key]) {
+      // The global batch is --batch x processes: either may change, not their product.
+      const std::string what = key == "global_batch" ? "global batch (--batch x processes)" : "--" + key;
+      throw Error(source + ": --resume with a different " + what + " (checkpoint has " + saved[key].dump() + ", now " +
                   now[key].dump() + ")");
+    }
 }
 
 void update_ema(const std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor>& model, double decay,

@@ -29,6 +29,7 @@
 #include "train/captioned.h"
 #include "train/checkpoint.h"
 #include "train/diffusion_objective.h"
+#include "train/distributed.h"
 #include "train/loader.h"
 #include "train/run_helpers.h"
 #include "train/train_loop.h"
@@ -165,6 +166,8 @@ void validate_t2i(const TextToImageOptions& o) {
   if (t.min_snr_gamma < 0) throw Error("--min-snr-gamma must be >= 0");
   if (!t.init.empty()) throw Error("--init: not supported with --text-encoder");
   if (t.task != "generate") throw Error("--task " + t.task + ": text-to-image generates");
+  if (t.dist && t.dist->world_size() > 1)
+    throw Error("--nproc-per-node: text-to-image training runs in one process for now (no data parallelism yet)");
   parse_prediction(t.prediction);
 }
 

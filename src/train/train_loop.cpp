@@ -10,6 +10,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/progress.h"
+#include "train/distributed.h"
 #include "train/run_helpers.h"
 
 namespace fs = std::filesystem;
@@ -31,6 +32,10 @@ LoopResult run_training_loop(const LoopOptions& opt, LoopState& state, const Loo
   if (!cb.step || !cb.metrics_row || !cb.save) throw Error("training loop: step, metrics_row and save are required");
   if (opt.eval_every > 0 && !cb.evaluate) throw Error("training loop: eval_every needs an evaluate function");
   const std::string csv_path = opt.out + "/metrics.csv";
+  const bool is_main = !opt.dist || opt.dist->main();
+  auto wait_for_main = [&](const std::string& what) {
+    if (opt.dist) opt.dist->barrier(what);
+  };
   auto flush = [&](std::string& rows) {
     if (rows.empty()) return;
     std::ofstream(csv_path, std::ios::app) << rows;
@@ -40,7 +45,7 @@ LoopResult run_training_loop(const LoopOptions& opt, LoopState& state, const Loo
     cb.save();
     if (cb.plots) cb.plots();
   };
-  Progress progress(opt.steps, opt.label, "step", !opt.quiet);
+  Progress progress(opt.steps, opt.label, "step", !opt.quiet && is_main);
   LoopResult result;
   const auto t0 = std::chrono::steady_clock::now();
   auto t_last = t0;
@@ -48,7 +53,9 @@ LoopResult run_training_loop(const LoopOptions& opt, LoopState& state, const Loo
   std::string rows;
   train_stop_flag() = false;
   while (state.step < opt.steps) {
-    if (train_stop_flag()) {
+    bool stop = train_stop_flag();
+    if (opt.dist) stop = opt.dist->any(stop, "agreeing to stop before step " + std::to_string(state.step + 1));
+    if (stop) {
       result.interrupted = true;
       break;
     }
@@ -63,6 +70,11 @@ LoopResult run_training_loop(const LoopOptions& opt, LoopState& state, const Loo
 
     const bool save_now = every(step, opt.save_every, opt.steps) || step == opt.steps;
     const bool eval_now = every(step, opt.eval_every, opt.steps);
+    const bool sample_now = cb.sample && every(step, opt.sample_every, opt.steps);
+    if (!is_main) {
+      if (save_now || eval_now || sample_now) wait_for_main("step " + std::to_string(step) + " (rank 0 writing)");
+      continue;
+    }
     double eval = NAN;
     if (eval_now) {
       flush(rows);
@@ -82,16 +94,20 @@ LoopResult run_training_loop(const LoopOptions& opt, LoopState& state, const Loo
         save();
       }
     }
-    if (cb.sample && every(step, opt.sample_every, opt.steps)) cb.sample(step);
+    if (sample_now) cb.sample(step);
+    if (save_now || eval_now || sample_now) wait_for_main("step " + std::to_string(step) + " (rank 0 writing)");
   }
-  flush(rows);
-  if (result.interrupted) {
-    save();
-    if (!opt.quiet)
-      std::fprintf(stderr, "\ninterrupted: checkpoint written at step %lld\n", static_cast<long long>(state.step));
-  } else {
-    progress.finish(cb.finish_text ? cb.finish_text() : std::string());
+  if (is_main) {
+    flush(rows);
+    if (result.interrupted) {
+      save();
+      if (!opt.quiet)
+        std::fprintf(stderr, "\ninterrupted: checkpoint written at step %lld\n", static_cast<long long>(state.step));
+    } else {
+      progress.finish(cb.finish_text ? cb.finish_text() : std::string());
+    }
   }
+  if (result.interrupted) wait_for_main("the checkpoint of the interruption");
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return result;
 }
@@ -109,11 +125,15 @@ void trim_metrics(const std::string& path, int64_t step) {
   write_file_atomically(path, kept);
 }
 
-std::optional<CheckpointState> open_run(const std::string& out, const nlohmann::json& options,
-                                        const std::vector<std::string>& resume_keys, bool resume, bool quiet) {
+namespace {
+
+std::optional<CheckpointState> open_run_alone(const std::string& out, const nlohmann::json& options,
+                                              const std::vector<std::string>& resume_keys, bool resume, bool quiet) {
   const std::string ckpt_dir = out + "/checkpoint";
   if (resume && has_checkpoint(ckpt_dir)) {
     CheckpointState st = read_checkpoint_state(ckpt_dir);
+    if (!st.options.contains("global_batch") && st.options.contains("batch"))
+      st.options["global_batch"] = st.options["batch"];
     check_resume_options(st.options, options, resume_keys, ckpt_dir);
     trim_metrics(out + "/metrics.csv", st.step);  // rows logged after the checkpoint are logged again
     return st;
@@ -125,6 +145,41 @@ std::optional<CheckpointState> open_run(const std::string& out, const nlohmann::
     throw Error(out + ": already holds a training run (use --resume to continue it, or another --out)");
   }
   return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<CheckpointState> open_run(const std::string& out, const nlohmann::json& options,
+                                        const std::vector<std::string>& resume_keys, bool resume, bool quiet,
+                                        Distributed* dist) {
+  if (!dist || dist->world_size() <= 1) return open_run_alone(out, options, resume_keys, resume, quiet);
+  std::optional<CheckpointState> st;
+  std::string error;
+  if (dist->main()) {
+    try {
+      st = open_run_alone(out, options, resume_keys, resume, quiet);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  }
+  // Rank 0's outcome: -2 failed, -1 a fresh run, else the step it resumes from.
+  auto outcome = torch::tensor({!error.empty() ? int64_t{-2} : st ? st->step : int64_t{-1}}, torch::kInt64);
+  dist->broadcast({outcome}, "the outcome of opening " + out);
+  if (!error.empty()) throw Error(error);
+  const int64_t step = outcome.item<int64_t>();
+  const std::string who = "rank " + std::to_string(dist->rank()) + ": ";
+  if (step == -2) throw Error(who + "rank 0 could not open the run in " + out + " (see its message)");
+  if (dist->main() || step == -1) return st;
+  try {
+    st = read_checkpoint_state(out + "/checkpoint");
+  } catch (const Error&) {
+    throw Error(who + "rank 0 resumes " + out + " from step " + std::to_string(step) +
+                " but this rank finds no checkpoint there: --out must be on a filesystem every rank shares");
+  }
+  if (st->step != step)
+    throw Error(who + "rank 0 resumes " + out + " from step " + std::to_string(step) + " but this rank reads step " +
+                std::to_string(st->step) + " there: --out must be on a filesystem every rank shares");
+  return st;
 }
 
 void start_run_files(const std::string& out, const nlohmann::json& options, const std::string& csv_header, bool fresh) {

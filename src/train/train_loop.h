@@ -15,6 +15,8 @@
 
 namespace diffuse {
 
+class Distributed;
+
 // Set to true (e.g. from a SIGINT handler) to stop at the next step boundary.
 std::atomic<bool>& train_stop_flag();
 
@@ -28,6 +30,9 @@ struct LoopOptions {
   int64_t log_every = 50;       // metrics.csv cadence (also at saves, evaluations and the end)
   int64_t images_per_step = 0;  // for the rate (img/s) of the progress line and metrics.csv
   bool quiet = false;
+  // Data-parallel job (null: one process): the ranks agree on stopping, rank 0 alone shows
+  // progress and calls metrics_row, save, plots, sample and evaluate while the others wait.
+  Distributed* dist = nullptr;
 };
 
 // What the loop advances; trainers read it for their checkpoints.
@@ -68,8 +73,12 @@ LoopResult run_training_loop(const LoopOptions& opt, LoopState& state, const Loo
 // option whose value differs, for `resume_keys`), and drops metrics.csv rows logged after it;
 // without, refuses a folder that already holds a run. Returns the checkpoint's state, or nothing
 // for a fresh run (also a resumed one whose first checkpoint was never written).
+// A checkpoint without "global_batch" (written before data parallelism) reads its "batch" as it.
+// In a data-parallel job rank 0 opens the folder and the other ranks read the checkpoint rank 0
+// resumes from (the folder must be on a filesystem every rank sees).
 std::optional<CheckpointState> open_run(const std::string& out, const nlohmann::json& options,
-                                        const std::vector<std::string>& resume_keys, bool resume, bool quiet);
+                                        const std::vector<std::string>& resume_keys, bool resume, bool quiet,
+                                        Distributed* dist = nullptr);
 
 // Writes out/train_config.json and, for a fresh run, out/metrics.csv with its header line.
 void start_run_files(const std::string& out, const nlohmann::json& options, const std::string& csv_header, bool fresh);

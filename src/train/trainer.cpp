@@ -22,6 +22,7 @@
 #include "train/checkpoint.h"
 #include "train/dataset.h"
 #include "train/diffusion_objective.h"
+#include "train/distributed.h"
 #include "train/latents.h"
 #include "train/loader.h"
 #include "train/presets.h"
@@ -67,6 +68,8 @@ nlohmann::json options_json(const TrainOptions& o) {
           {"image_size", o.image_size},
           {"steps", o.steps},
           {"batch", o.batch},
+          {"processes", o.dist ? o.dist->world_size() : 1},
+          {"global_batch", o.batch * (o.dist ? o.dist->world_size() : 1)},
           {"grad_accum", o.grad_accum},
           {"lr", o.lr},
           {"lr_schedule", o.lr_schedule},
@@ -87,7 +90,7 @@ nlohmann::json options_json(const TrainOptions& o) {
 
 // Options that change the meaning of a checkpoint: a resumed run must keep them.
 const std::vector<std::string> kResumeKeys = {"data",       "config",        "latent",
-                                              "image_size", "batch",         "grad_accum",
+                                              "image_size", "global_batch",  "grad_accum",
                                               "prediction", "beta_schedule", "num_train_timesteps",
                                               "seed",       "flip",          "class_dropout",
                                               "init",       "task",          "scale"};
@@ -214,7 +217,11 @@ TrainResult train(const TrainOptions& opt) {
   const std::string out = opt.out;
   const std::string ckpt_dir = out + "/checkpoint";
   nlohmann::json opts_now = options_json(opt);
-  std::optional<CheckpointState> resumed = open_run(out, opts_now, kResumeKeys, opt.resume, opt.quiet);
+  Distributed* dist = opt.dist && opt.dist->world_size() > 1 ? opt.dist.get() : nullptr;
+  const int rank = dist ? dist->rank() : 0, world = dist ? dist->world_size() : 1;
+  const bool is_main = rank == 0;
+  const bool quiet = opt.quiet || !is_main;
+  std::optional<CheckpointState> resumed = open_run(out, opts_now, kResumeKeys, opt.resume, opt.quiet, dist);
 
   AutoencoderKL vae{nullptr};
   if (!opt.latent.empty()) {
@@ -329,7 +336,7 @@ TrainResult train(const TrainOptions& opt) {
   pipe.net = ema;
   if (vae) {
     vae->to(device);
-    data = encode_latent_dataset(vae, data, opt.flip, device, !opt.quiet);
+    data = encode_latent_dataset(vae, data, opt.flip, device, !quiet);
   }
 
   std::vector<std::pair<std::string, torch::Tensor>> named;
@@ -357,19 +364,34 @@ TrainResult train(const TrainOptions& opt) {
     if (state.step > opt.steps)
       throw Error(ckpt_dir + ": already at step " + std::to_string(state.step) + " (raise --steps to train further)");
   }
-  start_run_files(out, opts_now, "step,loss,lr,img_per_s,elapsed_s,fid", !resumed);
+  // Identical weights on every rank: rank 0's (a fresh run's initialisation, or its checkpoint).
+  if (dist) {
+    std::vector<torch::Tensor> state_tensors;
+    for (auto& p : model.module().parameters()) state_tensors.push_back(p);
+    for (auto& b : model.module().buffers()) state_tensors.push_back(b);
+    for (auto& p : ema.module().parameters()) state_tensors.push_back(p);
+    for (auto& b : ema.module().buffers()) state_tensors.push_back(b);
+    dist->broadcast(state_tensors, "the initial weights");
+  }
+  if (is_main) start_run_files(out, opts_now, "step,loss,lr,img_per_s,elapsed_s,fid", !resumed);
 
-  if (!opt.quiet) {
+  if (!quiet) {
     int64_t nparams = 0;
     for (auto& p : params) nparams += p.numel();
     std::fprintf(stderr, "diffuse train: %lld %s %dx%dx%d, %d classes | %s %.2fM parameters | %s | %s\n",
                  static_cast<long long>(data.size()), vae ? "latents" : "images", sample_channels, sample_size,
                  sample_size, num_classes, model.class_name().c_str(), nparams / 1e6, device.str().c_str(),
                  runtime_summary().c_str());
+    std::fprintf(stderr, "global batch %lld = %d per process x %d process%s x %d accumulation\n",
+                 static_cast<long long>(opt.batch) * world * opt.grad_accum, opt.batch, world, world > 1 ? "es" : "",
+                 opt.grad_accum);
+    if (dist)
+      std::fprintf(stderr, "data parallel: %d processes (%s), rendezvous %s:%d\n", world, dist->backend().c_str(),
+                   dist->env().master_addr.c_str(), dist->env().master_port);
     if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
   }
 
-  if (state.step >= opt.steps) {
+  if (state.step >= opt.steps && is_main) {
     // Relaunched after the final checkpoint (e.g. killed while writing the model): write it again.
     save_model();
     write_loss_plot(out);
@@ -378,8 +400,14 @@ TrainResult train(const TrainOptions& opt) {
                    static_cast<long long>(state.step));
   }
   const int accum = opt.grad_accum;
-  BatchLoader loader(data, opt.batch, opt.seed, opt.flip && !vae, state.step * accum);
+  BatchLoader loader(data, opt.batch, opt.seed, opt.flip && !vae, state.step * accum, 4, rank, world);
   NonFiniteGuard nonfinite(opt.max_nonfinite_steps);
+  GradientSync sync(opt.dist, params);
+  const BatchSlice slice{static_cast<int64_t>(rank) * opt.batch, static_cast<int64_t>(world) * opt.batch};
+  std::unique_ptr<std::ofstream> batch_log;
+  if (!opt.batch_log.empty())
+    batch_log = std::make_unique<std::ofstream>(
+        world > 1 ? opt.batch_log + ".rank" + std::to_string(rank) : opt.batch_log, std::ios::app);
   double lr = 0;
 
   LoopOptions lo;
@@ -389,8 +417,9 @@ TrainResult train(const TrainOptions& opt) {
   lo.save_every = opt.save_every;
   lo.sample_every = opt.sample_every;
   lo.eval_every = opt.eval_every;
-  lo.images_per_step = static_cast<int64_t>(opt.batch) * accum;
+  lo.images_per_step = static_cast<int64_t>(opt.batch) * world * accum;
   lo.quiet = opt.quiet;
+  lo.dist = dist;
   LoopCallbacks cb;
   cb.step = [&](int64_t step) {
     lr = scheduled_lr(opt.lr, step, opt.warmup, opt.lr_schedule, opt.steps);
@@ -398,9 +427,15 @@ TrainResult train(const TrainOptions& opt) {
     double step_loss = 0;
     for (int micro = 0; micro < accum; ++micro) {
       Batch b = loader.next();
+      if (batch_log) {
+        *batch_log << b.step;
+        for (int64_t i : b.indices) *batch_log << ' ' << i;
+        *batch_log << '\n' << std::flush;
+      }
       auto gen = at::detail::createCPUGenerator(mix_seed(opt.seed, static_cast<uint64_t>(b.step)));
-      auto x0 = vae ? sample_scaled_latents(vae->config(), b.images, gen).to(device) : b.images.to(device);
-      DiffusionDraw d = objective.draw(x0, labelled ? b.labels : torch::Tensor(), gen);
+      auto x0 = vae ? sample_scaled_latents(vae->config(), b.images, gen, slice.offset, slice.total).to(device)
+                    : b.images.to(device);
+      DiffusionDraw d = objective.draw(x0, labelled ? b.labels : torch::Tensor(), gen, slice);
       // Super-resolution conditioning: the low-resolution image, upsampled, as extra channels.
       auto net_in = superres ? superres_input(d.xt, sr_condition(x0, opt.scale)) : d.xt;
       torch::Tensor out_t;
@@ -409,8 +444,16 @@ TrainResult train(const TrainOptions& opt) {
         out_t = model.forward(net_in, d.t.to(torch::kFloat32), d.labels).to(torch::kFloat32);
       }
       auto loss = objective.loss(out_t, d) / accum;
+      // The last micro-batch's gradients are all-reduced as backward produces them.
+      if (micro == accum - 1) sync.arm("gradients at step " + std::to_string(step + 1));
       loss.backward();
       step_loss += loss.item<double>();
+    }
+    if (dist) {
+      sync.finish("gradients at step " + std::to_string(step + 1));
+      auto l = torch::tensor({step_loss}, torch::kFloat64);
+      dist->all_reduce_mean({l}, "the loss at step " + std::to_string(step + 1));
+      step_loss = l.item<double>();
     }
     if (nonfinite.ok(step_loss, params, step)) {
       if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);

@@ -4,6 +4,7 @@
 // (EMA weights), checkpoints, metrics.csv, loss.png and sample grids.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "train/train_loop.h"
@@ -52,6 +53,13 @@ struct TrainOptions {
   bool resume = false;
   std::string device = "auto";
   bool quiet = false;
+  // Data-parallel job (train/distributed.h); null: this process alone. `batch` is per process:
+  // an optimizer step sees batch x processes x grad_accum images, and resuming needs the same
+  // global batch (batch x processes), with any number of processes.
+  std::shared_ptr<Distributed> dist;
+  // Appends one line per micro-batch to this file: the global micro-batch number and the dataset
+  // rows this process trains on (with several processes, each writes FILE.rank<N>). "" = off.
+  std::string batch_log;
 };
 
 struct TrainResult {

@@ -18,6 +18,7 @@
 #include "nn/state_dict.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
+#include "train/distributed.h"
 #include "train/loader.h"
 #include "train/patch_discriminator.h"
 #include "train/run_helpers.h"
@@ -141,6 +142,8 @@ nlohmann::json options_json(const VaeTrainOptions& o) {
           {"channels", o.channels},
           {"steps", o.steps},
           {"batch", o.batch},
+          {"processes", o.dist ? o.dist->world_size() : 1},
+          {"global_batch", o.batch * (o.dist ? o.dist->world_size() : 1)},
           {"lr", o.lr},
           {"lr_schedule", o.lr_schedule},
           {"warmup", o.warmup},
@@ -284,11 +287,15 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
   const std::string out = opt.out;
   const std::string ckpt_dir = out + "/checkpoint";
   nlohmann::json opts_now = options_json(opt);
+  Distributed* dist = opt.dist && opt.dist->world_size() > 1 ? opt.dist.get() : nullptr;
+  const int rank = dist ? dist->rank() : 0, world = dist ? dist->world_size() : 1;
+  const bool is_main = rank == 0;
+  const bool quiet = opt.quiet || !is_main;
   const std::optional<CheckpointState> resumed =
       open_run(out, opts_now,
-               {"data", "config", "image_size", "channels", "batch", "seed", "flip", "recon_loss", "kl_weight",
+               {"data", "config", "image_size", "channels", "global_batch", "seed", "flip", "recon_loss", "kl_weight",
                 "disc_weight", "disc_start", "disc_adaptive", "disc_channels", "init", "freeze_encoder"},
-               opt.resume, opt.quiet);
+               opt.resume, opt.quiet, dist);
 
   Dataset data, held_out;
   load_splits(opt, data, held_out);
@@ -327,7 +334,7 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
       for (auto& p : model->quant_conv->parameters()) p.set_requires_grad(false);
     }
   }
-  if (opt.perceptual_weight > 0 && !opt.quiet)
+  if (opt.perceptual_weight > 0 && !quiet)
     std::fprintf(stderr, "perceptual loss: %s, weight %g\n",
                  opt.perceptual_source.empty() ? "supplied network" : opt.perceptual_source.c_str(),
                  opt.perceptual_weight);
@@ -380,10 +387,23 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
     if (state.step >= opt.steps)
       throw Error(ckpt_dir + ": already at step " + std::to_string(state.step) + " (raise --steps to train further)");
   }
-  start_run_files(out, opts_now, "step,loss,recon,kl,psnr,d_loss,lr,img_per_s,elapsed_s,perceptual", !resumed);
+  // Identical weights on every rank: rank 0's (a fresh run's initialisation, or its checkpoint).
+  if (dist) {
+    std::vector<torch::Tensor> state_tensors;
+    for (torch::nn::Module* m :
+         {static_cast<torch::nn::Module*>(model.get()), static_cast<torch::nn::Module*>(ema.get()),
+          use_disc ? static_cast<torch::nn::Module*>(disc.get()) : nullptr}) {
+      if (!m) continue;
+      for (auto& p : m->parameters()) state_tensors.push_back(p);
+      for (auto& b : m->buffers()) state_tensors.push_back(b);
+    }
+    dist->broadcast(state_tensors, "the initial weights");
+  }
+  if (is_main)
+    start_run_files(out, opts_now, "step,loss,recon,kl,psnr,d_loss,lr,img_per_s,elapsed_s,perceptual", !resumed);
   // Runs begun before the perceptual column keep their nine columns.
-  const bool csv_perceptual = read_file(out + "/metrics.csv").find(",perceptual") != std::string::npos;
-  if (!opt.quiet) {
+  const bool csv_perceptual = !is_main || read_file(out + "/metrics.csv").find(",perceptual") != std::string::npos;
+  if (!quiet) {
     int64_t nparams = 0, ntrained = 0;
     for (auto& p : model->parameters()) nparams += p.numel();
     for (auto& p : params) ntrained += p.numel();
@@ -396,6 +416,11 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
                  static_cast<long long>(has_held_out ? held_out.size() : 0), nparams / 1e6, trained,
                  static_cast<long long>(cfg.downsample_factor()), static_cast<long long>(cfg.latent_channels),
                  use_disc ? " + PatchGAN" : "", device.str().c_str(), runtime_summary().c_str());
+    std::fprintf(stderr, "global batch %lld = %d per process x %d process%s\n",
+                 static_cast<long long>(opt.batch) * world, opt.batch, world, world > 1 ? "es" : "");
+    if (dist)
+      std::fprintf(stderr, "data parallel: %d processes (%s), rendezvous %s:%d\n", world, dist->backend().c_str(),
+                   dist->env().master_addr.c_str(), dist->env().master_port);
     if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
   }
 
@@ -420,7 +445,7 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
   double scaling = 1.0;
   auto save_vae_folder = [&] {
     scaling = opt.freeze_encoder ? cfg.scaling_factor
-                                 : latent_scaling_factor(ema, data, opt.scale_batches, opt.batch, opt.seed);
+                                 : latent_scaling_factor(ema, data, opt.scale_batches, opt.batch * world, opt.seed);
     nlohmann::json j = cfg.to_json();
     j["scaling_factor"] = scaling;
     auto sd = nn::state_dict(*ema);
@@ -443,8 +468,20 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
 
   const double disc_lr = opt.disc_lr > 0 ? opt.disc_lr : opt.lr;
   const double pixels = static_cast<double>(data.channels()) * data.image_size() * data.image_size();
-  BatchLoader loader(data, opt.batch, opt.seed, opt.flip, state.step);
+  BatchLoader loader(data, opt.batch, opt.seed, opt.flip, state.step, 4, rank, world);
   NonFiniteGuard nonfinite(opt.max_nonfinite_steps);
+  GradientSync sync(opt.dist, params);
+  std::unique_ptr<GradientSync> disc_sync;
+  if (use_disc) {
+    std::vector<torch::Tensor> dp;
+    for (auto& p : disc->parameters()) dp.push_back(p);
+    disc_sync = std::make_unique<GradientSync>(opt.dist, dp);
+  }
+  const int64_t row0 = static_cast<int64_t>(rank) * opt.batch, global_rows = static_cast<int64_t>(world) * opt.batch;
+  std::unique_ptr<std::ofstream> batch_log;
+  if (!opt.batch_log.empty())
+    batch_log = std::make_unique<std::ofstream>(
+        world > 1 ? opt.batch_log + ".rank" + std::to_string(rank) : opt.batch_log, std::ios::app);
   double lr = 0;
 
   LoopOptions lo;
@@ -453,12 +490,19 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
   lo.steps = opt.steps;
   lo.save_every = opt.save_every;
   lo.sample_every = opt.sample_every;
-  lo.images_per_step = opt.batch;
+  lo.images_per_step = static_cast<int64_t>(opt.batch) * world;
   lo.quiet = opt.quiet;
+  lo.dist = dist;
   LoopCallbacks cb;
   cb.step = [&](int64_t step) {
     lr = scheduled_lr(opt.lr, step, opt.warmup, opt.lr_schedule, opt.steps);
     Batch b = loader.next();
+    if (batch_log) {
+      *batch_log << b.step;
+      for (int64_t i : b.indices) *batch_log << ' ' << i;
+      *batch_log << '\n' << std::flush;
+    }
+    const std::string at_step = " at step " + std::to_string(step + 1);
     auto gen = at::detail::createCPUGenerator(mix_seed(opt.seed, static_cast<uint64_t>(b.step)));
     auto x = b.images.to(device);
     optimizer.zero_grad();
@@ -469,7 +513,9 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
     } else {
       post = model->encode(x);
     }
-    auto noise = torch::randn(post.mean.sizes(), gen).to(device);
+    auto noise_shape = post.mean.sizes().vec();
+    noise_shape[0] = global_rows;  // drawn for the global batch: this process's rows of it
+    auto noise = torch::randn(noise_shape, gen).narrow(0, row0, x.size(0)).to(device);
     auto rec = model->decode(post.mean + post.std() * noise);
     auto diff = rec - x;
     auto rec_loss = opt.recon_loss == "l1" ? diff.abs().mean() : diff.pow(2).mean();
@@ -491,12 +537,23 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
         auto nll = p_loss.defined() ? rec_loss + opt.perceptual_weight * p_loss : rec_loss;
         auto gr = torch::autograd::grad({nll}, {last}, {}, /*retain_graph=*/true)[0];
         auto gg = torch::autograd::grad({g_loss}, {last}, {}, /*retain_graph=*/true)[0];
+        if (dist) dist->all_reduce_mean({gr, gg}, "the adaptive weight's gradients" + at_step);
         w *= std::min(1e4, gr.norm().item<double>() / (gg.norm().item<double>() + 1e-4));
       }
       loss = loss + w * g_loss;
     }
+    sync.arm("gradients" + at_step);  // all-reduced as backward produces them
     loss.backward();
-    const double step_loss = loss.item<double>();
+    // The logged terms, averaged over the ranks (one all-reduce).
+    auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kCPU, torch::kFloat64); };
+    auto terms =
+        torch::stack({f64(loss), f64(rec_loss), f64(kl), f64(psnr_per_image(rec.detach().clamp(-1, 1), x).mean()),
+                      p_loss.defined() ? f64(p_loss) : torch::zeros({}, torch::kFloat64)});
+    if (dist) {
+      sync.finish("gradients" + at_step);
+      dist->all_reduce_mean({terms}, "the losses" + at_step);
+    }
+    const double step_loss = terms[0].item<double>();
     if (!nonfinite.ok(step_loss, params, step)) return;  // the batch is consumed: resuming keeps the data order
     if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);
     optimizer.step(lr);
@@ -505,16 +562,22 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
       disc_opt->zero_grad();
       auto dl = hinge_d_loss(disc->forward(x), disc->forward(rec.detach()));
       dl.backward();
+      if (dist) disc_sync->finish("discriminator gradients" + at_step);
       disc_opt->step(scheduled_lr(disc_lr, step, opt.warmup, opt.lr_schedule, opt.steps));
-      d_loss = dl.item<double>();
+      auto dl_mean = dl.detach().to(torch::kCPU, torch::kFloat64).reshape({1});
+      if (dist) dist->all_reduce_mean({dl_mean}, "the discriminator loss" + at_step);
+      d_loss = dl_mean.item<double>();
+      // Batch-norm statistics come from each rank's batch: rank 0's are kept on every rank (as DDP
+      // broadcasts buffers), so the replicas stay identical.
+      if (dist) dist->broadcast(disc->buffers(), "the discriminator's batch-norm statistics" + at_step);
     }
     update_ema(ema_params, params, opt.ema_decay, step);
     sm.add(sm.loss, step_loss);
-    sm.add(sm.recon, rec_loss.item<double>());
-    sm.add(sm.kl, kl.item<double>());
-    sm.add(sm.psnr, psnr_per_image(rec.detach().clamp(-1, 1), x).mean().item<double>());
+    sm.add(sm.recon, terms[1].item<double>());
+    sm.add(sm.kl, terms[2].item<double>());
+    sm.add(sm.psnr, terms[3].item<double>());
     if (!std::isnan(d_loss)) sm.add(sm.d_loss, d_loss);
-    if (p_loss.defined()) sm.add(sm.perceptual, p_loss.item<double>());
+    if (p_loss.defined()) sm.add(sm.perceptual, terms[4].item<double>());
   };
   cb.progress_text = [&] {
     char text[128];
@@ -541,7 +604,7 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
   result.final_loss = sm.loss;
   result.train_psnr = sm.psnr;
   result.interrupted = loop.interrupted;
-  if (loop.interrupted) {
+  if (loop.interrupted || !is_main) {  // rank 0 alone measures and writes the final metrics
     result.scaling_factor = scaling;
     result.seconds = loop.seconds;
     return result;

@@ -8,6 +8,7 @@
 // bit for bit), metrics.csv, loss.png, reconstruction grids and metrics.json.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -15,6 +16,7 @@
 
 #include "models/autoencoder_kl.h"
 #include "train/dataset.h"
+#include "train/train_loop.h"
 
 namespace diffuse {
 
@@ -57,6 +59,12 @@ struct VaeTrainOptions {
   bool resume = false;
   std::string device = "auto";
   bool quiet = false;
+  // Data-parallel job (train/distributed.h); null: this process alone. `batch` is per process
+  // (the global batch, batch x processes, must stay the same across resumes); scaling_factor is
+  // measured on batches of the global size. The discriminator's batch norms normalise each
+  // process's batch (as DDP without SyncBatchNorm); their running statistics are rank 0's.
+  std::shared_ptr<Distributed> dist;
+  std::string batch_log;  // as TrainOptions::batch_log
 };
 
 struct VaeTrainResult {

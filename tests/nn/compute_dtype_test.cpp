@@ -4,6 +4,8 @@
 
 #include <stdexcept>
 
+#include "nn/resnet.h"
+
 using namespace diffuse;
 
 namespace {
@@ -69,4 +71,42 @@ TEST(ComputeDtypeGuard, ForwardEqualsWeightsUpcastOnceAndSurvivesExceptions) {
   EXPECT_EQ(half->a->weight.scalar_type(), torch::kBFloat16);
   nn::ComputeDtypeGuard off({half.ptr().get()}, torch::kFloat32, /*enabled=*/false);
   EXPECT_EQ(half->a->weight.scalar_type(), torch::kBFloat16);
+}
+
+// Layers upcast themselves only inside a scope, one at a time, and compute what the whole
+// module upcast at once computes, bit for bit.
+TEST(ComputeDtypeScope, LayersUpcastOneAtATimeInsideAScopeOnly) {
+  torch::manual_seed(0);
+  nn::ResnetBlock2DOptions o(16, 16, 8);
+  o.groups = 4;
+  nn::ResnetBlock2D block(o);
+  block->eval();
+  block->to(torch::kFloat16);
+  const auto x = torch::randn({2, 16, 8, 8});
+  const auto temb = torch::randn({2, 8});
+  torch::NoGradGuard ng;
+  torch::Tensor whole;
+  {
+    nn::ComputeDtypeGuard wide({block.ptr().get()}, torch::kFloat32);
+    whole = block->forward(x, temb);
+  }
+  EXPECT_FALSE(nn::ComputeDtypeScope::current().has_value());
+  {
+    nn::LayerUpcast none({block.ptr().get()});  // no scope: nothing converted
+    EXPECT_EQ(block->conv1->weight.scalar_type(), torch::kFloat16);
+  }
+  torch::Tensor layered;
+  {
+    nn::ComputeDtypeScope scope(torch::kFloat32);
+    {
+      nn::ComputeDtypeScope inner(std::nullopt);  // scopes nest and restore
+      EXPECT_FALSE(nn::ComputeDtypeScope::current().has_value());
+    }
+    EXPECT_EQ(nn::ComputeDtypeScope::current(), torch::kFloat32);
+    layered = block->forward(x, temb);
+  }
+  EXPECT_FALSE(nn::ComputeDtypeScope::current().has_value());
+  EXPECT_EQ(block->conv1->weight.scalar_type(), torch::kFloat16);  // back to storage
+  EXPECT_EQ(layered.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(layered, whole));
 }

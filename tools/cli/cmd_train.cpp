@@ -6,6 +6,8 @@
 #include "commands.h"
 #include "core/error.h"
 #include "eval/evaluate.h"
+#include "launch.h"
+#include "train/distributed.h"
 #include "train/presets.h"
 #include "train/text_to_image.h"
 #include "train/trainer.h"
@@ -21,6 +23,7 @@ void register_cmd(CLI::App& app) {
   auto t2i = std::make_shared<diffuse::TextToImageOptions>();
   auto o = std::shared_ptr<diffuse::TrainOptions>(t2i, &t2i->train);
   auto threads = std::make_shared<int>(0);
+  auto dist = std::make_shared<diffuse::cli::DistFlags>();
   auto eval_classifier = std::make_shared<std::string>();
   std::string presets;
   for (const auto& [n, d] : diffuse::unet_presets()) presets += "\n    " + n + ": " + d;
@@ -66,7 +69,8 @@ void register_cmd(CLI::App& app) {
                   "Text-to-image: a prompt of the sample grids (repeatable; default the first 8 captions)");
   cmd->add_option("--image-size", o->image_size, "Training resolution (0 = the data's own)")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Optimizer steps in total")->capture_default_str();
-  cmd->add_option("--batch", o->batch, "Batch size")->capture_default_str();
+  cmd->add_option("--batch", o->batch, "Batch size per process (global batch: x processes x --grad-accum)")
+      ->capture_default_str();
   cmd->add_option("--grad-accum", o->grad_accum, "Batches accumulated per optimizer step")->capture_default_str();
   cmd->add_option("--lr", o->lr, "Peak learning rate (AdamW)")->capture_default_str();
   cmd->add_option("--lr-schedule", o->lr_schedule, "constant or cosine, after linear warm-up")->capture_default_str();
@@ -101,13 +105,23 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   diffuse::cli::add_threads_option(cmd, threads.get());
-  cmd->callback([o, t2i, te_opt, threads, eval_classifier] {
+  diffuse::cli::add_dist_options(cmd, dist.get());
+  cmd->add_option("--batch-log", o->batch_log,
+                  "Append the dataset rows of every batch to this file (one line per batch; with several processes "
+                  "FILE.rank<N>), e.g. to compare data orders");
+  cmd->callback([o, t2i, te_opt, threads, eval_classifier, dist] {
+    if (diffuse::cli::launch_local(*dist, *threads)) return;
     diffuse::cli::apply_threads(*threads);
+    o->dist = diffuse::cli::join_job(*dist, o->device);
     if (o->eval_every > 0) o->evaluate = diffuse::train_fid_evaluator(*eval_classifier, 1000);
     std::signal(SIGINT, on_sigint);
     std::signal(SIGTERM, on_sigint);
     auto r = te_opt->count() > 0 ? diffuse::train_text_to_image(*t2i) : diffuse::train(*o);
     std::signal(SIGINT, SIG_DFL);
+    if (o->dist && !o->dist->main()) {
+      if (r.interrupted) throw CLI::RuntimeError(130);
+      return;
+    }
     std::printf("%s: %lld steps, loss %.5f, %.1f s%s\n", o->out.c_str(), static_cast<long long>(r.steps), r.final_loss,
                 r.seconds, r.interrupted ? " (interrupted; continue with --resume)" : "");
     if (r.interrupted) throw CLI::RuntimeError(130);

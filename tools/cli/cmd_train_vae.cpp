@@ -7,6 +7,8 @@
 #include "core/error.h"
 #include "core/runtime.h"
 #include "eval/perceptual.h"
+#include "launch.h"
+#include "train/distributed.h"
 #include "train/trainer.h"
 #include "train/vae_trainer.h"
 
@@ -20,6 +22,7 @@ extern "C" void on_vae_sigint(int) {
 void register_cmd(CLI::App& app) {
   auto o = std::make_shared<diffuse::VaeTrainOptions>();
   auto threads = std::make_shared<int>(0);
+  auto dist = std::make_shared<diffuse::cli::DistFlags>();
   auto perceptual = std::make_shared<std::string>();
   std::string presets;
   for (const auto& [n, d] : diffuse::vae_presets()) presets += "\n    " + n + ": " + d;
@@ -34,7 +37,7 @@ void register_cmd(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--channels", o->channels, "Image channels (0 = the data's own)")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Optimizer steps in total")->capture_default_str();
-  cmd->add_option("--batch", o->batch, "Batch size")->capture_default_str();
+  cmd->add_option("--batch", o->batch, "Batch size per process (global batch: x processes)")->capture_default_str();
   cmd->add_option("--lr", o->lr, "Peak learning rate (AdamW, betas 0.5/0.9 as in LDM)")->capture_default_str();
   cmd->add_option("--lr-schedule", o->lr_schedule, "constant or cosine, after linear warm-up")->capture_default_str();
   cmd->add_option("--warmup", o->warmup, "Warm-up steps")->capture_default_str();
@@ -77,8 +80,14 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   diffuse::cli::add_threads_option(cmd, threads.get());
-  cmd->callback([o, threads, perceptual, cmd] {
+  diffuse::cli::add_dist_options(cmd, dist.get());
+  cmd->add_option("--batch-log", o->batch_log,
+                  "Append the dataset rows of every batch to this file (one line per batch; with several processes "
+                  "FILE.rank<N>), e.g. to compare data orders");
+  cmd->callback([o, threads, perceptual, cmd, dist] {
+    if (diffuse::cli::launch_local(*dist, *threads)) return;
     diffuse::cli::apply_threads(*threads);
+    o->dist = diffuse::cli::join_job(*dist, o->device);
     if (!perceptual->empty()) {
       if (cmd->count("--perceptual-weight") == 0) o->perceptual_weight = 1.0;
       auto dist = std::make_shared<diffuse::PerceptualDistance>(
@@ -92,6 +101,10 @@ void register_cmd(CLI::App& app) {
     std::signal(SIGTERM, on_vae_sigint);
     auto r = diffuse::train_vae(*o);
     std::signal(SIGINT, SIG_DFL);
+    if (o->dist && !o->dist->main()) {
+      if (r.interrupted) throw CLI::RuntimeError(130);
+      return;
+    }
     if (r.interrupted) {
       std::printf("%s: %lld steps, training PSNR %.2f dB (interrupted; continue with --resume)\n", o->out.c_str(),
                   static_cast<long long>(r.steps), r.train_psnr);
