@@ -36,33 +36,23 @@ struct Target {
 
 // Every name a LoRA file may use for a layer's weight -> that weight.
 std::map<std::string, Target> lora_targets(const SDPipeline& pipe) {
-  std::map<std::string, Target> t;
-  std::vector<std::string> unet_names;
+  std::vector<std::string> unet_names, text_names;
+  std::map<std::string, torch::Tensor> unet_params, text_params;
   for (const auto& p : pipe.unet->named_parameters()) {
-    if (!ends_with(p.key(), ".weight")) continue;
-    const std::string m = p.key().substr(0, p.key().size() - 7);
-    t["lora_unet_" + underscored(m)] = {p.value(), false};
-    t["unet." + m] = {p.value(), false};
     unet_names.push_back(p.key());
+    unet_params[p.key()] = p.value();
   }
-  // kohya's LDM-named UNet keys, through the checkpoint converter's name table: converting
-  // marker tensors (value = index) tells which LDM name each diffusers weight gets.
-  try {
-    TensorMap markers;
-    for (size_t i = 0; i < unet_names.size(); ++i)
-      markers[unet_names[i]] = torch::full({1}, static_cast<double>(i), torch::kFloat64);
-    const std::string prefix = "model.diffusion_model.";
-    for (const auto& [ldm, v] : to_ldm(pipe.unet->config(), markers, pipe.vae->config(), {}, {})) {
-      if (ldm.compare(0, prefix.size(), prefix) != 0 || !ends_with(ldm, ".weight")) continue;
-      const auto i = static_cast<size_t>(v.item<double>());
-      const std::string m = ldm.substr(prefix.size(), ldm.size() - prefix.size() - 7);
-      t.emplace("lora_unet_" + underscored(m), t.at("unet." + unet_names[i].substr(0, unet_names[i].size() - 7)));
+  // SD 1.x / 2.x: lora_te_*, text_encoder.* (in the key table)
+  if (pipe.text && !pipe.is_xl())
+    for (const auto& p : pipe.text->model->named_parameters()) {
+      text_names.push_back(p.key());
+      text_params[p.key()] = p.value();
     }
-  } catch (const Error&) {
-    // A UNet layout the LDM table does not cover: only diffusers-named keys match.
-  }
-  // SD 1.x / 2.x: lora_te_*, text_encoder.*; SDXL (kohya): lora_te1_* (CLIP ViT-L), lora_te2_*
-  // (OpenCLIP bigG), diffusers: text_encoder.*, text_encoder_2.*
+  std::map<std::string, Target> t;
+  for (const auto& [name, k] : lora_key_table(pipe.unet->config(), unet_names, pipe.vae->config(), text_names))
+    t[name] = {(k.text ? text_params : unet_params).at(k.weight), k.text};
+  // SDXL (kohya): lora_te1_* (CLIP ViT-L), lora_te2_* (OpenCLIP bigG); diffusers: text_encoder.*,
+  // text_encoder_2.*
   auto add_text = [&](const SDTextEncoder* te, const std::string& kohya, const std::string& diffusers) {
     if (!te) return;
     for (const auto& p : te->model->named_parameters()) {
@@ -75,8 +65,6 @@ std::map<std::string, Target> lora_targets(const SDPipeline& pipe) {
   if (pipe.is_xl()) {
     add_text(pipe.text.get(), "lora_te1_", "text_encoder");
     add_text(pipe.text_2.get(), "lora_te2_", "text_encoder_2");
-  } else {
-    add_text(pipe.text.get(), "lora_te_", "text_encoder");
   }
   return t;
 }
@@ -108,6 +96,44 @@ std::string list_some(const std::vector<std::string>& names) {
 }
 
 }  // namespace
+
+std::map<std::string, LoraKeyTarget> lora_key_table(const UNet2DConditionConfig& unet_config,
+                                                    const std::vector<std::string>& unet_weights,
+                                                    const AutoencoderKLConfig& vae_config,
+                                                    const std::vector<std::string>& text_weights) {
+  std::map<std::string, LoraKeyTarget> t;
+  std::vector<std::string> unet_names;
+  for (const auto& w : unet_weights) {
+    if (!ends_with(w, ".weight")) continue;
+    const std::string m = w.substr(0, w.size() - 7);
+    t["lora_unet_" + underscored(m)] = {w, false};
+    t["unet." + m] = {w, false};
+    unet_names.push_back(w);
+  }
+  // kohya's LDM-named UNet keys, through the checkpoint converter's name table: converting
+  // marker tensors (value = index) tells which LDM name each diffusers weight gets.
+  try {
+    TensorMap markers;
+    for (size_t i = 0; i < unet_names.size(); ++i)
+      markers[unet_names[i]] = torch::full({1}, static_cast<double>(i), torch::kFloat64);
+    const std::string prefix = "model.diffusion_model.";
+    for (const auto& [ldm, v] : to_ldm(unet_config, markers, vae_config, {}, {})) {
+      if (ldm.compare(0, prefix.size(), prefix) != 0 || !ends_with(ldm, ".weight")) continue;
+      const auto i = static_cast<size_t>(v.item<double>());
+      const std::string m = ldm.substr(prefix.size(), ldm.size() - prefix.size() - 7);
+      t.emplace("lora_unet_" + underscored(m), LoraKeyTarget{unet_names[i], false});
+    }
+  } catch (const Error&) {
+    // A UNet layout the LDM table does not cover: only diffusers-named keys match.
+  }
+  for (const auto& w : text_weights) {
+    if (!ends_with(w, ".weight")) continue;
+    const std::string m = w.substr(0, w.size() - 7);
+    t["lora_te_" + underscored(m)] = {w, true};
+    t["text_encoder." + m] = {w, true};
+  }
+  return t;
+}
 
 LoraSpec parse_lora_arg(const std::string& arg) {
   LoraSpec s{arg, 1.0};

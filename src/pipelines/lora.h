@@ -17,6 +17,9 @@
 #include <string>
 #include <vector>
 
+#include "models/autoencoder_kl.h"
+#include "models/unet2d_condition.h"
+
 namespace diffuse {
 
 struct SDPipeline;
@@ -35,6 +38,20 @@ std::vector<LoraSpec> extract_prompt_loras(std::string& prompt, const std::strin
 struct LoraMergeReport {
   int unet_layers = 0, text_layers = 0;
 };
+
+// The weight a LoRA key names: a parameter of the UNet, or of the text encoder when `text`.
+struct LoraKeyTarget {
+  std::string weight;  // e.g. down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight
+  bool text = false;
+};
+// Every LoRA base name (key without .lora_down.weight / .lora_up.weight / .alpha) the loader
+// accepts for a model with these weight names -> the weight it changes: kohya's diffusers-named
+// and LDM-named UNet keys, PEFT's unet.* / text_encoder.*, kohya's lora_te_*. Names only, so that
+// full-size layouts can be checked without their weights.
+std::map<std::string, LoraKeyTarget> lora_key_table(const UNet2DConditionConfig& unet_config,
+                                                    const std::vector<std::string>& unet_weights,
+                                                    const AutoencoderKLConfig& vae_config,
+                                                    const std::vector<std::string>& text_weights);
 
 // Merges the LoRA tensors `lora` (from `source`) into the pipeline's UNet and text encoder.
 LoraMergeReport apply_lora(SDPipeline& pipe, const std::map<std::string, torch::Tensor>& lora, double weight,

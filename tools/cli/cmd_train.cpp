@@ -9,6 +9,7 @@
 #include "launch.h"
 #include "train/distributed.h"
 #include "train/presets.h"
+#include "train/text_to_image.h"
 #include "train/trainer.h"
 
 namespace cmd_train {
@@ -19,7 +20,8 @@ extern "C" void on_sigint(int) {
 }
 
 void register_cmd(CLI::App& app) {
-  auto o = std::make_shared<diffuse::TrainOptions>();
+  auto t2i = std::make_shared<diffuse::TextToImageOptions>();
+  auto o = std::shared_ptr<diffuse::TrainOptions>(t2i, &t2i->train);
   auto threads = std::make_shared<int>(0);
   auto dist = std::make_shared<diffuse::cli::DistFlags>();
   auto eval_classifier = std::make_shared<std::string>();
@@ -49,6 +51,22 @@ void register_cmd(CLI::App& app) {
                   "Fine-tune: start from this pipeline (or UNet/DiT) folder; its network config replaces --config, "
                   "and --prediction, --beta-schedule and the classes must match it")
       ->check(CLI::ExistingDirectory);
+  std::string te_presets;
+  for (const auto& [n, d] : diffuse::text_encoder_presets()) te_presets += "\n    " + n + ": " + d;
+  auto* te_opt = cmd->add_option(
+      "--text-encoder", t2i->text_encoder,
+      "Text-to-image from captioned --data (IMAGE.png + IMAGE.txt, metadata.jsonl, emoji-captions): a "
+      "UNet2DConditionModel (--config t2i-tiny, t2i-small or a config.json) on --latent VAE latents, with "
+      "a CLIP text encoder trained from scratch (a preset) or frozen (a CLIPTextModel or SD pipeline "
+      "folder); writes a StableDiffusionPipeline folder. Presets:" +
+          te_presets);
+  cmd->add_option("--caption-ext", t2i->caption_ext, "Text-to-image: extension of the caption files")
+      ->capture_default_str();
+  cmd->add_option("--caption-dropout", t2i->caption_dropout,
+                  "Text-to-image: probability of training a caption as \"\" (for classifier-free guidance)")
+      ->capture_default_str();
+  cmd->add_option("--sample-prompt", t2i->sample_prompts,
+                  "Text-to-image: a prompt of the sample grids (repeatable; default the first 8 captions)");
   cmd->add_option("--image-size", o->image_size, "Training resolution (0 = the data's own)")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Optimizer steps in total")->capture_default_str();
   cmd->add_option("--batch", o->batch, "Batch size per process (global batch: x processes x --grad-accum)")
@@ -91,14 +109,14 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--batch-log", o->batch_log,
                   "Append the dataset rows of every batch to this file (one line per batch; with several processes "
                   "FILE.rank<N>), e.g. to compare data orders");
-  cmd->callback([o, threads, eval_classifier, dist] {
+  cmd->callback([o, t2i, te_opt, threads, eval_classifier, dist] {
     if (diffuse::cli::launch_local(*dist, *threads)) return;
     diffuse::cli::apply_threads(*threads);
     o->dist = diffuse::cli::join_job(*dist, o->device);
     if (o->eval_every > 0) o->evaluate = diffuse::train_fid_evaluator(*eval_classifier, 1000);
     std::signal(SIGINT, on_sigint);
     std::signal(SIGTERM, on_sigint);
-    auto r = diffuse::train(*o);
+    auto r = te_opt->count() > 0 ? diffuse::train_text_to_image(*t2i) : diffuse::train(*o);
     std::signal(SIGINT, SIG_DFL);
     if (o->dist && !o->dist->main()) {
       if (r.interrupted) throw CLI::RuntimeError(130);

@@ -1,0 +1,130 @@
+// diffuse train-lora: train a kohya-format LoRA on a Stable Diffusion 1.x / 2.x checkpoint.
+#include <csignal>
+#include <cstdio>
+#include <memory>
+#include <regex>
+
+#include "commands.h"
+#include "core/error.h"
+#include "train/lora_trainer.h"
+#include "train/train_loop.h"
+
+namespace cmd_train_lora {
+
+extern "C" void on_sigint_lora(int) {
+  if (diffuse::train_stop_flag()) std::_Exit(130);  // second Ctrl-C: stop now
+  diffuse::train_stop_flag() = true;
+}
+
+// The option names of the library's errors -> this command's flags.
+std::string as_flags(std::string message) {
+  static const std::pair<const char*, const char*> kFlags[] = {{"text_encoder_lr", "--text-encoder-lr"},
+                                                               {"caption_ext", "--caption-ext"},
+                                                               {"caption_dropout", "--caption-dropout"},
+                                                               {"min_snr_gamma", "--min-snr-gamma"},
+                                                               {"save_dtype", "--save-precision"},
+                                                               {"save_every", "--save-every"},
+                                                               {"lr_schedule", "--lr-schedule"},
+                                                               {"unet_layers", "--layers"},
+                                                               {"conv_rank", "--conv-rank"},
+                                                               {"conv_alpha", "--conv-alpha"},
+                                                               {"rank", "--rank"},
+                                                               {"alpha", "--alpha"},
+                                                               {"model", "--model"},
+                                                               {"data", "--data"},
+                                                               {"out", "--out"},
+                                                               {"resolution", "--resolution"},
+                                                               {"steps", "--steps"},
+                                                               {"batch", "--batch"},
+                                                               {"lr", "--lr"},
+                                                               {"resume", "--resume"}};
+  for (const auto& [field, flag] : kFlags)
+    message = std::regex_replace(message, std::regex(std::string("(^|[ (])(--)?") + field + "(?= )"),
+                                 std::string("$1") + flag);
+  return message;
+}
+
+void register_cmd(CLI::App& app) {
+  auto o = std::make_shared<diffuse::LoraTrainOptions>();
+  auto threads = std::make_shared<int>(0);
+  auto no_buckets = std::make_shared<bool>(false);
+  auto* cmd = app.add_subcommand(
+      "train-lora", "Train a LoRA (kohya format) on a Stable Diffusion 1.x / 2.x checkpoint from captioned images");
+  cmd->add_option("--model", o->model, "Stable Diffusion pipeline folder or single-file .safetensors")->required();
+  cmd->add_option("--data", o->data,
+                  "Captioned images: a folder of IMAGE.png + IMAGE.txt (kohya; N_name subfolders repeat N times) "
+                  "and/or metadata.jsonl (file_name, text), or emoji-captions")
+      ->required();
+  cmd->add_option("--out", o->out,
+                  "The LoRA file (.safetensors); OUT-train/ beside it keeps the checkpoint, metrics.csv and loss.png")
+      ->required();
+  cmd->add_option("--caption-ext", o->caption_ext, "Extension of the caption files")->capture_default_str();
+  cmd->add_option("--resolution", o->resolution,
+                  "Training side in pixels: aspect-ratio buckets have about this area (0 = the model's default size)")
+      ->capture_default_str();
+  cmd->add_flag("--no-buckets", *no_buckets, "Resize and centre-crop every image to a square instead of bucketing");
+  cmd->add_option("--rank", o->network.rank, "LoRA rank (network_dim)")->capture_default_str();
+  cmd->add_option("--alpha", o->network.alpha, "LoRA alpha (scale alpha / rank)")->capture_default_str();
+  cmd->add_option("--layers", o->network.unet_layers,
+                  "UNet layers: attention (to_q, to_k, to_v, to_out.0) or transformer (also proj_in/out and the "
+                  "feed-forward, kohya's default)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"attention", "transformer"}));
+  cmd->add_flag("--conv", o->network.conv, "Also the resnet and sampler layers (LoCon; 3x3 convolutions)");
+  cmd->add_option("--conv-rank", o->network.conv_rank, "Rank of the 3x3 convolutions (0 = --rank)");
+  cmd->add_option("--conv-alpha", o->network.conv_alpha, "Alpha of the 3x3 convolutions (0 = --alpha)");
+  cmd->add_option("--lr", o->lr, "Learning rate of the UNet LoRA (AdamW)")->capture_default_str();
+  cmd->add_option("--text-encoder-lr", o->text_encoder_lr, "> 0: also train LoRA on the text encoder at this rate")
+      ->capture_default_str();
+  cmd->add_option("--lr-schedule", o->lr_schedule, "constant or cosine, after linear warm-up")->capture_default_str();
+  cmd->add_option("--warmup", o->warmup, "Warm-up steps")->capture_default_str();
+  cmd->add_option("--weight-decay", o->weight_decay, "AdamW weight decay")->capture_default_str();
+  cmd->add_option("--grad-clip", o->grad_clip, "Clip the gradient norm (0 = off)")->capture_default_str();
+  cmd->add_option("--steps", o->steps, "Optimizer steps in total")->capture_default_str();
+  cmd->add_option("--batch", o->batch, "Batch size (a batch comes from one bucket)")->capture_default_str();
+  cmd->add_option("--min-snr-gamma", o->min_snr_gamma, "Min-SNR loss weighting gamma (0 = off)")->capture_default_str();
+  cmd->add_option("--caption-dropout", o->caption_dropout, "Probability of an empty caption (for CFG)")
+      ->capture_default_str();
+  cmd->add_flag("--bf16", o->bf16, "Base weights in bf16 and the forward pass under bf16 autocast (LoRA stays fp32)");
+  cmd->add_option("--save-precision", o->save_dtype, "dtype of the saved LoRA: fp16, bf16 or fp32")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp16", "bf16", "fp32"}));
+  cmd->add_option("--seed", o->seed, "Seed for the LoRA initialisation, data order and noise")->capture_default_str();
+  cmd->add_option("--save-every", o->save_every, "Checkpoint and LoRA file every N steps (and at the end / on Ctrl-C)")
+      ->capture_default_str();
+  cmd->add_option("--sample-every", o->sample_every,
+                  "Write a sample grid (OUT-train/samples/) every N steps with the LoRA applied (0 = never)")
+      ->capture_default_str();
+  cmd->add_option("--sample-prompt", o->sample_prompts,
+                  "A prompt of the sample grids (repeatable; default the first 4 captions)");
+  cmd->add_option("--eval-images", o->eval_images,
+                  "Images of the fixed-noise loss printed before and after training (0 = skip it)")
+      ->capture_default_str();
+  cmd->add_flag("--resume", o->resume, "Continue the run of --out from its checkpoint");
+  cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  cmd->add_flag("--quiet", o->quiet, "No progress output");
+  diffuse::cli::add_threads_option(cmd, threads.get());
+  cmd->callback([o, threads, no_buckets] {
+    diffuse::cli::apply_threads(*threads);
+    o->buckets = !*no_buckets;
+    std::signal(SIGINT, on_sigint_lora);
+    std::signal(SIGTERM, on_sigint_lora);
+    diffuse::LoraTrainResult r;
+    try {
+      r = diffuse::train_lora(*o);
+    } catch (const diffuse::Error& e) {
+      throw diffuse::Error(as_flags(e.what()));
+    }
+    std::signal(SIGINT, SIG_DFL);
+    std::printf(
+        "%s: %lld steps, %d UNet + %d text-encoder layers, loss %.5f; fixed-noise loss of the data %.5f -> %.5f, "
+        "%.1f s%s\n",
+        o->out.c_str(), static_cast<long long>(r.steps), r.unet_layers, r.text_layers, r.final_loss, r.eval_loss_before,
+        r.eval_loss_after, r.seconds, r.interrupted ? " (interrupted; continue with --resume)" : "");
+    if (r.interrupted) throw CLI::RuntimeError(130);
+  });
+}
+
+DIFFUSE_COMMAND(12, "train-lora", register_cmd);
+
+}  // namespace cmd_train_lora
