@@ -117,7 +117,8 @@ TEST(UNet2DCondition, SdxlMatchesDiffusers) {
             {t.at("inter.conv_in"), t.at("inter.down_blocks.0.res0"), t.at("inter.down_blocks.0.res1")}, emb));
   check("inter.conv_norm_out", m->conv_norm_out->forward(t.at("inter.up_blocks.1")));
   check("inter.conv_out", m->conv_out->forward(torch::silu(t.at("inter.conv_norm_out"))));
-  for (const auto& [k, v] : t) {
+  for (const auto& entry : t) {
+    const std::string& k = entry.first;
     if (k.rfind("inter.", 0) != 0) continue;
     EXPECT_TRUE(std::any_of(diffs.begin(), diffs.end(), [&](const auto& p) { return p.first == k; }))
         << "unchecked fixture tensor " << k;
