@@ -121,6 +121,23 @@ std::vector<ModelEntry> find_models(const std::vector<std::string>& paths, const
   return out;
 }
 
+namespace {
+
+// Clients name guide models and refiners as they name models: by the names this server lists.
+ServerOptions resolve_names(ServerOptions o) {
+  if (!o.load.resolve_guide) {
+    const auto entries = o.models;
+    o.load.resolve_guide = [entries](const std::string& name) {
+      for (const auto& e : entries)
+        if (e.name == name) return e.path;
+      return std::string();
+    };
+  }
+  return o;
+}
+
+}  // namespace
+
 struct Server::Impl {
   ServerOptions options;
   ModelRegistry models;
@@ -130,7 +147,7 @@ struct Server::Impl {
   std::atomic<bool> stopped{false};
 
   explicit Impl(ServerOptions o)
-      : options(std::move(o)),
+      : options(resolve_names(std::move(o))),
         models(options.models, options.memory_budget_gb, options.load),
         jobs(models, options.max_queue, options.preview_every),
         ctx{options, models, jobs} {}

@@ -20,7 +20,7 @@ struct ServerOptions {
   size_t max_body_bytes = 32 << 20;
   RequestLimits limits;
   int preview_every = 1;
-  LoadOptions load;
+  LoadOptions load;  // resolve_guide unset: guide models and refiners are named as `models` name them
 };
 
 // Models named by --model paths (name: folder or file name) and the models in --models-dir

@@ -23,13 +23,7 @@ void run(Args& a) {
   a.o.models = diffuse::server::find_models(a.models, a.models_dir);
   a.o.load.device = a.device;
   a.o.load.dtype = a.dtype;
-  a.o.load.allow_paths = false;  // clients name models, guides and LoRAs; never files
-  const auto names = a.o.models;
-  a.o.load.resolve_guide = [names](const std::string& name) {
-    for (const auto& e : names)
-      if (e.name == name) return e.path;
-    return std::string();
-  };
+  a.o.load.allow_paths = false;  // clients name models, guides, refiners and LoRAs; never files
   // SIGTERM / SIGINT: stop accepting, cancel the running job, exit 0. Blocked in every thread;
   // one thread waits for them.
   sigset_t set;
