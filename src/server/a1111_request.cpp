@@ -89,6 +89,16 @@ GenerationRequest from_a1111(const json& j, std::string& model, bool img2img) {
     take(o, "CLIP_stop_at_last_layers", clip_skip);
     if (clip_skip > 1) r.clip_skip = clip_skip - 1;
   }
+  // SDXL base -> refiner handoff: the refiner's name ("None", as A1111's picker says, or "" = none)
+  // is resolved by the route, which names refiner_checkpoint in its errors
+  std::string refiner;
+  take(j, "refiner_checkpoint", refiner);
+  if (refiner != "None") r.refiner = refiner;
+  if (j.contains("refiner_switch_at") && !j["refiner_switch_at"].is_null()) {
+    take(j, "refiner_switch_at", r.refiner_switch);
+    if (!(r.refiner_switch > 0 && r.refiner_switch < 1))
+      throw RequestError("refiner_switch_at", "must lie strictly between 0 and 1");
+  }
   if (img2img) {
     if (!j.contains("init_images") || !j["init_images"].is_array() || j["init_images"].empty() ||
         !j["init_images"][0].is_string())

@@ -23,19 +23,64 @@ void fit_to_model(GenerationRequest& r, const ModelInfo& info) {
   if (info.kind == ModelKind::Unconditional) r.prompt.clear();
 }
 
+// A checkpoint as A1111 clients name it: a served model's name, or the title A1111 lists
+// ("name.safetensors [hash]"); "" when this server has no such model.
+std::string checkpoint(Context& c, std::string name) {
+  if (c.models.has(name)) return name;
+  const size_t bracket = name.rfind(" [");
+  if (bracket != std::string::npos && name.back() == ']') name.erase(bracket);
+  if (c.models.has(name)) return name;
+  for (const std::string ext : {".safetensors", ".ckpt"})
+    if (name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0 &&
+        c.models.has(name.substr(0, name.size() - ext.size())))
+      return name.substr(0, name.size() - ext.size());
+  return "";
+}
+
+// The model a request names: its checkpoint, else the reply model_name gives for an unknown one.
+std::string a1111_model(Context& c, const std::string& requested, httplib::Response& res) {
+  const std::string found = requested.empty() ? "" : checkpoint(c, requested);
+  return model_name(c, found.empty() ? requested : found, res);
+}
+
+// Errors name the A1111 fields: refiner_checkpoint and refiner_switch_at for the library's
+// refiner and refiner_switch.
+void name_a1111_fields(httplib::Response& res) {
+  json j = json::parse(res.body, nullptr, false);
+  if (!j.is_object() || !j.contains("error")) return;
+  auto rename = [](json& e) {
+    if (!e.is_object() || !e.contains("field")) return;
+    if (e["field"] == "refiner") e["field"] = "refiner_checkpoint";
+    if (e["field"] == "refiner_switch") e["field"] = "refiner_switch_at";
+  };
+  rename(j["error"]);
+  if (j.contains("errors") && j["errors"].is_array())
+    for (auto& e : j["errors"]) rename(e);
+  reply_json(res, j, res.status);
+}
+
 void run_sync(Context& c, const httplib::Request& req, httplib::Response& res, bool img2img) {
   json j;
   if (!parse_body(req, res, j)) return;
   std::string requested;
   GenerationRequest r = from_a1111(j, requested, img2img);
-  const std::string model = model_name(c, requested, res);
+  const std::string model = a1111_model(c, requested, res);
   if (model.empty()) return;
+  if (!r.refiner.empty()) {
+    const std::string refiner = checkpoint(c, r.refiner);
+    if (refiner.empty()) {
+      std::string names;
+      for (const auto& e : c.models.entries()) names += (names.empty() ? "" : ", ") + e.name;
+      return reply_error(res, 400, "refiner_checkpoint", "no model named '" + r.refiner + "' (models: " + names + ")");
+    }
+    r.refiner = refiner;
+  }
   fit_to_model(r, c.models.get(model)->info());
-  if (!admit(c, model, r, res)) return;
+  if (!admit(c, model, r, res)) return name_a1111_fields(res);
   auto job = submit(c, model, r, res);
   if (!job) return;
   const Job done = c.jobs.wait(job);
-  if (reply_unfinished(done, res)) return;
+  if (reply_unfinished(done, res)) return name_a1111_fields(res);
   json images = json::array();
   for (const auto& im : done.images) images.push_back(base64_encode(im));
   const GenerationRequest& ran = done.ran;
@@ -139,7 +184,7 @@ void add_a1111_routes(httplib::Server& http, Context& c) {
     if (j.contains("sd_model_checkpoint")) {
       if (!j["sd_model_checkpoint"].is_string())
         return reply_error(res, 400, "sd_model_checkpoint", "must be a string");
-      const std::string name = model_name(c, j["sd_model_checkpoint"].get<std::string>(), res);
+      const std::string name = a1111_model(c, j["sd_model_checkpoint"].get<std::string>(), res);
       if (name.empty()) return;
       c.models.get(name);  // load now, as A1111 does
       c.models.set_current(name);
