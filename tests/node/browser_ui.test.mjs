@@ -11,7 +11,7 @@ import path from 'node:path';
 import { deflateSync } from 'node:zlib';
 import { chromium } from 'playwright-core';
 import { decodePng, encodePng, pngTexts } from './png.mjs';
-import { root, startServer, tinySd } from './serve.mjs';
+import { root, startServer, tinySd, tinySdxl, tinySdxlRefiner } from './serve.mjs';
 
 const screenshots = process.env.DIFFUSE_SCREENSHOTS === '1';
 let server, base, browser, context, page, tmp;
@@ -95,12 +95,20 @@ async function setClassModel(model, cls) {
   await page.selectOption('#class', cls);
 }
 
+// The tiny SDXL model draws 16×16 natively; recommending 64×64 gives its SDXL presets room.
+function sdxlAt64(dir) {
+  fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify({ width: 64, height: 64 }));
+  return dir;
+}
+
 before(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'diffuse-ui-'));
   ({ server, url: base } = await startServer([
     '--model', path.join(root, 'models/fashion-mnist'),
     '--model', path.join(root, 'models/emoji-dit'),
     '--model', tinySd(path.join(tmp, 'sd_tiny')),
+    '--model', sdxlAt64(tinySdxl(path.join(tmp, 'sdxl'))),
+    '--model', tinySdxlRefiner(path.join(tmp, 'sdxl_refiner')),
   ]));
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true });
   context = await browser.newContext({ viewport: { width: 1280, height: 860 }, acceptDownloads: true });
@@ -572,6 +580,89 @@ test('narrow screens get one column; the tabs work from the keyboard', async () 
       .filter((el) => el.type !== 'hidden' && !el.labels?.length && !el.getAttribute('aria-label'))
       .map((el) => el.id));
   assert.deepEqual(unlabelled, []);
+});
+
+test('SDXL models get SDXL sizes, micro-conditioning and a refiner; other models do not', async () => {
+  await page.click('#tab-generate');
+  const visible = (id) => page.locator(id).isVisible();
+  await page.selectOption('#model', 'sd_tiny');
+  assert.equal(await visible('#sdxl-fields'), false);
+  await page.selectOption('#model', 'sdxl');
+  assert.equal(await page.locator('#model-kind').textContent(), 'Stable Diffusion · SDXL');
+  assert.equal(await page.inputValue('#guidance'), '5'); // the library's SDXL default
+  for (const id of ['#sdxl-fields', '#original-width', '#crop-top', '#target-width', '#refiner'])
+    assert.equal(await visible(id), true, id);
+  for (const id of ['#aesthetic-score', '#refiner-switch']) assert.equal(await visible(id), false, id);
+  // refiners only in the picker
+  assert.deepEqual(await page.locator('#refiner option').allTextContents(), ['none', 'sdxl_refiner']);
+  // the recommended size, then SDXL's aspect buckets scaled to it (1024 -> 64)
+  assert.deepEqual(await page.locator('#size-preset option').allTextContents(), [
+    'native 64×64', '9:7 72×56', '7:9 56×72', '19:13 80×56', '13:19 56×80', '7:4 88×48', '4:7 48×88',
+  ]);
+  await page.selectOption('#size-preset', { label: '9:7 72×56' });
+  assert.deepEqual([await page.inputValue('#width'), await page.inputValue('#height')], ['72', '56']);
+  // a refiner takes aesthetic scores and no target size, and refines nothing else
+  await page.selectOption('#model', 'sdxl_refiner');
+  for (const id of ['#aesthetic-score', '#negative-aesthetic-score', '#original-width'])
+    assert.equal(await visible(id), true, id);
+  for (const id of ['#target-width', '#refiner']) assert.equal(await visible(id), false, id);
+
+  await page.selectOption('#model', 'sdxl');
+  await page.selectOption('#size-preset', { label: '9:7 72×56' });
+  await page.selectOption('#refiner', 'sdxl_refiner');
+  assert.equal(await visible('#refiner-switch'), true);
+  assert.equal(await page.inputValue('#refiner-switch'), '0.8');
+  await setRange('#refiner-switch', 0.6);
+  assert.equal(await page.locator('#refiner-switch-out').textContent(), '0.6');
+  await fill({ '#prompt': 'a red cube', '#negative_prompt': '', '#steps': 5, '#n': 1, '#seed': 77 });
+  // a size given by half is the server's error, under its field
+  allowedErrors = [/status of 400/];
+  await fill({ '#original-width': 128, '#original-height': '' });
+  await page.click('#generate');
+  const err = page.locator('[data-error-for="original_size"]');
+  await err.waitFor();
+  assert.match(await err.textContent(), /must be \[height, width\]/);
+  assert.equal(await page.getAttribute('#original-width', 'aria-invalid'), 'true');
+
+  await fill({ '#original-height': 96, '#crop-top': 8, '#target-width': 80, '#target-height': 64 });
+  let sent = nextJob();
+  assert.equal(await generate(), 1, String(await shownErrors()));
+  let body = await sent;
+  assert.equal(body.model, 'sdxl');
+  assert.deepEqual(
+    [body.original_size, body.crop_coords, body.target_size, body.refiner, body.refiner_switch],
+    [[96, 128], [8, 0], [64, 80], 'sdxl_refiner', 0.6],
+  );
+  assert.equal(body.aesthetic_score, undefined);
+  assert.equal(body.guidance, undefined); // left at the model's default
+  const params = await card(77).locator('pre').textContent();
+  for (const s of ['Size: 72x56', 'Original size: "96, 128"', 'Crop coords: "8, 0"', 'Target size: "64, 80"',
+    'CFG scale: 5', 'Refiner: sdxl_refiner, Refiner switch at: 0.6'])
+    assert.ok(params.includes(s), `${s} in ${params}`);
+  const png = await download(card(77));
+  assert.match(pngTexts(png).parameters, /Refiner: sdxl_refiner, Refiner switch at: 0\.6/);
+  assert.deepEqual([decodePng(png).width, decodePng(png).height], [72, 56]);
+
+  // "use settings" restores them; a model that is not SDXL sends none of them
+  await fill({ '#original-width': '', '#original-height': '', '#crop-top': '' });
+  await setRange('#refiner-switch', 0.9);
+  await page.selectOption('#refiner', '');
+  await page.selectOption('#model', 'sd_tiny');
+  await card(77).getByRole('button', { name: /Use the settings/ }).click();
+  assert.equal(await page.inputValue('#model'), 'sdxl');
+  assert.deepEqual(
+    await Promise.all(['#original-width', '#original-height', '#crop-top', '#refiner', '#refiner-switch'].map((id) =>
+      page.inputValue(id))),
+    ['128', '96', '8', 'sdxl_refiner', '0.6'],
+  );
+  await page.selectOption('#model', 'sd_tiny');
+  await fill({ '#steps': 1, '#seed': 78 });
+  sent = nextJob();
+  assert.equal(await generate(), 1, String(await shownErrors()));
+  body = await sent;
+  for (const k of ['original_size', 'crop_coords', 'target_size', 'refiner', 'refiner_switch'])
+    assert.equal(body[k], undefined, k);
+  assert.doesNotMatch(await card(78).locator('pre').textContent(), /Refiner/);
 });
 
 test('with --token the page asks for the token once and keeps it', async () => {

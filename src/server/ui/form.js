@@ -22,6 +22,52 @@ function option(value, text, title) {
 
 const round = (v, step) => Math.max(step, Math.round(v / step) * step);
 
+// SDXL's aspect buckets at 1024² pixels (width, height), scaled to a model's native size.
+const SDXL_BUCKETS = [
+  ['1:1', 1024, 1024],
+  ['9:7', 1152, 896],
+  ['7:9', 896, 1152],
+  ['19:13', 1216, 832],
+  ['13:19', 832, 1216],
+  ['7:4', 1344, 768],
+  ['4:7', 768, 1344],
+];
+
+const isXl = (m) => /^SDXL/.test(m?.architecture || '');
+const isRefiner = (m) => /^SDXL refiner/.test(m?.architecture || '');
+
+// The SDXL fieldset's inputs, as saved with each image.
+const SDXL_INPUTS = {
+  original_width: 'original-width',
+  original_height: 'original-height',
+  crop_top: 'crop-top',
+  crop_left: 'crop-left',
+  target_width: 'target-width',
+  target_height: 'target-height',
+  aesthetic_score: 'aesthetic-score',
+  negative_aesthetic_score: 'negative-aesthetic-score',
+};
+
+// The SDXL settings of a native request ([0, 0] sizes = empty inputs).
+function sdxlSettings(r) {
+  const [oh, ow] = r.original_size || [0, 0];
+  const [ct, cl] = r.crop_coords || [0, 0];
+  const [th, tw] = r.target_size || [0, 0];
+  const size = (v, other) => (v || other ? v : null);
+  return {
+    original_width: size(ow, oh),
+    original_height: size(oh, ow),
+    crop_top: ct || cl ? ct : null,
+    crop_left: ct || cl ? cl : null,
+    target_width: size(tw, th),
+    target_height: size(th, tw),
+    aesthetic_score: r.aesthetic_score ?? null,
+    negative_aesthetic_score: r.negative_aesthetic_score ?? null,
+    refiner: r.refiner || '',
+    refiner_switch: r.refiner ? r.refiner_switch : undefined,
+  };
+}
+
 export class Form {
   constructor() {
     this.list = null; // GET /api/v1/models
@@ -35,6 +81,12 @@ export class Form {
     });
     $('seed-random').addEventListener('click', () => ($('seed').value = -1));
     $('model').addEventListener('change', () => this.selectModel($('model').value));
+    $('refiner').addEventListener('change', () => this.showRefinerSwitch());
+    $('refiner-switch').addEventListener('input', () => ($('refiner-switch-out').value = $('refiner-switch').value));
+  }
+
+  showRefinerSwitch() {
+    $('refiner-switch-field').hidden = !$('refiner').value;
   }
 
   setup(list) {
@@ -50,6 +102,9 @@ export class Form {
       option('', "the sampler's default"),
       ...list.schedules.map((s) => option(s.name, s.name, s.summary)),
     );
+    // SDXL refiners (not 9-channel inpainting ones: they cannot continue another model's latents)
+    const refiners = list.models.filter((m) => m.architecture === 'SDXL refiner');
+    $('refiner').replaceChildren(option('', 'none'), ...refiners.map((m) => option(m.name, m.name)));
     const current = list.models.find((m) => m.current) || list.models[0];
     if (current) this.selectModel(current.name);
   }
@@ -67,7 +122,7 @@ export class Form {
       sampler: d.sampler || '',
       schedule: d.schedule || '',
       steps: d.steps ?? 20,
-      guidance: d.guidance ?? (sd ? 7.5 : 1),
+      guidance: d.guidance ?? (isXl(m) ? 5 : sd ? 7.5 : 1), // SDXL: diffusers' default, as the library's
       n: d.n ?? (sd ? 1 : 8),
       width: d.width || m?.width || 512,
       height: d.height || m?.height || 512,
@@ -100,7 +155,15 @@ export class Form {
     const step = m.size_step || 8;
     for (const id of ['width', 'height']) Object.assign($(id), { step, min: step });
     const base = Math.min(d.width, d.height);
-    const presets = sd
+    const xl = isXl(m);
+    const scale = Math.sqrt(d.width * d.height) / 1024;
+    const seen = new Set();
+    const presets = xl
+      ? [
+          ['native', d.width, d.height],
+          ...SDXL_BUCKETS.map(([n, w, h]) => [n, round(w * scale, step), round(h * scale, step)]),
+        ].filter(([, w, h]) => !seen.has(`${w}x${h}`) && seen.add(`${w}x${h}`))
+      : sd
       ? [
           ['square', base, base],
           ['portrait 2:3', base, round(base * 1.5, step)],
@@ -112,15 +175,35 @@ export class Form {
           ['2× native', m.width * 2, m.height * 2],
         ];
     $('size-preset').replaceChildren(...presets.map(([n, w, h]) => option(`${w}x${h}`, `${n} ${w}×${h}`)));
-    $('size-note').textContent = sd
+    $('size-note').textContent = xl
+      ? `Multiples of 8; the presets are SDXL's aspect buckets at about ${d.width}×${d.height} pixels.`
+      : sd
       ? 'Multiples of 8.'
       : `Multiples of ${step}; this model was trained on ${m.width}×${m.height} images.`;
     $('guide-note').textContent = m.defaults?.guide_unconditional !== undefined && !sd
       ? `Guidance ${d.guidance} is the model's recommendation and uses its guide model.`
       : '';
+    this.showSdxl(m);
     this.clearErrors();
     this.onModel(m);
     return true;
+  }
+
+  // The SDXL fieldset: micro-conditioning for SDXL models; the aesthetic scores for refiners
+  // (they take no target size); the refiner picker for base models.
+  showSdxl(m) {
+    const xl = isXl(m);
+    const refiner = isRefiner(m);
+    $('sdxl-fields').hidden = !xl;
+    $('target-size-field').hidden = refiner;
+    $('aesthetic-fields').hidden = !refiner;
+    const canRefine = xl && !refiner && !/inpainting/.test(m.architecture) && $('refiner').options.length > 1;
+    $('refiner-fields').hidden = !canRefine;
+    if (!canRefine) $('refiner').value = '';
+    this.showRefinerSwitch();
+    $('sdxl-note').textContent = refiner
+      ? 'A refiner refines an image: use it from Edit, or pick it as the refiner of an SDXL base model.'
+      : 'Empty sizes are the output size. The refiner runs the steps after the switch.';
   }
 
   // The form's values, as saved with each image and restored by "use these settings".
@@ -141,6 +224,9 @@ export class Form {
       n: num('n'),
       width: num('width'),
       height: num('height'),
+      ...Object.fromEntries(Object.entries(SDXL_INPUTS).map(([k, id]) => [k, num(id)])),
+      refiner: $('refiner').value,
+      refiner_switch: Number($('refiner-switch').value),
     };
   }
 
@@ -161,6 +247,20 @@ export class Form {
     for (const k of ['sampler', 'schedule', 'steps', 'guidance'])
       if (s[k] !== null && s[k] !== d[k]) r[k] = s[k];
     if (s.n !== null) r.n = s.n;
+    const m = this.model;
+    if (isXl(m)) {
+      // [height, width] and [top, left]; an empty half is 0 (the server names a half-given size)
+      const pair = (a, b) => (a === null && b === null ? null : [a ?? 0, b ?? 0]);
+      r.original_size = pair(s.original_height, s.original_width);
+      r.crop_coords = pair(s.crop_top, s.crop_left);
+      if (isRefiner(m)) {
+        r.aesthetic_score = s.aesthetic_score;
+        r.negative_aesthetic_score = s.negative_aesthetic_score;
+      } else {
+        r.target_size = pair(s.target_height, s.target_width);
+        if (s.refiner && !$('refiner-fields').hidden) [r.refiner, r.refiner_switch] = [s.refiner, s.refiner_switch];
+      }
+    }
     for (const k of Object.keys(r)) if (r[k] === null) delete r[k];
     return r;
   }
@@ -183,6 +283,16 @@ export class Form {
     set('n', s.n);
     set('width', s.width || null);
     set('height', s.height || null);
+    for (const [k, id] of Object.entries(SDXL_INPUTS)) if (s[k] !== undefined) $(id).value = s[k] ?? '';
+    if (s.refiner !== undefined && !$('refiner-fields').hidden) {
+      if (!s.refiner || [...$('refiner').options].some((o) => o.value === s.refiner)) $('refiner').value = s.refiner;
+      else this.showErrors([{ field: 'refiner', message: `this server has no refiner named '${s.refiner}'` }]);
+    }
+    if (s.refiner_switch) {
+      $('refiner-switch').value = s.refiner_switch;
+      $('refiner-switch-out').value = $('refiner-switch').value;
+    }
+    this.showRefinerSwitch();
   }
 
   // Settings from a request as /api/v1/infotext returns it (A1111 parameters text).
@@ -201,6 +311,7 @@ export class Form {
       seed: r.seed,
       width: r.width,
       height: r.height,
+      ...sdxlSettings(r),
     });
   }
 
