@@ -663,6 +663,25 @@ test('SDXL models get SDXL sizes, micro-conditioning and a refiner; other models
   for (const k of ['original_size', 'crop_coords', 'target_size', 'refiner', 'refiner_switch'])
     assert.equal(body[k], undefined, k);
   assert.doesNotMatch(await card(78).locator('pre').textContent(), /Refiner/);
+
+  // PNG info: an A1111 SDXL PNG picks the base, its refiner and switch; the diffuse PNG its sizes
+  const text = 'a lighthouse\nSteps: 4, Sampler: Euler, Seed: 5, Size: 64x64, Model: sdxl, Refiner: sdxl_refiner, ' +
+    'Refiner switch at: 0.7';
+  await dropPng(encodePng(2, 2, 3, new Uint8Array(12), [['tEXt', Buffer.from(`parameters\0${text}`, 'latin1')]]), 'xl.png');
+  assert.equal(await page.locator('#pnginfo-text').textContent(), text);
+  await page.click('#pnginfo-apply');
+  assert.deepEqual(
+    await Promise.all(['#model', '#refiner', '#refiner-switch'].map((id) => page.inputValue(id))),
+    ['sdxl', 'sdxl_refiner', '0.7'],
+  );
+  await dropPng(png, 'diffuse-xl.png');
+  await page.waitForFunction(() => /Original size/.test(document.querySelector('#pnginfo-text').textContent));
+  await page.click('#pnginfo-apply');
+  assert.deepEqual(
+    await Promise.all(['#original-width', '#original-height', '#crop-top', '#crop-left', '#target-width', '#refiner-switch']
+      .map((id) => page.inputValue(id))),
+    ['128', '96', '8', '0', '80', '0.6'],
+  );
 });
 
 test('with --token the page asks for the token once and keeps it', async () => {
