@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "models/model_io.h"
 #include "models/size_bounds.h"
+#include "nn/activations.h"
 #include "nn/attention.h"
 #include "nn/skip_init.h"
 #include "nn/state_dict.h"
@@ -188,7 +189,7 @@ torch::Tensor VAEEncoderImpl::forward(const torch::Tensor& x) {
   auto h = conv_in->forward(x);
   for (auto& b : down) h = b->forward(h, {}).hidden_states;
   h = mid_block->forward(h);
-  return conv_out->forward(torch::silu(conv_norm_out->forward(h)));
+  return conv_out->forward(nn::activate_temporary(nn::Activation::SiLU, conv_norm_out->forward(h)));
 }
 
 VAEDecoderImpl::VAEDecoderImpl(const AutoencoderKLConfig& c) {
@@ -216,7 +217,7 @@ torch::Tensor VAEDecoderImpl::forward(const torch::Tensor& z) {
   auto h = conv_in->forward(z);
   h = mid_block->forward(h);
   for (auto& b : up) h = b->forward(h);
-  return conv_out->forward(torch::silu(conv_norm_out->forward(h)));
+  return conv_out->forward(nn::activate_temporary(nn::Activation::SiLU, conv_norm_out->forward(h)));
 }
 
 }  // namespace nn

@@ -40,4 +40,19 @@ torch::Tensor activate(Activation a, const torch::Tensor& x) {
   return x;
 }
 
+torch::Tensor activate_temporary(Activation a, torch::Tensor x) {
+  if (torch::GradMode::is_enabled() && x.requires_grad()) return activate(a, x);
+  switch (a) {
+    case Activation::SiLU:
+      return torch::silu_(x);
+    case Activation::Mish:
+      return torch::mish_(x);
+    case Activation::GELU:
+      return torch::gelu_(x);
+    case Activation::ReLU:
+      return torch::relu_(x);
+  }
+  return x;
+}
+
 }  // namespace diffuse::nn

@@ -41,7 +41,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : opt_(o), a
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
   LayerUpcast wide({this});
   torch::Tensor input = x;
-  torch::Tensor h = activate(act_, norm1(x));
+  torch::Tensor h = activate_temporary(act_, norm1(x));
   if (opt_.up) {
     input = upsample_nearest_2x(input);
     h = upsample_nearest_2x(h);
@@ -64,7 +64,7 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
     if (t.defined()) h = h + t;
     h = norm2(h);
   }
-  h = conv2(dropout(activate(act_, h)));
+  h = conv2(dropout(activate_temporary(act_, std::move(h))));
   if (conv_shortcut) input = conv_shortcut(input);
   auto out = input + h;
   return opt_.output_scale_factor == 1.0 ? out : out / opt_.output_scale_factor;

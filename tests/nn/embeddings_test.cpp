@@ -110,3 +110,27 @@ TEST(Activations, Names) {
                               0.5 * x * (1 + torch::erf(x / std::sqrt(2.0))), 1e-5, 1e-6));
   EXPECT_THROW(nn::parse_activation("tanh"), diffuse::Error);
 }
+
+TEST(Activations, TemporariesInPlaceOnlyWithoutGradient) {
+  for (const char* name : {"silu", "mish", "gelu", "relu"}) {
+    const auto a = nn::parse_activation(name);
+    const auto x = torch::linspace(-3, 3, 13);
+    const auto want = nn::activate(a, x);
+    {
+      torch::NoGradGuard no_grad;
+      auto t = x.clone();
+      const auto out = nn::activate_temporary(a, t);
+      EXPECT_TRUE(torch::equal(out, want)) << name;
+      EXPECT_EQ(out.data_ptr(), t.data_ptr()) << name << ": no gradient, so in place";
+    }
+    // Recording a gradient: a new tensor, and the backward pass of activate().
+    auto leaf = x.clone().requires_grad_(true);
+    auto t = leaf * 1.0;
+    const auto out = nn::activate_temporary(a, t);
+    EXPECT_NE(out.data_ptr(), t.data_ptr()) << name;
+    out.sum().backward();
+    auto leaf2 = x.clone().requires_grad_(true);
+    nn::activate(a, leaf2 * 1.0).sum().backward();
+    EXPECT_TRUE(torch::equal(leaf.grad(), leaf2.grad())) << name;
+  }
+}

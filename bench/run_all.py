@@ -1,0 +1,313 @@
+#!/usr/bin/python3
+"""The benchmark suite in one command: runs each benchmark side by side with its contenders on this
+machine and rewrites the generated section of docs/benchmarks.md (between the `run_all` markers).
+
+    bench/run_all.py                       # everything that can run here; prints the section
+    bench/run_all.py --write               # ... and rewrites it in docs/benchmarks.md
+    bench/run_all.py --only sd15,int8      # some sections: sd15, int8, sdxl, train, blocks
+    bench/run_all.py --quick               # one repeat, fewer steps: a smoke run of the driver
+
+Contenders:
+  diffuse            build/diffuse (BUILD=...), built beforehand (scripts/build.sh)
+  stable-diffusion.cpp
+                     SDCPP=/path/to/sd-cli, or SDCPP_SRC=/path/to/a source tree (stable-diffusion.cpp
+                     with its ggml submodule checked out): built once into build/sdcpp with CMake.
+                     Neither given: its rows are skipped. docs/benchmarks.md names the pinned commits.
+  PyTorch twin       bench/train_twin.py with /usr/bin/python3 (python3-torch), for training
+
+Checkpoints (random weights with every key and shape of the real ones; values do not change the
+cost): SD15_CKPT (default /tmp/sd15_random.safetensors) and SDXL_CKPT (default
+/tmp/sdxl_random.safetensors), written by build/bench/sd_random_checkpoint when missing (2.1 GB
+and 6.9 GB, fp16). REPEATS (default 3) runs per contender, alternating; medians are reported.
+THREADS (default: the number of cores) for every contender. SIZES (e.g. "256,1024") and SD15_DTYPES
+("fp32,bf16") narrow the generation rows.
+"""
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("BUILD", os.path.join(ROOT, "build"))
+DIFFUSE = os.path.join(BUILD, "diffuse")
+THREADS = int(os.environ.get("THREADS", os.cpu_count() or 1))
+PROMPT = "a photograph of an astronaut riding a horse"
+nan = float("nan")
+BEGIN = "<!-- bench/run_all.py: begin (generated; edit the script, not this section) -->"
+END = "<!-- bench/run_all.py: end -->"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True, **kw).stdout.strip()
+
+
+def machine():
+    cpu = sh("lscpu | sed -n 's/^Model name: *//p'") or platform.processor()
+    flags = sh("grep -m1 '^flags' /proc/cpuinfo").split()
+    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni"]
+    have = [f for f in wanted if f in flags]
+    blas = os.path.realpath("/usr/lib/x86_64-linux-gnu/libblas.so.3")
+    blas = os.path.join(os.path.basename(os.path.dirname(blas)), os.path.basename(blas))
+    torch = sh("dpkg-query -W -f '${Version}' libtorch-dev 2>/dev/null") or "?"
+    mem = sh("free -g | awk '/^Mem/{print $2}'")
+    return (f"{cpu}; flags {' '.join(have) or 'none of ' + ', '.join(wanted)}; {os.cpu_count()} cores, {mem} GiB; "
+            f"libtorch {torch}; BLAS {blas}; {THREADS} threads per contender")
+
+
+def loadavg():
+    return open("/proc/loadavg").read().split()[0]
+
+
+def timed(cmd, log_path):
+    """Runs cmd under /usr/bin/time -v; returns (wall seconds, peak RSS GB, combined output)."""
+    with open(log_path, "w") as f:
+        t0 = time.monotonic()
+        rc = subprocess.run(["/usr/bin/time", "-v"] + cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        wall = time.monotonic() - t0
+    out = open(log_path, errors="replace").read()
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out)
+    failed = {}
+    if rc != 0:
+        why = "killed (out of memory?)" if "terminated by signal 9" in out else f"exited {rc}"
+        failed = {"failed": f"{os.path.basename(cmd[0])} {why}, RSS {int(rss.group(1)) * 1024 / 1e9:.2f} GB when it "
+                            f"ended; see {log_path}" if rss else f"{os.path.basename(cmd[0])} {why}; see {log_path}"}
+    return wall, (int(rss.group(1)) * 1024 / 1e9 if rss else float("nan")), out, failed
+
+
+def diffuse_generate(ckpt, size, steps, out_png, log_path, extra=()):
+    cmd = [DIFFUSE, "generate", "--model", ckpt, "--prompt", PROMPT, "--width", str(size), "--height", str(size),
+           "--steps", str(steps), "--guidance", "7", "--seed", "0", "--threads", str(THREADS), "--timings",
+           "--out", out_png] + list(extra)
+    wall, rss, out, failed = timed(cmd, log_path)
+    m = re.search(r'^timings \{"load_s": ([\d.e+-]+), "step_s": \[([^\]]*)\], "decode_s": ([\d.e+-]+)', out, re.M)
+    steps_s = [float(x) for x in m.group(2).split(",")] if m else []
+    return {"wall": wall, "rss": rss, "load": float(m.group(1)) if m else float("nan"),
+            "step": statistics.median(steps_s[1:] or steps_s) if steps_s else float("nan"),
+            "decode": float(m.group(3)) if m else float("nan"), **failed}
+
+
+def sdcpp_generate(sd, ckpt, size, steps, out_png, log_path, extra=()):
+    cmd = [sd, "-m", ckpt, "-p", PROMPT, "-W", str(size), "-H", str(size), "--steps", str(steps), "--cfg-scale", "7",
+           "-s", "0", "-t", str(THREADS), "--sampling-method", "euler", "-o", out_png] + list(extra)
+    wall, rss, out, failed = timed(cmd, log_path)
+
+    def secs(pattern):
+        m = re.search(pattern + r", taking ([\d.]+)s", out)
+        return float(m.group(1)) if m else float("nan")
+
+    # It loads each component when first used: the load is the sum of its "loading tensors" lines.
+    load = sum(float(x) for x in re.findall(r"loading tensors completed, taking ([\d.]+)s", out)) or float("nan")
+    sampling = secs("sampling completed")
+    return {"wall": wall, "rss": rss, "load": load, "step": sampling / steps,
+            "decode": secs("decode_first_stage completed"), **failed}
+
+
+def sdcpp_binary(tmp):
+    if os.environ.get("SDCPP"):
+        return os.environ["SDCPP"]
+    src = os.environ.get("SDCPP_SRC")
+    if not src:
+        return None
+    out = os.path.join(BUILD, "sdcpp")
+    binary = os.path.join(out, "bin", "sd-cli")
+    if not os.path.exists(binary):
+        log(f"building stable-diffusion.cpp from {src} into {out}")
+        subprocess.run(["cmake", "-S", src, "-B", out, "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON"], check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["cmake", "--build", out, "-j", str(os.cpu_count()), "--target", "sd-cli"], check=True,
+                       stdout=subprocess.DEVNULL)
+    return binary
+
+
+def random_checkpoint(path, keys):
+    if not os.path.exists(path):
+        log(f"writing {path} (random weights, the names and shapes of {keys})")
+        subprocess.run([os.path.join(BUILD, "bench", "sd_random_checkpoint"), os.path.join(ROOT, keys), path],
+                       check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
+def psnr(a_png, b_png):
+    code = ("import sys,numpy as np; from PIL import Image\n"
+            "a=np.asarray(Image.open(sys.argv[1]).convert('RGB'),dtype=np.float64)\n"
+            "b=np.asarray(Image.open(sys.argv[2]).convert('RGB'),dtype=np.float64)\n"
+            "m=((a-b)**2).mean(); print('inf' if m==0 else 10*np.log10(255**2/m))")
+    r = subprocess.run(["/usr/bin/python3", "-c", code, a_png, b_png], capture_output=True, text=True)
+    return r.stdout.strip() or "?"
+
+
+def side_by_side(contenders, repeats):
+    """contenders: list of (name, fn() -> dict). Runs them alternately `repeats` times; medians."""
+    runs = {name: [] for name, _ in contenders}
+    for r in range(repeats):
+        for name, fn in contenders:
+            log(f"  {name}, run {r + 1}/{repeats} (load average {loadavg()})")
+            runs[name].append(fn(r))
+            if "failed" in runs[name][-1]:  # killed (out of memory) or failed: reported, not the end
+                log("  " + runs[name][-1]["failed"])
+    res = {}
+    for name, rs in runs.items():
+        ok = [x for x in rs if "failed" not in x] or rs
+        res[name] = {k: statistics.median(x[k] for x in ok) for k in ["wall", "rss", "load", "step", "decode"]}
+        if len(ok) < len(rs) or "failed" in ok[0]:
+            res[name]["failed"] = next(x["failed"] for x in rs if "failed" in x)
+            if "failed" in ok[0]:
+                res[name]["wall"] = nan  # an unfinished run has no wall time to compare
+    return res
+
+
+def fmt(x, digits=1):
+    return "-" if x != x else f"{x:.{digits}f}"
+
+
+def generation_table(title, results, base_name, ref_name, note):
+    for name, m in results.items():
+        if "failed" in m:
+            note += f" {name}: {m['failed']}."
+    lines = [f"### {title}", "", note, "",
+             "| contender | wall (s) | load (s) | s/step | VAE decode (s) | peak RSS (GB) |", "|---|---|---|---|---|---|"]
+    for name, m in results.items():
+        lines.append(f"| {name} | {fmt(m['wall'])} | {fmt(m['load'])} | {fmt(m['step'], 2)} | {fmt(m['decode'])} | "
+                     f"{fmt(m['rss'], 2)} |")
+    if ref_name in results:
+        b = results[ref_name]
+        lines.append("")
+        for name, a in results.items():
+            if name != ref_name:
+                lines.append(f"- {name} / {ref_name}: wall **{a['wall'] / b['wall']:.2f}**, peak RSS "
+                             f"**{a['rss'] / b['rss']:.2f}**, s/step {a['step'] / b['step']:.2f}, load "
+                             f"{a['load'] / b['load']:.2f}.")
+    return lines + [""]
+
+
+def section_generation(kind, args, sd, tmp):
+    if kind == "sdxl":
+        ckpt = random_checkpoint(os.environ.get("SDXL_CKPT", "/tmp/sdxl_random.safetensors"), "tests/fixtures/sdxl_keys.tsv")
+        cases = [(768, 2), (1024, 2)] if not args.quick else [(768, 2)]
+        cases = [c for c in cases if str(c[0]) in os.environ.get("SIZES", "256,512,768,1024").split(",")]
+        extra = ["--dtype", "bf16"]
+    else:
+        ckpt = random_checkpoint(os.environ.get("SD15_CKPT", "/tmp/sd15_random.safetensors"), "tests/fixtures/sd15_keys.tsv")
+        cases = [(256, 4), (512, 20)] if not args.quick else [(256, 2)]
+        cases = [c for c in cases if str(c[0]) in os.environ.get("SIZES", "256,512,768,1024").split(",")]
+        extra = []
+    out = []
+    for size, steps in cases:
+        log(f"{kind} {size}x{size}, {steps} steps")
+        contenders = [("diffuse", lambda r, s=size, n=steps: diffuse_generate(
+            ckpt, s, n, f"{tmp}/{kind}_{s}_diffuse.png", f"{tmp}/{kind}_{s}_diffuse_{r}.log", extra))]
+        if kind == "sd15":  # both compute dtypes, named (the README says which is the default)
+            contenders = []
+            for dt in os.environ.get("SD15_DTYPES", "fp32,bf16").split(","):
+                contenders.append((f"diffuse --dtype {dt}", lambda r, s=size, n=steps, dt=dt: diffuse_generate(
+                    ckpt, s, n, f"{tmp}/{kind}_{s}_{dt}.png", f"{tmp}/{kind}_{s}_{dt}_{r}.log", ["--dtype", dt])))
+        if kind == "int8":
+            contenders = [("diffuse fp16 weights", contenders[0][1]),
+                          ("diffuse int8 weights", lambda r, s=size, n=steps: diffuse_generate(
+                              ckpt, s, n, f"{tmp}/int8_{s}.png", f"{tmp}/int8_{s}_{r}.log", ["--weights", "int8"]))]
+        if sd:
+            sd_extra = ["--type", "q8_0"] if kind == "int8" else []
+            contenders.append(("stable-diffusion.cpp" + (" q8_0" if kind == "int8" else ""),
+                               lambda r, s=size, n=steps: sdcpp_generate(
+                                   sd, ckpt, s, n, f"{tmp}/{kind}_{s}_sdcpp.png", f"{tmp}/{kind}_{s}_sdcpp_{r}.log",
+                                   sd_extra)))
+        repeats = 1 if args.quick or steps >= 20 or kind == "sdxl" else args.repeats
+        res = side_by_side(contenders, repeats)
+        base = "diffuse int8 weights" if kind == "int8" else "diffuse"
+        ref = [n for n in res if n.startswith("stable-diffusion.cpp")]
+        note = (f"{size}x{size}, {steps} steps, CFG 7, euler, {THREADS} threads, median of {repeats}; "
+                f"load average {loadavg()} at the end.")
+        if kind == "sdxl":
+            note += " diffuse computes in bf16 with 16-bit-resident weights; stable-diffusion.cpp runs the file's f16."
+        if kind == "int8":
+            note += (f" PSNR of the int8-weight image against the fp16-weight one: "
+                     f"{psnr(f'{tmp}/int8_{size}.png', f'{tmp}/int8_{size}_diffuse.png')} dB.")
+        title = {"sd15": "Stable Diffusion 1.5, whole call", "int8": "Stable Diffusion 1.5, weights in 8 bits",
+                 "sdxl": "SDXL base"}[kind]
+        out += generation_table(f"{title}: {size}x{size}, {steps} steps", res, base, ref[0] if ref else "", note)
+    return out
+
+
+def section_train(args):
+    out = ["### Training: diffuse train against its PyTorch twin", "",
+           "`bench/run_train_bench.sh` (same config, batch, threads; see \"Training throughput\"). "
+           f"Load average {loadavg()} at the start.", "",
+           "| model | diffuse train (img/s) | PyTorch twin (img/s) | ratio |", "|---|---|---|---|"]
+    cases = [("Fashion-MNIST small, batch 64", ["--preset", "small", "--batch", "64"]),
+             ("DiT-S/2 on emoji latents, batch 8", ["--preset", "DiT-S/2", "--batch", "8", "--data", "emoji",
+                                                    "--latent", os.path.join(ROOT, "models/emoji-vae"),
+                                                    "--warmup", "2", "--steps", "8"])]
+    if args.quick:
+        cases = [("tiny, batch 16 (quick)", ["--preset", "tiny", "--batch", "16", "--warmup", "2", "--steps", "3"])]
+    for name, flags in cases:
+        log(f"train: {name}")
+        txt = sh(" ".join([os.path.join(ROOT, "bench/run_train_bench.sh"), "--threads", str(THREADS),
+                           "--twin-attention", "bmm"] + flags) + " 2>&1")
+        d = re.search(r"^diffuse train: ([\d.]+) img/s", txt, re.M)
+        p = re.search(r"^pytorch twin: +([\d.]+) img/s", txt, re.M)
+        if d and p:
+            out.append(f"| {name} | {d.group(1)} | {p.group(1)} | {float(d.group(1)) / float(p.group(1)):.2f} |")
+        else:
+            out.append(f"| {name} | failed | | |")
+            log(txt[-2000:])
+    return out + [""]
+
+
+def section_blocks():
+    binary = os.path.join(BUILD, "bench", "bench_blocks")
+    if not os.path.exists(binary):
+        return ["### Block micro-benchmarks", "", "bench_blocks not built (libbenchmark-dev); skipped.", ""]
+    txt = sh(f"{binary} --benchmark_repetitions=3 --benchmark_report_aggregates_only=true 2>/dev/null")
+    rows = [l for l in txt.splitlines() if "_median" in l]
+    return ["### Block micro-benchmarks (bench_blocks, median of 3)", "", "```"] + rows + ["```", ""]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default="sd15,int8,sdxl,train,blocks")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--write", action="store_true", help="rewrite the generated section of docs/benchmarks.md")
+    ap.add_argument("--repeats", type=int, default=int(os.environ.get("REPEATS", 3)))
+    args = ap.parse_args()
+    if not os.path.exists(DIFFUSE):
+        sys.exit(f"{DIFFUSE}: not built (scripts/build.sh)")
+    only = args.only.split(",")
+    tmp = tempfile.mkdtemp(prefix="diffuse-bench-")
+    sd = sdcpp_binary(tmp)
+    lines = [BEGIN, "", f"Generated by `bench/run_all.py{' --quick' if args.quick else ''} --only {args.only}` on "
+             f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}. stable-diffusion.cpp: "
+             f"{sd or 'not given (SDCPP or SDCPP_SRC); its rows are skipped'}. Logs: {tmp}.", ""]
+    for kind in ["sd15", "int8", "sdxl"]:
+        if kind in only:
+            lines += section_generation(kind, args, sd, tmp)
+    if "train" in only:
+        lines += section_train(args)
+    if "blocks" in only:
+        lines += section_blocks()
+    lines.append(END)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        doc = os.path.join(ROOT, "docs", "benchmarks.md")
+        cur = open(doc).read()
+        if BEGIN in cur and END in cur:
+            new = cur[:cur.index(BEGIN)] + text.rstrip("\n") + cur[cur.index(END) + len(END):]
+        else:
+            new = cur.rstrip("\n") + "\n\n## The suite\n\n" + text
+        with open(doc + ".tmp", "w") as f:
+            f.write(new)
+        os.replace(doc + ".tmp", doc)
+        log(f"rewrote the generated section of {doc}")
+
+
+if __name__ == "__main__":
+    main()
