@@ -203,7 +203,7 @@ TEST(PixelPipeline, LatentGuideMustShareTheVae) {
 }
 
 // dtype bf16: the shipped Fashion-MNIST UNet2DModel under bf16 autocast draws finite images close to
-// fp32's from the same noise (measured: PSNR_MEASURED), and bf16 really ran (they differ).
+// fp32's from the same noise (PSNR about 49 dB measured at 8 steps), and bf16 really ran (they differ).
 TEST(PixelPipeline, Bf16AutocastStaysCloseToFp32) {
   auto p = PixelPipeline::load(test::source_path("models/fashion-mnist"));
   GenerateOptions o;
@@ -218,7 +218,7 @@ TEST(PixelPipeline, Bf16AutocastStaysCloseToFp32) {
   EXPECT_TRUE(torch::isfinite(bf16).all().item<bool>());
   const double mse = (bf16.clamp(-1, 1) - fp32.clamp(-1, 1)).pow(2).mean().item<double>();
   const double psnr = 10 * std::log10(4.0 / mse);  // peak-to-peak 2 in [-1, 1]
-  EXPECT_GT(psnr, 20.0) << "PSNR " << psnr << " dB";
+  EXPECT_GT(psnr, 38.0) << "PSNR " << psnr << " dB";
   EXPECT_GT(mse, 0.0);
   // autocast is off again afterwards: fp32 is reproduced exactly
   o.dtype = torch::kFloat32;
