@@ -69,7 +69,11 @@ struct GenerationRequest {
   // Stable Diffusion add-ons.
   std::vector<LoraWeight> loras;  // also <lora:name:weight> tags in the prompt
   int clip_skip = 0;
-  std::string dtype = "fp32";  // UNet / text-encoder compute dtype: fp32, fp16, bf16
+  // Compute dtype: fp32, bf16, fp16 (Stable Diffusion only) or auto, the model's LoadOptions::dtype
+  // (bf16 on a CPU with native bf16, AVX-512 BF16 or AMX, else fp32; see resolve_dtype). Stable
+  // Diffusion computes its UNet and text encoder in it; UNet2DModel and DiT pipelines run their
+  // network under bf16 autocast. Results carry the resolved dtype.
+  std::string dtype = "auto";
 
   // SDXL micro-conditioning (diffusers' original_size, crops_coords_top_left, target_size) as
   // {height, width} and {top, left}; {0, 0} sizes = the output size. The negative_* sizes

@@ -146,7 +146,8 @@ std::string GenerationRequest::to_infotext() const {
     kv.emplace_back("Lora weights", s);
   }
   if (clip_skip > 0) kv.emplace_back("Clip skip", std::to_string(clip_skip + 1));  // A1111 counts from 1
-  if (dtype != "fp32") kv.emplace_back("Dtype", dtype);
+  // as run (results carry fp32, bf16 or fp16); an unresolved request's auto is left out
+  if (dtype != "auto") kv.emplace_back("Dtype", dtype);
   if (vae_tiling || vae_tile_size > 0) kv.emplace_back("Tiled VAE", std::to_string(vae_tile_size));
   // SDXL micro-conditioning, in the order of the request fields ({height, width}, {top, left})
   auto pair = [](const std::array<int, 2>& a) { return std::to_string(a[0]) + ", " + std::to_string(a[1]); };

@@ -129,8 +129,10 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
   if (info.name.empty()) info.name = fs::path(path).parent_path().filename().string();
   if (ends_with(info.name, ".safetensors")) info.name.resize(info.name.size() - 12);
   if (fs::is_directory(path)) info.defaults = read_defaults(path);
+  const torch::Device device = parse_device(options.device);
+  s.dtype = resolve_dtype(options.dtype, device);
   if (is_sd_path(path)) {
-    s.load_sd(options.dtype);
+    s.load_sd(s.dtype);
     info.kind = ModelKind::StableDiffusion;
     info.network = "UNet2DConditionModel";
     info.latent = true;
@@ -140,7 +142,8 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
     info.channels = 3;
     info.size_step = 8;
   } else {
-    s.pixel = std::make_unique<PixelPipeline>(PixelPipeline::load(path, parse_device(options.device)));
+    s.pixel = std::make_unique<PixelPipeline>(PixelPipeline::load(path, device));
+    if (s.dtype != "fp32" && s.dtype != "bf16") s.dtype = resolve_dtype("auto", device);  // fp16 is SD's only
     const auto& p = *s.pixel;
     info.kind = p.class_conditional() ? ModelKind::ClassConditional : ModelKind::Unconditional;
     info.network = p.net.is_dit() ? "DiTTransformer2DModel" : "UNet2DModel";
@@ -173,6 +176,7 @@ GenerationRequest Model::resolve(const GenerationRequest& request) const {
   }
   if (r.schedule.empty() && r.sigmas.empty() && request.sampler.empty()) r.schedule = d.schedule;
   if (!r.steps) r.steps = d.steps ? d.steps : 20;
+  if (r.dtype == "auto") r.dtype = impl_->dtype;
   // diffusers' defaults: 7.5 for SD 1.x / 2.x, 5 for SDXL
   if (!r.guidance) r.guidance = d.guidance ? d.guidance : (sd ? (impl_->sd->is_xl() ? 5.0 : 7.5) : 1.0);
   if (r.guide_model.empty() && !sd && !request.guidance) {
@@ -286,7 +290,7 @@ std::vector<FieldError> Model::validate(const GenerationRequest& request) const 
   if (request.inpaint_only_masked) bad("inpaint_only_masked", only_sd);
   if (!request.loras.empty()) bad("loras", only_sd);
   if (request.clip_skip != 0) bad("clip_skip", only_sd);
-  if (request.dtype != "fp32") bad("dtype", only_sd);
+  if (request.dtype == "fp16") bad("dtype", "fp16 is for Stable Diffusion models; this model computes in fp32 or bf16");
   if (request.vae_tiling || request.vae_tile_size != 0) bad("vae_tiling", only_sd);
   if (request.guide_unconditional.value_or(false) && request.guide_model.empty())
     bad("guide_unconditional", "needs guide_model");

@@ -310,6 +310,7 @@ GenerateOptions pixel_options(Model::Impl& m, const GenerationRequest& r) {
   g.eta = r.eta ? *r.eta : NAN;
   g.s_noise = r.s_noise;
   g.batch_size = r.batch_size.value_or(64);
+  g.dtype = r.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
   if (!r.guide_model.empty()) {
     // the model's recommended guide is trusted; others are names (server) or paths (command line)
     const std::string path = r.guide_model == m.info.defaults.guide_model ? r.guide_model

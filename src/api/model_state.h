@@ -22,6 +22,8 @@ struct Model::Impl {
   // Stable Diffusion: the pipeline in the dtype and with the LoRAs it was last asked for.
   std::unique_ptr<SDPipeline> sd;
   std::string sd_dtype;
+  // LoadOptions::dtype resolved: what requests with dtype auto compute in.
+  std::string dtype;
   std::vector<LoraSpec> sd_loras;
   std::vector<std::string> embeddings_loaded;  // triggers, reported by the next generation
   // SDXL refiner of the last request that asked for one (path and dtype it was loaded with).

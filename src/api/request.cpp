@@ -113,7 +113,8 @@ std::vector<FieldError> GenerationRequest::validate() const {
     if (!finite(l.weight)) bad("loras", "weight of '" + l.name + "' must be finite");
   }
   if (clip_skip < 0) bad("clip_skip", "must be >= 0");
-  if (dtype != "fp32" && dtype != "fp16" && dtype != "bf16") bad("dtype", "must be fp32, fp16 or bf16");
+  if (dtype != "auto" && dtype != "fp32" && dtype != "fp16" && dtype != "bf16")
+    bad("dtype", "must be auto, fp32, fp16 or bf16");
   if (vae_tile_size < 0) bad("vae_tile_size", "must be >= 0");
   if (output_format != "png" && output_format != "jpeg") bad("output_format", "must be png or jpeg");
   for (auto [field, v] : {std::pair<const char*, const std::array<int, 2>*>{"original_size", &original_size},

@@ -1,5 +1,7 @@
 #include "core/runtime.h"
 
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "core/error.h"
@@ -26,10 +28,43 @@ torch::Device parse_device(const std::string& name) {
   throw Error("device " + name + ": expected cpu, cuda, cuda:N or auto");
 }
 
+bool cpuinfo_has_native_bf16(const std::string& cpuinfo) {
+  std::istringstream in(cpuinfo);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::istringstream words(line.substr(line.find(':') == std::string::npos ? line.size() : line.find(':') + 1));
+    std::string w;
+    while (words >> w)
+      if (w == "avx512_bf16" || w == "amx_bf16") return true;
+  }
+  return false;
+}
+
+bool cpu_has_native_bf16() {
+  static const bool native = [] {
+    std::ifstream in("/proc/cpuinfo");
+    std::stringstream text;
+    text << in.rdbuf();
+    return cpuinfo_has_native_bf16(text.str());
+  }();
+  return native;
+}
+
+std::string resolve_dtype(const std::string& dtype, const torch::Device& device, bool native_bf16) {
+  if (dtype != "auto") return dtype;
+  return device.is_cpu() && native_bf16 ? "bf16" : "fp32";
+}
+
+std::string resolve_dtype(const std::string& dtype, const torch::Device& device) {
+  return resolve_dtype(dtype, device, dtype == "auto" && device.is_cpu() && cpu_has_native_bf16());
+}
+
 std::string runtime_summary() {
   std::string s = "torch " + std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
                   std::to_string(TORCH_VERSION_PATCH) + ", " + std::to_string(at::get_num_threads()) + " threads";
   if (torch::cuda::is_available()) s += ", CUDA devices: " + std::to_string(torch::cuda::device_count());
+  if (cpu_has_native_bf16()) s += ", native bf16";
   return s;
 }
 

@@ -10,6 +10,14 @@ namespace diffuse {
 int set_threads(int n);
 // "cpu", "cuda", "cuda:N" or "auto" (cuda when available). Throws diffuse::Error for bad or unavailable devices.
 torch::Device parse_device(const std::string& name);
+// Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX-BF16), from /proc/cpuinfo, read once.
+bool cpu_has_native_bf16();
+// The same test on the text of /proc/cpuinfo: a "flags" line lists avx512_bf16 or amx_bf16.
+bool cpuinfo_has_native_bf16(const std::string& cpuinfo);
+// The compute dtype that "auto" stands for on `device`: bf16 on a CPU with native bf16, fp32 on
+// other CPUs and on CUDA. Other names are returned as they are.
+std::string resolve_dtype(const std::string& dtype, const torch::Device& device, bool native_bf16);
+std::string resolve_dtype(const std::string& dtype, const torch::Device& device);
 // One line describing the build and machine: torch version, threads, BLAS, device.
 std::string runtime_summary();
 

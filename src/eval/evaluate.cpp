@@ -398,6 +398,7 @@ std::string EvalReport::to_json() const {
     j["steps"] = generate.steps;
     j["guidance"] = generate.guidance;
     j["seed"] = generate.seed;
+    j["dtype"] = generate.dtype == torch::kBFloat16 ? "bf16" : "fp32";
     if (!generate.schedule.empty()) j["schedule"] = generate.schedule;
     if (!generate.sigmas.empty()) j["sigmas"] = generate.sigmas;
     if (generate.guidance_sigma_lo > 0 || std::isfinite(generate.guidance_sigma_hi))
@@ -440,9 +441,10 @@ std::string EvalReport::table() const {
   char line[256];
   s += (kind == "model" ? "model:      " : "images:     ") + subject + "\n";
   if (kind == "model") {
-    std::snprintf(line, sizeof line, "sampling:   %s, %d steps, guidance %g, seed %llu, n = %lld\n",
+    std::snprintf(line, sizeof line, "sampling:   %s, %d steps, guidance %g, seed %llu, n = %lld%s\n",
                   generate.sampler.c_str(), generate.steps, generate.guidance,
-                  static_cast<unsigned long long>(generate.seed), static_cast<long long>(samples.n));
+                  static_cast<unsigned long long>(generate.seed), static_cast<long long>(samples.n),
+                  generate.dtype == torch::kBFloat16 ? ", bf16" : "");
     s += line;
     if (!generate.sigmas.empty())
       s += "sigmas:     " + generate.sigmas + "\n";

@@ -60,7 +60,9 @@ torch::Tensor label_embedding(const torch::nn::Embedding& table, const torch::Te
     throw Error(who + ": float class_labels are weights over the " + std::to_string(w.size(0)) +
                 " class embeddings and must be [B, " + std::to_string(w.size(0)) + "], got " +
                 c10::str(labels.sizes()));
-  // One-hot rows select exactly: 1 * row + 0 * others.
+  // One-hot rows select exactly: 1 * row + 0 * others, in the table's dtype also under autocast
+  // (bf16 sampling), so that a one-hot row is the integer label's embedding.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   return torch::matmul(labels.to(w.device(), w.scalar_type()), w);
 }
 

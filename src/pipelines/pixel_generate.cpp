@@ -109,8 +109,9 @@ GenerateResult generate(const PixelPipeline& pipe, const GenerateOptions& opt) {
   if (editing && !repaint && !from_noise) sigmas = truncate_sigmas(sigmas, opt.strength);
   const double s0 = sigmas[0].item<double>(), s_last = sigmas[-1].item<double>();
   // RePaint clamps x0 itself (its step keeps the unclamped noise direction, as diffusers' does)
-  CondDenoiser d = repaint ? pipe.denoiser(true, false) : pipe.denoiser(plan.quantize, plan.denoiser_clamps(cfg));
-  CondDenoiser guide_d = opt.guide ? opt.guide->denoiser() : CondDenoiser();
+  CondDenoiser d = repaint ? pipe.denoiser(true, false, opt.dtype)
+                           : pipe.denoiser(plan.quantize, plan.denoiser_clamps(cfg), opt.dtype);
+  CondDenoiser guide_d = opt.guide ? opt.guide->denoiser(false, true, opt.dtype) : CondDenoiser();
   const bool guided = opt.guidance != 1.0;
 
   if (opt.shards < 1 || opt.shard < 0 || opt.shard >= opt.shards)

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/json_file.h"
 #include "diffusion/sigmas.h"
+#include "nn/autocast.h"
 #include "pipelines/image_noise.h"
 #include "pipelines/scheduler_config.h"
 
@@ -146,10 +147,16 @@ int64_t PixelPipeline::class_index(const std::string& s) const {
   throw Error("class " + s + ": unknown class (valid: " + valid + ")");
 }
 
-CondDenoiser PixelPipeline::denoiser(bool quantize, bool clamp) const {
+CondDenoiser PixelPipeline::denoiser(bool quantize, bool clamp, torch::Dtype compute) const {
+  if (compute != torch::kFloat32 && compute != torch::kBFloat16)
+    throw Error(std::string("dtype ") + c10::toString(compute) + ": this model computes in fp32 or bf16");
   DiffusionNet n = net;
-  ModelFn model = [n](const torch::Tensor& x, const torch::Tensor& t, const Cond& cond) {
-    return n.forward(x, t, cond.get("class_labels"));
+  const torch::Device dev = device;
+  const bool bf16 = compute == torch::kBFloat16;
+  ModelFn model = [n, dev, bf16](const torch::Tensor& x, const torch::Tensor& t, const Cond& cond) {
+    if (!bf16) return n.forward(x, t, cond.get("class_labels"));
+    nn::AutocastGuard autocast(dev, true);
+    return n.forward(x, t, cond.get("class_labels")).to(torch::kFloat32);
   };
   DiscreteDenoiserOptions o;
   o.quantize = quantize;
@@ -224,6 +231,7 @@ std::string generation_parameters(const PixelPipeline& pipe, const GenerateOptio
   if (!std::isnan(opt.eta)) o << ", Eta: " << opt.eta;
   if (opt.s_noise != 1.0) o << ", S noise: " << opt.s_noise;
   if (opt.rng != "cpu") o << ", RNG: " << opt.rng;
+  if (opt.dtype == torch::kBFloat16) o << ", Dtype: bf16";
   o << ", Seed: " << (opt.seed + static_cast<uint64_t>(index)) << ", Size: " << pipe.image_size() << "x"
     << pipe.image_size();
   if (pipe.class_conditional() && !opt.classes.empty()) o << ", Class: " << opt.classes[static_cast<size_t>(index)];

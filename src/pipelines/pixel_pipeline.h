@@ -55,8 +55,9 @@ struct PixelPipeline {
   int64_t class_index(const std::string& name_or_index) const;
   // The network as a conditional denoiser (conditioning key "class_labels"). `quantize` feeds
   // integer timesteps; `clamp` applies the scheduler's clip_sample to x0 (off when the sampler
-  // clamps, see SamplingPlan).
-  CondDenoiser denoiser(bool quantize = false, bool clamp = true) const;
+  // clamps, see SamplingPlan). With `compute` kBFloat16 the network runs under bf16 autocast
+  // (weights stay fp32) and its output is cast back to fp32, so the samplers stay fp32.
+  CondDenoiser denoiser(bool quantize = false, bool clamp = true, torch::Dtype compute = torch::kFloat32) const;
 };
 
 struct GenerateOptions {
@@ -86,6 +87,9 @@ struct GenerateOptions {
   double eta = NAN;         // NaN = the sampler's default (DDIM 0, ancestral samplers 1)
   double s_noise = 1.0;
   int batch_size = 64;  // images per forward pass
+  // Compute dtype of the network (and of the guide's): kFloat32, or kBFloat16 (autocast; the
+  // samplers and the VAE of latent pipelines stay fp32).
+  torch::Dtype dtype = torch::kFloat32;
   // Sharded generation across processes: only the batches whose index modulo `shards` is `shard`
   // are computed; the other images' rows of the result stay zero. Each computed image is the one
   // an unsharded call gives.

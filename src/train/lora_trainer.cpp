@@ -21,9 +21,9 @@
 #include "core/strings.h"
 #include "diffusion/denoiser.h"
 #include "diffusion/schedule.h"
+#include "nn/autocast.h"
 #include "pipelines/sd_pipeline.h"
 #include "train/adamw.h"
-#include "train/autocast.h"
 #include "train/captioned.h"
 #include "train/checkpoint.h"
 #include "train/diffusion_objective.h"
@@ -241,7 +241,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     auto target = prediction_target(prediction, alphas_cumprod, x0, noise, t);
     torch::Tensor out;
     {
-      AutocastGuard autocast(device, opt.bf16);
+      nn::AutocastGuard autocast(device, opt.bf16);
       out = pipe.unet->forward(xt, t.to(torch::kFloat32), ehs).to(torch::kFloat32);
     }
     return (out - target).pow(2).mean({1, 2, 3});
@@ -418,7 +418,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     auto ehs = encode_text(captions, train_text);
     torch::Tensor out;
     {
-      AutocastGuard autocast(device, opt.bf16);
+      nn::AutocastGuard autocast(device, opt.bf16);
       out = pipe.unet->forward(draw.xt, draw.t.to(torch::kFloat32), ehs).to(torch::kFloat32);
     }
     auto loss = objective.loss(out, draw);

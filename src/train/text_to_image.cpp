@@ -21,11 +21,11 @@
 #include "core/safetensors.h"
 #include "diffusion/denoiser.h"
 #include "diffusion/schedule.h"
+#include "nn/autocast.h"
 #include "nn/state_dict.h"
 #include "pipelines/scheduler_config.h"
 #include "pipelines/sd_pipeline.h"
 #include "train/adamw.h"
-#include "train/autocast.h"
 #include "train/captioned.h"
 #include "train/checkpoint.h"
 #include "train/diffusion_objective.h"
@@ -499,7 +499,7 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
     }
     torch::Tensor pred_out;
     {
-      AutocastGuard autocast(device, to.bf16);
+      nn::AutocastGuard autocast(device, to.bf16);
       auto ehs = encode_text(model, captions);
       pred_out = model->unet->forward(draw.xt, draw.t.to(torch::kFloat32), ehs).to(torch::kFloat32);
     }

@@ -14,11 +14,11 @@
 #include "core/progress.h"
 #include "core/runtime.h"
 #include "core/safetensors.h"
+#include "nn/autocast.h"
 #include "nn/state_dict.h"
 #include "pipelines/pixel_pipeline.h"
 #include "pipelines/superres.h"
 #include "train/adamw.h"
-#include "train/autocast.h"
 #include "train/checkpoint.h"
 #include "train/dataset.h"
 #include "train/diffusion_objective.h"
@@ -440,7 +440,7 @@ TrainResult train(const TrainOptions& opt) {
       auto net_in = superres ? superres_input(d.xt, sr_condition(x0, opt.scale)) : d.xt;
       torch::Tensor out_t;
       {
-        AutocastGuard autocast(device, opt.bf16);
+        nn::AutocastGuard autocast(device, opt.bf16);
         out_t = model.forward(net_in, d.t.to(torch::kFloat32), d.labels).to(torch::kFloat32);
       }
       auto loss = objective.loss(out_t, d) / accum;

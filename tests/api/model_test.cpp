@@ -5,6 +5,7 @@
 #include "api/names_field.h"
 #include "cli/run_cli.h"
 #include "core/image.h"
+#include "core/runtime.h"
 #include "core/safetensors.h"
 #include "diffuse/diffuse.h"
 #include "fixtures.h"
@@ -56,7 +57,7 @@ TEST(Model, FieldsThatDoNotApplyAreErrors) {
   r.loras = {{"style", 1}};
   r.width = 30;  // not a multiple of the UNet's 4
   r.class_label = "zebra";
-  r.dtype = "bf16";
+  r.dtype = "fp16";  // Stable Diffusion only (fp32 and bf16 apply)
   const auto e = fm().validate(r);
   for (const char* f : {"inpaint_only_masked", "invert_from", "negative_prompt", "loras", "width", "class", "dtype"})
     EXPECT_TRUE(names(e, f)) << f;
@@ -109,6 +110,43 @@ TEST(Model, ProgressPreviewAndCancel) {
   };
   EXPECT_THROW(fm().generate(r, c), Cancelled);
   EXPECT_EQ(seen, 2);  // honoured at the next step
+}
+
+// dtype auto is the model's LoadOptions::dtype, itself auto by default: bf16 on a CPU with native
+// bf16, fp32 elsewhere. Results and their infotexts carry the dtype that ran, never "auto".
+TEST(Model, AutoDtypeResolvesAndTheInfotextRecordsIt) {
+  const std::string native = resolve_dtype("auto", torch::kCPU);
+  EXPECT_EQ(GenerationRequest().dtype, "auto");
+  EXPECT_EQ(LoadOptions().dtype, "auto");
+  EXPECT_EQ(fm().resolve(GenerationRequest()).dtype, native);
+  GenerationRequest r;
+  r.class_label = "bag";
+  r.n = 1;
+  r.steps = 3;
+  r.guidance = 1;
+  r.seed = 3;
+  auto res = fm().generate(r);
+  EXPECT_EQ(res.request.dtype, native);
+  EXPECT_NE(res.infotexts[0].find("Dtype: " + native), std::string::npos) << res.infotexts[0];
+  EXPECT_EQ(res.infotexts[0].find("auto"), std::string::npos);
+
+  LoadOptions fp32;
+  fp32.dtype = "fp32";
+  const Model m = Model::load(fashion(), fp32);
+  auto a = m.generate(r);  // auto: the model's fp32
+  EXPECT_EQ(a.request.dtype, "fp32");
+  EXPECT_NE(a.infotexts[0].find("Dtype: fp32"), std::string::npos) << a.infotexts[0];
+  r.dtype = "bf16";
+  auto b = m.generate(r);
+  EXPECT_NE(b.infotexts[0].find("Dtype: bf16"), std::string::npos) << b.infotexts[0];
+  EXPECT_FALSE(torch::equal(a.images, b.images));
+  // each infotext runs its own dtype again (n is the model's default there: compare the first image)
+  GenerationRequest again_a = GenerationRequest::from_infotext(a.infotexts[0]);
+  GenerationRequest again_b = GenerationRequest::from_infotext(b.infotexts[0]);
+  EXPECT_EQ(again_a.dtype, "fp32");
+  again_a.n = again_b.n = 1;
+  EXPECT_TRUE(torch::equal(m.generate(again_b).images[0], b.images[0]));
+  EXPECT_TRUE(torch::equal(fm().generate(again_a).images[0], a.images[0]));
 }
 
 TEST(Model, SamePixelsAsTheCli) {

@@ -40,7 +40,7 @@ std::string io() { return tiny() + "/io.safetensors"; }
 TEST(SdCli, ReproducesDiffusersFromLatentsAndEmbeddings) {
   TempDir t;
   auto [code, out] = sd_cli("generate --model " + tiny() + " --prompt-embeds " + io() + " --latents " + io() +
-                            " --steps 5 --eta 0 --out " + (t / "o.safetensors"));
+                            " --steps 5 --eta 0 --dtype fp32 --out " + (t / "o.safetensors"));
   ASSERT_EQ(code, 0) << out;
   auto got = safetensors::load(t / "o.safetensors");
   auto ref = safetensors::load(io());
@@ -59,7 +59,7 @@ TEST(SdCli, SingleFileCheckpointReproducesDiffusers) {
   safetensors::save(t / "tiny.safetensors", ldm);
   auto [code, out] =
       sd_cli("generate --model " + (t / "tiny.safetensors") + " --model-config " + tiny() + " --prompt-embeds " + io() +
-             " --latents " + io() + " --steps 5 --eta 0 --out " + (t / "o.safetensors"));
+             " --latents " + io() + " --steps 5 --eta 0 --dtype fp32 --out " + (t / "o.safetensors"));
   ASSERT_EQ(code, 0) << out;
   auto got = safetensors::load(t / "o.safetensors");
   auto ref = safetensors::load(io());

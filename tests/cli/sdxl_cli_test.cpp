@@ -33,8 +33,9 @@ std::string xl_tiny() { return test::fixture("sdxl_pipeline_tiny"); }
 void check_xl_run(const std::string& file, const std::string& flags) {
   TempDir t;
   const std::string io = xl_tiny() + "/" + file;
-  auto [code, out] = xl_cli("generate --model " + xl_tiny() + " --prompt-embeds " + io + " --latents " + io +
-                            " --steps 5 --cfg 5 --width 32 --height 32 " + flags + " --out " + (t / "o.safetensors"));
+  auto [code, out] =
+      xl_cli("generate --model " + xl_tiny() + " --prompt-embeds " + io + " --latents " + io +
+             " --steps 5 --cfg 5 --width 32 --height 32 --dtype fp32 " + flags + " --out " + (t / "o.safetensors"));
   ASSERT_EQ(code, 0) << out;
   auto got = safetensors::load(t / "o.safetensors");
   auto ref = safetensors::load(io);

@@ -16,6 +16,7 @@ namespace cmd_eval {
 
 struct Args {
   std::string model, images, data, classifier, guide_model, device = "cpu", json_out;
+  std::string dtype = "fp32";
   diffuse::EvalOptions o;
   int threads = 0;
   bool json = false, no_floor = false, quiet = false;
@@ -32,6 +33,8 @@ void run(Args& a) {
   std::shared_ptr<diffuse::Distributed> dist = a.model.empty() ? nullptr : diffuse::cli::join_job(a.dist, a.device);
   auto device = diffuse::parse_device(a.device);
   auto& o = a.o;
+  const std::string dtype = diffuse::resolve_dtype(a.dtype, device);
+  o.generate.dtype = dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
   if (dist) {
     o.generate.shard = dist->rank();
     o.generate.shards = dist->world_size();
@@ -116,6 +119,12 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--batch-size", a->o.generate.batch_size, "Images per forward pass")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--dtype", a->dtype,
+                  "Compute dtype of the model's network: fp32 (default, so that scores compare across machines), "
+                  "bf16, or auto (bf16 on CPUs with AVX-512 BF16 / AMX)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16", "auto"}))
+      ->needs(model);
   cmd->add_option("--cache-dir", a->o.cache_dir, "Cache of reference features (\"\" = none)")->capture_default_str();
   cmd->add_flag("--no-floor", a->no_floor, "Skip the real-data floor (held-out real images)");
   cmd->add_flag("--per-class", a->o.per_class,

@@ -13,7 +13,7 @@ namespace cmd_serve {
 
 struct Args {
   std::vector<std::string> models;
-  std::string models_dir, device = "cpu", dtype = "fp32";
+  std::string models_dir, device = "cpu", dtype = "auto";
   diffuse::server::ServerOptions o;
   int threads = 0;
 };
@@ -71,7 +71,10 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--lora-dir", a->o.load.lora_dir, "Folder of LoRAs clients may name");
   cmd->add_option("--embeddings-dir", a->o.load.embeddings_dir, "Folder of textual-inversion embeddings");
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  cmd->add_option("--dtype", a->dtype, "Stable Diffusion compute dtype: fp32, fp16 or bf16")->capture_default_str();
+  cmd->add_option(
+         "--dtype", a->dtype,
+         "Default compute dtype: auto (bf16 on CPUs with AVX-512 BF16 / AMX, else fp32), fp32, bf16 or fp16 (SD only)")
+      ->capture_default_str();
   diffuse::cli::add_threads_option(cmd, &a->threads);
   cmd->callback([a] { run(*a); });
 }

@@ -193,7 +193,10 @@ void add_request_options(CLI::App* cmd, RequestArgs* a) {
   add(cmd->add_option("--lora", a->loras, "LoRA file FILE.safetensors[:weight] (repeatable)"), "loras");
   add(cmd->add_option("--clip-skip", r.clip_skip, "Text-encoder layers skipped at the end (diffusers clip_skip)"),
       "clip_skip");
-  add(cmd->add_option("--dtype", r.dtype, "UNet / text-encoder compute dtype: fp32, fp16 or bf16"), "dtype");
+  add(cmd->add_option(
+          "--dtype", r.dtype,
+          "Compute dtype: auto (bf16 on CPUs with AVX-512 BF16 / AMX, else fp32), fp32, bf16 or fp16 (SD only)"),
+      "dtype");
   add(cmd->add_flag("--vae-tiling", r.vae_tiling, "Encode / decode with the VAE in overlapping tiles (large images)"),
       "vae_tiling");
   add(cmd->add_option("--vae-tile-size", r.vae_tile_size, "VAE tile size in pixels (default: the VAE's, 512)"),

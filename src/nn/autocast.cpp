@@ -1,9 +1,9 @@
-#include "train/autocast.h"
+#include "nn/autocast.h"
 
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
-namespace diffuse {
+namespace diffuse::nn {
 
 namespace {
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
@@ -58,4 +58,4 @@ AutocastGuard::~AutocastGuard() {
   if (!previous_) at::autocast::clear_cache();
 }
 
-}  // namespace diffuse
+}  // namespace diffuse::nn

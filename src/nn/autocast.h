@@ -1,9 +1,9 @@
 #pragma once
-// bf16 autocast for training (CPU and CUDA), hiding the API differences between
-// libtorch 1.13 and 2.x.
+// bf16 autocast (CPU and CUDA), hiding the API differences between libtorch 1.13 and 2.x: the
+// trainers' bf16 forward passes and dtype bf16 sampling of UNet2DModel / DiT pipelines.
 #include <torch/torch.h>
 
-namespace diffuse {
+namespace diffuse::nn {
 
 class AutocastGuard {
  public:
@@ -19,4 +19,4 @@ class AutocastGuard {
   bool previous_ = false;
 };
 
-}  // namespace diffuse
+}  // namespace diffuse::nn

@@ -1,0 +1,39 @@
+// Runtime settings: which compute dtype "auto" stands for on a CPU with and without native bf16.
+#include "core/runtime.h"
+
+#include <gtest/gtest.h>
+
+namespace diffuse {
+namespace {
+
+const char* kCpuinfoAvx512Bf16 =
+    "processor\t: 0\nmodel name\t: AMD EPYC\n"
+    "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n\n"
+    "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n";
+const char* kCpuinfoAmx = "processor\t: 0\nflags\t\t: avx512f amx_bf16 amx_tile amx_int8\n";
+const char* kCpuinfoAvx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma f16c\nbugs\t\t: avx512_bf16_fake\n";
+
+TEST(Runtime, NativeBf16ComesFromTheCpuFlags) {
+  EXPECT_TRUE(cpuinfo_has_native_bf16(kCpuinfoAvx512Bf16));
+  EXPECT_TRUE(cpuinfo_has_native_bf16(kCpuinfoAmx));
+  // whole flag names on "flags" lines only: avx512bw is not avx512_bf16, other lines do not count
+  EXPECT_FALSE(cpuinfo_has_native_bf16(kCpuinfoAvx2));
+  EXPECT_FALSE(cpuinfo_has_native_bf16("flags\t\t: avx512bf16x avx512bw\n"));
+  EXPECT_FALSE(cpuinfo_has_native_bf16(""));
+}
+
+TEST(Runtime, AutoDtypeIsBf16OnlyOnACpuWithNativeBf16) {
+  const torch::Device cpu(torch::kCPU), cuda(torch::kCUDA, 0);
+  EXPECT_EQ(resolve_dtype("auto", cpu, /*native_bf16=*/true), "bf16");
+  EXPECT_EQ(resolve_dtype("auto", cpu, /*native_bf16=*/false), "fp32");
+  EXPECT_EQ(resolve_dtype("auto", cuda, /*native_bf16=*/true), "fp32");  // CUDA keeps fp32 unless asked
+  for (const char* d : {"fp32", "bf16", "fp16"}) {
+    EXPECT_EQ(resolve_dtype(d, cpu, true), d);
+    EXPECT_EQ(resolve_dtype(d, cpu, false), d);
+  }
+  // this machine: as its /proc/cpuinfo says
+  EXPECT_EQ(resolve_dtype("auto", cpu), cpu_has_native_bf16() ? "bf16" : "fp32");
+}
+
+}  // namespace
+}  // namespace diffuse
