@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "models/model_io.h"
 #include "models/size_bounds.h"
+#include "nn/checkpoint.h"
 #include "nn/compute_dtype.h"
 #include "nn/skip_init.h"
 #include "nn/state_dict.h"
@@ -537,6 +538,8 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torc
   std::vector<torch::Tensor> res{h};
   // The blocks' resnets, transformers and samplers upcast one layer at a time.
   nn::ComputeDtypeScope layer_by_layer(compute_dtype_);
+  // With gradient checkpointing the blocks' resnets and transformers keep only their inputs.
+  nn::CheckpointScope checkpointing(gradient_checkpointing_);
   for (size_t i = 0; i < n; ++i) {
     nn::DownBlockOutput out =
         down_cross[i] ? down_cross[i]->forward(h, emb, ehs, mask) : down_plain[i]->forward(h, emb);
