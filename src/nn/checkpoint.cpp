@@ -67,7 +67,7 @@ class AutocastRestore {
 // What the backward pass needs besides the saved tensors.
 struct CheckpointState : torch::CustomClassHolder {
   BlockFn fn;
-  std::shared_ptr<torch::nn::Module> module;
+  std::vector<std::shared_ptr<torch::nn::Module>> modules;
   std::vector<bool> defined;     // per input of fn: defined (passed to the node) or not
   std::vector<bool> wants_grad;  // per tensor input of the node
   size_t activations = 0;        // the node's first tensor inputs are fn's defined inputs
@@ -117,7 +117,9 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     AutocastRestore autocast(state->autocast);
     // 16-bit weights computed wide: the whole block stays wide until its backward is done (the
     // graph holds its weights), instead of layer by layer as in the forward pass.
-    ComputeDtypeGuard wide({state->module.get()}, state->compute.value_or(torch::kFloat32), state->compute.has_value());
+    std::vector<torch::nn::Module*> modules;
+    for (const auto& m : state->modules) modules.push_back(m.get());
+    ComputeDtypeGuard wide(modules, state->compute.value_or(torch::kFloat32), state->compute.has_value());
     const auto outs = state->fn(state->expand(acts));
     std::vector<torch::Tensor> roots, root_grads;
     for (size_t i = 0; i < outs.size() && i < grads.size(); ++i) {
@@ -135,13 +137,16 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
 
 // The trainable tensors a module's forward reads: parameters that require grad, and Linear /
 // Conv2d weights and biases pointed at other tensors that do (unique).
-std::vector<torch::Tensor> trainable_tensors(torch::nn::Module& module) {
+std::vector<torch::Tensor> trainable_tensors(const std::vector<std::shared_ptr<torch::nn::Module>>& modules) {
   std::vector<torch::Tensor> out;
   std::unordered_set<const void*> seen;
   auto add = [&](const torch::Tensor& t) {
     if (t.defined() && t.requires_grad() && seen.insert(t.unsafeGetTensorImpl()).second) out.push_back(t);
   };
-  for (const auto& m : module.modules(/*include_self=*/true)) {
+  std::vector<std::shared_ptr<torch::nn::Module>> all;
+  for (const auto& module : modules)
+    for (const auto& m : module->modules(/*include_self=*/true)) all.push_back(m);
+  for (const auto& m : all) {
     for (const auto& p : m->parameters(/*recurse=*/false)) add(p);
     if (auto* l = m->as<torch::nn::Linear>()) {
       add(l->weight);
@@ -162,11 +167,12 @@ CheckpointScope::~CheckpointScope() { thread_checkpointing = previous_; }
 
 bool CheckpointScope::active() { return thread_checkpointing && torch::GradMode::is_enabled(); }
 
-std::vector<torch::Tensor> checkpoint(torch::nn::Module& module, const BlockFn& fn,
+std::vector<torch::Tensor> checkpoint(const std::vector<torch::nn::Module*>& modules, const BlockFn& fn,
                                       const std::vector<torch::Tensor>& inputs) {
   auto state = c10::make_intrusive<CheckpointState>();
   state->fn = fn;
-  state->module = module.shared_from_this();
+  for (auto* m : modules)
+    if (m) state->modules.push_back(m->shared_from_this());
   state->compute = ComputeDtypeScope::current();
   state->autocast = AutocastState::current();
   std::vector<torch::Tensor> tensors;
@@ -175,14 +181,14 @@ std::vector<torch::Tensor> checkpoint(torch::nn::Module& module, const BlockFn& 
     if (x.defined()) tensors.push_back(x);
   }
   state->activations = tensors.size();
-  for (const auto& t : trainable_tensors(module)) tensors.push_back(t);
+  for (const auto& t : trainable_tensors(state->modules)) tensors.push_back(t);
   for (const auto& t : tensors) state->wants_grad.push_back(t.requires_grad());
   return CheckpointFunction::apply(at::TensorList(tensors), state);
 }
 
-std::vector<torch::Tensor> maybe_checkpoint(torch::nn::Module& module, const BlockFn& fn,
+std::vector<torch::Tensor> maybe_checkpoint(const std::vector<torch::nn::Module*>& modules, const BlockFn& fn,
                                             const std::vector<torch::Tensor>& inputs) {
-  if (CheckpointScope::active()) return checkpoint(module, fn, inputs);
+  if (CheckpointScope::active()) return checkpoint(modules, fn, inputs);
   return fn(inputs);
 }
 

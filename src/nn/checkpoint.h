@@ -36,14 +36,17 @@ class CheckpointScope {
   bool previous_;
 };
 
-// fn(inputs) for the block `module`, checkpointed. Undefined inputs are passed through as
-// undefined. `fn` must capture what it needs by value (it runs again during backward) and must
-// return fresh tensors, not its inputs.
-std::vector<torch::Tensor> checkpoint(torch::nn::Module& module, const BlockFn& fn,
+// fn(inputs) for the block made of `modules` (null entries skipped), checkpointed. Undefined
+// inputs are passed through as undefined. `fn` must capture what it needs by value (it runs again
+// during backward) and must return fresh tensors, not its inputs. Under a ComputeDtypeScope the
+// recomputation and its backward run with the block's weights wide (ComputeDtypeGuard): 16-bit
+// weights that layers upcast one at a time in the forward pass (LayerUpcast) can be trained
+// through, since the backward pass then finds the wide weights it saved.
+std::vector<torch::Tensor> checkpoint(const std::vector<torch::nn::Module*>& modules, const BlockFn& fn,
                                       const std::vector<torch::Tensor>& inputs);
 
 // checkpoint() when CheckpointScope::active(), else plain fn(inputs).
-std::vector<torch::Tensor> maybe_checkpoint(torch::nn::Module& module, const BlockFn& fn,
+std::vector<torch::Tensor> maybe_checkpoint(const std::vector<torch::nn::Module*>& modules, const BlockFn& fn,
                                             const std::vector<torch::Tensor>& inputs);
 
 namespace detail {
@@ -62,7 +65,18 @@ torch::Tensor checkpointed(const Block& block, const torch::Tensor& x, const T&.
   auto fn = [b](const std::vector<torch::Tensor>& in) mutable {
     return std::vector<torch::Tensor>{detail::forward_with(b, in, std::index_sequence_for<torch::Tensor, T...>{})};
   };
-  return checkpoint(*block.ptr(), fn, {x, extra...}).at(0);
+  return checkpoint({block.ptr().get()}, fn, {x, extra...}).at(0);
+}
+
+// upsample->forward(x, size) (nn/sampling.h's Upsample2D), checkpointed when active.
+template <class Up>
+torch::Tensor checkpointed_upsample(const Up& upsample, const torch::Tensor& x, const std::vector<int64_t>& size) {
+  if (!CheckpointScope::active()) return upsample.ptr()->forward(x, size);
+  Up up = upsample;
+  auto fn = [up, size](const std::vector<torch::Tensor>& in) mutable {
+    return std::vector<torch::Tensor>{up->forward(in[0], size)};
+  };
+  return checkpoint({upsample.ptr().get()}, fn, {x}).at(0);
 }
 
 }  // namespace diffuse::nn

@@ -132,7 +132,7 @@ DownBlockOutput UNetDownBlock2DImpl::forward(const torch::Tensor& x, const torch
     out.res_samples.push_back(h);
   }
   if (downsample) {
-    h = downsample->forward(h);
+    h = checkpointed(downsample, h);
     out.res_samples.push_back(h);
   } else if (downsample_resnet) {
     h = downsample_resnet->forward(h, temb);
@@ -195,7 +195,7 @@ torch::Tensor UNetUpBlock2DImpl::forward(const torch::Tensor& x, std::vector<tor
     h = checkpointed(resnet_blocks[i], torch::cat({h, skip}, 1), temb);
     if (!attention_blocks.empty()) h = checkpointed(attention_blocks[i], h);
   }
-  if (upsample) h = upsample->forward(h, upsample_size);
+  if (upsample) h = checkpointed_upsample(upsample, h, upsample_size);
   if (upsample_resnet) h = upsample_resnet->forward(h, temb);
   return h;
 }

@@ -67,7 +67,7 @@ DownBlockOutput CrossAttnDownBlock2DImpl::forward(const torch::Tensor& x, const 
     out.res_samples.push_back(h);
   }
   if (downsample) {
-    h = downsample->forward(h);
+    h = checkpointed(downsample, h);
     out.res_samples.push_back(h);
   }
   out.hidden_states = h;
@@ -107,7 +107,7 @@ torch::Tensor CrossAttnUpBlock2DImpl::forward(const torch::Tensor& x, std::vecto
     h = checkpointed(resnet_blocks[i], torch::cat({h, skip}, 1), temb);
     h = checkpointed(attention_blocks[i], h, encoder_hidden_states, encoder_attention_mask);
   }
-  if (upsample) h = upsample->forward(h, upsample_size);
+  if (upsample) h = checkpointed_upsample(upsample, h, upsample_size);
   return h;
 }
 

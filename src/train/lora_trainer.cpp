@@ -276,9 +276,22 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   const bool train_text = opt.text_encoder_lr > 0;
   // Frozen base weights: float32, or bf16 (kept 16-bit) with bf16 autocast. Trained UNet weights
   // (full) are float32, under bf16 autocast with bf16.
+  // A LoRA on a base stored in 16 bits, without --bf16 but with gradient checkpointing, keeps the
+  // base 16-bit and computes in fp32 one layer at a time (the checkpoints' backward passes upcast
+  // one block at a time); without checkpointing the backward pass would need every layer's fp32
+  // copy at once, so the base is upcast once instead.
+  const torch::Dtype stored = pipe.unet->conv_in->weight.scalar_type();
+  const bool keep16 =
+      !opt.bf16 && !opt.full && opt.gradient_checkpointing && (stored == torch::kFloat16 || stored == torch::kBFloat16);
   const torch::Dtype base_dtype = opt.bf16 && !opt.full ? torch::kBFloat16 : torch::kFloat32;
-  pipe.unet->set_compute_dtype(std::nullopt);
-  pipe.unet->to(base_dtype);
+  std::optional<torch::Dtype> compute;
+  if (keep16) {
+    compute = torch::kFloat32;
+    pipe.unet->to(stored);
+  } else {
+    pipe.unet->to(base_dtype);
+  }
+  pipe.unet->set_compute_dtype(compute);
   pipe.unet->set_gradient_checkpointing(opt.gradient_checkpointing);
   pipe.text->compute_dtype = std::nullopt;
   pipe.text->model->to(torch::kFloat32);
@@ -343,8 +356,11 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     for (const auto& t : network->targets()) ++(t.text ? result.text_layers : result.unet_layers);
   result.images = data.size();
   result.prior_images = prior_set.size();
+  result.base_weights = keep16 ? std::string(stored == torch::kFloat16 ? "fp16" : "bf16") + " computed in fp32"
+                        : base_dtype == torch::kBFloat16 ? "bf16"
+                                                         : "fp32";
   auto attach = [&] {
-    if (network) network->attach();
+    if (network) network->attach(1.0, compute);
   };
   auto detach = [&] {
     if (network) network->detach();
@@ -426,7 +442,9 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
                   !resumed);
 
   if (!opt.quiet) {
-    std::fprintf(stderr, "diffuse train-lora: %lld images in %zu buckets%s | %s, %.2fM parameters%s | %s | %s\n",
+    std::fprintf(stderr,
+                 "diffuse train-lora: %lld images in %zu buckets%s | %s, %.2fM parameters%s | base weights %s | %s | "
+                 "%s\n",
                  static_cast<long long>(data.size()), data.buckets.size(),
                  prior ? (" + " + std::to_string(prior_set.size()) + " prior images").c_str() : "",
                  opt.full ? "full UNet"
@@ -434,8 +452,8 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
                              " text-encoder layers, rank " + std::to_string(opt.network.rank))
                                 .c_str(),
                  static_cast<double>(result.parameters) / 1e6,
-                 opt.gradient_checkpointing ? ", gradient checkpointing" : "", device.str().c_str(),
-                 runtime_summary().c_str());
+                 opt.gradient_checkpointing ? ", gradient checkpointing" : "", result.base_weights.c_str(),
+                 device.str().c_str(), runtime_summary().c_str());
     if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
   }
   result.eval_loss_before = NAN;

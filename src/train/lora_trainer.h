@@ -73,6 +73,9 @@ struct LoraTrainResult {
   // (NaN with eval_images 0).
   double eval_loss_before = 0, eval_loss_after = 0;
   int64_t images = 0, prior_images = 0;
+  // How the frozen UNet weights were held while training: "fp32", "bf16" (--bf16), or "fp16" /
+  // "bf16 computed in fp32" when a 16-bit base stays 16-bit under gradient checkpointing.
+  std::string base_weights;
   int unet_layers = 0, text_layers = 0;
   int64_t parameters = 0;  // trainable
   double seconds = 0;

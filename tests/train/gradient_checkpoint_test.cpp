@@ -4,6 +4,7 @@
 // rounding); the graph then holds checkpoint nodes, and none with grad mode off.
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <set>
 
 #include "fixtures.h"
@@ -38,14 +39,14 @@ struct CkptRun {
 // One forward / backward of the UNet (text embeddings from the adapted text encoder), returning
 // the output and the gradients of `params` (and of the embeddings' leaf input).
 CkptRun ckpt_run(SDPipeline& pipe, LoraNetwork* net, const std::vector<torch::Tensor>& params, bool checkpointing,
-                 bool bf16) {
+                 bool bf16, std::optional<torch::Dtype> merged = std::nullopt) {
   for (auto p : params)
     if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
   pipe.unet->set_gradient_checkpointing(checkpointing);
   torch::manual_seed(4);
   auto x = torch::randn({2, 4, 8, 8}), t = torch::tensor({900.0f, 30.0f}), w = torch::randn({2, 4, 8, 8});
   auto ids = torch::tensor({{998, 40, 41, 42, 999, 999}, {998, 50, 999, 999, 999, 999}}, torch::kInt64);
-  if (net) (*net)->attach();
+  if (net) (*net)->attach(1.0, merged);
   auto ehs = pipe.text->model->forward(ids).last_hidden_state;
   CkptRun r;
   {
@@ -138,6 +139,48 @@ TEST(GradientCheckpointing, LoraAndFullGradientsEqualThoseWithout) {
   const auto full_ckpt_bf16 = ckpt_run(pipe, nullptr, all, true, true);
   SCOPED_TRACE("full, bf16 autocast");
   expect_same_grads(full_plain_bf16, full_ckpt_bf16, 5e-2);
+}
+
+// LoRA on a UNet kept in fp16 and computed in fp32 layer by layer (train-lora without --bf16 on
+// a 16-bit base, with checkpointing): the gradients are those of the same weights upcast once,
+// and the weights stay fp16.
+TEST(GradientCheckpointing, SixteenBitBaseTrainsLikeItsUpcast) {
+  test::TempDir dir;
+  const std::string folder = test::tiny_sd_folder(dir / "pipe");
+  auto make = [&](bool keep16, LoraNetwork& net) {
+    auto pipe = SDPipeline::load(folder);
+    pipe.unet->to(torch::kFloat16);
+    if (keep16)
+      pipe.unet->set_compute_dtype(torch::kFloat32);
+    else
+      pipe.unet->to(torch::kFloat32);  // exact
+    for (auto& p : pipe.unet->parameters()) p.set_requires_grad(false);
+    for (auto& p : pipe.text->model->parameters()) p.set_requires_grad(false);
+    LoraNetworkOptions o;
+    o.rank = 4;
+    o.alpha = 4;
+    o.unet_layers = "transformer";
+    o.conv = true;
+    net = LoraNetwork(*pipe.unet, nullptr, o, 1);
+    torch::NoGradGuard ng;
+    auto gen = at::detail::createCPUGenerator(7);
+    for (const auto& [name, p] : net->named_lora_parameters(false))
+      if (name.find("lora_up") != std::string::npos) p.copy_(torch::randn(p.sizes(), gen) * 0.1);
+    return pipe;
+  };
+  LoraNetwork net16{nullptr}, net32{nullptr};
+  auto pipe16 = make(true, net16);
+  auto pipe32 = make(false, net32);
+  auto params = [](LoraNetwork& n) {
+    std::vector<torch::Tensor> v;
+    for (const auto& p : n->parameters()) v.push_back(p);
+    return v;
+  };
+  const auto upcast = ckpt_run(pipe32, &net32, params(net32), false, false);
+  const auto kept = ckpt_run(pipe16, &net16, params(net16), true, false, torch::kFloat32);
+  EXPECT_TRUE(kept.checkpointed);
+  expect_same_grads(upcast, kept, 1e-6);
+  for (const auto& p : pipe16.unet->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat16);
 }
 
 }  // namespace

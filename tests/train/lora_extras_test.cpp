@@ -173,5 +173,31 @@ TEST(LoraExtras, FullFineTuningResumeIsBitExact) {
   EXPECT_FALSE(torch::equal(ema.at("conv_in.weight"), model.at("conv_in.weight")));
 }
 
+// A base stored in fp16 stays fp16 under gradient checkpointing (computed in fp32 layer by
+// layer) and trains like the same weights upcast once, which is what happens without it.
+TEST(LoraExtras, SixteenBitBaseStaysSixteenBitWithCheckpointing) {
+  test::TempDir dir;
+  auto o = test::tiny_lora_options(dir);
+  {
+    auto pipe = SDPipeline::load(o.model);
+    pipe.unet->to(torch::kFloat16);
+    fs::remove(o.model + "/unet");  // a link to the fixture's fp32 UNet
+    save_unet2d_condition(pipe.unet, o.model + "/unet");
+  }
+  o.steps = 4;
+  o.save_dtype = "fp32";
+  o.gradient_checkpointing = true;
+  o.out = dir / "kept.safetensors";
+  const auto kept = train_lora(o);
+  EXPECT_EQ(kept.base_weights, "fp16 computed in fp32");
+  o.gradient_checkpointing = false;
+  o.out = dir / "upcast.safetensors";
+  const auto upcast = train_lora(o);
+  EXPECT_EQ(upcast.base_weights, "fp32");
+  EXPECT_NEAR(kept.eval_loss_before, upcast.eval_loss_before, 1e-6 * upcast.eval_loss_before);
+  EXPECT_NEAR(kept.eval_loss_after, upcast.eval_loss_after, 1e-4 * upcast.eval_loss_after);
+  EXPECT_LT(kept.eval_loss_after, kept.eval_loss_before);
+}
+
 }  // namespace
 }  // namespace diffuse
