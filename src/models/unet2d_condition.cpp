@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "models/model_io.h"
 #include "models/size_bounds.h"
+#include "nn/checkpoint.h"
 #include "nn/compute_dtype.h"
 #include "nn/skip_init.h"
 #include "nn/state_dict.h"
@@ -537,6 +538,8 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torc
   std::vector<torch::Tensor> res{h};
   // The blocks' resnets, transformers and samplers upcast one layer at a time.
   nn::ComputeDtypeScope layer_by_layer(compute_dtype_);
+  // With gradient checkpointing the blocks' resnets and transformers keep only their inputs.
+  nn::CheckpointScope checkpointing(gradient_checkpointing_);
   for (size_t i = 0; i < n; ++i) {
     nn::DownBlockOutput out =
         down_cross[i] ? down_cross[i]->forward(h, emb, ehs, mask) : down_plain[i]->forward(h, emb);
@@ -557,9 +560,14 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torc
     else
       h = up_plain[i]->forward(h, std::move(skips), emb, upsample_size);
   }
-  h = conv_norm_out->forward(h);
-  h = nn::activate(nn::parse_activation(config_.act_fn), h);
-  return conv_out->forward(h);
+  // The output layers, checkpointed too: their weights are wide only inside the `ends` guard.
+  auto norm_out = conv_norm_out;
+  auto out_conv = conv_out;
+  const auto act = nn::parse_activation(config_.act_fn);
+  auto tail = [norm_out, out_conv, act](const std::vector<torch::Tensor>& in) mutable {
+    return std::vector<torch::Tensor>{out_conv->forward(nn::activate(act, norm_out->forward(in[0])))};
+  };
+  return nn::maybe_checkpoint({module_of(conv_norm_out), module_of(conv_out)}, tail, {h}).at(0);
 }
 
 // ---------------------------------------------------------------- folder I/O

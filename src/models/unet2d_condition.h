@@ -151,6 +151,11 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   // The output equals that of the weights converted to `compute` once. nullopt: compute in the
   // weights' dtype.
   void set_compute_dtype(std::optional<torch::Dtype> compute) { compute_dtype_ = compute; }
+  // Gradient checkpointing (nn/checkpoint.h) of every resnet and transformer of the blocks when
+  // grad mode is on: their activations are recomputed in the backward pass instead of stored.
+  // The outputs and gradients are those without it.
+  void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
+  bool gradient_checkpointing() const { return gradient_checkpointing_; }
   torch::Device device() const;
   void set_attention_chunk_size(int64_t n);
 
@@ -174,6 +179,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
  private:
   UNet2DConditionConfig config_;
   std::optional<torch::Dtype> compute_dtype_;
+  bool gradient_checkpointing_ = false;
 };
 TORCH_MODULE(UNet2DConditionModel);
 

@@ -39,11 +39,29 @@ at::Tensor group_norm_fp32(const at::Tensor& input, int64_t groups, const c10::o
   };
   return at::group_norm(input.to(at::kFloat), groups, f32(weight), f32(bias), eps, cudnn);
 }
+
+// Likewise layer_norm of bf16 activations with fp32 weights (trained fp32 weights under bf16
+// autocast): computed in fp32. Matching dtypes go through unchanged.
+at::Tensor layer_norm_mixed(const at::Tensor& input, at::IntArrayRef shape, const c10::optional<at::Tensor>& weight,
+                            const c10::optional<at::Tensor>& bias, double eps, bool cudnn) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  const bool mixed = (weight.has_value() && weight->defined() && weight->scalar_type() != input.scalar_type()) ||
+                     (bias.has_value() && bias->defined() && bias->scalar_type() != input.scalar_type());
+  if (!mixed) return at::layer_norm(input, shape, weight, bias, eps, cudnn);
+  auto f32 = [](const c10::optional<at::Tensor>& t) -> c10::optional<at::Tensor> {
+    if (!t.has_value() || !t->defined()) return t;
+    return t->to(at::kFloat);
+  };
+  return at::layer_norm(input.to(at::kFloat), shape, f32(weight), f32(bias), eps, cudnn);
+}
 #endif
 }  // namespace
 
 #if TORCH_VERSION_MAJOR < 2
-TORCH_LIBRARY_IMPL(aten, AutocastCPU, m) { m.impl("group_norm", TORCH_FN(group_norm_fp32)); }
+TORCH_LIBRARY_IMPL(aten, AutocastCPU, m) {
+  m.impl("group_norm", TORCH_FN(group_norm_fp32));
+  m.impl("layer_norm", TORCH_FN(layer_norm_mixed));
+}
 #endif
 
 AutocastGuard::AutocastGuard(torch::Device device, bool enabled) : device_(device), enabled_(enabled) {

@@ -3,7 +3,11 @@
 namespace diffuse::nn {
 
 ComputeDtypeGuard::ComputeDtypeGuard(std::initializer_list<torch::nn::Module*> modules, torch::Dtype compute,
-                                     bool enabled, bool recurse) {
+                                     bool enabled, bool recurse)
+    : ComputeDtypeGuard(std::vector<torch::nn::Module*>(modules), compute, enabled, recurse) {}
+
+ComputeDtypeGuard::ComputeDtypeGuard(const std::vector<torch::nn::Module*>& modules, torch::Dtype compute, bool enabled,
+                                     bool recurse) {
   if (!enabled) return;
   torch::NoGradGuard ng;
   auto convert = [&](torch::Tensor& t) {

@@ -19,6 +19,8 @@ class ComputeDtypeGuard {
   // parameters and buffers are converted, not their children's.
   ComputeDtypeGuard(std::initializer_list<torch::nn::Module*> modules, torch::Dtype compute, bool enabled = true,
                     bool recurse = true);
+  ComputeDtypeGuard(const std::vector<torch::nn::Module*>& modules, torch::Dtype compute, bool enabled = true,
+                    bool recurse = true);
   ~ComputeDtypeGuard();
   ComputeDtypeGuard(const ComputeDtypeGuard&) = delete;
   ComputeDtypeGuard& operator=(const ComputeDtypeGuard&) = delete;

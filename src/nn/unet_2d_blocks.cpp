@@ -1,6 +1,7 @@
 #include "nn/unet_2d_blocks.h"
 
 #include "core/error.h"
+#include "nn/checkpoint.h"
 
 namespace diffuse::nn {
 
@@ -126,12 +127,12 @@ DownBlockOutput UNetDownBlock2DImpl::forward(const torch::Tensor& x, const torch
   DownBlockOutput out;
   torch::Tensor h = x;
   for (size_t i = 0; i < resnet_blocks.size(); ++i) {
-    h = resnet_blocks[i]->forward(h, temb);
-    if (!attention_blocks.empty()) h = attention_blocks[i]->forward(h);
+    h = checkpointed(resnet_blocks[i], h, temb);
+    if (!attention_blocks.empty()) h = checkpointed(attention_blocks[i], h);
     out.res_samples.push_back(h);
   }
   if (downsample) {
-    h = downsample->forward(h);
+    h = checkpointed(downsample, h);
     out.res_samples.push_back(h);
   } else if (downsample_resnet) {
     h = downsample_resnet->forward(h, temb);
@@ -191,10 +192,10 @@ torch::Tensor UNetUpBlock2DImpl::forward(const torch::Tensor& x, std::vector<tor
   for (size_t i = 0; i < resnet_blocks.size(); ++i) {
     auto skip = res_samples.back();
     res_samples.pop_back();
-    h = resnet_blocks[i]->forward(torch::cat({h, skip}, 1), temb);
-    if (!attention_blocks.empty()) h = attention_blocks[i]->forward(h);
+    h = checkpointed(resnet_blocks[i], torch::cat({h, skip}, 1), temb);
+    if (!attention_blocks.empty()) h = checkpointed(attention_blocks[i], h);
   }
-  if (upsample) h = upsample->forward(h, upsample_size);
+  if (upsample) h = checkpointed_upsample(upsample, h, upsample_size);
   if (upsample_resnet) h = upsample_resnet->forward(h, temb);
   return h;
 }

@@ -1,6 +1,7 @@
 #include "nn/unet_2d_condition_blocks.h"
 
 #include "core/error.h"
+#include "nn/checkpoint.h"
 
 namespace diffuse::nn {
 
@@ -61,12 +62,12 @@ DownBlockOutput CrossAttnDownBlock2DImpl::forward(const torch::Tensor& x, const 
   DownBlockOutput out;
   auto h = x;
   for (size_t i = 0; i < resnet_blocks.size(); ++i) {
-    h = resnet_blocks[i]->forward(h, temb);
-    h = attention_blocks[i]->forward(h, encoder_hidden_states, encoder_attention_mask);
+    h = checkpointed(resnet_blocks[i], h, temb);
+    h = checkpointed(attention_blocks[i], h, encoder_hidden_states, encoder_attention_mask);
     out.res_samples.push_back(h);
   }
   if (downsample) {
-    h = downsample->forward(h);
+    h = checkpointed(downsample, h);
     out.res_samples.push_back(h);
   }
   out.hidden_states = h;
@@ -103,10 +104,10 @@ torch::Tensor CrossAttnUpBlock2DImpl::forward(const torch::Tensor& x, std::vecto
   for (size_t i = 0; i < resnet_blocks.size(); ++i) {
     auto skip = res_samples.back();
     res_samples.pop_back();
-    h = resnet_blocks[i]->forward(torch::cat({h, skip}, 1), temb);
-    h = attention_blocks[i]->forward(h, encoder_hidden_states, encoder_attention_mask);
+    h = checkpointed(resnet_blocks[i], torch::cat({h, skip}, 1), temb);
+    h = checkpointed(attention_blocks[i], h, encoder_hidden_states, encoder_attention_mask);
   }
-  if (upsample) h = upsample->forward(h, upsample_size);
+  if (upsample) h = checkpointed_upsample(upsample, h, upsample_size);
   return h;
 }
 
@@ -126,10 +127,10 @@ UNetMidBlock2DCrossAttnImpl::UNetMidBlock2DCrossAttnImpl(int64_t in_channels, co
 torch::Tensor UNetMidBlock2DCrossAttnImpl::forward(const torch::Tensor& x, const torch::Tensor& temb,
                                                    const torch::Tensor& encoder_hidden_states,
                                                    const torch::Tensor& encoder_attention_mask) {
-  auto h = resnet_blocks[0]->forward(x, temb);
+  auto h = checkpointed(resnet_blocks[0], x, temb);
   for (size_t i = 0; i < attention_blocks.size(); ++i) {
-    h = attention_blocks[i]->forward(h, encoder_hidden_states, encoder_attention_mask);
-    h = resnet_blocks[i + 1]->forward(h, temb);
+    h = checkpointed(attention_blocks[i], h, encoder_hidden_states, encoder_attention_mask);
+    h = checkpointed(resnet_blocks[i + 1], h, temb);
   }
   return h;
 }

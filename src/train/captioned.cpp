@@ -194,7 +194,9 @@ std::vector<Found> scan_folder(const std::string& dir, const CaptionedOptions& o
     auto it = meta.find(f.path);
     fs::path side = p;
     side.replace_extension(opt.caption_ext);
-    if (it != meta.end()) {
+    if (!opt.caption.empty()) {
+      f.caption = trim(opt.caption);
+    } else if (it != meta.end()) {
       f.caption = trim(it->second);
     } else if (fs::is_regular_file(side)) {
       f.caption = read_caption_file(side);

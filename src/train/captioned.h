@@ -25,6 +25,9 @@ struct CaptionedOptions {
   int size_step = 64;                // bucket sides are multiples of this (the model's size step)
   bool buckets = true;               // false: every image is resized and centre-cropped to resolution²
   std::string split = "train";       // emoji-captions: train | test | all
+  // Non-empty: every image of the folder gets this caption and caption files are not read (class
+  // images for prior preservation).
+  std::string caption;
 };
 
 struct CaptionedBucket {

@@ -139,13 +139,14 @@ LoraNetworkImpl::LoraNetworkImpl(torch::nn::Module& unet, torch::nn::Module* tex
   }
 }
 
-void LoraNetworkImpl::attach(double multiplier) {
+void LoraNetworkImpl::attach(double multiplier, std::optional<torch::Dtype> dtype) {
   for (size_t i = 0; i < layers_.size(); ++i) {
     auto& l = layers_[i];
     const auto& t = targets_[i];
     const double scale = multiplier * t.alpha / t.rank;
     auto delta = torch::mm(l.up.reshape({l.up.size(0), t.rank}), l.down.reshape({t.rank, -1})) * scale;
-    auto merged = l.base + delta.reshape(l.base.sizes()).to(l.base.scalar_type());
+    const auto dt = dtype ? *dtype : l.base.scalar_type();
+    auto merged = l.base.to(dt) + delta.reshape(l.base.sizes()).to(dt);
     (l.conv ? l.conv->weight : l.linear->weight) = merged;
   }
 }

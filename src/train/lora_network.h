@@ -18,6 +18,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -59,9 +60,11 @@ class LoraNetworkImpl : public torch::nn::Module {
   // float32 on the weights' device.
   LoraNetworkImpl(torch::nn::Module& unet, torch::nn::Module* text, const LoraNetworkOptions& opt, uint64_t seed);
 
-  // Points every targeted layer at W + multiplier * (alpha / rank) * up @ down (in W's dtype).
-  // Call again after each optimizer step (the merged weights are part of the graph).
-  void attach(double multiplier = 1.0);
+  // Points every targeted layer at W + multiplier * (alpha / rank) * up @ down (in W's dtype, or
+  // in `dtype` when given: the compute dtype of 16-bit weights computed wide, see
+  // UNet2DConditionModel::set_compute_dtype). Call again after each optimizer step (the merged
+  // weights are part of the graph).
+  void attach(double multiplier = 1.0, std::optional<torch::Dtype> dtype = std::nullopt);
   // Restores the base weights.
   void detach();
 

@@ -21,14 +21,18 @@
 #include "core/strings.h"
 #include "diffusion/denoiser.h"
 #include "diffusion/schedule.h"
-#include "nn/autocast.h"
+#include "models/autoencoder_kl.h"
+#include "nn/state_dict.h"
+#include "pipelines/scheduler_config.h"
 #include "pipelines/sd_pipeline.h"
 #include "train/adamw.h"
+#include "nn/autocast.h"
 #include "train/captioned.h"
 #include "train/checkpoint.h"
 #include "train/diffusion_objective.h"
 #include "train/loader.h"
 #include "train/run_helpers.h"
+#include "train/text_to_image.h"
 #include "train/train_loop.h"
 
 namespace fs = std::filesystem;
@@ -41,13 +45,24 @@ std::string lora_train_dir(const std::string& out) {
   return stem + "-train";
 }
 
+std::string lora_run_dir(const LoraTrainOptions& opt) { return opt.full ? opt.out : lora_train_dir(opt.out); }
+
 namespace {
 
 void validate_lora_options(const LoraTrainOptions& o) {
   if (o.model.empty()) throw Error("model is required");
   if (o.data.empty()) throw Error("data is required");
-  if (o.out.empty() || !ends_with(o.out, ".safetensors"))
+  if (o.full && (o.out.empty() || ends_with(o.out, ".safetensors")))
+    throw Error("out " + o.out + ": full fine-tuning writes a pipeline folder, not a .safetensors file");
+  if (!o.full && (o.out.empty() || !ends_with(o.out, ".safetensors")))
     throw Error("out " + o.out + ": expected a .safetensors file");
+  if (o.full && o.text_encoder_lr > 0) throw Error("text_encoder_lr: full fine-tuning trains the UNet only");
+  if (!o.full && o.ema_decay != 0) throw Error("ema_decay: only for full fine-tuning");
+  if (o.ema_decay < 0 || o.ema_decay >= 1) throw Error("ema_decay: must be in [0, 1)");
+  if (!(o.prior_weight >= 0) || !std::isfinite(o.prior_weight))
+    throw Error("prior_weight " + c10::str(o.prior_weight) + ": must be a number >= 0");
+  if (o.prior_data.empty() && !o.prior_prompt.empty())
+    throw Error("prior_prompt: needs prior_data (the folder of class images it captions)");
   if (o.steps < 1) throw Error("steps " + std::to_string(o.steps) + ": must be at least 1");
   if (o.batch < 1) throw Error("batch " + std::to_string(o.batch) + ": must be at least 1");
   if (!(o.lr > 0)) throw Error("lr: must be positive");
@@ -90,13 +105,21 @@ nlohmann::json lora_options_json(const LoraTrainOptions& o) {
           {"min_snr_gamma", o.min_snr_gamma},
           {"caption_dropout", o.caption_dropout},
           {"bf16", o.bf16},
+          {"gradient_checkpointing", o.gradient_checkpointing},
+          {"prior_data", o.prior_data},
+          {"prior_prompt", o.prior_prompt},
+          {"prior_weight", o.prior_weight},
+          {"full", o.full},
+          {"ema_decay", o.ema_decay},
           {"seed", o.seed}};
 }
 
 // Options that change what a checkpoint means: a resumed run keeps them.
 const std::vector<std::string> kLoraResumeKeys = {
-    "model", "data",      "caption_ext", "resolution",      "buckets",         "rank",  "alpha", "unet_layers",
-    "conv",  "conv_rank", "conv_alpha",  "text_encoder_lr", "caption_dropout", "batch", "bf16",  "seed"};
+    "model",           "data",        "caption_ext", "resolution", "buckets",    "rank",
+    "alpha",           "unet_layers", "conv",        "conv_rank",  "conv_alpha", "text_encoder_lr",
+    "caption_dropout", "batch",       "bf16",        "seed",       "prior_data", "prior_prompt",
+    "prior_weight",    "full",        "ema_decay"};
 
 SDPipeline load_base(const LoraTrainOptions& o, torch::Device device) {
   if (!fs::exists(o.model)) throw Error("model " + o.model + ": not found");
@@ -162,7 +185,12 @@ void plot_loss(const std::string& dir) {
   po.xlabel = "step";
   po.ylabel = "loss (EMA-smoothed)";
   po.log_y = true;
-  save_plot(dir + "/loss.png", {{"loss", cols["step"], cols["loss"]}}, po);
+  std::vector<PlotSeries> series = {{"loss", cols["step"], cols["loss"]}};
+  if (!cols["loss_prior"].empty()) {
+    series.push_back({"instance", cols["step"], cols["loss_instance"]});
+    series.push_back({"prior", cols["step"], cols["loss_prior"]});
+  }
+  save_plot(dir + "/loss.png", series, po);
 }
 
 std::string iso_time(std::time_t t) {
@@ -171,21 +199,100 @@ std::string iso_time(std::time_t t) {
   return buf;
 }
 
+// Class images for prior preservation, bucketed like the instance data.
+CaptionedDataset load_prior(const LoraTrainOptions& o, CaptionedOptions co) {
+  if (o.prior_data != "emoji-captions" && !fs::is_directory(o.prior_data))
+    throw Error("prior_data " + o.prior_data + ": not a folder");
+  co.caption = o.prior_prompt;
+  try {
+    return load_captioned(o.prior_data, co);
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    throw Error("prior_data " + m +
+                (o.prior_prompt.empty() && m.find("no caption") != std::string::npos
+                     ? " (or give prior_prompt, the caption of every class image)"
+                     : ""));
+  }
+}
+
+// Full fine-tuning's output: a StableDiffusionPipeline folder with the trained UNet and the base's
+// other components (copied from a base folder, written from a single file's tensors), swapped in
+// one component at a time with model_index.json last.
+void save_full_pipeline(const SDPipeline& pipe, UNet2DConditionModel& unet, const std::string& model,
+                        const std::string& out) {
+  const std::string tmp = out + "/.pipeline.tmp";
+  remove_tree(tmp);
+  save_unet2d_condition(unet, tmp + "/unet");
+  const bool folder = fs::is_directory(model);
+  nlohmann::json index;
+  if (folder) {
+    for (const char* c : {"text_encoder", "tokenizer", "vae", "scheduler"})
+      fs::copy(model + "/" + c, tmp + "/" + c, fs::copy_options::recursive);
+    std::ifstream f(model + "/model_index.json");
+    index = nlohmann::json::parse(f);
+  } else {
+    fs::create_directories(tmp + "/text_encoder");
+    write_file_atomically(tmp + "/text_encoder/config.json", pipe.text->model->config().to_json().dump(2) + "\n");
+    safetensors::save(tmp + "/text_encoder/model.safetensors", nn::state_dict(*pipe.text->model), {{"format", "pt"}});
+    write_clip_tokenizer_folder(tmp + "/tokenizer");
+    save_autoencoder_kl(pipe.vae, tmp + "/vae");
+    fs::create_directories(tmp + "/scheduler");
+    auto sj = scheduler_config_json(pipe.scheduler, pipe.scheduler_class);
+    if (pipe.scheduler_class == "DDIMScheduler") {
+      sj["set_alpha_to_one"] = false;
+      sj["steps_offset"] = 1;
+    }
+    write_file_atomically(tmp + "/scheduler/scheduler_config.json", sj.dump(2) + "\n");
+    index = {{"_class_name", "StableDiffusionPipeline"},
+             {"_diffusers_version", "0.28.2"},
+             {"feature_extractor", {nullptr, nullptr}},
+             {"image_encoder", {nullptr, nullptr}},
+             {"requires_safety_checker", false},
+             {"safety_checker", {nullptr, nullptr}},
+             {"scheduler", {"diffusers", pipe.scheduler_class}},
+             {"text_encoder", {"transformers", "CLIPTextModel"}},
+             {"tokenizer", {"transformers", "CLIPTokenizer"}},
+             {"unet", {"diffusers", "UNet2DConditionModel"}},
+             {"vae", {"diffusers", "AutoencoderKL"}}};
+  }
+  for (const char* c : {"unet", "text_encoder", "tokenizer", "vae", "scheduler"}) {
+    remove_tree(out + "/" + c);
+    fs::rename(tmp + "/" + c, out + "/" + c);
+  }
+  remove_tree(tmp);
+  write_file_atomically(out + "/model_index.json", index.dump(2) + "\n");
+}
+
 }  // namespace
 
 LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   validate_lora_options(opt);
   const torch::Device device = parse_device(opt.device);
-  const std::string dir = lora_train_dir(opt.out), ckpt_dir = dir + "/checkpoint";
+  const std::string dir = lora_run_dir(opt), ckpt_dir = dir + "/checkpoint";
   const nlohmann::json opts_now = lora_options_json(opt);
   const std::optional<CheckpointState> resumed = open_run(dir, opts_now, kLoraResumeKeys, opt.resume, opt.quiet);
 
   SDPipeline pipe = load_base(opt, device);
   const bool train_text = opt.text_encoder_lr > 0;
-  // Frozen base weights: float32, or bf16 (kept 16-bit) with bf16 autocast.
-  const torch::Dtype base_dtype = opt.bf16 ? torch::kBFloat16 : torch::kFloat32;
-  pipe.unet->set_compute_dtype(std::nullopt);
-  pipe.unet->to(base_dtype);
+  // Frozen base weights: float32, or bf16 (kept 16-bit) with bf16 autocast. Trained UNet weights
+  // (full) are float32, under bf16 autocast with bf16.
+  // A LoRA on a base stored in 16 bits, without --bf16 but with gradient checkpointing, keeps the
+  // base 16-bit and computes in fp32 one layer at a time (the checkpoints' backward passes upcast
+  // one block at a time); without checkpointing the backward pass would need every layer's fp32
+  // copy at once, so the base is upcast once instead.
+  const torch::Dtype stored = pipe.unet->conv_in->weight.scalar_type();
+  const bool keep16 =
+      !opt.bf16 && !opt.full && opt.gradient_checkpointing && (stored == torch::kFloat16 || stored == torch::kBFloat16);
+  const torch::Dtype base_dtype = opt.bf16 && !opt.full ? torch::kBFloat16 : torch::kFloat32;
+  std::optional<torch::Dtype> compute;
+  if (keep16) {
+    compute = torch::kFloat32;
+    pipe.unet->to(stored);
+  } else {
+    pipe.unet->to(base_dtype);
+  }
+  pipe.unet->set_compute_dtype(compute);
+  pipe.unet->set_gradient_checkpointing(opt.gradient_checkpointing);
   pipe.text->compute_dtype = std::nullopt;
   pipe.text->model->to(torch::kFloat32);
   for (auto& p : pipe.unet->parameters()) p.set_requires_grad(false);
@@ -203,24 +310,61 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     throw Error("resolution " + std::to_string(co.resolution) + ": must be a multiple of the model's size step " +
                 std::to_string(co.size_step));
   const CaptionedDataset data = load_captioned(opt.data, co);
+  const bool prior = !opt.prior_data.empty();
+  const CaptionedDataset prior_set = prior ? load_prior(opt, co) : CaptionedDataset{};
   const auto latents = encode_buckets(pipe, data, !opt.quiet);
+  const auto prior_latents = prior ? encode_buckets(pipe, prior_set, !opt.quiet) : std::vector<BucketLatents>{};
 
+  // The trained tensors: LoRA adapters, or (full) every UNet parameter with an optional EMA copy.
   LoraNetworkOptions nopt = opt.network;
   nopt.text_encoder = train_text;
   torch::nn::Module* text_module = train_text ? pipe.text->model.ptr().get() : nullptr;
-  LoraNetwork network(*pipe.unet, text_module, nopt, mix_seed(opt.seed, 0x6c6f7261));
-  AdamW unet_opt(network->named_lora_parameters(false), AdamW::Options{0.9, 0.999, 1e-8, opt.weight_decay});
+  LoraNetwork network{nullptr};
+  UNet2DConditionModel ema{nullptr};
+  std::vector<std::pair<std::string, torch::Tensor>> unet_params;
+  if (opt.full) {
+    for (const auto& p : pipe.unet->named_parameters()) {
+      p.value().set_requires_grad(true);
+      unet_params.emplace_back(p.key(), p.value());
+    }
+    pipe.unet->train();  // SD's UNet has no dropout (dropout 0): train and eval compute the same
+    if (opt.ema_decay > 0) {
+      ema = UNet2DConditionModel(pipe.unet->config());
+      ema->to(device);
+      torch::NoGradGuard ng;
+      for (const auto& [name, t] : unet_params) ema->named_parameters()[name].copy_(t);
+      for (auto& p : ema->parameters()) p.set_requires_grad(false);
+      ema->eval();
+    }
+  } else {
+    network = LoraNetwork(*pipe.unet, text_module, nopt, mix_seed(opt.seed, 0x6c6f7261));
+    unet_params = network->named_lora_parameters(false);
+  }
+  torch::nn::Module& trained = opt.full ? static_cast<torch::nn::Module&>(*pipe.unet) : *network;
+  torch::nn::Module& saved_ema = ema ? static_cast<torch::nn::Module&>(*ema) : trained;
+  AdamW unet_opt(unet_params, AdamW::Options{0.9, 0.999, 1e-8, opt.weight_decay});
   std::optional<AdamW> text_opt;
   if (train_text)
     text_opt.emplace(network->named_lora_parameters(true), AdamW::Options{0.9, 0.999, 1e-8, opt.weight_decay});
   std::vector<torch::Tensor> params;
   LoraTrainResult result;
-  for (const auto& p : network->parameters()) {
+  for (const auto& p : trained.parameters()) {
     params.push_back(p);
     result.parameters += p.numel();
   }
-  for (const auto& t : network->targets()) ++(t.text ? result.text_layers : result.unet_layers);
+  if (network)
+    for (const auto& t : network->targets()) ++(t.text ? result.text_layers : result.unet_layers);
   result.images = data.size();
+  result.prior_images = prior_set.size();
+  result.base_weights = keep16 ? std::string(stored == torch::kFloat16 ? "fp16" : "bf16") + " computed in fp32"
+                        : base_dtype == torch::kBFloat16 ? "bf16"
+                                                         : "fp32";
+  auto attach = [&] {
+    if (network) network->attach(1.0, compute);
+  };
+  auto detach = [&] {
+    if (network) network->detach();
+  };
 
   const auto alphas_cumprod = make_alphas_cumprod(pipe.scheduler).to(device);
   const std::string prediction = pipe.scheduler.prediction_type;
@@ -250,7 +394,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   auto eval_loss = [&]() -> double {
     if (opt.eval_images <= 0) return NAN;
     torch::NoGradGuard ng;
-    network->attach();
+    attach();
     auto gen = at::detail::createCPUGenerator(mix_seed(opt.seed, 0x6576616c));
     double total = 0;
     int64_t count = 0;
@@ -275,9 +419,14 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   };
 
   LoopState state;
-  double smooth = NAN;
+  double smooth = NAN, smooth_instance = NAN, smooth_prior = NAN;
   if (resumed) {
-    load_checkpoint(ckpt_dir, *resumed, *network, *network, unet_opt);
+    load_checkpoint(ckpt_dir, *resumed, trained, saved_ema, unet_opt);
+    if (prior) {
+      const auto parts = load_checkpoint_extra(ckpt_dir, "prior_loss");
+      smooth_instance = parts.at("instance").item<double>();
+      smooth_prior = parts.at("prior").item<double>();
+    }
     // Both optimizers step together, so the text encoder's has the UNet's step count.
     if (text_opt)
       text_opt->load_state(load_checkpoint_extra(ckpt_dir, "text_optimizer"), unet_opt.steps(),
@@ -288,20 +437,28 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     if (state.step > opt.steps)
       throw Error(ckpt_dir + ": already at step " + std::to_string(state.step) + " (raise steps to train further)");
   }
-  start_run_files(dir, opts_now, "step,loss,lr,img_per_s,elapsed_s", !resumed);
+  start_run_files(dir, opts_now,
+                  std::string("step,loss,lr,img_per_s,elapsed_s") + (prior ? ",loss_instance,loss_prior" : ""),
+                  !resumed);
 
   if (!opt.quiet) {
     std::fprintf(stderr,
-                 "diffuse train-lora: %lld images in %zu buckets | %d UNet + %d text-encoder layers, rank %d, "
-                 "%.2fM parameters | %s | %s\n",
-                 static_cast<long long>(data.size()), data.buckets.size(), result.unet_layers, result.text_layers,
-                 opt.network.rank, static_cast<double>(result.parameters) / 1e6, device.str().c_str(),
-                 runtime_summary().c_str());
+                 "diffuse train-lora: %lld images in %zu buckets%s | %s, %.2fM parameters%s | base weights %s | %s | "
+                 "%s\n",
+                 static_cast<long long>(data.size()), data.buckets.size(),
+                 prior ? (" + " + std::to_string(prior_set.size()) + " prior images").c_str() : "",
+                 opt.full ? "full UNet"
+                          : (std::to_string(result.unet_layers) + " UNet + " + std::to_string(result.text_layers) +
+                             " text-encoder layers, rank " + std::to_string(opt.network.rank))
+                                .c_str(),
+                 static_cast<double>(result.parameters) / 1e6,
+                 opt.gradient_checkpointing ? ", gradient checkpointing" : "", result.base_weights.c_str(),
+                 device.str().c_str(), runtime_summary().c_str());
     if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
   }
   result.eval_loss_before = NAN;
   if (!resumed) {
-    network->detach();
+    detach();
     result.eval_loss_before = eval_loss();
   }
 
@@ -338,7 +495,8 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
         {"ss_total_batch_size", std::to_string(opt.batch)},
         {"ss_gradient_accumulation_steps", "1"},
         {"ss_num_train_images", std::to_string(data.epoch_size())},
-        {"ss_num_reg_images", "0"},
+        {"ss_num_reg_images", std::to_string(prior_set.epoch_size())},
+        {"ss_prior_loss_weight", c10::str(prior ? opt.prior_weight : 1.0)},
         {"ss_num_batches_per_epoch", std::to_string(CaptionedLoader(data, opt.batch, opt.seed).batches_per_epoch())},
         {"ss_resolution", "(" + std::to_string(co.resolution) + ", " + std::to_string(co.resolution) + ")"},
         {"ss_enable_bucket", opt.buckets ? "True" : "False"},
@@ -348,7 +506,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
         {"ss_mixed_precision", opt.bf16 ? "bf16" : "no"},
         {"ss_save_precision", opt.save_dtype},
         {"ss_prediction_type", prediction},
-        {"ss_gradient_checkpointing", "False"},
+        {"ss_gradient_checkpointing", opt.gradient_checkpointing ? "True" : "False"},
         {"ss_seed", std::to_string(opt.seed)},
         {"ss_training_started_at", iso_time(started)},
         {"ss_training_finished_at", iso_time(std::time(nullptr))},
@@ -384,15 +542,25 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   auto save_all = [&] {
     CheckpointExtras extras;
     if (text_opt) extras["text_optimizer"] = text_opt->state();
-    // LoRA training keeps no EMA: the network is saved as both.
-    save_checkpoint(ckpt_dir, CheckpointState{state.step, smooth, state.trained_seconds, opts_now}, *network, *network,
+    if (prior)
+      extras["prior_loss"] = {{"instance", torch::tensor(smooth_instance, torch::kFloat64)},
+                              {"prior", torch::tensor(smooth_prior, torch::kFloat64)}};
+    // LoRA training keeps no EMA: the network is saved as both (full: without EMA, the UNet).
+    save_checkpoint(ckpt_dir, CheckpointState{state.step, smooth, state.trained_seconds, opts_now}, trained, saved_ema,
                     unet_opt, extras);
-    save_lora();
+    if (opt.full)
+      save_full_pipeline(pipe, ema ? ema : pipe.unet, opt.model, opt.out);
+    else
+      save_lora();
   };
 
   const DiffusionObjective objective(alphas_cumprod, {prediction, 0.0, -1, false, opt.min_snr_gamma});
   CaptionedLoader loader(data, opt.batch, opt.seed);
+  const uint64_t prior_seed = mix_seed(opt.seed, 0x7072696f72);
+  std::optional<CaptionedLoader> prior_loader;
+  if (prior) prior_loader.emplace(prior_set, opt.batch, prior_seed);
   NonFiniteGuard nonfinite(opt.max_nonfinite_steps);
+  const std::vector<torch::Tensor> ema_params = ema ? ema->parameters() : std::vector<torch::Tensor>{};
   double lr = 0;
   LoopCallbacks cb;
   cb.step = [&](int64_t step) {
@@ -400,47 +568,77 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     const double text_lr = scheduled_lr(opt.text_encoder_lr, step, opt.warmup, opt.lr_schedule, opt.steps);
     unet_opt.zero_grad();
     if (text_opt) text_opt->zero_grad();
-    CaptionedBatch b = loader.make(step);
+    // The loss of one batch of `set` (its latents `lat`), with the generator of the step.
+    auto batch_loss_of = [&](const CaptionedBatch& b, const std::vector<BucketLatents>& lat, at::Generator& gen,
+                             bool dropout) {
+      const auto& bl = lat[static_cast<size_t>(b.bucket)];
+      auto rows = torch::tensor(b.rows, torch::kInt64);
+      auto mean = bl.mean.index_select(0, rows), sd = bl.std.index_select(0, rows);
+      auto x0 = (mean + sd * torch::randn(mean.sizes(), gen)).to(device);
+      const int64_t B = x0.size(0);
+      const DiffusionDraw draw = objective.draw(x0, {}, gen);
+      auto captions = b.captions;
+      if (dropout && opt.caption_dropout > 0) {
+        auto drop = torch::rand({B}, gen);
+        for (int64_t i = 0; i < B; ++i)
+          if (drop[i].item<double>() < opt.caption_dropout) captions[static_cast<size_t>(i)].clear();
+      }
+      attach();  // the merged weights of the graph (each backward frees them)
+      auto ehs = encode_text(captions, train_text && torch::GradMode::is_enabled());
+      torch::Tensor out;
+      {
+        nn::AutocastGuard autocast(device, opt.bf16);
+        out = pipe.unet->forward(draw.xt, draw.t.to(torch::kFloat32), ehs).to(torch::kFloat32);
+      }
+      return objective.loss(out, draw);
+    };
     auto gen = at::detail::createCPUGenerator(mix_seed(opt.seed, static_cast<uint64_t>(step)));
-    const auto& bl = latents[static_cast<size_t>(b.bucket)];
-    auto rows = torch::tensor(b.rows, torch::kInt64);
-    auto mean = bl.mean.index_select(0, rows), sd = bl.std.index_select(0, rows);
-    auto x0 = (mean + sd * torch::randn(mean.sizes(), gen)).to(device);
-    const int64_t B = x0.size(0);
-    const DiffusionDraw draw = objective.draw(x0, {}, gen);
-    auto captions = b.captions;
-    if (opt.caption_dropout > 0) {
-      auto drop = torch::rand({B}, gen);
-      for (int64_t i = 0; i < B; ++i)
-        if (drop[i].item<double>() < opt.caption_dropout) captions[static_cast<size_t>(i)].clear();
-    }
-    network->attach();
-    auto ehs = encode_text(captions, train_text);
-    torch::Tensor out;
-    {
-      nn::AutocastGuard autocast(device, opt.bf16);
-      out = pipe.unet->forward(draw.xt, draw.t.to(torch::kFloat32), ehs).to(torch::kFloat32);
-    }
-    auto loss = objective.loss(out, draw);
+    auto loss = batch_loss_of(loader.make(step), latents, gen, true);
     loss.backward();
-    const double step_loss = loss.item<double>();
+    const double instance_loss = loss.item<double>();
+    double step_loss = instance_loss, prior_loss = NAN;
+    if (prior) {
+      // The class images' batch, drawn from generators of its own (so that prior_weight 0 trains
+      // exactly what no prior data does), and its own backward pass: gradients add up to those of
+      // loss_instance + prior_weight * loss_prior with one batch's activations held at a time.
+      auto pgen = at::detail::createCPUGenerator(mix_seed(prior_seed, static_cast<uint64_t>(step)));
+      std::optional<torch::NoGradGuard> ng;
+      if (opt.prior_weight == 0) ng.emplace();
+      auto ploss = batch_loss_of(prior_loader->make(step), prior_latents, pgen, false);
+      if (opt.prior_weight > 0) (ploss * opt.prior_weight).backward();
+      prior_loss = ploss.item<double>();
+      step_loss = instance_loss + opt.prior_weight * prior_loss;
+    }
     if (nonfinite.ok(step_loss, params, step)) {
       if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);
       unet_opt.step(lr);
       if (text_opt) text_opt->step(text_lr);
+      if (ema) update_ema(ema_params, params, opt.ema_decay, step);
       smooth = std::isnan(smooth) ? step_loss : 0.98 * smooth + 0.02 * step_loss;
+      if (prior) {
+        smooth_instance = std::isnan(smooth_instance) ? instance_loss : 0.98 * smooth_instance + 0.02 * instance_loss;
+        smooth_prior = std::isnan(smooth_prior) ? prior_loss : 0.98 * smooth_prior + 0.02 * prior_loss;
+      }
     }
   };
   cb.progress_text = [&] {
     char text[96];
-    std::snprintf(text, sizeof text, "loss %.4f lr %.2e", smooth, lr);
+    if (prior)
+      std::snprintf(text, sizeof text, "loss %.4f (instance %.4f prior %.4f) lr %.2e", smooth, smooth_instance,
+                    smooth_prior, lr);
+    else
+      std::snprintf(text, sizeof text, "loss %.4f lr %.2e", smooth, lr);
     return std::string(text);
   };
   cb.metrics_row = [&](int64_t step, double ips, double seconds, double) {
-    char row[128];
-    std::snprintf(row, sizeof row, "%lld,%.6g,%.6g,%.1f,%.1f\n", static_cast<long long>(step), smooth, lr, ips,
-                  seconds);
-    return std::string(row);
+    char row[192];
+    std::snprintf(row, sizeof row, "%lld,%.9g,%.6g,%.1f,%.1f", static_cast<long long>(step), smooth, lr, ips, seconds);
+    std::string line = row;
+    if (prior) {
+      std::snprintf(row, sizeof row, ",%.9g,%.9g", smooth_instance, smooth_prior);
+      line += row;
+    }
+    return line + "\n";
   };
   cb.save = save_all;
   cb.plots = [&] { plot_loss(dir); };
@@ -452,7 +650,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
       prompts.push_back(c);
   cb.sample = [&](int64_t step) {
     torch::NoGradGuard ng;
-    network->attach();
+    attach();
     std::vector<torch::Tensor> rows;
     for (const auto& prompt : prompts) {
       SDOptions g;
@@ -464,7 +662,8 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
       g.width = g.height = co.resolution;
       rows.push_back(generate(pipe, g).samples);
     }
-    std::string text = "LoRA training samples at step " + std::to_string(step) + ", rows:";
+    std::string text = std::string(opt.full ? "Fine-tuning" : "LoRA training") + " samples at step " +
+                       std::to_string(step) + ", rows:";
     for (const auto& p : prompts) text += "\n" + p;
     char name[64];
     std::snprintf(name, sizeof name, "/samples/step_%07lld.png", static_cast<long long>(step));
@@ -484,9 +683,11 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   const LoopResult loop = run_training_loop(lo, state, cb);
   result.interrupted = loop.interrupted;
   result.eval_loss_after = eval_loss();
-  network->detach();
+  detach();
   result.steps = state.step;
   result.final_loss = smooth;
+  result.final_loss_instance = smooth_instance;
+  result.final_loss_prior = smooth_prior;
   result.seconds = loop.seconds;
   return result;
 }

@@ -5,6 +5,13 @@
 // __metadata__, that `--lora` here, A1111 and ComfyUI load. The base weights stay frozen.
 // Beside the output, `<stem>-train/` holds checkpoint/ (bit-exact resume, also on Ctrl-C),
 // metrics.csv, loss.png and samples/.
+//
+// Options: gradient checkpointing of the UNet's resnets and transformers (nn/checkpoint.h);
+// DreamBooth prior preservation (each step also trains a batch of class images, loss =
+// loss_instance + prior_weight * loss_prior, as diffusers' train_dreambooth_lora); and `full`
+// fine-tuning of every UNet parameter (text encoder frozen, optional EMA) into a diffusers
+// StableDiffusionPipeline folder `out` that also holds checkpoint/, metrics.csv and loss.png.
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -16,7 +23,7 @@ namespace diffuse {
 struct LoraTrainOptions {
   std::string model;  // SD pipeline folder or single-file .safetensors
   std::string data;   // captioned dataset (load_captioned)
-  std::string out;    // the LoRA file (.safetensors)
+  std::string out;    // the LoRA file (.safetensors); with `full` the pipeline folder
   std::string caption_ext = ".txt";
   int resolution = 0;  // bucket target side in pixels; 0 = the model's default size
   bool buckets = true;
@@ -39,6 +46,17 @@ struct LoraTrainOptions {
   // seeds per prompt, with the adapters applied (empty prompts = the first 4 distinct captions).
   int64_t sample_every = 0;
   std::vector<std::string> sample_prompts;
+  // Recompute the UNet blocks' activations in the backward pass instead of storing them.
+  bool gradient_checkpointing = false;
+  // Prior preservation: class images (a captioned folder, or any image folder with prior_prompt as
+  // every image's caption), one batch of `batch` of them per step, weighted by prior_weight.
+  std::string prior_data;
+  std::string prior_prompt;
+  double prior_weight = 1.0;
+  // Full fine-tuning of the UNet instead of LoRA (network options unused); ema_decay > 0 keeps an
+  // EMA of the weights and saves it.
+  bool full = false;
+  double ema_decay = 0;
   bool resume = false;
   std::string device = "auto";
   bool quiet = false;
@@ -48,12 +66,16 @@ struct LoraTrainOptions {
 
 struct LoraTrainResult {
   int64_t steps = 0;
-  double final_loss = 0;  // smoothed training loss
+  double final_loss = 0;  // smoothed training loss (with prior data: instance + weight * prior)
+  double final_loss_instance = NAN, final_loss_prior = NAN;  // with prior data: the smoothed parts
   // Loss over the training images at fixed timesteps and noise (the first eval_images images, 4
   // timesteps spread over the schedule), without and with the adapter: what training lowered
   // (NaN with eval_images 0).
   double eval_loss_before = 0, eval_loss_after = 0;
-  int64_t images = 0;
+  int64_t images = 0, prior_images = 0;
+  // How the frozen UNet weights were held while training: "fp32", "bf16" (--bf16), or "fp16" /
+  // "bf16 computed in fp32" when a 16-bit base stays 16-bit under gradient checkpointing.
+  std::string base_weights;
   int unet_layers = 0, text_layers = 0;
   int64_t parameters = 0;  // trainable
   double seconds = 0;
@@ -62,6 +84,8 @@ struct LoraTrainResult {
 
 // The folder beside `out` holding the checkpoint and metrics: "<out without .safetensors>-train".
 std::string lora_train_dir(const std::string& out);
+// Where a run keeps its checkpoint and metrics: lora_train_dir(out), or `out` itself with `full`.
+std::string lora_run_dir(const LoraTrainOptions& opt);
 
 LoraTrainResult train_lora(const LoraTrainOptions& opt);
 

@@ -19,6 +19,10 @@ extern "C" void on_sigint_lora(int) {
 // The option names of the library's errors -> this command's flags.
 std::string as_flags(std::string message) {
   static const std::pair<const char*, const char*> kFlags[] = {{"text_encoder_lr", "--text-encoder-lr"},
+                                                               {"prior_data", "--prior-data"},
+                                                               {"prior_prompt", "--prior-prompt"},
+                                                               {"prior_weight", "--prior-weight"},
+                                                               {"ema_decay", "--ema"},
                                                                {"caption_ext", "--caption-ext"},
                                                                {"caption_dropout", "--caption-dropout"},
                                                                {"min_snr_gamma", "--min-snr-gamma"},
@@ -56,7 +60,8 @@ void register_cmd(CLI::App& app) {
                   "and/or metadata.jsonl (file_name, text), or emoji-captions")
       ->required();
   cmd->add_option("--out", o->out,
-                  "The LoRA file (.safetensors); OUT-train/ beside it keeps the checkpoint, metrics.csv and loss.png")
+                  "The LoRA file (.safetensors); OUT-train/ beside it keeps the checkpoint, metrics.csv and loss.png "
+                  "(--full: the pipeline folder, which keeps them itself)")
       ->required();
   cmd->add_option("--caption-ext", o->caption_ext, "Extension of the caption files")->capture_default_str();
   cmd->add_option("--resolution", o->resolution,
@@ -100,6 +105,19 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--eval-images", o->eval_images,
                   "Images of the fixed-noise loss printed before and after training (0 = skip it)")
       ->capture_default_str();
+  cmd->add_flag("--gradient-checkpointing", o->gradient_checkpointing,
+                "Recompute the UNet's resnet and transformer activations in the backward pass (less memory, about "
+                "one more forward pass of time)");
+  cmd->add_option("--prior-data", o->prior_data,
+                  "Prior preservation (DreamBooth): class images, a captioned folder or any image folder with "
+                  "--prior-prompt; each step adds a batch of them");
+  cmd->add_option("--prior-prompt", o->prior_prompt, "The caption of every --prior-data image (e.g. \"a dog\")");
+  cmd->add_option("--prior-weight", o->prior_weight, "loss = loss_instance + W * loss_prior")->capture_default_str();
+  cmd->add_flag("--full", o->full,
+                "Fine-tune every UNet parameter instead of a LoRA (text encoder frozen); --out is then a "
+                "StableDiffusionPipeline folder");
+  cmd->add_option("--ema", o->ema_decay, "--full: keep and save an EMA of the weights with this decay (0 = none)")
+      ->capture_default_str();
   cmd->add_flag("--resume", o->resume, "Continue the run of --out from its checkpoint");
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "No progress output");
@@ -116,11 +134,15 @@ void register_cmd(CLI::App& app) {
       throw diffuse::Error(as_flags(e.what()));
     }
     std::signal(SIGINT, SIG_DFL);
-    std::printf(
-        "%s: %lld steps, %d UNet + %d text-encoder layers, loss %.5f; fixed-noise loss of the data %.5f -> %.5f, "
-        "%.1f s%s\n",
-        o->out.c_str(), static_cast<long long>(r.steps), r.unet_layers, r.text_layers, r.final_loss, r.eval_loss_before,
-        r.eval_loss_after, r.seconds, r.interrupted ? " (interrupted; continue with --resume)" : "");
+    const std::string what =
+        o->full ? "full UNet"
+                : std::to_string(r.unet_layers) + " UNet + " + std::to_string(r.text_layers) + " text-encoder layers";
+    char parts[96] = "";
+    if (!o->prior_data.empty())
+      std::snprintf(parts, sizeof parts, " (instance %.5f, prior %.5f)", r.final_loss_instance, r.final_loss_prior);
+    std::printf("%s: %lld steps, %s, loss %.5f%s; fixed-noise loss of the data %.5f -> %.5f, %.1f s%s\n",
+                o->out.c_str(), static_cast<long long>(r.steps), what.c_str(), r.final_loss, parts, r.eval_loss_before,
+                r.eval_loss_after, r.seconds, r.interrupted ? " (interrupted; continue with --resume)" : "");
     if (r.interrupted) throw CLI::RuntimeError(130);
   });
 }
