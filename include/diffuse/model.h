@@ -38,6 +38,7 @@ struct ModelInfo {
 struct LoadOptions {
   std::string device = "cpu";           // cpu, cuda, cuda:N, auto
   std::string dtype = "fp32";           // Stable Diffusion compute dtype (requests may ask for another)
+  std::string weights;                  // Stable Diffusion weight storage: "" (as stored) or "int8"
   std::string lora_dir;                 // LoRA files for GenerationRequest::loras and <lora:...> tags
   std::string embeddings_dir;           // textual-inversion embeddings used when their names occur
   std::vector<std::string> embeddings;  // embedding files always loaded

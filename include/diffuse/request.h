@@ -70,6 +70,11 @@ struct GenerationRequest {
   std::vector<LoraWeight> loras;  // also <lora:name:weight> tags in the prompt
   int clip_skip = 0;
   std::string dtype = "fp32";  // UNet / text-encoder compute dtype: fp32, fp16, bf16
+  // How the UNet's and text encoders' weights are kept: "" = as the file stores them (16-bit
+  // files stay 16-bit when computed in fp32), "int8" = Linear / Conv2d weights in 8 bits with
+  // per-output-channel scales, dequantised one layer at a time into `dtype` (about a quarter
+  // of the fp32 memory; biases and norms keep their dtype).
+  std::string weights;
 
   // SDXL micro-conditioning (diffusers' original_size, crops_coords_top_left, target_size) as
   // {height, width} and {top, left}; {0, 0} sizes = the output size. The negative_* sizes

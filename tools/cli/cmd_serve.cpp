@@ -13,7 +13,7 @@ namespace cmd_serve {
 
 struct Args {
   std::vector<std::string> models;
-  std::string models_dir, device = "cpu", dtype = "fp32";
+  std::string models_dir, device = "cpu", dtype = "fp32", weights;
   diffuse::server::ServerOptions o;
   int threads = 0;
 };
@@ -23,6 +23,7 @@ void run(Args& a) {
   a.o.models = diffuse::server::find_models(a.models, a.models_dir);
   a.o.load.device = a.device;
   a.o.load.dtype = a.dtype;
+  a.o.load.weights = a.weights;
   a.o.load.allow_paths = false;  // clients name models, guides and LoRAs; never files
   const auto names = a.o.models;
   a.o.load.resolve_guide = [names](const std::string& name) {
@@ -78,6 +79,8 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--embeddings-dir", a->o.load.embeddings_dir, "Folder of textual-inversion embeddings");
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "Stable Diffusion compute dtype: fp32, fp16 or bf16")->capture_default_str();
+  cmd->add_option("--weights", a->weights,
+                  "Stable Diffusion weight storage: int8 (8-bit UNet / text-encoder weights); default: as stored");
   diffuse::cli::add_threads_option(cmd, &a->threads);
   cmd->callback([a] { run(*a); });
 }
