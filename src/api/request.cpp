@@ -34,13 +34,12 @@ bool GenerationRequest::operator==(const GenerationRequest& o) const {
          inpaint_only_masked_padding == o.inpaint_only_masked_padding && outpaint == o.outpaint &&
          inpaint_method == o.inpaint_method && jump_length == o.jump_length && jump_n_sample == o.jump_n_sample &&
          invert_from == o.invert_from && loras_eq() && clip_skip == o.clip_skip && dtype == o.dtype &&
-         weights == o.weights &&
-         vae_tiling == o.vae_tiling && vae_tile_size == o.vae_tile_size && output_format == o.output_format &&
-         original_size == o.original_size && crop_coords == o.crop_coords && target_size == o.target_size &&
-         negative_original_size == o.negative_original_size && negative_crop_coords == o.negative_crop_coords &&
-         negative_target_size == o.negative_target_size && aesthetic_score == o.aesthetic_score &&
-         negative_aesthetic_score == o.negative_aesthetic_score && refiner == o.refiner &&
-         refiner_switch == o.refiner_switch;
+         weights == o.weights && vae_tiling == o.vae_tiling && vae_tile_size == o.vae_tile_size &&
+         output_format == o.output_format && original_size == o.original_size && crop_coords == o.crop_coords &&
+         target_size == o.target_size && negative_original_size == o.negative_original_size &&
+         negative_crop_coords == o.negative_crop_coords && negative_target_size == o.negative_target_size &&
+         aesthetic_score == o.aesthetic_score && negative_aesthetic_score == o.negative_aesthetic_score &&
+         refiner == o.refiner && refiner_switch == o.refiner_switch;
 }
 
 namespace {

@@ -23,8 +23,7 @@ struct Int8Weight {
 // grid (k * scale, some |k| = 127 per channel) come back exactly.
 Int8Weight quantize_int8(const torch::Tensor& w);
 // q * scale (broadcast over dim 0) in float32, then converted to `dtype`.
-torch::Tensor dequantize_int8(const torch::Tensor& q, const torch::Tensor& scale,
-                              torch::Dtype dtype = torch::kFloat32);
+torch::Tensor dequantize_int8(const torch::Tensor& q, const torch::Tensor& scale, torch::Dtype dtype = torch::kFloat32);
 
 // Quantises the weight of every Linear and Conv2d in `m` (itself and its descendants) whose
 // weight is floating point, in place: the parameter becomes int8 (and stops requiring grad) and

@@ -59,7 +59,8 @@ std::map<std::string, Target> lora_targets(const SDPipeline& pipe) {
       text_params[p.key()] = p.value();
     }
   const auto unet_buffers = pipe.unet->named_buffers();
-  const auto text_buffers = pipe.text ? pipe.text->model->named_buffers() : torch::OrderedDict<std::string, torch::Tensor>();
+  const auto text_buffers =
+      pipe.text ? pipe.text->model->named_buffers() : torch::OrderedDict<std::string, torch::Tensor>();
   std::map<std::string, Target> t;
   for (const auto& [name, k] : lora_key_table(pipe.unet->config(), unet_names, pipe.vae->config(), text_names)) {
     const auto& w = (k.text ? text_params : unet_params).at(k.weight);

@@ -72,8 +72,7 @@ void release_pages(const torch::Tensor& t) {
 // plus one part of the checkpoint. Consumed entries are erased from `sd`; leftovers are errors.
 // `int8`: each part's Linear / Conv2d weights are quantised as soon as it is loaded, so that no
 // more than one part is held wide.
-void load_part(torch::nn::Module& m, const std::string& prefix, TensorMap& sd, const std::string& source,
-               bool int8) {
+void load_part(torch::nn::Module& m, const std::string& prefix, TensorMap& sd, const std::string& source, bool int8) {
   int64_t numel = 0;
   for (const auto& t : m.parameters(true)) numel += t.numel();
   const bool direct = !m.named_parameters(false).is_empty() || !m.named_buffers(false).is_empty();
@@ -143,8 +142,8 @@ bool has_component(const nlohmann::json& index, const std::string& name) {
 // A tokenizer + text encoder pair of a pipeline folder; 16-bit weights computed in fp32 stay 16-bit.
 // `int8`: quantised from the file's values (read in its 16-bit dtype, or float32).
 std::shared_ptr<SDTextEncoder> load_text_encoder(const std::string& dir, const std::string& encoder,
-                                                 const std::string& tokenizer, torch::Device device,
-                                                 torch::Dtype dtype, bool int8) {
+                                                 const std::string& tokenizer, torch::Device device, torch::Dtype dtype,
+                                                 bool int8) {
   auto te = std::make_shared<SDTextEncoder>();
   te->tokenizer = CLIPTokenizer::from_folder(dir + "/" + tokenizer);
   const auto stored = dtype == torch::kFloat32 || int8
@@ -258,7 +257,8 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
   p.vae->to(device);
   if (with_first) p.text = load_text_encoder(dir, "text_encoder", "tokenizer", device, dtype, int8_weights);
   if (xl) {
-    if (with_text_encoder) p.text_2 = load_text_encoder(dir, "text_encoder_2", "tokenizer_2", device, dtype, int8_weights);
+    if (with_text_encoder)
+      p.text_2 = load_text_encoder(dir, "text_encoder_2", "tokenizer_2", device, dtype, int8_weights);
     if (p.text_2 && !p.text_2->model->config().with_projection)
       throw Error(dir + "/text_encoder_2: SDXL needs a CLIPTextModelWithProjection (its pooled text_embeds)");
     for (auto* te : {p.text.get(), p.text_2.get()})
@@ -303,7 +303,7 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   const bool unet_resident = (dtype == torch::kFloat32 || int8_weights) && unet_stored.has_value();
   {
     // no float32 copy of a 16-bit UNet
-    DefaultDtype as(unet_resident                                  ? *unet_stored
+    DefaultDtype as(unet_resident                                ? *unet_stored
                     : dtype == torch::kBFloat16 && !int8_weights ? dtype
                                                                  : torch::kFloat32);
     nn::SkipInitGuard every_weight_is_loaded;
@@ -337,9 +337,7 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
       const auto stored = uniform_half_dtype(weights);
       const bool resident = (dtype == torch::kFloat32 || int8_weights) && stored.has_value();
       {
-        DefaultDtype as(resident                                       ? *stored
-                        : dtype == torch::kBFloat16 && !int8_weights ? dtype
-                                                                     : torch::kFloat32);
+        DefaultDtype as(resident ? *stored : dtype == torch::kBFloat16 && !int8_weights ? dtype : torch::kFloat32);
         nn::SkipInitGuard every_weight_is_loaded;
         te->model = CLIPTextModel(cfg);
       }

@@ -50,7 +50,7 @@ struct SDPipeline {
   // The UNet's and text encoders' Linear / Conv2d weights are kept int8 with per-output-channel
   // scales (nn/int8_weights.h), dequantised one layer at a time into `dtype` while they run.
   bool int8_weights = false;
-  std::string source;                    // folder or file it was loaded from
+  std::string source;  // folder or file it was loaded from
 
   // Loads a StableDiffusionPipeline / StableDiffusionInpaintPipeline folder. A missing
   // component or file throws diffuse::Error naming it. fp16 / bf16 UNet and text-encoder weights

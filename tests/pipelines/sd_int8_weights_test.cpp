@@ -143,8 +143,8 @@ TEST(SdInt8Weights, HalfFolderAndBf16Compute) {
   EXPECT_TRUE(torch::equal(q8.unet->conv_in->weight, expect.q));
   EXPECT_TRUE(torch::equal(nn::int8_scale_of(*q8.unet->conv_in), expect.scale));
   const auto fp = SDPipeline::load(half.string(), torch::kCPU, torch::kFloat32, false);
-  const double db = psnr_pm1(generate(q8, int8_fixture_options({}, {})).samples,
-                             generate(fp, int8_fixture_options({}, {})).samples);
+  const double db =
+      psnr_pm1(generate(q8, int8_fixture_options({}, {})).samples, generate(fp, int8_fixture_options({}, {})).samples);
   EXPECT_GT(db, 35.0);
 
   const auto bf = SDPipeline::load(half.string(), torch::kCPU, torch::kBFloat16, false, true);
