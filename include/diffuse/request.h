@@ -74,6 +74,11 @@ struct GenerationRequest {
   // Diffusion computes its UNet and text encoder in it; UNet2DModel and DiT pipelines run their
   // network under bf16 autocast. Results carry the resolved dtype.
   std::string dtype = "auto";
+  // How the UNet's and text encoders' weights are kept: "" = as the file stores them (16-bit
+  // files stay 16-bit when computed in fp32), "int8" = Linear / Conv2d weights in 8 bits with
+  // per-output-channel scales, dequantised one layer at a time into `dtype` (about a quarter
+  // of the fp32 memory; biases and norms keep their dtype).
+  std::string weights;
 
   // SDXL micro-conditioning (diffusers' original_size, crops_coords_top_left, target_size) as
   // {height, width} and {top, left}; {0, 0} sizes = the output size. The negative_* sizes

@@ -148,6 +148,7 @@ std::string GenerationRequest::to_infotext() const {
   if (clip_skip > 0) kv.emplace_back("Clip skip", std::to_string(clip_skip + 1));  // A1111 counts from 1
   // as run (results carry fp32, bf16 or fp16); an unresolved request's auto is left out
   if (dtype != "auto") kv.emplace_back("Dtype", dtype);
+  if (!weights.empty()) kv.emplace_back("Weights", weights);
   if (vae_tiling || vae_tile_size > 0) kv.emplace_back("Tiled VAE", std::to_string(vae_tile_size));
   // SDXL micro-conditioning, in the order of the request fields ({height, width}, {top, left})
   auto pair = [](const std::array<int, 2>& a) { return std::to_string(a[0]) + ", " + std::to_string(a[1]); };
@@ -307,6 +308,8 @@ GenerationRequest GenerationRequest::from_infotext(const std::string& text) {
       r.clip_skip = static_cast<int>(std::max<int64_t>(0, i - 1));
     } else if (key == "Dtype") {
       r.dtype = value;
+    } else if (key == "Weights") {
+      r.weights = value;
     } else if (key == "Original size" || key == "Crop coords" || key == "Target size" ||
                key == "Negative original size" || key == "Negative crop coords" || key == "Negative target size") {
       auto& dst = key == "Original size"            ? r.original_size

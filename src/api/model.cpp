@@ -65,18 +65,20 @@ GenerationRequest read_defaults(const std::string& dir) {
 
 }  // namespace
 
-void Model::Impl::load_sd(const std::string& dtype) {
+void Model::Impl::load_sd(const std::string& dtype, const std::string& weights) {
   sd.reset();
   return_large_frees_to_os();
   sd = std::make_unique<SDPipeline>(diffuse::load_sd(path, parse_device(options.device), dtype_of(dtype),
-                                                     options.text_encoder, options.prediction, options.model_config));
+                                                     options.text_encoder, options.prediction, options.model_config,
+                                                     weights == "int8"));
   if (!options.vae.empty()) replace_vae(*sd, options.vae);
   sd_dtype = dtype;
+  sd_weights = weights;
   sd_loras.clear();
   for (const auto& f : options.embeddings) embeddings_loaded.push_back(load_embedding(*sd, f));
 }
 
-void Model::Impl::prepare_sd(const std::string& dtype, const std::vector<LoraSpec>& loras,
+void Model::Impl::prepare_sd(const std::string& dtype, const std::string& weights, const std::vector<LoraSpec>& loras,
                              const std::function<void(const std::string&)>& message) {
   auto same = [&] {
     if (loras.size() != sd_loras.size()) return false;
@@ -84,7 +86,7 @@ void Model::Impl::prepare_sd(const std::string& dtype, const std::vector<LoraSpe
       if (loras[i].path != sd_loras[i].path || loras[i].weight != sd_loras[i].weight) return false;
     return true;
   };
-  if (!sd || dtype != sd_dtype || (!sd_loras.empty() && !same())) load_sd(dtype);
+  if (!sd || dtype != sd_dtype || weights != sd_weights || (!sd_loras.empty() && !same())) load_sd(dtype, weights);
   if (!same()) {
     for (const auto& s : loras) {
       const auto rep = apply_lora_file(*sd, s);
@@ -132,7 +134,9 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
   const torch::Device device = parse_device(options.device);
   s.dtype = resolve_dtype(options.dtype, device);
   if (is_sd_path(path)) {
-    s.load_sd(s.dtype);
+    if (!options.weights.empty() && options.weights != "int8")
+      throw RequestError("weights", "must be int8, or empty for the weights as stored");
+    s.load_sd(s.dtype, options.weights);
     info.kind = ModelKind::StableDiffusion;
     info.network = "UNet2DConditionModel";
     info.latent = true;
@@ -291,6 +295,7 @@ std::vector<FieldError> Model::validate(const GenerationRequest& request) const 
   if (!request.loras.empty()) bad("loras", only_sd);
   if (request.clip_skip != 0) bad("clip_skip", only_sd);
   if (request.dtype == "fp16") bad("dtype", "fp16 is for Stable Diffusion models; this model computes in fp32 or bf16");
+  if (!request.weights.empty()) bad("weights", only_sd);
   if (request.vae_tiling || request.vae_tile_size != 0) bad("vae_tiling", only_sd);
   if (request.guide_unconditional.value_or(false) && request.guide_model.empty())
     bad("guide_unconditional", "needs guide_model");

@@ -142,18 +142,20 @@ SDPipeline& load_refiner(Model::Impl& m, const GenerationRequest& r) {
                            : m.options.allow_paths ? r.refiner
                                                    : "";
   if (path.empty()) throw RequestError("refiner", "no model named '" + r.refiner + "'");
-  if (!m.refiner || m.refiner_path != path || m.refiner_dtype != r.dtype) {
+  if (!m.refiner || m.refiner_path != path || m.refiner_dtype != r.dtype || m.refiner_weights != r.weights) {
     m.refiner.reset();
     try {
       m.refiner = std::make_unique<SDPipeline>(load_sd(path, parse_device(m.options.device),
                                                        r.dtype == "bf16"   ? torch::kBFloat16
                                                        : r.dtype == "fp16" ? torch::kFloat16
-                                                                           : torch::kFloat32));
+                                                                           : torch::kFloat32,
+                                                       true, "", "", r.weights == "int8"));
     } catch (const Error& e) {
       throw RequestError("refiner", e.what());
     }
     m.refiner_path = path;
     m.refiner_dtype = r.dtype;
+    m.refiner_weights = r.weights;
   }
   SDPipeline& p = *m.refiner;
   if (!p.is_xl() || p.latent_channels() != m.sd->latent_channels() || p.is_inpaint_model())
@@ -247,7 +249,7 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
   } catch (const Error& e) {
     throw RequestError("prompt", e.what());
   }
-  m.prepare_sd(r.dtype, loras, hooks.message);
+  m.prepare_sd(r.dtype, r.weights, loras, hooks.message);
   SDPipeline& pipe = *m.sd;
   if (!m.options.embeddings_dir.empty()) {
     for (const auto& t : load_embeddings_for(pipe, m.options.embeddings_dir, {o.prompt, o.negative_prompt}))

@@ -19,23 +19,25 @@ struct Model::Impl {
   ModelInfo info;
   std::mutex mu;  // one generation at a time
 
-  // Stable Diffusion: the pipeline in the dtype and with the LoRAs it was last asked for.
+  // Stable Diffusion: the pipeline in the dtype, weight storage and with the LoRAs it was last
+  // asked for.
   std::unique_ptr<SDPipeline> sd;
-  std::string sd_dtype;
+  std::string sd_dtype, sd_weights;
   // LoadOptions::dtype resolved: what requests with dtype auto compute in.
   std::string dtype;
   std::vector<LoraSpec> sd_loras;
   std::vector<std::string> embeddings_loaded;  // triggers, reported by the next generation
   // SDXL refiner of the last request that asked for one (path and dtype it was loaded with).
   std::unique_ptr<SDPipeline> refiner;
-  std::string refiner_path, refiner_dtype;
+  std::string refiner_path, refiner_dtype, refiner_weights;
   // Class-conditional / unconditional pipelines and the guides they were run with.
   std::unique_ptr<PixelPipeline> pixel;
   std::map<std::string, std::shared_ptr<const PixelPipeline>> guides;
 
-  void load_sd(const std::string& dtype);
-  // Reloads when the dtype or the LoRA set differs from what is loaded, then merges the LoRAs.
-  void prepare_sd(const std::string& dtype, const std::vector<LoraSpec>& loras,
+  void load_sd(const std::string& dtype, const std::string& weights);
+  // Reloads when the dtype, the weight storage or the LoRA set differs from what is loaded, then
+  // merges the LoRAs.
+  void prepare_sd(const std::string& dtype, const std::string& weights, const std::vector<LoraSpec>& loras,
                   const std::function<void(const std::string&)>& message);
   std::shared_ptr<const PixelPipeline> guide(const std::string& path);
 };

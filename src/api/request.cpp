@@ -34,12 +34,12 @@ bool GenerationRequest::operator==(const GenerationRequest& o) const {
          inpaint_only_masked_padding == o.inpaint_only_masked_padding && outpaint == o.outpaint &&
          inpaint_method == o.inpaint_method && jump_length == o.jump_length && jump_n_sample == o.jump_n_sample &&
          invert_from == o.invert_from && loras_eq() && clip_skip == o.clip_skip && dtype == o.dtype &&
-         vae_tiling == o.vae_tiling && vae_tile_size == o.vae_tile_size && output_format == o.output_format &&
-         original_size == o.original_size && crop_coords == o.crop_coords && target_size == o.target_size &&
-         negative_original_size == o.negative_original_size && negative_crop_coords == o.negative_crop_coords &&
-         negative_target_size == o.negative_target_size && aesthetic_score == o.aesthetic_score &&
-         negative_aesthetic_score == o.negative_aesthetic_score && refiner == o.refiner &&
-         refiner_switch == o.refiner_switch;
+         weights == o.weights && vae_tiling == o.vae_tiling && vae_tile_size == o.vae_tile_size &&
+         output_format == o.output_format && original_size == o.original_size && crop_coords == o.crop_coords &&
+         target_size == o.target_size && negative_original_size == o.negative_original_size &&
+         negative_crop_coords == o.negative_crop_coords && negative_target_size == o.negative_target_size &&
+         aesthetic_score == o.aesthetic_score && negative_aesthetic_score == o.negative_aesthetic_score &&
+         refiner == o.refiner && refiner_switch == o.refiner_switch;
 }
 
 namespace {
@@ -115,6 +115,7 @@ std::vector<FieldError> GenerationRequest::validate() const {
   if (clip_skip < 0) bad("clip_skip", "must be >= 0");
   if (dtype != "auto" && dtype != "fp32" && dtype != "fp16" && dtype != "bf16")
     bad("dtype", "must be auto, fp32, fp16 or bf16");
+  if (!weights.empty() && weights != "int8") bad("weights", "must be int8, or empty for the weights as stored");
   if (vae_tile_size < 0) bad("vae_tile_size", "must be >= 0");
   if (output_format != "png" && output_format != "jpeg") bad("output_format", "must be png or jpeg");
   for (auto [field, v] : {std::pair<const char*, const std::array<int, 2>*>{"original_size", &original_size},
@@ -204,6 +205,7 @@ std::string GenerationRequest::to_json() const {
   for (const auto& l : loras) j["loras"].push_back({{"name", l.name}, {"weight", l.weight}});
   j["clip_skip"] = clip_skip;
   j["dtype"] = dtype;
+  j["weights"] = weights;
   j["vae_tiling"] = vae_tiling;
   j["vae_tile_size"] = vae_tile_size;
   j["output_format"] = output_format;
@@ -421,6 +423,8 @@ GenerationRequest GenerationRequest::from_json(const std::string& text) {
       rd.integer(v, key, r.clip_skip);
     else if (key == "dtype")
       rd.str(v, key, r.dtype);
+    else if (key == "weights")
+      rd.str(v, key, r.weights);
     else if (key == "vae_tiling")
       rd.boolean(v, key, r.vae_tiling);
     else if (key == "vae_tile_size")

@@ -1,5 +1,7 @@
 #include "nn/compute_dtype.h"
 
+#include "nn/int8_weights.h"
+
 namespace diffuse::nn {
 
 ComputeDtypeGuard::ComputeDtypeGuard(std::initializer_list<torch::nn::Module*> modules, torch::Dtype compute,
@@ -15,10 +17,27 @@ ComputeDtypeGuard::ComputeDtypeGuard(const std::vector<torch::nn::Module*>& modu
     saved_.emplace_back(t, t.scalar_type());
     t.set_data(t.to(compute));
   };
+  // One module's own tensors: an int8 weight is dequantised with its scale (which stays float32)
+  // and its int8 tensor kept to be put back; the rest converted.
+  auto visit = [&](torch::nn::Module& m) {
+    const auto scale = int8_scale_of(m);
+    for (auto& p : m.named_parameters(false)) {
+      auto& t = p.value();
+      if (scale.defined() && p.key() == "weight") {
+        quantized_.emplace_back(t, t.variable_data());
+        t.set_data(dequantize_int8(t, scale, compute));
+      } else {
+        convert(t);
+      }
+    }
+    for (auto& b : m.named_buffers(false))
+      if (!(scale.defined() && b.key() == kInt8ScaleName)) convert(b.value());
+  };
   for (auto* m : modules) {
     if (!m) continue;
-    for (auto& p : m->parameters(recurse)) convert(p);
-    for (auto& b : m->buffers(recurse)) convert(b);
+    visit(*m);
+    if (recurse)
+      for (const auto& c : m->modules(/*include_self=*/false)) visit(*c);
   }
 }
 
@@ -27,6 +46,7 @@ ComputeDtypeGuard::~ComputeDtypeGuard() {
   for (auto& [t, d] : saved_) {
     if (t.scalar_type() != d) t.set_data(t.to(d));
   }
+  for (auto& [t, q] : quantized_) t.set_data(q);
 }
 
 namespace {

@@ -4,6 +4,8 @@
 // lifetime and back to each tensor's own dtype afterwards. fp16/bf16 -> fp32 -> fp16/bf16 is
 // exact, so a model that runs block by block under guards computes exactly what the same
 // weights upcast once at load time would, while only one block is held in the wide dtype.
+// int8 weights (nn/int8_weights.h) are dequantised the same way, into the compute dtype, and
+// their int8 tensors put back afterwards.
 #include <torch/torch.h>
 
 #include <initializer_list>
@@ -27,9 +29,10 @@ class ComputeDtypeGuard {
 
  private:
   std::vector<std::pair<torch::Tensor, torch::Dtype>> saved_;
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> quantized_;  // parameter, its int8 data
 };
 
-// The compute dtype of 16-bit-stored weights for the current thread: a model's forward sets it
+// The compute dtype of 16-bit- and int8-stored weights for the current thread: a model's forward sets it
 // (ComputeDtypeScope) and its layers honour it one at a time (LayerUpcast in the forward of
 // resnet blocks, transformer blocks, Transformer2D's projections, up- and downsamplers), so at
 // most one layer's weights are held in the wide dtype instead of a whole block's. Scopes nest;

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "core/strings.h"
+#include "nn/int8_weights.h"
 #include "pipelines/ldm_convert.h"
 #include "pipelines/sd_pipeline.h"
 
@@ -32,7 +33,16 @@ bool parse_number(const std::string& s, double& out) {
 struct Target {
   torch::Tensor weight;
   bool text = false;
+  torch::Tensor scale;  // int8 weights: their per-output-channel scales
 };
+
+// The scale buffer of an int8 parameter `name` of `m` ("x.weight" -> "x.weight_scale").
+torch::Tensor scale_of(const torch::OrderedDict<std::string, torch::Tensor>& buffers, const std::string& name,
+                       const torch::Tensor& weight) {
+  if (weight.scalar_type() != torch::kInt8) return {};
+  const auto* s = buffers.find(name + "_scale");
+  return s ? *s : torch::Tensor();
+}
 
 // Every name a LoRA file may use for a layer's weight -> that weight.
 std::map<std::string, Target> lora_targets(const SDPipeline& pipe) {
@@ -48,18 +58,25 @@ std::map<std::string, Target> lora_targets(const SDPipeline& pipe) {
       text_names.push_back(p.key());
       text_params[p.key()] = p.value();
     }
+  const auto unet_buffers = pipe.unet->named_buffers();
+  const auto text_buffers =
+      pipe.text ? pipe.text->model->named_buffers() : torch::OrderedDict<std::string, torch::Tensor>();
   std::map<std::string, Target> t;
-  for (const auto& [name, k] : lora_key_table(pipe.unet->config(), unet_names, pipe.vae->config(), text_names))
-    t[name] = {(k.text ? text_params : unet_params).at(k.weight), k.text};
+  for (const auto& [name, k] : lora_key_table(pipe.unet->config(), unet_names, pipe.vae->config(), text_names)) {
+    const auto& w = (k.text ? text_params : unet_params).at(k.weight);
+    t[name] = {w, k.text, scale_of(k.text ? text_buffers : unet_buffers, k.weight, w)};
+  }
   // SDXL (kohya): lora_te1_* (CLIP ViT-L), lora_te2_* (OpenCLIP bigG); diffusers: text_encoder.*,
   // text_encoder_2.*
   auto add_text = [&](const SDTextEncoder* te, const std::string& kohya, const std::string& diffusers) {
     if (!te) return;
+    const auto buffers = te->model->named_buffers();
     for (const auto& p : te->model->named_parameters()) {
       if (!ends_with(p.key(), ".weight")) continue;
       const std::string m = p.key().substr(0, p.key().size() - 7);
-      t[kohya + underscored(m)] = {p.value(), true};
-      t[diffusers + "." + m] = {p.value(), true};
+      const auto scale = scale_of(buffers, p.key(), p.value());
+      t[kohya + underscored(m)] = {p.value(), true, scale};
+      t[diffusers + "." + m] = {p.value(), true, scale};
     }
   };
   if (pipe.is_xl()) {
@@ -226,6 +243,15 @@ LoraMergeReport apply_lora(SDPipeline& pipe, const std::map<std::string, torch::
     auto up = l.up.to(w.device(), torch::kFloat32).reshape({l.up.size(0), rank});
     auto down = l.down.to(w.device(), torch::kFloat32).reshape({rank, -1});
     auto delta = torch::mm(up, down) * (weight * scale);
+    if (w.scalar_type() == torch::kInt8) {
+      // int8 weights: merged into the dequantised weights, then quantised again.
+      auto s = it->second.scale;
+      if (!s.defined()) throw Error(source + ": " + base + ": int8 weight without its scales");
+      const auto merged = nn::quantize_int8(nn::dequantize_int8(w, s) + delta.reshape(w.sizes()));
+      w.set_data(merged.q);
+      s.set_data(merged.scale);
+      continue;
+    }
     // Weights kept 16-bit for fp32 compute: the merged layer becomes fp32, as if upcast at load.
     if (pipe.dtype == torch::kFloat32 && w.scalar_type() != torch::kFloat32) w.set_data(w.to(torch::kFloat32));
     w.add_(delta.reshape(w.sizes()).to(w.scalar_type()));

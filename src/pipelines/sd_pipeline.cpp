@@ -15,6 +15,7 @@
 #include "diffusion/sigmas.h"
 #include "models/model_io.h"
 #include "nn/compute_dtype.h"
+#include "nn/int8_weights.h"
 #include "nn/skip_init.h"
 #include "nn/state_dict.h"
 #include "pipelines/batch.h"
@@ -69,12 +70,14 @@ void release_pages(const torch::Tensor& t) {
 // Strict state-dict loading, one submodule at a time (a submodule of over 32M elements is split
 // into its children), dropping each part's source tensors once copied: peak memory is the model
 // plus one part of the checkpoint. Consumed entries are erased from `sd`; leftovers are errors.
-void load_part(torch::nn::Module& m, const std::string& prefix, TensorMap& sd, const std::string& source) {
+// `int8`: each part's Linear / Conv2d weights are quantised as soon as it is loaded, so that no
+// more than one part is held wide.
+void load_part(torch::nn::Module& m, const std::string& prefix, TensorMap& sd, const std::string& source, bool int8) {
   int64_t numel = 0;
   for (const auto& t : m.parameters(true)) numel += t.numel();
   const bool direct = !m.named_parameters(false).is_empty() || !m.named_buffers(false).is_empty();
   if (numel > (int64_t{1} << 25) && !direct && !m.named_children().is_empty()) {
-    for (const auto& c : m.named_children()) load_part(*c.value(), prefix + c.key() + ".", sd, source);
+    for (const auto& c : m.named_children()) load_part(*c.value(), prefix + c.key() + ".", sd, source, int8);
     return;
   }
   TensorMap part;
@@ -84,6 +87,7 @@ void load_part(torch::nn::Module& m, const std::string& prefix, TensorMap& sd, c
   }
   nn::load_state_dict(m, part, source + (prefix.empty() ? "" : " " + prefix.substr(0, prefix.size() - 1)));
   for (const auto& [k, v] : part) release_pages(v);
+  if (int8) nn::quantize_int8_weights(m);
 }
 
 // The dtype of a state dict whose floating-point tensors are all fp16, or all bf16.
@@ -98,8 +102,22 @@ std::optional<torch::Dtype> uniform_half_dtype(const TensorMap& sd) {
   return d;
 }
 
-void load_in_parts(torch::nn::Module& m, const std::string& prefix, TensorMap& sd, const std::string& source) {
-  load_part(m, prefix, sd, source);
+// int8 weights: the dtype the tensors other than the quantised weights are kept in: the file's
+// dtype (16-bit, else float32) when computing in float32, else the compute dtype.
+torch::Dtype int8_rest_dtype(torch::Dtype compute, torch::Dtype stored) {
+  return compute == torch::kFloat32 ? stored : compute;
+}
+
+// Quantises the Linear / Conv2d weights of a loaded model (those not quantised while loading)
+// and keeps its other tensors in `rest`.
+void make_int8(torch::nn::Module& m, torch::Dtype rest) {
+  nn::quantize_int8_weights(m);
+  nn::to_dtype_keeping_int8(m, rest);
+}
+
+void load_in_parts(torch::nn::Module& m, const std::string& prefix, TensorMap& sd, const std::string& source,
+                   bool int8 = false) {
+  load_part(m, prefix, sd, source, int8);
   if (!sd.empty()) {
     std::string keys;
     for (const auto& [k, v] : sd) keys += (keys.empty() ? "" : ", ") + k;
@@ -122,15 +140,22 @@ bool has_component(const nlohmann::json& index, const std::string& name) {
 }
 
 // A tokenizer + text encoder pair of a pipeline folder; 16-bit weights computed in fp32 stay 16-bit.
+// `int8`: quantised from the file's values (read in its 16-bit dtype, or float32).
 std::shared_ptr<SDTextEncoder> load_text_encoder(const std::string& dir, const std::string& encoder,
-                                                 const std::string& tokenizer, torch::Device device,
-                                                 torch::Dtype dtype) {
+                                                 const std::string& tokenizer, torch::Device device, torch::Dtype dtype,
+                                                 bool int8) {
   auto te = std::make_shared<SDTextEncoder>();
   te->tokenizer = CLIPTokenizer::from_folder(dir + "/" + tokenizer);
-  const auto stored =
-      dtype == torch::kFloat32 ? model_io::stored_half_dtype(dir + "/" + encoder, "model.safetensors") : std::nullopt;
-  te->model = load_clip_text_model(dir + "/" + encoder, stored.value_or(dtype));
-  if (stored) te->compute_dtype = torch::kFloat32;
+  const auto stored = dtype == torch::kFloat32 || int8
+                          ? model_io::stored_half_dtype(dir + "/" + encoder, "model.safetensors")
+                          : std::nullopt;
+  te->model = load_clip_text_model(dir + "/" + encoder, stored.value_or(int8 ? torch::kFloat32 : dtype));
+  if (int8) {
+    make_int8(*te->model, int8_rest_dtype(dtype, stored.value_or(torch::kFloat32)));
+    te->compute_dtype = dtype;
+  } else if (stored) {
+    te->compute_dtype = torch::kFloat32;
+  }
   te->model->to(device);
   return te;
 }
@@ -179,7 +204,8 @@ int64_t SDPipeline::pooled_dim() const {
   return c.projection_class_embeddings_input_dim.value_or(0) - num_time_ids() * c.addition_time_embed_dim.value_or(0);
 }
 
-SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch::Dtype dtype, bool with_text_encoder) {
+SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
+                            bool int8_weights) {
   if (!fs::is_directory(dir)) throw Error(dir + ": model folder not found");
   check_compute_dtype(device, dtype);
   if (!fs::exists(dir + "/model_index.json"))
@@ -202,6 +228,7 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
   p.source = dir;
   p.device = device;
   p.dtype = dtype;
+  p.int8_weights = int8_weights;
   const std::string sched = dir + "/scheduler/scheduler_config.json";
   if (!fs::exists(sched)) throw Error(dir + ": missing scheduler/scheduler_config.json");
   p.scheduler = load_scheduler_config(sched);
@@ -213,17 +240,25 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
                     : " cannot run an SDXL UNet (addition_embed_type text_time)"));
   // fp16 / bf16 weights computed in fp32 go back to their 16-bit dtype (exact) and are upcast
   // block by block while they run, as for single files.
-  const auto unet_stored = dtype == torch::kFloat32
+  // int8: quantised from the file's values (read as float32), the rest kept as for fp32 compute.
+  const auto unet_stored = dtype == torch::kFloat32 || int8_weights
                                ? model_io::stored_half_dtype(dir + "/unet", "diffusion_pytorch_model.safetensors")
                                : std::nullopt;
-  p.unet->to(device, unet_stored.value_or(dtype));
-  if (unet_stored) p.unet->set_compute_dtype(torch::kFloat32);
+  if (int8_weights) {
+    make_int8(*p.unet, int8_rest_dtype(dtype, unet_stored.value_or(torch::kFloat32)));
+    p.unet->to(device);
+    p.unet->set_compute_dtype(dtype);
+  } else {
+    p.unet->to(device, unet_stored.value_or(dtype));
+    if (unet_stored) p.unet->set_compute_dtype(torch::kFloat32);
+  }
   // The VAE always runs in float32 (what SDXL's force_upcast asks for: its fp16 decoder overflows).
   p.vae = load_autoencoder_kl(dir + "/vae");
   p.vae->to(device);
-  if (with_first) p.text = load_text_encoder(dir, "text_encoder", "tokenizer", device, dtype);
+  if (with_first) p.text = load_text_encoder(dir, "text_encoder", "tokenizer", device, dtype, int8_weights);
   if (xl) {
-    if (with_text_encoder) p.text_2 = load_text_encoder(dir, "text_encoder_2", "tokenizer_2", device, dtype);
+    if (with_text_encoder)
+      p.text_2 = load_text_encoder(dir, "text_encoder_2", "tokenizer_2", device, dtype, int8_weights);
     if (p.text_2 && !p.text_2->model->config().with_projection)
       throw Error(dir + "/text_encoder_2: SDXL needs a CLIPTextModelWithProjection (its pooled text_embeds)");
     for (auto* te : {p.text.get(), p.text_2.get()})
@@ -241,7 +276,7 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
 }
 
 SDPipeline load_single_file(const std::string& path, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
-                            const LdmConfigOverrides& overrides) {
+                            const LdmConfigOverrides& overrides, bool int8_weights) {
   check_compute_dtype(device, dtype);
   auto file = safetensors::File::open(path);
   TensorMap all;
@@ -252,6 +287,7 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   p.source = path;
   p.device = device;
   p.dtype = dtype;
+  p.int8_weights = int8_weights;
   p.scheduler.beta_schedule = "scaled_linear";
   p.scheduler.beta_start = 0.00085;
   p.scheduler.beta_end = 0.012;
@@ -262,17 +298,24 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   p.scheduler_class = ck.xl ? "EulerDiscreteScheduler" : "DDIMScheduler";
   // fp16 / bf16 weights computed in fp32 stay 16-bit in memory; the UNet upcasts one layer at a
   // time and the text encoder as a whole while it runs (same results, about half the memory).
+  // int8 weights are quantised from the file's values part by part as they are loaded.
   const auto unet_stored = uniform_half_dtype(ck.unet);
-  const bool unet_resident = dtype == torch::kFloat32 && unet_stored.has_value();
+  const bool unet_resident = (dtype == torch::kFloat32 || int8_weights) && unet_stored.has_value();
   {
     // no float32 copy of a 16-bit UNet
-    DefaultDtype as(unet_resident ? *unet_stored : dtype == torch::kBFloat16 ? dtype : torch::kFloat32);
+    DefaultDtype as(unet_resident                                ? *unet_stored
+                    : dtype == torch::kBFloat16 && !int8_weights ? dtype
+                                                                 : torch::kFloat32);
     nn::SkipInitGuard every_weight_is_loaded;
     p.unet = UNet2DConditionModel(ck.unet_config);
   }
-  load_in_parts(*p.unet, "", ck.unet, path + " (UNet)");
+  load_in_parts(*p.unet, "", ck.unet, path + " (UNet)", int8_weights);
   p.unet->eval();
-  if (unet_resident) {
+  if (int8_weights) {
+    make_int8(*p.unet, int8_rest_dtype(dtype, unet_stored.value_or(torch::kFloat32)));
+    p.unet->to(device);
+    p.unet->set_compute_dtype(dtype);
+  } else if (unet_resident) {
     p.unet->to(device);
     p.unet->set_compute_dtype(torch::kFloat32);
   } else {
@@ -292,18 +335,24 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
       auto te = std::make_shared<SDTextEncoder>();
       te->tokenizer = CLIPTokenizer::builtin(pad);
       const auto stored = uniform_half_dtype(weights);
-      const bool resident = dtype == torch::kFloat32 && stored.has_value();
+      const bool resident = (dtype == torch::kFloat32 || int8_weights) && stored.has_value();
       {
-        DefaultDtype as(resident ? *stored : dtype == torch::kBFloat16 ? dtype : torch::kFloat32);
+        DefaultDtype as(resident ? *stored : dtype == torch::kBFloat16 && !int8_weights ? dtype : torch::kFloat32);
         nn::SkipInitGuard every_weight_is_loaded;
         te->model = CLIPTextModel(cfg);
       }
       TensorMap w = weights;
       w.erase("text_model.embeddings.position_ids");
-      load_in_parts(*te->model, "", w, path + " (" + what + ")");
+      load_in_parts(*te->model, "", w, path + " (" + what + ")", int8_weights);
       te->model->eval();
-      te->model->to(device, resident ? *stored : dtype);
-      if (resident) te->compute_dtype = torch::kFloat32;
+      if (int8_weights) {
+        make_int8(*te->model, int8_rest_dtype(dtype, stored.value_or(torch::kFloat32)));
+        te->model->to(device);
+        te->compute_dtype = dtype;
+      } else {
+        te->model->to(device, resident ? *stored : dtype);
+        if (resident) te->compute_dtype = torch::kFloat32;
+      }
       te->penultimate = ck.xl;
       return te;
     };
@@ -322,7 +371,7 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
 }
 
 SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
-                   const std::string& prediction, const std::string& config_dir) {
+                   const std::string& prediction, const std::string& config_dir, bool int8_weights) {
   SDPipeline p;
   if (!config_dir.empty() && !fs::is_regular_file(path))
     throw Error(config_dir + ": a config folder applies to single-file checkpoints only");
@@ -341,14 +390,14 @@ SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype d
         if (fs::exists(config_dir + "/" + dir + "/config.json"))
           *json = read_json_file(config_dir + "/" + dir + "/config.json");
     }
-    p = load_single_file(path, device, dtype, with_text_encoder, over);
+    p = load_single_file(path, device, dtype, with_text_encoder, over, int8_weights);
     const std::string sched = config_dir + "/scheduler/scheduler_config.json";
     if (!config_dir.empty() && fs::exists(sched)) {
       p.scheduler = load_scheduler_config(sched);
       p.scheduler_class = read_json_file(sched).value("_class_name", p.scheduler_class);
     }
   } else {
-    p = SDPipeline::load(path, device, dtype, with_text_encoder);
+    p = SDPipeline::load(path, device, dtype, with_text_encoder, int8_weights);
   }
   if (!prediction.empty()) {
     parse_prediction(prediction);

@@ -47,14 +47,19 @@ struct SDPipeline {
   std::string scheduler_class = "DDIMScheduler";  // the folder's scheduler (default sampler)
   torch::Device device = torch::kCPU;
   torch::Dtype dtype = torch::kFloat32;  // UNet / text encoder compute dtype (the VAE stays float32)
-  std::string source;                    // folder or file it was loaded from
+  // The UNet's and text encoders' Linear / Conv2d weights are kept int8 with per-output-channel
+  // scales (nn/int8_weights.h), dequantised one layer at a time into `dtype` while they run.
+  bool int8_weights = false;
+  std::string source;  // folder or file it was loaded from
 
   // Loads a StableDiffusionPipeline / StableDiffusionInpaintPipeline folder. A missing
   // component or file throws diffuse::Error naming it. fp16 / bf16 UNet and text-encoder weights
   // computed in fp32 stay 16-bit in memory (upcast while they run; identical results). `with_text_encoder` false skips
-  // text_encoder/ and tokenizer/ (prompt embeddings must then be given).
+  // text_encoder/ and tokenizer/ (prompt embeddings must then be given). `int8_weights`: see
+  // the member (quantised from the weights as the files hold them).
   static SDPipeline load(const std::string& dir, torch::Device device = torch::kCPU,
-                         torch::Dtype dtype = torch::kFloat32, bool with_text_encoder = true);
+                         torch::Dtype dtype = torch::kFloat32, bool with_text_encoder = true,
+                         bool int8_weights = false);
   // Whether `dir` holds a Stable Diffusion pipeline (model_index.json with a StableDiffusion* class).
   static bool is_sd_folder(const std::string& dir);
 
@@ -93,15 +98,16 @@ struct SDPipeline {
 // A single-file .safetensors checkpoint (see ldm_convert.h). fp16 / bf16 weights computed in
 // fp32 stay 16-bit in memory and are upcast block by block while they run (identical results);
 // for bf16 compute they are converted once. The scheduler is diffusers' SD DDIM configuration (epsilon).
+// `int8_weights` (SDPipeline::int8_weights): quantised part by part while loading.
 SDPipeline load_single_file(const std::string& path, torch::Device device = torch::kCPU,
                             torch::Dtype dtype = torch::kFloat32, bool with_text_encoder = true,
-                            const LdmConfigOverrides& overrides = {});
+                            const LdmConfigOverrides& overrides = {}, bool int8_weights = false);
 // `config_dir` (single files only, "" = none): a diffusers pipeline folder whose unet/, vae/,
 // text_encoder/ config.json and scheduler/ config replace what the tensors cannot tell (diffusers'
 // from_single_file(config=...)); its weights are not read.
 SDPipeline load_sd(const std::string& path, torch::Device device = torch::kCPU, torch::Dtype dtype = torch::kFloat32,
                    bool with_text_encoder = true, const std::string& prediction = "",
-                   const std::string& config_dir = "");
+                   const std::string& config_dir = "", bool int8_weights = false);
 
 // SDXL micro-conditioning (diffusers' original_size, crops_coords_top_left, target_size,
 // aesthetic_score and their negative_* counterparts), as (height, width) and (top, left) pairs.

@@ -58,8 +58,10 @@ TEST(Model, FieldsThatDoNotApplyAreErrors) {
   r.width = 30;  // not a multiple of the UNet's 4
   r.class_label = "zebra";
   r.dtype = "fp16";  // Stable Diffusion only (fp32 and bf16 apply)
+  r.weights = "int8";
   const auto e = fm().validate(r);
-  for (const char* f : {"inpaint_only_masked", "invert_from", "negative_prompt", "loras", "width", "class", "dtype"})
+  for (const char* f :
+       {"inpaint_only_masked", "invert_from", "negative_prompt", "loras", "width", "class", "dtype", "weights"})
     EXPECT_TRUE(names(e, f)) << f;
   EXPECT_THROW(fm().generate(r), RequestError);
   GenerationRequest p;
@@ -220,6 +222,32 @@ TEST(Model, StableDiffusionFromPromptAndImages) {
   o.init_image = encode_image(a.images[0], "jpeg");
   o.outpaint = {8, 0, 0, 0};
   EXPECT_EQ(m.generate(o).images.size(3), 24);
+}
+
+// int8 weights are a request option: the pipeline is reloaded with them, the image carries
+// "Weights: int8" and stays close to the one from the weights as stored.
+TEST(Model, StableDiffusionWithInt8Weights) {
+  test::TempDir t;
+  Model m = Model::load(test::tiny_sd_folder(t / "sd"));
+  GenerationRequest r;
+  r.prompt = "a red car";
+  r.steps = 3;
+  r.seed = 9;
+  const auto a = m.generate(r);
+  EXPECT_EQ(a.infotexts[0].find("Weights:"), std::string::npos);
+  r.weights = "int8";
+  const auto b = m.generate(r);
+  EXPECT_NE(b.infotexts[0].find("Weights: int8"), std::string::npos) << b.infotexts[0];
+  EXPECT_EQ(GenerationRequest::from_infotext(b.infotexts[0]).weights, "int8");
+  EXPECT_FALSE(torch::equal(a.images, b.images));
+  EXPECT_LT((a.images - b.images).abs().max().item<double>(), 0.2);
+  r.weights = "int4";
+  EXPECT_TRUE(names(m.validate(r), "weights"));
+  // the CLI names its flag
+  auto cli = test::run_cli("generate --model " + fashion() + " --weights int8 --out " + (t / "x.png"));
+  EXPECT_EQ(cli.code, 1);
+  EXPECT_NE(cli.output.find("--weights: applies to Stable Diffusion models only"), std::string::npos) << cli.output;
+  EXPECT_FALSE(std::filesystem::exists(t / "x.png"));
 }
 
 TEST(Model, NanIsAnErrorNotABlackImage) {

@@ -46,6 +46,7 @@ GenerationRequest full() {
   r.loras = {{"style", 0.8}, {"detail", -0.25}};
   r.clip_skip = 1;
   r.dtype = "bf16";
+  r.weights = "int8";
   r.vae_tiling = true;
   r.vae_tile_size = 256;
   r.output_format = "jpeg";
@@ -109,13 +110,14 @@ TEST(Request, ValidateNamesEachBadField) {
   r.guidance_interval = {5, 1};
   r.n = 0;
   r.dtype = "int8";
+  r.weights = "int4";
   r.output_format = "gif";
   r.outpaint = {-1, 0, 0, 0};
   r.sigmas = {1, 2, 0};
   r.seed = -5;
   const auto e = r.validate();
   for (const char* f : {"steps", "sampler", "schedule", "strength", "mask", "rng", "guidance", "guidance_interval", "n",
-                        "dtype", "output_format", "outpaint", "sigmas", "seed"})
+                        "dtype", "weights", "output_format", "outpaint", "sigmas", "seed"})
     EXPECT_TRUE(names(e, f)) << f;
   EXPECT_THROW(r.check(), RequestError);
   EXPECT_TRUE(GenerationRequest().validate().empty());

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <set>
@@ -13,6 +14,7 @@
 #include "core/safetensors.h"
 #include "fixtures.h"
 #include "models/error_of.h"
+#include "nn/int8_weights.h"
 #include "nn/state_dict.h"
 #include "pipelines/sd_pipeline.h"
 
@@ -227,6 +229,38 @@ TEST(LdmConvert, SixteenBitWeightsStayResidentAndComputeExactly) {
     for (const auto& p : resident.unet->parameters()) ASSERT_EQ(p.scalar_type(), dt);
     for (const auto& p : resident.text->model->parameters()) ASSERT_EQ(p.scalar_type(), dt);
   }
+}
+
+// int8 weights from a fp16 checkpoint: quantised from the file's values part by part, the rest
+// kept fp16, the VAE untouched; the image stays close to the fp16 weights'.
+TEST(LdmConvert, Int8WeightsFromAHalfCheckpoint) {
+  auto [folder, ldm, io, o] = tiny_ldm(2, 32);
+  const auto over = tiny_overrides();
+  test::TempDir dir;
+  TensorMap half;
+  for (const auto& [k, v] : ldm) half[k] = v.is_floating_point() ? v.to(torch::kFloat16) : v;
+  safetensors::save(dir / "half.safetensors", half);
+  auto q8 = load_single_file(dir / "half.safetensors", torch::kCPU, torch::kFloat32, true, over, true);
+  auto fp = load_single_file(dir / "half.safetensors", torch::kCPU, torch::kFloat32, true, over);
+  EXPECT_TRUE(q8.int8_weights);
+  EXPECT_EQ(q8.unet->dtype(), torch::kFloat32);
+  const auto want = nn::quantize_int8(half.at("model.diffusion_model.input_blocks.0.0.weight"));
+  EXPECT_TRUE(torch::equal(q8.unet->conv_in->weight, want.q));
+  EXPECT_TRUE(torch::equal(nn::int8_scale_of(*q8.unet->conv_in), want.scale));
+  EXPECT_EQ(q8.unet->conv_in->bias.scalar_type(), torch::kFloat16);
+  EXPECT_EQ(q8.text->model->token_embedding->weight.scalar_type(), torch::kFloat16);
+  EXPECT_EQ(q8.text->compute_dtype, torch::kFloat32);
+  int64_t unet_q = 0, text_q = 0;
+  for (const auto& p : q8.unet->parameters()) unet_q += p.scalar_type() == torch::kInt8;
+  for (const auto& p : q8.text->model->parameters()) text_q += p.scalar_type() == torch::kInt8;
+  EXPECT_GT(unet_q, 30);
+  EXPECT_GT(text_q, 10);
+  for (const auto& p : q8.vae->parameters()) ASSERT_EQ(p.scalar_type(), torch::kFloat32);
+  const auto a = generate(q8, o), b = generate(fp, o);
+  const double mse = (a.samples.clamp(-1, 1) - b.samples.clamp(-1, 1)).pow(2).mean().item<double>();
+  EXPECT_GT(10 * std::log10(4.0 / mse), 35.0);
+  const auto cond = q8.text->encode_ids(io.at("cond_input_ids")), ref = fp.text->encode_ids(io.at("cond_input_ids"));
+  EXPECT_LT(((cond - ref).norm() / ref.norm()).item<double>(), 0.02);
 }
 
 // SD 2.x checkpoints carry the OpenCLIP text tower (cond_stage_model.model.*): fused in_proj

@@ -4,9 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include "core/safetensors.h"
 #include "fixtures.h"
 #include "models/error_of.h"
+#include "nn/int8_weights.h"
 #include "pipelines/prompt_weights.h"
 #include "pipelines/sd_pipeline.h"
 #include "pipelines/textual_inversion.h"
@@ -67,6 +70,44 @@ TEST(Lora, KohyaKeysMergeExactly) {
   EXPECT_TRUE(torch::equal(unet_w(pipe, kProjIn), merged(p0, p_up, p_down, 0.7 * 4.0 / 4)));
   EXPECT_TRUE(torch::equal(text_w(pipe, kTeQ), merged(t0, t_up, t_down, 0.7 * 8.0 / 4)));
   EXPECT_TRUE(torch::equal(unet_w(pipe, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.weight"), k0));
+}
+
+// int8 weights: the LoRA is merged into the dequantised weights, which are quantised again.
+TEST(Lora, MergesIntoInt8WeightsByRequantising) {
+  test::TempDir dir;
+  const std::string folder = test::tiny_sd_folder(dir / "pipe");
+  auto pipe = SDPipeline::load(folder, torch::kCPU, torch::kFloat32, true, true);
+  auto wide = SDPipeline::load(folder);
+  torch::manual_seed(4);
+  const int64_t r = 4;
+  TensorMap lora;
+  auto q_down = torch::randn({r, 32}) * 0.1, q_up = torch::randn({32, r}) * 0.1;
+  auto t_down = torch::randn({r, 32}) * 0.1, t_up = torch::randn({32, r}) * 0.1;
+  lora["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"] = q_down;
+  lora["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight"] = q_up;
+  lora["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"] = t_down;
+  lora["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"] = t_up;
+  safetensors::save(dir / "k.safetensors", lora);
+  auto dequantised = [](const torch::nn::Module& m, const std::string& name) {
+    const auto q = m.named_parameters().find(name)->clone();
+    EXPECT_EQ(q.scalar_type(), torch::kInt8) << name;
+    return nn::dequantize_int8(q, *m.named_buffers().find(name + "_scale"));
+  };
+  const auto q0 = dequantised(*pipe.unet, kQ), t0 = dequantised(*pipe.text->model, kTeQ);
+  const auto rep = apply_lora_file(pipe, parse_lora_arg(dir / "k.safetensors"));
+  EXPECT_EQ(rep.unet_layers, 1);
+  EXPECT_EQ(rep.text_layers, 1);
+  for (auto [m, name, w0, up, down] :
+       {std::make_tuple(static_cast<torch::nn::Module*>(pipe.unet.ptr().get()), kQ, q0, q_up, q_down),
+        std::make_tuple(static_cast<torch::nn::Module*>(pipe.text->model.ptr().get()), kTeQ, t0, t_up, t_down)}) {
+    const auto want = nn::quantize_int8(merged(w0, up, down, 1.0));
+    EXPECT_TRUE(torch::equal(m->named_parameters().find(name)->clone(), want.q)) << name;
+    EXPECT_TRUE(torch::equal(*m->named_buffers().find(std::string(name) + "_scale"), want.scale)) << name;
+  }
+  // and the merged layer is close to the same LoRA merged into the float32 weights
+  apply_lora_file(wide, parse_lora_arg(dir / "k.safetensors"));
+  EXPECT_LT((dequantised(*pipe.unet, kQ) - unet_w(wide, kQ)).abs().max().item<double>(),
+            pipe.unet->named_buffers().find(std::string(kQ) + "_scale")->max().item<double>());
 }
 
 TEST(Lora, PeftKeysMergeAndChangeTheOutput) {

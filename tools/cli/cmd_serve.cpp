@@ -13,7 +13,7 @@ namespace cmd_serve {
 
 struct Args {
   std::vector<std::string> models;
-  std::string models_dir, device = "cpu", dtype = "auto";
+  std::string models_dir, device = "cpu", dtype = "auto", weights;
   diffuse::server::ServerOptions o;
   int threads = 0;
 };
@@ -23,6 +23,7 @@ void run(Args& a) {
   a.o.models = diffuse::server::find_models(a.models, a.models_dir);
   a.o.load.device = a.device;
   a.o.load.dtype = a.dtype;
+  a.o.load.weights = a.weights;
   a.o.load.allow_paths = false;  // clients name models, guides, refiners and LoRAs; never files
   // SIGTERM / SIGINT: stop accepting, cancel the running job, exit 0. Blocked in every thread;
   // one thread waits for them.
@@ -75,6 +76,8 @@ void register_cmd(CLI::App& app) {
          "--dtype", a->dtype,
          "Default compute dtype: auto (bf16 on CPUs with AVX-512 BF16 / AMX, else fp32), fp32, bf16 or fp16 (SD only)")
       ->capture_default_str();
+  cmd->add_option("--weights", a->weights,
+                  "Stable Diffusion weight storage: int8 (8-bit UNet / text-encoder weights); default: as stored");
   diffuse::cli::add_threads_option(cmd, &a->threads);
   cmd->callback([a] { run(*a); });
 }

@@ -55,6 +55,7 @@ const FieldFlag kFieldFlags[] = {
     {"loras", "--lora"},
     {"clip_skip", "--clip-skip"},
     {"dtype", "--dtype"},
+    {"weights", "--weights"},
     {"vae_tiling", "--vae-tiling"},
     {"vae_tile_size", "--vae-tile-size"},
     {"output_format", "--out"},
@@ -197,6 +198,10 @@ void add_request_options(CLI::App* cmd, RequestArgs* a) {
           "--dtype", r.dtype,
           "Compute dtype: auto (bf16 on CPUs with AVX-512 BF16 / AMX, else fp32), fp32, bf16 or fp16 (SD only)"),
       "dtype");
+  add(cmd->add_option("--weights", r.weights,
+                      "UNet / text-encoder weight storage: int8 (8-bit weights, per-channel scales, dequantised "
+                      "layer by layer into --dtype); default: as the file stores them"),
+      "weights");
   add(cmd->add_flag("--vae-tiling", r.vae_tiling, "Encode / decode with the VAE in overlapping tiles (large images)"),
       "vae_tiling");
   add(cmd->add_option("--vae-tile-size", r.vae_tile_size, "VAE tile size in pixels (default: the VAE's, 512)"),
@@ -367,6 +372,8 @@ GenerationRequest build_request(RequestArgs& a) {
       r.clip_skip = f.clip_skip;
     else if (k == "dtype")
       r.dtype = f.dtype;
+    else if (k == "weights")
+      r.weights = f.weights;
     else if (k == "vae_tiling")
       r.vae_tiling = f.vae_tiling;
     else if (k == "vae_tile_size")
@@ -395,6 +402,7 @@ GenerationRequest build_request(RequestArgs& a) {
       r.negative_aesthetic_score = a.negative_aesthetic_score;
   }
   a.load.dtype = r.dtype;
+  a.load.weights = r.weights;
   return r;
 }
 
