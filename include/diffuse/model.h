@@ -40,7 +40,7 @@ struct LoadOptions {
   // Compute dtype (requests may ask for another): fp32, bf16, fp16 (Stable Diffusion only) or auto:
   // bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX), fp32 otherwise and on CUDA.
   std::string dtype = "auto";
-  std::string weights;  // Stable Diffusion weight storage: "" (as stored) or "int8"
+  std::string weights;                  // Stable Diffusion weight storage: "" (as stored) or "int8"
   std::string lora_dir;                 // LoRA files for GenerationRequest::loras and <lora:...> tags
   std::string embeddings_dir;           // textual-inversion embeddings used when their names occur
   std::vector<std::string> embeddings;  // embedding files always loaded

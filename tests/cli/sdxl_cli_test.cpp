@@ -99,7 +99,7 @@ TEST(SdxlCli, RefinerTakesOverAtTheSwitch) {
   const std::string base = test::tiny_sdxl_folder(t / "base"), refiner = test::tiny_sdxl_refiner(t / "refiner");
   auto [code, out] = xl_cli("generate --model " + base + " --refiner " + refiner +
                             " --refiner-switch 0.6 --prompt 'a red cube' --negative-prompt 'blurry' --steps 5 "
-                            "--width 32 --height 32 --seed 4 --out " +
+                            "--width 32 --height 32 --seed 4 --dtype fp32 --out " +
                             (t / "o.safetensors"));
   ASSERT_EQ(code, 0) << out;
   auto got = safetensors::load(t / "o.safetensors");

@@ -8,9 +8,9 @@
 #include <set>
 
 #include "fixtures.h"
+#include "nn/autocast.h"
 #include "pipelines/sd_pipeline.h"
 #include "sd_tiny_text.h"
-#include "nn/autocast.h"
 #include "train/lora_network.h"
 
 namespace diffuse {
