@@ -137,10 +137,12 @@ def random_checkpoint(path, keys):
 
 
 def psnr(a_png, b_png):
-    code = ("import sys,numpy as np; from PIL import Image\n"
-            "a=np.asarray(Image.open(sys.argv[1]).convert('RGB'),dtype=np.float64)\n"
-            "b=np.asarray(Image.open(sys.argv[2]).convert('RGB'),dtype=np.float64)\n"
-            "m=((a-b)**2).mean(); print('inf' if m==0 else 10*np.log10(255**2/m))")
+    """PSNR (dB) of two 8-bit RGB images, with PIL alone (no numpy needed)."""
+    code = ("import sys, math; from PIL import Image, ImageChops, ImageStat\n"
+            "a, b = (Image.open(f).convert('RGB') for f in sys.argv[1:3])\n"
+            "rms = ImageStat.Stat(ImageChops.difference(a, b)).rms\n"
+            "m = sum(r * r for r in rms) / len(rms)\n"
+            "print('inf' if m == 0 else f'{10 * math.log10(255 ** 2 / m):.1f}')")
     r = subprocess.run(["/usr/bin/python3", "-c", code, a_png, b_png], capture_output=True, text=True)
     return r.stdout.strip() or "?"
 
