@@ -3,8 +3,9 @@
 machine and rewrites the generated section of docs/benchmarks.md (between the `run_all` markers).
 
     bench/run_all.py                       # everything that can run here; prints the section
-    bench/run_all.py --write               # ... and rewrites it in docs/benchmarks.md
-    bench/run_all.py --only sd15,int8      # some sections: sd15, int8, sdxl, train, blocks
+    bench/run_all.py --write               # ... and rewrites its sections in docs/benchmarks.md
+    bench/run_all.py --only sd15,int8      # some sections: sd15, int8, sdxl, lora, train, blocks
+    bench/run_all.py --only lora --write   # rewrites the lora section; the others stay as they are
     bench/run_all.py --quick               # one repeat, fewer steps: a smoke run of the driver
 
 Contenders:
@@ -14,6 +15,8 @@ Contenders:
                      with its ggml submodule checked out): built once into build/sdcpp with CMake.
                      Neither given: its rows are skipped. docs/benchmarks.md names the pinned commits.
   PyTorch twin       bench/train_twin.py with /usr/bin/python3 (python3-torch), for training
+  train-lora         build/diffuse train-lora on SD15_CKPT with and without --gradient-checkpointing
+                     (section lora: LORA_SIZE, default 512, and LORA_STEPS, default 5; batch 1, --bf16)
 
 Checkpoints (random weights with every key and shape of the real ones; values do not change the
 cost): SD15_CKPT (default /tmp/sd15_random.safetensors) and SDXL_CKPT (default
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,11 +71,42 @@ def loadavg():
     return open("/proc/loadavg").read().split()[0]
 
 
-def timed(cmd, log_path):
-    """Runs cmd under /usr/bin/time -v; returns (wall seconds, peak RSS GB, combined output)."""
+def sample_rss(time_pid, t0, samples):
+    """Appends (seconds since t0, RSS GB) of the command that /usr/bin/time (time_pid) runs, every 0.1 s
+    while it runs (Linux /proc)."""
+    child = None
+    while True:
+        try:
+            if child is None:
+                kids = open(f"/proc/{time_pid}/task/{time_pid}/children").read().split()
+                child = kids[0] if kids else None
+            if child is not None:
+                for line in open(f"/proc/{child}/status"):
+                    if line.startswith("VmRSS:"):
+                        samples.append((time.monotonic() - t0, int(line.split()[1]) * 1024 / 1e9))
+        except (OSError, ValueError):
+            if child is not None or not os.path.exists(f"/proc/{time_pid}"):
+                return
+        time.sleep(0.1)
+
+
+def timed(cmd, log_path, stamps=None, rss=None):
+    """Runs cmd under /usr/bin/time -v; returns (wall seconds, peak RSS GB, combined output, failure). With
+    a list as `stamps`, appends (seconds since the start, line) for each output line as it arrives; with
+    a list as `rss`, (seconds since the start, RSS GB) every 0.1 s."""
     with open(log_path, "w") as f:
         t0 = time.monotonic()
-        rc = subprocess.run(["/usr/bin/time", "-v"] + cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        if stamps is None:
+            rc = subprocess.run(["/usr/bin/time", "-v"] + cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        else:
+            p = subprocess.Popen(["/usr/bin/time", "-v"] + cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, errors="replace")
+            if rss is not None:
+                threading.Thread(target=sample_rss, args=(p.pid, t0, rss), daemon=True).start()
+            for line in p.stdout:
+                stamps.append((time.monotonic() - t0, line.rstrip("\n")))
+                f.write(line)
+            rc = p.wait()
         wall = time.monotonic() - t0
     out = open(log_path, errors="replace").read()
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out)
@@ -264,6 +299,111 @@ def section_train(args):
     return out + [""]
 
 
+def write_png(path, width, height, pixel):
+    """An 8-bit RGB PNG from pixel(x, y) -> (r, g, b), with the standard library alone."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\0" + bytes(c for x in range(width) for c in pixel(x, y)) for y in range(height))
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) +
+                chunk(b"IDAT", zlib.compress(rows, 6)) + chunk(b"IEND", b""))
+
+
+LORA_CAPTIONS = ["a red circle on a blue background", "green and yellow stripes", "a purple square in the middle",
+                 "an orange gradient"]
+
+
+def lora_data(folder, size):
+    """A captioned folder in kohya's layout: a few synthetic size x size images, a short caption each (the
+    pixel values do not change the cost of a step)."""
+    os.makedirs(folder, exist_ok=True)
+    c = size / 2
+    shapes = [lambda x, y: (220, 40, 40) if (x - c) ** 2 + (y - c) ** 2 < (size / 3) ** 2 else (30, 60, 200),
+              lambda x, y: (40, 180, 60) if (x // 32) % 2 else (230, 210, 40),
+              lambda x, y: (140, 50, 170) if abs(x - c) < size / 4 and abs(y - c) < size / 4 else (245, 245, 245),
+              lambda x, y: (255, (x * 200) // size, (y * 100) // size)]
+    for i, (shape, caption) in enumerate(zip(shapes, LORA_CAPTIONS)):
+        write_png(os.path.join(folder, f"{i}.png"), size, size, shape)
+        with open(os.path.join(folder, f"{i}.txt"), "w") as f:
+            f.write(caption + "\n")
+    return folder
+
+
+def diffuse_train_lora(ckpt, data, size, steps, out, log_path, extra=()):
+    """One train-lora run. s/step: the median of the steps after the first, from the arrival times of the
+    progress lines (one per step when there are at most 10 and stderr is not a terminal); first: from the
+    run's first line (after loading and encoding the latents) to the end of step 1; train_rss: the largest
+    RSS sampled from that line on (rss, the process's peak, also covers loading)."""
+    cmd = [DIFFUSE, "train-lora", "--model", ckpt, "--data", data, "--out", out, "--rank", "16", "--alpha", "8",
+           "--resolution", str(size), "--batch", "1", "--steps", str(steps), "--bf16", "--eval-images", "0",
+           "--save-every", "0", "--seed", "0", "--threads", str(THREADS)] + list(extra)
+    stamps, samples = [], []
+    wall, rss, out_text, failed = timed(cmd, log_path, stamps, samples)
+    done = {}
+    start = nan
+    for t, line in stamps:
+        if line.startswith("diffuse train-lora: ") and start != start:
+            start = t
+        m = re.match(r"train-lora (\d+)/(\d+) ", line)
+        if m:
+            done.setdefault(int(m.group(1)), t)
+    per_step = [done[k] - done[k - 1] for k in range(2, steps + 1) if k in done and k - 1 in done]
+    if not failed and len(done) < min(steps, 10):
+        failed = {"failed": f"train-lora printed {len(done)} of {steps} step lines; see {log_path}"}
+    training = [gb for t, gb in samples if t >= start]
+    return {"wall": wall, "rss": rss, "train_rss": max(training) if training else nan,
+            "step": statistics.median(per_step) if per_step else nan, "first": done.get(1, nan) - start, **failed}
+
+
+def section_lora(args, tmp):
+    """diffuse train-lora on the SD 1.5 checkpoint, batch 1, bf16, with and without gradient checkpointing."""
+    ckpt = random_checkpoint(os.environ.get("SD15_CKPT", "/tmp/sd15_random.safetensors"), "tests/fixtures/sd15_keys.tsv")
+    size = 256 if args.quick else int(os.environ.get("LORA_SIZE", 512))
+    steps = 2 if args.quick else int(os.environ.get("LORA_STEPS", 5))
+    repeats = 1 if args.quick else args.repeats
+    data = lora_data(os.path.join(tmp, f"lora_data_{size}"), size)
+    modes = [("without checkpointing", []), ("--gradient-checkpointing", ["--gradient-checkpointing"])]
+    runs = {name: [] for name, _ in modes}
+    log(f"lora {size}x{size}, {steps} steps")
+    for r in range(repeats):
+        for i, (name, extra) in enumerate(modes):
+            log(f"  train-lora {name}, run {r + 1}/{repeats} (load average {loadavg()})")
+            res = diffuse_train_lora(ckpt, data, size, steps, f"{tmp}/lora_{i}_{r}.safetensors",
+                                     f"{tmp}/lora_{i}_{r}.log", extra)
+            if "failed" in res:
+                log("  " + res["failed"])
+            runs[name].append(res)
+    lines = [f"### LoRA training of Stable Diffusion 1.5: {size}x{size}, batch 1, bf16", "",
+             f"`diffuse train-lora` on the random SD 1.5 checkpoint, {len(LORA_CAPTIONS)} captioned {size}x{size} "
+             f"images, rank 16, alpha 8, `--layers attention`, `--bf16`, {steps} steps, {THREADS} threads, "
+             f"median of {repeats}; s/step is the median of the steps after the first; the peak RSS while training "
+             "is the largest RSS sampled every 0.1 s after loading and encoding the latents. Load average "
+             f"{loadavg()} at the end.", "",
+             "| mode | peak RSS (GB) | peak RSS while training (GB) | s/step | first step (s) | wall (s) |",
+             "|---|---|---|---|---|---|"]
+    res = {}
+    for name, rs in runs.items():
+        ok = [x for x in rs if "failed" not in x]
+        if not ok:  # every run failed: reported, no figures
+            lines.append(f"| {name} | failed: {rs[0]['failed']} | | | |")
+            continue
+        res[name] = m = {k: statistics.median(x[k] for x in ok)
+                         for k in ["wall", "rss", "train_rss", "step", "first"]}
+        lines.append(f"| {name} | {fmt(m['rss'], 2)} | {fmt(m['train_rss'], 2)} | {fmt(m['step'], 2)} | "
+                     f"{fmt(m['first'])} | {fmt(m['wall'])} |")
+    if len(res) == 2:
+        a, b = res[modes[1][0]], res[modes[0][0]]
+        lines += ["", f"- `--gradient-checkpointing` / without: peak RSS while training "
+                      f"**{a['train_rss'] / b['train_rss']:.2f}** ({a['train_rss'] - b['train_rss']:+.2f} GB), "
+                      f"s/step **{a['step'] / b['step']:.2f}**; the process's peak {a['rss'] / b['rss']:.2f} "
+                      f"({a['rss'] - b['rss']:+.2f} GB), which loading sets when it is the larger."]
+    return lines + [""]
+
+
 def section_blocks():
     binary = os.path.join(BUILD, "bench", "bench_blocks")
     if not os.path.exists(binary):
@@ -273,42 +413,85 @@ def section_blocks():
     return ["### Block micro-benchmarks (bench_blocks, median of 3)", "", "```"] + rows + ["```", ""]
 
 
+SECTIONS = ["sd15", "int8", "sdxl", "lora", "train", "blocks"]
+SECTION = "<!-- bench/run_all.py section: {} -->"
+PREAMBLE = ("Each section below names the run that wrote it; `--write` replaces the sections of the run and "
+            "keeps the others.")
+ENV = ["SIZES", "SD15_DTYPES", "REPEATS", "THREADS", "LORA_SIZE", "LORA_STEPS", "SD15_CKPT", "SDXL_CKPT"]
+
+
+def merge_generated(cur, sections):
+    """The generated block of docs/benchmarks.md with `sections` ({name: lines}) replacing those of the same
+    name in `cur` (the file's text) and the others kept, in SECTIONS order."""
+    kept = {}
+    if BEGIN in cur and END in cur:
+        block = cur[cur.index(BEGIN) + len(BEGIN):cur.index(END)]
+        parts = re.split(r"<!-- bench/run_all\.py section: (\w+) -->\n", block)
+        kept = {name: text.strip("\n") for name, text in zip(parts[1::2], parts[2::2])}
+    kept.update({name: "\n".join(lines).strip("\n") for name, lines in sections.items()})
+    out = [BEGIN, "", PREAMBLE, ""]
+    for name in SECTIONS + sorted(set(kept) - set(SECTIONS)):
+        if name in kept:
+            out += [SECTION.format(name), kept[name], ""]
+    return "\n".join(out + [END])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", default="sd15,int8,sdxl,train,blocks")
+    ap.add_argument("--only", default="sd15,int8,sdxl,lora,train,blocks")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--write", action="store_true", help="rewrite the generated section of docs/benchmarks.md")
+    ap.add_argument("--write", action="store_true",
+                    help="rewrite the sections run in the generated part of docs/benchmarks.md (the others stay)")
     ap.add_argument("--repeats", type=int, default=int(os.environ.get("REPEATS", 3)))
     args = ap.parse_args()
     if not os.path.exists(DIFFUSE):
         sys.exit(f"{DIFFUSE}: not built (scripts/build.sh)")
     only = args.only.split(",")
+    unknown = [k for k in only if k not in SECTIONS]
+    if unknown:
+        sys.exit(f"--only: unknown section {', '.join(unknown)} (sections: {', '.join(SECTIONS)})")
     tmp = tempfile.mkdtemp(prefix="diffuse-bench-")
-    sd = sdcpp_binary(tmp)
-    lines = [BEGIN, "", f"Generated by `bench/run_all.py{' --quick' if args.quick else ''} --only {args.only}` on "
-             f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}. stable-diffusion.cpp: "
-             f"{sd or 'not given (SDCPP or SDCPP_SRC); its rows are skipped'}. Logs: {tmp}.", ""]
-    for kind in ["sd15", "int8", "sdxl"]:
-        if kind in only:
-            lines += section_generation(kind, args, sd, tmp)
-    if "train" in only:
-        lines += section_train(args)
-    if "blocks" in only:
-        lines += section_blocks()
-    lines.append(END)
-    text = "\n".join(lines) + "\n"
+    sd = sdcpp_binary(tmp) if any(k in only for k in ["sd15", "int8", "sdxl"]) else None
+    env = "".join(f"{k}={os.environ[k]} " for k in ENV if k in os.environ)
+    cmd = (f"{env}bench/run_all.py{' --quick' if args.quick else ''}"
+           f"{f' --repeats {args.repeats}' if '--repeats' in ' '.join(sys.argv) else ''} --only {{}}")
+    sections = {}
+    for kind in SECTIONS:
+        if kind not in only:
+            continue
+        if kind in ["sd15", "int8", "sdxl"]:
+            lines = section_generation(kind, args, sd, tmp)
+        elif kind == "lora":
+            lines = section_lora(args, tmp)
+        elif kind == "train":
+            lines = section_train(args)
+        else:
+            lines = section_blocks()
+        # Each section says where it comes from, under each of its headings.
+        note = f"Generated by `{cmd.format(kind)}` on {time.strftime('%Y-%m-%d')}. Machine: {machine()}."
+        if kind in ["sd15", "int8", "sdxl"]:
+            note += f" stable-diffusion.cpp: {sd or 'not given (SDCPP or SDCPP_SRC); its rows are skipped'}."
+        note += f" Logs: {tmp}."
+        out = []
+        for line in lines:
+            out.append(line)
+            if line.startswith("### "):
+                out += ["", note]
+        sections[kind] = out
+    text = merge_generated("", sections) + "\n"
     print(text)
     if args.write:
         doc = os.path.join(ROOT, "docs", "benchmarks.md")
         cur = open(doc).read()
+        block = merge_generated(cur, sections)
         if BEGIN in cur and END in cur:
-            new = cur[:cur.index(BEGIN)] + text.rstrip("\n") + cur[cur.index(END) + len(END):]
+            new = cur[:cur.index(BEGIN)] + block + cur[cur.index(END) + len(END):]
         else:
-            new = cur.rstrip("\n") + "\n\n## The suite\n\n" + text
+            new = cur.rstrip("\n") + "\n\n## The suite\n\n" + block + "\n"
         with open(doc + ".tmp", "w") as f:
             f.write(new)
         os.replace(doc + ".tmp", doc)
-        log(f"rewrote the generated section of {doc}")
+        log(f"rewrote the sections {', '.join(sections)} of the generated part of {doc}")
 
 
 if __name__ == "__main__":
