@@ -48,6 +48,12 @@ struct LoadOptions {
   std::string model_config;             // single files: a diffusers folder with the component configs
   std::string vae;                      // Stable Diffusion: VAE weights replacing the model's (folder or file)
   bool text_encoder = true;             // false: Stable Diffusion without its text encoder (prompt_embeds only)
+  // Stable Diffusion, for a run of one request (the command line): each component is loaded only
+  // while a request needs it (text encoders, then the UNet, then the VAE) and released after it,
+  // so that peak memory is that of the largest component rather than of all of them. Each request
+  // loads again what it needs. Requests with LoRAs, a refiner or an init image load the whole
+  // model while they run.
+  bool one_shot = false;
   // Whether request fields may name files (guide_model, loras), as on the command line. A server
   // turns this off and maps guide_model names with resolve_guide.
   bool allow_paths = true;
@@ -79,6 +85,9 @@ struct GenerateHooks {
   int preview_every = 0;  // 0 = no previews
   CancelToken cancel;
   std::function<void(const std::string&)> message;  // notices: LoRAs merged, embeddings loaded
+  // One-shot models (LoadOptions::one_shot): each component a request loads ("text encoders",
+  // "unet", "vae") and the seconds it took, once loaded.
+  std::function<void(const std::string& component, double seconds)> loaded;
   // Expert inputs of Stable Diffusion (diffusers' latents= / prompt_embeds=), undefined = none;
   // SDXL also takes pooled_prompt_embeds / negative_pooled_prompt_embeds with them.
   torch::Tensor latents, prompt_embeds, negative_prompt_embeds;

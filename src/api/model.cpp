@@ -1,4 +1,5 @@
 // diffuse::Model: loading, model information, request defaults and validation.
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -68,18 +69,47 @@ GenerationRequest read_defaults(const std::string& dir) {
 void Model::Impl::load_sd(const std::string& dtype, const std::string& weights) {
   sd.reset();
   return_large_frees_to_os();
+  const SDComponents parts = options.one_shot ? SDComponents{false, false, false} : SDComponents{};
   sd = std::make_unique<SDPipeline>(diffuse::load_sd(path, parse_device(options.device), dtype_of(dtype),
                                                      options.text_encoder, options.prediction, options.model_config,
-                                                     weights == "int8"));
-  if (!options.vae.empty()) replace_vae(*sd, options.vae);
+                                                     weights == "int8", parts));
   sd_dtype = dtype;
   sd_weights = weights;
   sd_loras.clear();
+  if (options.one_shot) return;
+  if (!options.vae.empty()) replace_vae(*sd, options.vae);
   for (const auto& f : options.embeddings) embeddings_loaded.push_back(load_embedding(*sd, f));
 }
 
+void Model::Impl::stage_sd(const SDComponents& want, const GenerateHooks& hooks) {
+  if (!options.one_shot) return;
+  release_components(*sd, want);
+  return_large_frees_to_os();
+  const SDComponents have = sd->loaded();
+  struct Part {
+    const char* name;
+    SDComponents only;
+    bool missing;
+  };
+  for (const Part& part :
+       {Part{"text encoders", {true, false, false}, options.text_encoder && want.text_encoders && !have.text_encoders},
+        Part{"unet", {false, true, false}, want.unet && !have.unet},
+        Part{"vae", {false, false, true}, want.vae && !have.vae}}) {
+    if (!part.missing) continue;
+    const auto start = std::chrono::steady_clock::now();
+    merge_components(*sd, diffuse::load_sd(path, parse_device(options.device), dtype_of(sd_dtype), options.text_encoder,
+                                           options.prediction, options.model_config, sd_weights == "int8", part.only));
+    if (part.only.vae && !options.vae.empty()) replace_vae(*sd, options.vae);
+    if (part.only.text_encoders)
+      for (const auto& f : options.embeddings) embeddings_loaded.push_back(load_embedding(*sd, f));
+    if (hooks.loaded)
+      hooks.loaded(part.name, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  if (!want.unet || !want.text_encoders) sd_loras.clear();  // merged into what was released
+}
+
 void Model::Impl::prepare_sd(const std::string& dtype, const std::string& weights, const std::vector<LoraSpec>& loras,
-                             const std::function<void(const std::string&)>& message) {
+                             const GenerateHooks& hooks, const SDComponents& want) {
   auto same = [&] {
     if (loras.size() != sd_loras.size()) return false;
     for (size_t i = 0; i < loras.size(); ++i)
@@ -87,13 +117,14 @@ void Model::Impl::prepare_sd(const std::string& dtype, const std::string& weight
     return true;
   };
   if (!sd || dtype != sd_dtype || weights != sd_weights || (!sd_loras.empty() && !same())) load_sd(dtype, weights);
+  stage_sd(want, hooks);
   if (!same()) {
     for (const auto& s : loras) {
       const auto rep = apply_lora_file(*sd, s);
-      if (message)
-        message("lora " + s.path + " (weight " + std::to_string(s.weight).substr(0, 6) +
-                "): " + std::to_string(rep.unet_layers) + " UNet and " + std::to_string(rep.text_layers) +
-                " text-encoder layers");
+      if (hooks.message)
+        hooks.message("lora " + s.path + " (weight " + std::to_string(s.weight).substr(0, 6) +
+                      "): " + std::to_string(rep.unet_layers) + " UNet and " + std::to_string(rep.text_layers) +
+                      " text-encoder layers");
     }
     sd_loras = loras;
   }

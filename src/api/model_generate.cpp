@@ -249,15 +249,29 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
   } catch (const Error& e) {
     throw RequestError("prompt", e.what());
   }
-  m.prepare_sd(r.dtype, r.weights, loras, hooks.message);
-  SDPipeline& pipe = *m.sd;
+  // One-shot models load each component only while it is needed; LoRAs, refiners and init images
+  // need the whole model.
+  const bool staged = m.options.one_shot && loras.empty() && r.refiner.empty() && !o.image.defined();
+  const SDComponents all;
+  m.prepare_sd(r.dtype, r.weights, loras, hooks, staged ? SDComponents{true, false, false} : all);
   if (!m.options.embeddings_dir.empty()) {
-    for (const auto& t : load_embeddings_for(pipe, m.options.embeddings_dir, {o.prompt, o.negative_prompt}))
+    for (const auto& t : load_embeddings_for(*m.sd, m.options.embeddings_dir, {o.prompt, o.negative_prompt}))
       m.embeddings_loaded.push_back(t);
   }
   if (hooks.message)
     for (const auto& t : m.embeddings_loaded) hooks.message("embedding " + t);
   m.embeddings_loaded.clear();
+  if (staged) {
+    // the prompts' embeddings, then the UNet without the text encoders
+    const PromptEmbeddings pe = encode_prompts(*m.sd, o);
+    o.prompt_embeds = pe.cond;
+    o.negative_prompt_embeds = pe.uncond;
+    o.pooled_prompt_embeds = pe.cond_pooled;
+    o.negative_pooled_prompt_embeds = pe.uncond_pooled;
+    m.stage_sd({false, true, false}, hooks);
+    o.decode = false;
+  }
+  SDPipeline& pipe = *m.sd;
   pipe.vae_tiling.enabled = r.vae_tiling || r.vae_tile_size > 0;
   pipe.vae_tiling.tile = r.vae_tile_size;
 
@@ -286,6 +300,11 @@ GenerationResult generate_sd(Model::Impl& m, const GenerationRequest& r, const G
     sr = generate(refiner, ref);
     sr.noise = b.noise;
   }
+  if (staged) {
+    m.stage_sd({false, false, true}, hooks);  // the VAE without the UNet
+    sr.samples = decode_samples(*m.sd, o, sr.latents);
+  }
+  if (m.options.one_shot) m.stage_sd({false, false, false}, hooks);
   GenerationResult res;
   res.images = sr.samples;
   res.latents = sr.latents;

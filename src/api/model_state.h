@@ -34,11 +34,15 @@ struct Model::Impl {
   std::unique_ptr<PixelPipeline> pixel;
   std::map<std::string, std::shared_ptr<const PixelPipeline>> guides;
 
+  // One-shot models load no component here (see stage_sd).
   void load_sd(const std::string& dtype, const std::string& weights);
-  // Reloads when the dtype, the weight storage or the LoRA set differs from what is loaded, then
-  // merges the LoRAs.
+  // Reloads when the dtype, the weight storage or the LoRA set differs from what is loaded; for
+  // one-shot models stages the components `want` names (stage_sd); then merges the LoRAs.
   void prepare_sd(const std::string& dtype, const std::string& weights, const std::vector<LoraSpec>& loras,
-                  const std::function<void(const std::string&)>& message);
+                  const GenerateHooks& hooks, const SDComponents& want = {});
+  // One-shot models: releases the loaded components `want` does not name, then loads those it
+  // names that are missing (with the model's VAE replacement and embeddings).
+  void stage_sd(const SDComponents& want, const GenerateHooks& hooks);
   std::shared_ptr<const PixelPipeline> guide(const std::string& path);
 };
 

@@ -271,7 +271,7 @@ torch::Tensor AutoencoderKLImpl::forward(const torch::Tensor& x) { return decode
 
 // ---------------------------------------------------------------- folder I/O
 
-AutoencoderKL load_autoencoder_kl(const std::string& dir) {
+AutoencoderKLConfig read_autoencoder_kl_config(const std::string& dir) {
   const auto j = model_io::read_config(dir, kAutoencoderKLClass);
   AutoencoderKLConfig cfg;
   try {
@@ -280,6 +280,11 @@ AutoencoderKL load_autoencoder_kl(const std::string& dir) {
   } catch (const Error& e) {
     throw Error(dir + "/config.json: " + e.what());
   }
+  return cfg;
+}
+
+AutoencoderKL load_autoencoder_kl(const std::string& dir) {
+  const AutoencoderKLConfig cfg = read_autoencoder_kl_config(dir);
   model_io::check_config_size(dir, "diffusion_pytorch_model.safetensors", min_parameters(cfg));
   AutoencoderKL model{nullptr};
   {

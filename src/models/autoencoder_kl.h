@@ -128,6 +128,8 @@ TORCH_MODULE(AutoencoderKL);
 // Loads a diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors),
 // strictly; legacy attention names (query/key/value/proj_attn) are converted. float32, CPU, eval.
 AutoencoderKL load_autoencoder_kl(const std::string& dir);
+// The folder's validated config.json alone.
+AutoencoderKLConfig read_autoencoder_kl_config(const std::string& dir);
 // Writes config.json and diffusion_pytorch_model.safetensors into `dir` (created), atomically.
 void save_autoencoder_kl(const AutoencoderKL& model, const std::string& dir);
 

@@ -572,7 +572,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, const torc
 
 // ---------------------------------------------------------------- folder I/O
 
-UNet2DConditionModel load_unet2d_condition(const std::string& dir) {
+UNet2DConditionConfig read_unet2d_condition_config(const std::string& dir) {
   const auto j = model_io::read_config(dir, kUNet2DConditionClass);
   UNet2DConditionConfig cfg;
   try {
@@ -581,6 +581,11 @@ UNet2DConditionModel load_unet2d_condition(const std::string& dir) {
   } catch (const Error& e) {
     throw Error((fs::path(dir) / "config.json").string() + ": " + e.what());
   }
+  return cfg;
+}
+
+UNet2DConditionModel load_unet2d_condition(const std::string& dir) {
+  const UNet2DConditionConfig cfg = read_unet2d_condition_config(dir);
   model_io::check_config_size(dir, "diffusion_pytorch_model.safetensors", min_parameters(cfg));
   UNet2DConditionModel model{nullptr};
   {

@@ -187,6 +187,8 @@ TORCH_MODULE(UNet2DConditionModel);
 // or a sharded .index.json), strictly: every missing / unexpected / mis-shaped key is listed
 // in one diffuse::Error. float32 on the CPU, eval mode.
 UNet2DConditionModel load_unet2d_condition(const std::string& dir);
+// The folder's validated config.json alone.
+UNet2DConditionConfig read_unet2d_condition_config(const std::string& dir);
 
 // Writes config.json and diffusion_pytorch_model.safetensors ({"format": "pt"}) atomically.
 void save_unet2d_condition(const UNet2DConditionModel& model, const std::string& dir);

@@ -53,7 +53,7 @@ void load_state_dict(torch::nn::Module& m, const StateDict& sd, const std::strin
   torch::NoGradGuard ng;
   for (auto& [k, v] : own) {
     const auto& src = sd.at(k);
-    v.copy_(src.to(v.device(), v.scalar_type()));
+    v.copy_(src);  // converts the dtype (and device) in one pass
   }
 }
 

@@ -164,7 +164,7 @@ std::shared_ptr<SDTextEncoder> load_text_encoder(const std::string& dir, const s
 // text embeddings (diffusers raises at the first call when they disagree; this says it at load).
 void check_xl_conditioning(SDPipeline& p, const std::string& source) {
   if (!p.is_xl()) return;
-  const auto& c = p.unet->config();
+  const auto& c = p.unet_cfg();
   if (p.text_2) {
     const int64_t pooled = p.text_2->model->config().projection_dim;
     const int64_t k = c.num_time_ids(pooled);
@@ -183,9 +183,9 @@ void check_xl_conditioning(SDPipeline& p, const std::string& source) {
 }  // namespace
 
 std::string SDPipeline::architecture() const {
-  std::string a = is_xl() ? (requires_aesthetics_score ? "SDXL refiner" : "SDXL")
-                  : unet->config().cross_attention_dim.at(0) == 1024 ? "SD2"
-                                                                     : "SD1";
+  std::string a = is_xl()                                        ? (requires_aesthetics_score ? "SDXL refiner" : "SDXL")
+                  : unet_cfg().cross_attention_dim.at(0) == 1024 ? "SD2"
+                                                                 : "SD1";
   if (is_inpaint_model()) a += " inpainting";
   return a;
 }
@@ -200,12 +200,12 @@ std::vector<const SDTextEncoder*> SDPipeline::text_encoders() const {
 int64_t SDPipeline::pooled_dim() const {
   if (!is_xl()) return 0;
   if (text_2) return text_2->model->config().projection_dim;
-  const auto& c = unet->config();
+  const auto& c = unet_cfg();
   return c.projection_class_embeddings_input_dim.value_or(0) - num_time_ids() * c.addition_time_embed_dim.value_or(0);
 }
 
 SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
-                            bool int8_weights) {
+                            bool int8_weights, const SDComponents& parts) {
   if (!fs::is_directory(dir)) throw Error(dir + ": model folder not found");
   check_compute_dtype(device, dtype);
   if (!fs::exists(dir + "/model_index.json"))
@@ -233,31 +233,38 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
   if (!fs::exists(sched)) throw Error(dir + ": missing scheduler/scheduler_config.json");
   p.scheduler = load_scheduler_config(sched);
   p.scheduler_class = read_json_file(sched).value("_class_name", std::string("DDIMScheduler"));
-  p.unet = load_unet2d_condition(dir + "/unet");
-  if (xl != p.unet->config().text_time())
+  p.unet_config = read_unet2d_condition_config(dir + "/unet");
+  p.vae_config = read_autoencoder_kl_config(dir + "/vae");
+  if (xl != p.unet_config.text_time())
     throw Error(dir + ": pipeline class " + cls +
                 (xl ? " needs an SDXL UNet (addition_embed_type text_time)"
                     : " cannot run an SDXL UNet (addition_embed_type text_time)"));
   // fp16 / bf16 weights computed in fp32 go back to their 16-bit dtype (exact) and are upcast
   // block by block while they run, as for single files.
   // int8: quantised from the file's values (read as float32), the rest kept as for fp32 compute.
-  const auto unet_stored = dtype == torch::kFloat32 || int8_weights
-                               ? model_io::stored_half_dtype(dir + "/unet", "diffusion_pytorch_model.safetensors")
-                               : std::nullopt;
-  if (int8_weights) {
-    make_int8(*p.unet, int8_rest_dtype(dtype, unet_stored.value_or(torch::kFloat32)));
-    p.unet->to(device);
-    p.unet->set_compute_dtype(dtype);
-  } else {
-    p.unet->to(device, unet_stored.value_or(dtype));
-    if (unet_stored) p.unet->set_compute_dtype(torch::kFloat32);
+  if (parts.unet) {
+    p.unet = load_unet2d_condition(dir + "/unet");
+    const auto unet_stored = dtype == torch::kFloat32 || int8_weights
+                                 ? model_io::stored_half_dtype(dir + "/unet", "diffusion_pytorch_model.safetensors")
+                                 : std::nullopt;
+    if (int8_weights) {
+      make_int8(*p.unet, int8_rest_dtype(dtype, unet_stored.value_or(torch::kFloat32)));
+      p.unet->to(device);
+      p.unet->set_compute_dtype(dtype);
+    } else {
+      p.unet->to(device, unet_stored.value_or(dtype));
+      if (unet_stored) p.unet->set_compute_dtype(torch::kFloat32);
+    }
   }
   // The VAE always runs in float32 (what SDXL's force_upcast asks for: its fp16 decoder overflows).
-  p.vae = load_autoencoder_kl(dir + "/vae");
-  p.vae->to(device);
-  if (with_first) p.text = load_text_encoder(dir, "text_encoder", "tokenizer", device, dtype, int8_weights);
+  if (parts.vae) {
+    p.vae = load_autoencoder_kl(dir + "/vae");
+    p.vae->to(device);
+  }
+  if (with_first && parts.text_encoders)
+    p.text = load_text_encoder(dir, "text_encoder", "tokenizer", device, dtype, int8_weights);
   if (xl) {
-    if (with_text_encoder)
+    if (with_text_encoder && parts.text_encoders)
       p.text_2 = load_text_encoder(dir, "text_encoder_2", "tokenizer_2", device, dtype, int8_weights);
     if (p.text_2 && !p.text_2->model->config().with_projection)
       throw Error(dir + "/text_encoder_2: SDXL needs a CLIPTextModelWithProjection (its pooled text_embeds)");
@@ -276,7 +283,7 @@ SDPipeline SDPipeline::load(const std::string& dir, torch::Device device, torch:
 }
 
 SDPipeline load_single_file(const std::string& path, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
-                            const LdmConfigOverrides& overrides, bool int8_weights) {
+                            const LdmConfigOverrides& overrides, bool int8_weights, const SDComponents& parts) {
   check_compute_dtype(device, dtype);
   auto file = safetensors::File::open(path);
   TensorMap all;
@@ -296,39 +303,45 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
   p.scheduler.set_alpha_to_one = false;
   // SDXL checkpoints come with diffusers' SDXL scheduler (Euler, leading spacing)
   p.scheduler_class = ck.xl ? "EulerDiscreteScheduler" : "DDIMScheduler";
+  p.unet_config = ck.unet_config;
+  p.vae_config = ck.vae_config;
   // fp16 / bf16 weights computed in fp32 stay 16-bit in memory; the UNet upcasts one layer at a
   // time and the text encoder as a whole while it runs (same results, about half the memory).
   // int8 weights are quantised from the file's values part by part as they are loaded.
-  const auto unet_stored = uniform_half_dtype(ck.unet);
-  const bool unet_resident = (dtype == torch::kFloat32 || int8_weights) && unet_stored.has_value();
-  {
-    // no float32 copy of a 16-bit UNet
-    DefaultDtype as(unet_resident                                ? *unet_stored
-                    : dtype == torch::kBFloat16 && !int8_weights ? dtype
-                                                                 : torch::kFloat32);
-    nn::SkipInitGuard every_weight_is_loaded;
-    p.unet = UNet2DConditionModel(ck.unet_config);
+  if (parts.unet) {
+    const auto unet_stored = uniform_half_dtype(ck.unet);
+    const bool unet_resident = (dtype == torch::kFloat32 || int8_weights) && unet_stored.has_value();
+    {
+      // no float32 copy of a 16-bit UNet
+      DefaultDtype as(unet_resident                                ? *unet_stored
+                      : dtype == torch::kBFloat16 && !int8_weights ? dtype
+                                                                   : torch::kFloat32);
+      nn::SkipInitGuard every_weight_is_loaded;
+      p.unet = UNet2DConditionModel(ck.unet_config);
+    }
+    load_in_parts(*p.unet, "", ck.unet, path + " (UNet)", int8_weights);
+    p.unet->eval();
+    if (int8_weights) {
+      make_int8(*p.unet, int8_rest_dtype(dtype, unet_stored.value_or(torch::kFloat32)));
+      p.unet->to(device);
+      p.unet->set_compute_dtype(dtype);
+    } else if (unet_resident) {
+      p.unet->to(device);
+      p.unet->set_compute_dtype(torch::kFloat32);
+    } else {
+      p.unet->to(device, dtype);
+    }
   }
-  load_in_parts(*p.unet, "", ck.unet, path + " (UNet)", int8_weights);
-  p.unet->eval();
-  if (int8_weights) {
-    make_int8(*p.unet, int8_rest_dtype(dtype, unet_stored.value_or(torch::kFloat32)));
-    p.unet->to(device);
-    p.unet->set_compute_dtype(dtype);
-  } else if (unet_resident) {
-    p.unet->to(device);
-    p.unet->set_compute_dtype(torch::kFloat32);
-  } else {
-    p.unet->to(device, dtype);
+  if (parts.vae) {
+    {
+      nn::SkipInitGuard every_weight_is_loaded;
+      p.vae = AutoencoderKL(ck.vae_config);
+    }
+    load_in_parts(*p.vae, "", ck.vae, path + " (VAE)");
+    p.vae->eval();
+    p.vae->to(device);
   }
-  {
-    nn::SkipInitGuard every_weight_is_loaded;
-    p.vae = AutoencoderKL(ck.vae_config);
-  }
-  load_in_parts(*p.vae, "", ck.vae, path + " (VAE)");
-  p.vae->eval();
-  p.vae->to(device);
-  if (with_text_encoder) {
+  if (with_text_encoder && parts.text_encoders) {
     // Tokenizers: SD 1.x and SDXL's CLIP-L pad with <|endoftext|>, OpenCLIP encoders with '!'.
     auto make = [&](const CLIPTextConfig& cfg, const TensorMap& weights, const std::string& pad,
                     const std::string& what) {
@@ -371,7 +384,8 @@ SDPipeline load_single_file(const std::string& path, torch::Device device, torch
 }
 
 SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype dtype, bool with_text_encoder,
-                   const std::string& prediction, const std::string& config_dir, bool int8_weights) {
+                   const std::string& prediction, const std::string& config_dir, bool int8_weights,
+                   const SDComponents& parts) {
   SDPipeline p;
   if (!config_dir.empty() && !fs::is_regular_file(path))
     throw Error(config_dir + ": a config folder applies to single-file checkpoints only");
@@ -390,14 +404,14 @@ SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype d
         if (fs::exists(config_dir + "/" + dir + "/config.json"))
           *json = read_json_file(config_dir + "/" + dir + "/config.json");
     }
-    p = load_single_file(path, device, dtype, with_text_encoder, over, int8_weights);
+    p = load_single_file(path, device, dtype, with_text_encoder, over, int8_weights, parts);
     const std::string sched = config_dir + "/scheduler/scheduler_config.json";
     if (!config_dir.empty() && fs::exists(sched)) {
       p.scheduler = load_scheduler_config(sched);
       p.scheduler_class = read_json_file(sched).value("_class_name", p.scheduler_class);
     }
   } else {
-    p = SDPipeline::load(path, device, dtype, with_text_encoder, int8_weights);
+    p = SDPipeline::load(path, device, dtype, with_text_encoder, int8_weights, parts);
   }
   if (!prediction.empty()) {
     parse_prediction(prediction);
@@ -406,8 +420,32 @@ SDPipeline load_sd(const std::string& path, torch::Device device, torch::Dtype d
   return p;
 }
 
+void merge_components(SDPipeline& pipe, SDPipeline&& from) {
+  if (!pipe.unet) pipe.unet = std::move(from.unet);
+  if (!pipe.vae) pipe.vae = std::move(from.vae);
+  if (!pipe.has_text_encoder()) {
+    pipe.text = std::move(from.text);
+    pipe.text_2 = std::move(from.text_2);
+  }
+}
+
+void release_components(SDPipeline& pipe, const SDComponents& keep) {
+  if (!keep.unet && pipe.unet) {
+    pipe.unet_config = pipe.unet->config();
+    pipe.unet = nullptr;
+  }
+  if (!keep.vae && pipe.vae) {
+    pipe.vae_config = pipe.vae->config();
+    pipe.vae = nullptr;
+  }
+  if (!keep.text_encoders) {
+    pipe.text.reset();
+    pipe.text_2.reset();
+  }
+}
+
 void replace_vae(SDPipeline& pipe, const std::string& path) {
-  AutoencoderKLConfig cfg = pipe.vae->config();
+  AutoencoderKLConfig cfg = pipe.vae_cfg();
   TensorMap sd;
   if (fs::is_directory(path)) {
     sd = model_io::load_weights(path, "AutoencoderKL");
@@ -431,11 +469,12 @@ void replace_vae(SDPipeline& pipe, const std::string& path) {
 }
 
 int SDPipeline::default_size() const {
-  const auto& s = unet->config().sample_size;
+  const auto& s = unet_cfg().sample_size;
   return static_cast<int>((s.empty() ? 64 : s[0]) * vae_scale_factor());
 }
 
 LatentDistribution SDPipeline::encode(const torch::Tensor& images) const {
+  if (!vae) throw Error(source + ": the VAE is not loaded");
   torch::NoGradGuard ng;
   AutoencoderKL v = vae;
   auto post = vae_encode(v, images.to(device, torch::kFloat32), vae_tiling);
@@ -446,6 +485,7 @@ LatentDistribution SDPipeline::encode(const torch::Tensor& images) const {
 }
 
 torch::Tensor SDPipeline::decode(const torch::Tensor& latents) const {
+  if (!vae) throw Error(source + ": the VAE is not loaded");
   torch::NoGradGuard ng;
   AutoencoderKL v = vae;
   const auto& c = v->config();
@@ -455,6 +495,7 @@ torch::Tensor SDPipeline::decode(const torch::Tensor& latents) const {
 }
 
 CondDenoiser SDPipeline::denoiser(bool quantize, bool clamp) const {
+  if (!unet) throw Error(source + ": the UNet is not loaded");
   UNet2DConditionModel net = unet;
   const torch::Dtype dt = dtype;
   ModelFn model = [net, dt](const torch::Tensor& x, const torch::Tensor& t, const Cond& cond) mutable {
@@ -604,6 +645,44 @@ int64_t denoising_split(const SDPipeline& pipe, const torch::Tensor& sigmas, dou
   return n;
 }
 
+PromptEmbeddings encode_prompts(const SDPipeline& pipe, const SDOptions& opt) {
+  torch::NoGradGuard no_grad;
+  PromptEmbeddings pe;
+  torch::Tensor &cond_embeds = pe.cond, &uncond_embeds = pe.uncond, &cond_pooled = pe.cond_pooled,
+                &uncond_pooled = pe.uncond_pooled;
+  const bool guided = opt.guidance > 1.0;
+  const bool xl = pipe.is_xl();
+  auto encode = [&](const std::string& prompt, torch::Tensor& embeds, torch::Tensor& pooled) {
+    auto e = encode_prompt(pipe, prompt, opt.clip_skip);
+    embeds = e.embeds;
+    pooled = e.pooled;
+  };
+  if (opt.prompt_embeds.defined()) {
+    cond_embeds = opt.prompt_embeds;
+    cond_pooled = opt.pooled_prompt_embeds;
+    if (xl && !cond_pooled.defined())
+      throw Error("pooled_prompt_embeds: SDXL needs them with prompt_embeds (the second text encoder's text_embeds)");
+  } else {
+    encode(opt.prompt, cond_embeds, cond_pooled);
+  }
+  if (guided) {
+    if (opt.negative_prompt_embeds.defined()) {
+      uncond_embeds = opt.negative_prompt_embeds;
+      uncond_pooled = opt.negative_pooled_prompt_embeds;
+      if (xl && !uncond_pooled.defined())
+        throw Error("negative_pooled_prompt_embeds: SDXL needs them with negative_prompt_embeds");
+    } else if (xl && opt.negative_prompt.empty() && pipe.force_zeros_for_empty_prompt) {
+      // diffusers' force_zeros_for_empty_prompt: no negative prompt conditions on zeros
+      uncond_embeds = torch::zeros_like(cond_embeds);
+      uncond_pooled = torch::zeros_like(cond_pooled);
+    } else {
+      encode(opt.negative_prompt, uncond_embeds, uncond_pooled);
+    }
+    match_prompt_lengths(pipe.text_encoders(), cond_embeds, uncond_embeds, opt.clip_skip);
+  }
+  return pe;
+}
+
 SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   SDOptions opt = opt_in;
   if (opt.n < 1) throw Error("-n " + std::to_string(opt.n) + ": must be at least 1");
@@ -667,35 +746,9 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   torch::NoGradGuard no_grad;
   const bool guided = opt.guidance > 1.0;
   const bool xl = pipe.is_xl();
-  auto encode = [&](const std::string& prompt, torch::Tensor& embeds, torch::Tensor& pooled) {
-    auto e = encode_prompt(pipe, prompt, opt.clip_skip);
-    embeds = e.embeds;
-    pooled = e.pooled;
-  };
-  torch::Tensor cond_embeds, uncond_embeds, cond_pooled, uncond_pooled;
-  if (opt.prompt_embeds.defined()) {
-    cond_embeds = opt.prompt_embeds;
-    cond_pooled = opt.pooled_prompt_embeds;
-    if (xl && !cond_pooled.defined())
-      throw Error("pooled_prompt_embeds: SDXL needs them with prompt_embeds (the second text encoder's text_embeds)");
-  } else {
-    encode(opt.prompt, cond_embeds, cond_pooled);
-  }
-  if (guided) {
-    if (opt.negative_prompt_embeds.defined()) {
-      uncond_embeds = opt.negative_prompt_embeds;
-      uncond_pooled = opt.negative_pooled_prompt_embeds;
-      if (xl && !uncond_pooled.defined())
-        throw Error("negative_pooled_prompt_embeds: SDXL needs them with negative_prompt_embeds");
-    } else if (xl && opt.negative_prompt.empty() && pipe.force_zeros_for_empty_prompt) {
-      // diffusers' force_zeros_for_empty_prompt: no negative prompt conditions on zeros
-      uncond_embeds = torch::zeros_like(cond_embeds);
-      uncond_pooled = torch::zeros_like(cond_pooled);
-    } else {
-      encode(opt.negative_prompt, uncond_embeds, uncond_pooled);
-    }
-    match_prompt_lengths(pipe.text_encoders(), cond_embeds, uncond_embeds, opt.clip_skip);
-  }
+  const PromptEmbeddings pe = encode_prompts(pipe, opt);
+  const torch::Tensor &cond_embeds = pe.cond, &uncond_embeds = pe.uncond, &cond_pooled = pe.cond_pooled,
+                      &uncond_pooled = pe.uncond_pooled;
   const int64_t ctx = pipe.unet->config().cross_attention_dim.at(0);
   for (const auto* e : {&cond_embeds, &uncond_embeds})
     if (e->defined() && (e->dim() != 3 || e->size(2) != ctx))
@@ -721,7 +774,7 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
   res.latents = torch::zeros({opt.n, C, h, w});
   res.noise = torch::zeros({opt.n, C, h, w});
   res.x_end = torch::zeros({opt.n, C, h, w});
-  if (handoff_end) res.samples = torch::Tensor();
+  if (handoff_end || !opt.decode) res.samples = torch::Tensor();
   const int bs = std::max(1, opt.batch_size);
   for (int start = 0, batch = 0; start < opt.n; start += bs, ++batch) {
     if (batch % opt.shards != opt.shard) continue;
@@ -811,9 +864,21 @@ SDResult generate(const SDPipeline& pipe, const SDOptions& opt_in) {
     if (latent_mask.defined()) lat = lat * latent_mask + init * (1 - latent_mask);
     res.latents.slice(0, start, end).copy_(lat);
     if (sigmas.size(0) < 2) res.x_end.slice(0, start, end).copy_(lat);
-    if (!handoff_end) res.samples.slice(0, start, end).copy_(pipe.decode(lat));
+    if (!handoff_end && opt.decode) res.samples.slice(0, start, end).copy_(pipe.decode(lat));
   }
   return res;
+}
+
+torch::Tensor decode_samples(const SDPipeline& pipe, const SDOptions& opt, const torch::Tensor& latents) {
+  auto samples = torch::zeros(
+      {latents.size(0), 3, latents.size(2) * pipe.vae_scale_factor(), latents.size(3) * pipe.vae_scale_factor()});
+  const int64_t n = latents.size(0), bs = std::max(1, opt.batch_size);
+  for (int64_t start = 0, batch = 0; start < n; start += bs, ++batch)
+    if (batch % opt.shards == opt.shard) {
+      const int64_t end = std::min(n, start + bs);
+      samples.slice(0, start, end).copy_(pipe.decode(latents.slice(0, start, end)));
+    }
+  return samples;
 }
 
 std::string sd_generation_parameters(const SDPipeline& pipe, const SDOptions& opt, int index) {

@@ -30,9 +30,20 @@
 
 namespace diffuse {
 
+// The components a load builds. A one-shot run can load them one at a time as it needs them
+// (text encoders, then the UNet, then the VAE) and release each when done with it
+// (release_components), so that its peak memory is that of its largest component rather than of
+// all of them together. The pipeline's configuration (architecture, sizes) is known without them.
+struct SDComponents {
+  bool text_encoders = true, unet = true, vae = true;
+};
+
 struct SDPipeline {
-  UNet2DConditionModel unet{nullptr};
-  AutoencoderKL vae{nullptr};
+  UNet2DConditionModel unet{nullptr};  // null when not loaded (SDComponents)
+  AutoencoderKL vae{nullptr};          // null when not loaded
+  // The UNet's and the VAE's configurations while they are not loaded (see unet_cfg / vae_cfg).
+  UNet2DConditionConfig unet_config;
+  AutoencoderKLConfig vae_config;
   VaeTiling vae_tiling;                 // tiled encode / decode for large images (vae_tiling.h)
   std::shared_ptr<SDTextEncoder> text;  // null when the pipeline was loaded without it
   // SDXL's text_encoder_2 (CLIPTextModelWithProjection, OpenCLIP bigG) with tokenizer_2; an SDXL
@@ -57,14 +68,18 @@ struct SDPipeline {
   // computed in fp32 stay 16-bit in memory (upcast while they run; identical results). `with_text_encoder` false skips
   // text_encoder/ and tokenizer/ (prompt embeddings must then be given). `int8_weights`: see
   // the member (quantised from the weights as the files hold them).
+  // `parts`: the components built (the rest stay null).
   static SDPipeline load(const std::string& dir, torch::Device device = torch::kCPU,
-                         torch::Dtype dtype = torch::kFloat32, bool with_text_encoder = true,
-                         bool int8_weights = false);
+                         torch::Dtype dtype = torch::kFloat32, bool with_text_encoder = true, bool int8_weights = false,
+                         const SDComponents& parts = {});
   // Whether `dir` holds a Stable Diffusion pipeline (model_index.json with a StableDiffusion* class).
   static bool is_sd_folder(const std::string& dir);
 
   // SDXL: a UNet with added text_time conditioning (pooled text embeddings and time ids).
-  bool is_xl() const { return unet->config().text_time(); }
+  bool is_xl() const { return unet_cfg().text_time(); }
+  // The UNet's / VAE's configuration: the module's when it is loaded, else the one kept.
+  const UNet2DConditionConfig& unet_cfg() const { return unet ? unet->config() : unet_config; }
+  const AutoencoderKLConfig& vae_cfg() const { return vae ? vae->config() : vae_config; }
   // "SD1", "SD2", "SDXL", "SDXL refiner" (plus " inpainting" for 9-channel UNets).
   std::string architecture() const;
   // The text encoders in diffusers' order (text_encoder, text_encoder_2; those loaded).
@@ -74,9 +89,11 @@ struct SDPipeline {
   int64_t pooled_dim() const;
   int64_t num_time_ids() const { return requires_aesthetics_score ? 5 : 6; }
 
-  int64_t vae_scale_factor() const { return vae->config().downsample_factor(); }
-  int64_t latent_channels() const { return vae->config().latent_channels; }
-  bool is_inpaint_model() const { return unet->config().in_channels == 9; }
+  int64_t vae_scale_factor() const { return vae_cfg().downsample_factor(); }
+  int64_t latent_channels() const { return vae_cfg().latent_channels; }
+  bool is_inpaint_model() const { return unet_cfg().in_channels == 9; }
+  // Which components are loaded.
+  SDComponents loaded() const { return {has_text_encoder(), static_cast<bool>(unet), static_cast<bool>(vae)}; }
   // Default image size: the UNet's sample_size times the VAE factor.
   int default_size() const;
 
@@ -101,13 +118,18 @@ struct SDPipeline {
 // `int8_weights` (SDPipeline::int8_weights): quantised part by part while loading.
 SDPipeline load_single_file(const std::string& path, torch::Device device = torch::kCPU,
                             torch::Dtype dtype = torch::kFloat32, bool with_text_encoder = true,
-                            const LdmConfigOverrides& overrides = {}, bool int8_weights = false);
+                            const LdmConfigOverrides& overrides = {}, bool int8_weights = false,
+                            const SDComponents& parts = {});
 // `config_dir` (single files only, "" = none): a diffusers pipeline folder whose unet/, vae/,
 // text_encoder/ config.json and scheduler/ config replace what the tensors cannot tell (diffusers'
 // from_single_file(config=...)); its weights are not read.
 SDPipeline load_sd(const std::string& path, torch::Device device = torch::kCPU, torch::Dtype dtype = torch::kFloat32,
                    bool with_text_encoder = true, const std::string& prediction = "",
-                   const std::string& config_dir = "", bool int8_weights = false);
+                   const std::string& config_dir = "", bool int8_weights = false, const SDComponents& parts = {});
+// Moves the components of `from` that `pipe` lacks into it (both loaded from the same model with
+// other SDComponents), and drops those `keep` does not name; the configuration stays.
+void merge_components(SDPipeline& pipe, SDPipeline&& from);
+void release_components(SDPipeline& pipe, const SDComponents& keep);
 
 // SDXL micro-conditioning (diffusers' original_size, crops_coords_top_left, target_size,
 // aesthetic_score and their negative_* counterparts), as (height, width) and (top, left) pairs.
@@ -172,6 +194,9 @@ struct SDOptions {
   // x_end of the first model, in the sampler's sigma-scaled form), ignoring image and strength.
   double denoising_end = NAN, denoising_start = NAN;
   torch::Tensor start_latents;
+  // false: the latents are not decoded (SDResult::samples undefined); decode_samples decodes them
+  // later, as a one-shot run does after releasing the UNet.
+  bool decode = true;
   StepCallback callback;
 };
 
@@ -189,6 +214,19 @@ struct SDResult {
 int64_t denoising_split(const SDPipeline& pipe, const torch::Tensor& sigmas, double fraction);
 
 SDResult generate(const SDPipeline& pipe, const SDOptions& opt);
+
+// The images of a generation run with `decode` false: its latents decoded batch by batch (the
+// rows of the shard's batches; the others stay zero).
+torch::Tensor decode_samples(const SDPipeline& pipe, const SDOptions& opt, const torch::Tensor& latents);
+
+// The prompt embeddings a generation conditions on: the options' embeddings where given, else
+// their prompts encoded (SDXL: zeros for an empty negative prompt where the model asks for them),
+// the negative ones (with guidance only) matched to the positive's length. Passing them back as
+// the options' embeddings gives the same generation without the text encoders.
+struct PromptEmbeddings {
+  torch::Tensor cond, uncond, cond_pooled, uncond_pooled;
+};
+PromptEmbeddings encode_prompts(const SDPipeline& pipe, const SDOptions& opt);
 
 // SDXL time ids [1, 5 or 6] for an output of height x width (diffusers' _get_add_time_ids):
 // [orig_h, orig_w, crop_top, crop_left, target_h, target_w], or for refiners
