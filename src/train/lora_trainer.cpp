@@ -621,28 +621,25 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
       }
     }
   };
-  cb.progress_text = [&] {
-    char text[96];
-    if (prior)
-      std::snprintf(text, sizeof text, "loss %.4f (instance %.4f prior %.4f) lr %.2e", smooth, smooth_instance,
-                    smooth_prior, lr);
-    else
-      std::snprintf(text, sizeof text, "loss %.4f lr %.2e", smooth, lr);
-    return std::string(text);
-  };
-  cb.metrics_row = [&](int64_t step, double ips, double seconds, double) {
-    char row[192];
-    std::snprintf(row, sizeof row, "%lld,%.9g,%.6g,%.1f,%.1f", static_cast<long long>(step), smooth, lr, ips, seconds);
-    std::string line = row;
-    if (prior) {
+  LossReport report;
+  report.loss = &smooth;
+  report.lr = &lr;
+  report.loss_digits = 9;
+  if (prior) {
+    report.progress_detail = [&] {
+      char text[96];
+      std::snprintf(text, sizeof text, " (instance %.4f prior %.4f)", smooth_instance, smooth_prior);
+      return std::string(text);
+    };
+    report.extra_columns = [&](double) {
+      char row[96];
       std::snprintf(row, sizeof row, ",%.9g,%.9g", smooth_instance, smooth_prior);
-      line += row;
-    }
-    return line + "\n";
-  };
+      return std::string(row);
+    };
+  }
+  set_loss_callbacks(cb, report);
   cb.save = save_all;
   cb.plots = [&] { plot_loss(dir); };
-  cb.finish_text = [&] { return "loss " + std::to_string(smooth); };
   std::vector<std::string> prompts = opt.sample_prompts;
   for (const auto& c : data.captions)
     if (prompts.empty() || (opt.sample_prompts.empty() && prompts.size() < 4 &&

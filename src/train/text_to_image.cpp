@@ -513,21 +513,13 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
       smooth = std::isnan(smooth) ? step_loss : 0.98 * smooth + 0.02 * step_loss;
     }
   };
-  cb.progress_text = [&] {
-    char text[96];
-    std::snprintf(text, sizeof text, "loss %.4f lr %.2e", smooth, lr);
-    return std::string(text);
-  };
-  cb.metrics_row = [&](int64_t step, double ips, double seconds, double) {
-    char row[160];
-    std::snprintf(row, sizeof row, "%lld,%.6g,%.6g,%.1f,%.1f\n", static_cast<long long>(step), smooth, lr, ips,
-                  seconds);
-    return std::string(row);
-  };
+  LossReport report;
+  report.loss = &smooth;
+  report.lr = &lr;
+  set_loss_callbacks(cb, report);
   cb.save = save_all;
   cb.plots = [&] { write_t2i_loss_plot(out); };
   cb.sample = write_grid;
-  cb.finish_text = [&] { return "loss " + std::to_string(smooth); };
   LoopOptions lo;
   lo.label = "train";
   lo.out = out;

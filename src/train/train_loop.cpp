@@ -112,6 +112,25 @@ LoopResult run_training_loop(const LoopOptions& opt, LoopState& state, const Loo
   return result;
 }
 
+void set_loss_callbacks(LoopCallbacks& cb, const LossReport& report) {
+  if (!report.loss || !report.lr) throw Error("loss report: loss and lr are required");
+  const double* loss = report.loss;
+  const double* lr = report.lr;
+  cb.progress_text = [loss, lr, detail = report.progress_detail] {
+    char text[96];
+    std::snprintf(text, sizeof text, "loss %.4f%s lr %.2e", *loss, detail ? detail().c_str() : "", *lr);
+    return std::string(text);
+  };
+  cb.metrics_row = [loss, lr, digits = report.loss_digits, extra = report.extra_columns](int64_t step, double ips,
+                                                                                         double seconds, double eval) {
+    char row[192];
+    std::snprintf(row, sizeof row, "%lld,%.*g,%.6g,%.1f,%.1f", static_cast<long long>(step), digits, *loss, *lr, ips,
+                  seconds);
+    return std::string(row) + (extra ? extra(eval) : std::string()) + "\n";
+  };
+  cb.finish_text = [loss] { return "loss " + std::to_string(*loss); };
+}
+
 void trim_metrics(const std::string& path, int64_t step) {
   if (!fs::exists(path)) return;
   std::istringstream in(read_file(path));

@@ -66,6 +66,23 @@ struct LoopResult {
   bool interrupted = false;  // stopped by train_stop_flag(); a checkpoint was written
 };
 
+// The loss report of a trainer that keeps a smoothed loss and the learning rate of the last step:
+// the progress line "loss L lr R", the final line "loss L" and metrics.csv rows that begin
+// step,loss,lr,img_per_s,elapsed_s. `loss` and `lr` are read each time the loop asks.
+struct LossReport {
+  const double* loss = nullptr;
+  const double* lr = nullptr;
+  int loss_digits = 6;  // significant digits of the loss in metrics.csv
+  // Optional: text right after the loss on the progress line.
+  std::function<std::string()> progress_detail;
+  // Optional: the trainer's further metrics.csv columns, each with its leading comma, given the
+  // evaluation's value at the row's step (NaN when none).
+  std::function<std::string(double eval)> extra_columns;
+};
+
+// Sets cb.progress_text, cb.metrics_row and cb.finish_text from `report`.
+void set_loss_callbacks(LoopCallbacks& cb, const LossReport& report);
+
 // Runs steps state.step .. opt.steps - 1 (resets train_stop_flag() first).
 LoopResult run_training_loop(const LoopOptions& opt, LoopState& state, const LoopCallbacks& cb);
 

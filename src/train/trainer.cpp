@@ -95,13 +95,11 @@ const std::vector<std::string> kResumeKeys = {"data",       "config",        "la
                                               "seed",       "flip",          "class_dropout",
                                               "init",       "task",          "scale"};
 
-std::string csv_line(int64_t step, double loss, double lr, double ips, double elapsed, double fid) {
-  char buf[160];
-  if (std::isnan(fid))
-    std::snprintf(buf, sizeof buf, "%lld,%.6g,%.6g,%.1f,%.1f,\n", static_cast<long long>(step), loss, lr, ips, elapsed);
-  else
-    std::snprintf(buf, sizeof buf, "%lld,%.6g,%.6g,%.1f,%.1f,%.4g\n", static_cast<long long>(step), loss, lr, ips,
-                  elapsed, fid);
+// The fid column of metrics.csv (empty without an evaluation at the row's step).
+std::string fid_column(double fid) {
+  if (std::isnan(fid)) return ",";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, ",%.4g", fid);
   return buf;
 }
 
@@ -463,14 +461,11 @@ TrainResult train(const TrainOptions& opt) {
     }
     // A skipped step still consumes its batch, so resuming sees the same data order.
   };
-  cb.progress_text = [&] {
-    char text[96];
-    std::snprintf(text, sizeof text, "loss %.4f lr %.2e", smooth_loss, lr);
-    return std::string(text);
-  };
-  cb.metrics_row = [&](int64_t step, double ips, double seconds, double fid) {
-    return csv_line(step, smooth_loss, lr, ips, seconds, fid);
-  };
+  LossReport report;
+  report.loss = &smooth_loss;
+  report.lr = &lr;
+  report.extra_columns = fid_column;
+  set_loss_callbacks(cb, report);
   cb.save = [&] {
     save_checkpoint(ckpt_dir, CheckpointState{state.step, smooth_loss, state.trained_seconds, opts_now}, model.module(),
                     ema.module(), optimizer);
@@ -488,7 +483,6 @@ TrainResult train(const TrainOptions& opt) {
     }
   };
   if (opt.evaluate) cb.evaluate = [&](int64_t) { return opt.evaluate(out); };
-  cb.finish_text = [&] { return "loss " + std::to_string(smooth_loss); };
   const LoopResult lr_result = run_training_loop(lo, state, cb);
 
   TrainResult result;

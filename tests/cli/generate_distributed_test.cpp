@@ -2,11 +2,7 @@
 // batches across processes (`--nproc-per-node`, or torchrun's variables) and rank 0 writes what one
 // process writes: the same PNG bytes, the same metrics. A rank that dies stops the others with its name.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -16,74 +12,24 @@
 
 #include "core/atomic_file.h"
 #include "fixtures.h"
+#include "processes.h"
 
 namespace diffuse {
 namespace {
 
 namespace fs = std::filesystem;
+using test::free_port;
+using test::log_text;
+using test::spawn_cli;
 using test::TempDir;
+using test::torchrun_env;
+using test::wait_for_exit;
+using test::with_args;
 
-int shard_free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
+// One process, stopped after 60 s.
+test::CliRun shard_run(const std::vector<std::string>& args, const std::string& log) {
+  return test::run_cli_logged(args, log, 60);
 }
-
-// `diffuse ARGS...` with extra environment variables, stdout and stderr into `log`.
-pid_t shard_spawn(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,
-                  const std::string& log) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
-    setenv("OMP_NUM_THREADS", "1", 1);
-    std::vector<char*> argv{const_cast<char*>("diffuse")};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    if (!freopen(log.c_str(), "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(126);
-    execv(DIFFUSE_CLI, argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// Exit status (128 + signal when killed); a process still running after `limit_s` is killed and
-// reported as -1, so no test waits forever.
-int shard_wait(pid_t pid, double limit_s) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int>(limit_s * 1000));
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-struct ShardRun {
-  int code;
-  std::string output;
-};
-
-ShardRun shard_run(const std::vector<std::string>& args, const std::string& log, double limit_s = 60) {
-  const int code = shard_wait(shard_spawn(args, {}, log), limit_s);
-  return {code, fs::exists(log) ? read_file(log) : ""};
-}
-
-std::vector<std::string> shard_with(std::vector<std::string> args, const std::vector<std::string>& more) {
-  args.insert(args.end(), more.begin(), more.end());
-  return args;
-}
-
-std::string shard_log(const std::string& path) { return fs::exists(path) ? read_file(path) : ""; }
 
 std::string shard_model(const std::string& name) { return std::string(DIFFUSE_SOURCE_DIR) + "/models/" + name; }
 
@@ -106,9 +52,9 @@ std::vector<std::string> shard_generate_args(const std::string& out) {
 
 TEST(ShardedGeneration, TwoProcessesWriteTheSamePngsAsOne) {
   TempDir dir;
-  auto one = shard_run(shard_with(shard_generate_args(dir / "one/"), {"--threads", "1"}), dir / "one.log");
+  auto one = shard_run(with_args(shard_generate_args(dir / "one/"), {"--threads", "1"}), dir / "one.log");
   ASSERT_EQ(one.code, 0) << one.output;
-  auto two = shard_run(shard_with(shard_generate_args(dir / "two/"), {"--nproc-per-node", "2", "--threads", "2"}),
+  auto two = shard_run(with_args(shard_generate_args(dir / "two/"), {"--nproc-per-node", "2", "--threads", "2"}),
                        dir / "two.log");
   ASSERT_EQ(two.code, 0) << two.output;
   EXPECT_NE(two.output.find("2 processes on this machine, 1 thread each"), std::string::npos) << two.output;
@@ -125,17 +71,15 @@ TEST(ShardedGeneration, TwoProcessesWriteTheSamePngsAsOne) {
   EXPECT_NE(b.at("00000-11.png"), b.at("00006-17.png"));
 
   // A grid, launched as torchrun launches: one process per rank from the environment.
-  auto grid_one = shard_run(shard_with(shard_generate_args(dir / "grid1.png"), {"--threads", "1"}), dir / "g1.log");
+  auto grid_one = shard_run(with_args(shard_generate_args(dir / "grid1.png"), {"--threads", "1"}), dir / "g1.log");
   ASSERT_EQ(grid_one.code, 0) << grid_one.output;
-  const std::string port = std::to_string(shard_free_port());
+  const std::string port = std::to_string(free_port());
   std::vector<pid_t> pids;
   for (int r = 0; r < 2; ++r)
-    pids.push_back(shard_spawn(
-        shard_with(shard_generate_args(dir / "grid2.png"), {"--threads", "1"}),
-        {{"RANK", std::to_string(r)}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}},
-        dir / ("grid-rank" + std::to_string(r) + ".log")));
-  EXPECT_EQ(shard_wait(pids[0], 60), 0) << read_file(dir / "grid-rank0.log");
-  EXPECT_EQ(shard_wait(pids[1], 60), 0) << read_file(dir / "grid-rank1.log");
+    pids.push_back(spawn_cli(with_args(shard_generate_args(dir / "grid2.png"), {"--threads", "1"}),
+                             torchrun_env(r, 2, port), dir / ("grid-rank" + std::to_string(r) + ".log")));
+  EXPECT_EQ(wait_for_exit(pids[0], 60), 0) << read_file(dir / "grid-rank0.log");
+  EXPECT_EQ(wait_for_exit(pids[1], 60), 0) << read_file(dir / "grid-rank1.log");
   ASSERT_TRUE(fs::exists(dir / "grid2.png"));
   EXPECT_TRUE(read_file(dir / "grid1.png") == read_file(dir / "grid2.png"));
   EXPECT_EQ(read_file(dir / "grid-rank1.log").find("wrote"), std::string::npos) << "only rank 0 writes";
@@ -172,9 +116,9 @@ TEST(ShardedGeneration, EvalScoresTwoProcessesSamplesAsOneProcessDoes) {
                                     "--save-samples",
                                     dir / name};
   };
-  auto one = shard_run(shard_with(eval_args("one"), {"--threads", "1"}), dir / "one.log");
+  auto one = shard_run(with_args(eval_args("one"), {"--threads", "1"}), dir / "one.log");
   ASSERT_EQ(one.code, 0) << one.output;
-  auto two = shard_run(shard_with(eval_args("two"), {"--nproc-per-node", "2", "--threads", "2"}), dir / "two.log");
+  auto two = shard_run(with_args(eval_args("two"), {"--nproc-per-node", "2", "--threads", "2"}), dir / "two.log");
   ASSERT_EQ(two.code, 0) << two.output;
   const auto ja = nlohmann::json::parse(read_file(dir / "one.json"));
   const auto jb = nlohmann::json::parse(read_file(dir / "two.json"));
@@ -190,7 +134,7 @@ TEST(ShardedGeneration, EvalScoresTwoProcessesSamplesAsOneProcessDoes) {
 
 TEST(ShardedGeneration, AKilledRankStopsTheOthersWithItsName) {
   TempDir dir;
-  const std::string port = std::to_string(shard_free_port());
+  const std::string port = std::to_string(free_port());
   // Long enough that rank 1 is killed while generating, with a short timeout.
   const std::vector<std::string> args = {"generate",
                                          "--model",
@@ -211,19 +155,17 @@ TEST(ShardedGeneration, AKilledRankStopsTheOthersWithItsName) {
                                          dir / "out/"};
   std::vector<pid_t> pids;
   for (int r = 0; r < 2; ++r)
-    pids.push_back(shard_spawn(
-        args, {{"RANK", std::to_string(r)}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}},
-        dir / ("rank" + std::to_string(r) + ".log")));
+    pids.push_back(spawn_cli(args, torchrun_env(r, 2, port), dir / ("rank" + std::to_string(r) + ".log")));
   // Once rank 1 reports sampling steps (after the rendezvous), it dies.
   const auto start = std::chrono::steady_clock::now();
-  while (shard_log(dir / "rank1.log").find("generate") == std::string::npos &&
+  while (log_text(dir / "rank1.log").find("generate") == std::string::npos &&
          std::chrono::steady_clock::now() - start < std::chrono::seconds(30))
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   ASSERT_NE(read_file(dir / "rank1.log").find("generate"), std::string::npos) << read_file(dir / "rank1.log");
   kill(pids[1], SIGKILL);
   const auto killed = std::chrono::steady_clock::now();
-  EXPECT_EQ(shard_wait(pids[1], 10), 128 + SIGKILL);
-  const int code = shard_wait(pids[0], 60);
+  EXPECT_EQ(wait_for_exit(pids[1], 10), 128 + SIGKILL);
+  const int code = wait_for_exit(pids[0], 60);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
   const std::string log = read_file(dir / "rank0.log");
   std::printf("rank 0 stopped %.1f s after rank 1 was killed\n", took);

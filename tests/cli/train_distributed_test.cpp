@@ -3,11 +3,7 @@
 // batch B trains (same data order, parameters within 1e-5), resume across world sizes, and stop
 // with a clear message when a rank dies or never arrives.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -20,67 +16,23 @@
 #include "core/atomic_file.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
+#include "processes.h"
 #include "train/two_class_data.h"
 
 namespace diffuse {
 namespace {
 
 namespace fs = std::filesystem;
+using test::free_port;
+using test::spawn_cli;
 using test::TempDir;
+using test::torchrun_env;
+using test::wait_for_exit;
+using test::with_args;
 
-int dist_cli_free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-// `diffuse ARGS...` with extra environment variables, stdout and stderr into `log`.
-pid_t dist_spawn(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,
-                 const std::string& log) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
-    setenv("OMP_NUM_THREADS", "1", 1);
-    std::vector<char*> argv{const_cast<char*>("diffuse")};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    if (!freopen(log.c_str(), "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(126);
-    execv(DIFFUSE_CLI, argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// Exit status (128 + signal when killed); a process still running after `limit_s` is killed and
-// reported as -1, so no test waits forever.
-int dist_wait(pid_t pid, double limit_s) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int>(limit_s * 1000));
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-struct DistRun {
-  int code;
-  std::string output;
-};
-
-DistRun dist_run(const std::vector<std::string>& args, const std::string& log, double limit_s = 120) {
-  const int code = dist_wait(dist_spawn(args, {}, log), limit_s);
-  return {code, fs::exists(log) ? read_file(log) : ""};
+// One process, stopped after 120 s.
+test::CliRun dist_run(const std::vector<std::string>& args, const std::string& log) {
+  return test::run_cli_logged(args, log, 120);
 }
 
 // A class-conditional UNet without attention. Attention's key biases get no gradient at all (softmax
@@ -128,11 +80,6 @@ std::vector<std::string> diffusion_args(const TempDir& dir, const std::string& o
           "3",
           "--batch-log",
           dir / (out + ".batches")};
-}
-
-std::vector<std::string> with(std::vector<std::string> args, const std::vector<std::string>& more) {
-  args.insert(args.end(), more.begin(), more.end());
-  return args;
 }
 
 // Lines "micro-batch rows..." of a batch log; with `ranks` > 1 the ranks' files joined line by line.
@@ -195,10 +142,10 @@ TEST(TrainDistributed, TwoProcessesTrainWhatOneProcessTrains) {
   TempDir dir;
   test::write_two_class_set(dir / "data", 24);
   write_dist_unet(dir);
-  auto one = dist_run(with(diffusion_args(dir, "one", 16, 30), {"--threads", "1"}), dir / "one.log");
+  auto one = dist_run(with_args(diffusion_args(dir, "one", 16, 30), {"--threads", "1"}), dir / "one.log");
   ASSERT_EQ(one.code, 0) << one.output;
-  auto two =
-      dist_run(with(diffusion_args(dir, "two", 8, 30), {"--nproc-per-node", "2", "--threads", "2"}), dir / "two.log");
+  auto two = dist_run(with_args(diffusion_args(dir, "two", 8, 30), {"--nproc-per-node", "2", "--threads", "2"}),
+                      dir / "two.log");
   ASSERT_EQ(two.code, 0) << two.output;
   EXPECT_NE(two.output.find("global batch 16 = 8 per process x 2 processes x 1 accumulation"), std::string::npos)
       << two.output;
@@ -261,9 +208,9 @@ TEST(TrainDistributed, TwoProcessVaeTrainsWhatOneProcessTrains) {
                                     "--batch-log",
                                     dir / (out + ".batches")};
   };
-  auto one = dist_run(with(args("one", 16), {"--threads", "1"}), dir / "one.log");
+  auto one = dist_run(with_args(args("one", 16), {"--threads", "1"}), dir / "one.log");
   ASSERT_EQ(one.code, 0) << one.output;
-  auto two = dist_run(with(args("two", 8), {"--nproc-per-node", "2", "--threads", "2"}), dir / "two.log");
+  auto two = dist_run(with_args(args("two", 8), {"--nproc-per-node", "2", "--threads", "2"}), dir / "two.log");
   ASSERT_EQ(two.code, 0) << two.output;
   EXPECT_NE(two.output.find("global batch 16 = 8 per process x 2 processes"), std::string::npos) << two.output;
   const auto order_one = batch_lines(dir / "one.batches", 1), order_two = batch_lines(dir / "two.batches", 2);
@@ -283,19 +230,20 @@ TEST(TrainDistributed, ResumesWithAnotherNumberOfProcesses) {
   TempDir dir;
   test::write_two_class_set(dir / "data", 24);
   write_dist_unet(dir);
-  auto whole = dist_run(with(diffusion_args(dir, "whole", 16, 20), {"--threads", "1"}), dir / "whole.log");
+  auto whole = dist_run(with_args(diffusion_args(dir, "whole", 16, 20), {"--threads", "1"}), dir / "whole.log");
   ASSERT_EQ(whole.code, 0) << whole.output;
   // 2 processes for 10 steps, then 1 process to 20; and the reverse.
   auto a1 =
-      dist_run(with(diffusion_args(dir, "a", 8, 10), {"--nproc-per-node", "2", "--threads", "2"}), dir / "a1.log");
+      dist_run(with_args(diffusion_args(dir, "a", 8, 10), {"--nproc-per-node", "2", "--threads", "2"}), dir / "a1.log");
   ASSERT_EQ(a1.code, 0) << a1.output;
-  auto a2 = dist_run(with(diffusion_args(dir, "a", 16, 20), {"--resume", "--threads", "1"}), dir / "a2.log");
+  auto a2 = dist_run(with_args(diffusion_args(dir, "a", 16, 20), {"--resume", "--threads", "1"}), dir / "a2.log");
   ASSERT_EQ(a2.code, 0) << a2.output;
   EXPECT_NE(a2.output.find("resuming at step 10"), std::string::npos) << a2.output;
-  auto b1 = dist_run(with(diffusion_args(dir, "b", 16, 10), {"--threads", "1"}), dir / "b1.log");
+  auto b1 = dist_run(with_args(diffusion_args(dir, "b", 16, 10), {"--threads", "1"}), dir / "b1.log");
   ASSERT_EQ(b1.code, 0) << b1.output;
-  auto b2 = dist_run(with(diffusion_args(dir, "b", 8, 20), {"--resume", "--nproc-per-node", "2", "--threads", "2"}),
-                     dir / "b2.log");
+  auto b2 =
+      dist_run(with_args(diffusion_args(dir, "b", 8, 20), {"--resume", "--nproc-per-node", "2", "--threads", "2"}),
+               dir / "b2.log");
   ASSERT_EQ(b2.code, 0) << b2.output;
   const double da = max_checkpoint_difference(dir / "whole", dir / "a", kDiffusionFiles);
   const double db = max_checkpoint_difference(dir / "whole", dir / "b", kDiffusionFiles);
@@ -304,8 +252,9 @@ TEST(TrainDistributed, ResumesWithAnotherNumberOfProcesses) {
   EXPECT_LT(db, 1e-5);
   EXPECT_EQ(batch_lines(dir / "whole.batches", 1).size(), 20u);
   // Another global batch cannot continue the run.
-  auto bad = dist_run(with(diffusion_args(dir, "b", 4, 30), {"--resume", "--nproc-per-node", "2", "--threads", "2"}),
-                      dir / "bad.log");
+  auto bad =
+      dist_run(with_args(diffusion_args(dir, "b", 4, 30), {"--resume", "--nproc-per-node", "2", "--threads", "2"}),
+               dir / "bad.log");
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.output.find("different global batch (--batch x processes) (checkpoint has 16, now 8)"),
             std::string::npos)
@@ -316,13 +265,11 @@ TEST(TrainDistributed, AKilledRankStopsTheOthersWithItsName) {
   TempDir dir;
   test::write_two_class_set(dir / "data", 24);
   write_dist_unet(dir);
-  const std::string port = std::to_string(dist_cli_free_port());
-  auto args = with(diffusion_args(dir, "run", 8, 100000, 5), {"--dist-timeout", "10"});
+  const std::string port = std::to_string(free_port());
+  auto args = with_args(diffusion_args(dir, "run", 8, 100000, 5), {"--dist-timeout", "10"});
   std::vector<pid_t> pids;
   for (int r = 0; r < 2; ++r)
-    pids.push_back(dist_spawn(
-        args, {{"RANK", std::to_string(r)}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}},
-        dir / ("rank" + std::to_string(r) + ".log")));
+    pids.push_back(spawn_cli(args, torchrun_env(r, 2, port), dir / ("rank" + std::to_string(r) + ".log")));
   // Soon after the first checkpoint is written, rank 1 dies.
   const auto start = std::chrono::steady_clock::now();
   while (!fs::exists(dir / "run/checkpoint/state.json") &&
@@ -332,8 +279,8 @@ TEST(TrainDistributed, AKilledRankStopsTheOthersWithItsName) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // back in training steps (collectives)
   kill(pids[1], SIGKILL);
   const auto killed = std::chrono::steady_clock::now();
-  EXPECT_EQ(dist_wait(pids[1], 10), 128 + SIGKILL);
-  const int code = dist_wait(pids[0], 30);
+  EXPECT_EQ(wait_for_exit(pids[1], 10), 128 + SIGKILL);
+  const int code = wait_for_exit(pids[0], 30);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
   const std::string log = read_file(dir / "rank0.log");
   std::printf("rank 0 stopped %.1f s after rank 1 was killed: %s\n", took,
@@ -347,7 +294,7 @@ TEST(TrainDistributed, AKilledRankStopsTheOthersWithItsName) {
   const int64_t step = state.at("step").get<int64_t>();
   EXPECT_GE(step, 5);
   auto resumed =
-      dist_run(with(diffusion_args(dir, "run", 16, static_cast<int>(step) + 2), {"--resume"}), dir / "resume.log");
+      dist_run(with_args(diffusion_args(dir, "run", 16, static_cast<int>(step) + 2), {"--resume"}), dir / "resume.log");
   EXPECT_EQ(resumed.code, 0) << resumed.output;
 }
 
@@ -355,12 +302,11 @@ TEST(TrainDistributed, RendezvousWithAMissingRankTimesOut) {
   TempDir dir;
   test::write_two_class_set(dir / "data", 4);
   write_dist_unet(dir);
-  const std::string port = std::to_string(dist_cli_free_port());
+  const std::string port = std::to_string(free_port());
   const auto t0 = std::chrono::steady_clock::now();
-  const pid_t pid = dist_spawn(
-      with(diffusion_args(dir, "run", 8, 10), {"--dist-timeout", "3"}),
-      {{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}}, dir / "rank0.log");
-  const int code = dist_wait(pid, 30);
+  const pid_t pid = spawn_cli(with_args(diffusion_args(dir, "run", 8, 10), {"--dist-timeout", "3"}),
+                              torchrun_env(0, 2, port), dir / "rank0.log");
+  const int code = wait_for_exit(pid, 30);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::string log = read_file(dir / "rank0.log");
   EXPECT_NE(code, -1) << "the rendezvous did not time out";

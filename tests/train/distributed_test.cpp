@@ -1,9 +1,6 @@
 #include "train/distributed.h"
 
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <map>
@@ -11,6 +8,7 @@
 
 #include "core/error.h"
 #include "models/error_of.h"
+#include "processes.h"
 
 namespace diffuse {
 namespace {
@@ -80,18 +78,6 @@ TEST(LaunchEnv, ExpandsSlurmNodeLists) {
   EXPECT_THROW(expand_nodelist("n[1-2"), Error);
 }
 
-int dist_free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 LaunchEnv rank_env(int rank, int world, int port) {
   LaunchEnv e;
   e.rank = e.local_rank = rank;
@@ -104,7 +90,7 @@ LaunchEnv rank_env(int rank, int world, int port) {
 // Runs `body(rank, dist)` on two threads, each a rank of one job.
 template <class F>
 void two_ranks(F body) {
-  const int port = dist_free_port();
+  const int port = test::free_port();
   std::vector<std::thread> ts;
   std::vector<std::string> errors(2);
   for (int r = 0; r < 2; ++r)
@@ -192,7 +178,7 @@ TEST(Distributed, RendezvousWithAMissingRankNamesIt) {
   if (!distributed_available()) GTEST_SKIP() << "built without c10d Gloo";
   const auto t0 = std::chrono::steady_clock::now();
   const std::string msg = test::error_of(
-      [&] { Distributed d(rank_env(0, 3, dist_free_port()), std::chrono::milliseconds(1500), torch::kCPU); });
+      [&] { Distributed d(rank_env(0, 3, test::free_port()), std::chrono::milliseconds(1500), torch::kCPU); });
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_NE(msg.find("ranks 1, 2 of 3 never arrived"), std::string::npos) << msg;
   EXPECT_LT(s, 10.0);

@@ -70,6 +70,34 @@ TEST(TrainLoop, RunsStepsWithSaveSampleEvalAndLogCadence) {
   EXPECT_NE(test::error_of([&] { run_training_loop(o, r.state, cb); }).find("eval_every"), std::string::npos);
 }
 
+TEST(TrainLoop, LossReportWritesTheProgressAndMetricsOfTheCurrentLoss) {
+  double loss = 0.123456789, lr = 1e-4;
+  LossReport report;
+  report.loss = &loss;
+  report.lr = &lr;
+  LoopCallbacks cb;
+  set_loss_callbacks(cb, report);
+  EXPECT_EQ(cb.progress_text(), "loss 0.1235 lr 1.00e-04");
+  EXPECT_EQ(cb.metrics_row(7, 12.34, 5.66, NAN), "7,0.123457,0.0001,12.3,5.7\n");
+  EXPECT_EQ(cb.finish_text(), "loss 0.123457");
+  loss = 2.5;  // read when asked
+  lr = 3e-5;
+  EXPECT_EQ(cb.progress_text(), "loss 2.5000 lr 3.00e-05");
+  EXPECT_EQ(cb.metrics_row(8, 0, 0, NAN), "8,2.5,3e-05,0.0,0.0\n");
+
+  loss = 0.123456789;
+  report.loss_digits = 9;
+  report.progress_detail = [] { return std::string(" (instance 0.1000)"); };
+  report.extra_columns = [](double eval) { return std::isnan(eval) ? std::string(",") : "," + std::to_string(eval); };
+  set_loss_callbacks(cb, report);
+  EXPECT_EQ(cb.progress_text(), "loss 0.1235 (instance 0.1000) lr 3.00e-05");
+  EXPECT_EQ(cb.metrics_row(9, 1, 2, NAN), "9,0.123456789,3e-05,1.0,2.0,\n");
+  EXPECT_EQ(cb.metrics_row(9, 1, 2, 0.5), "9,0.123456789,3e-05,1.0,2.0,0.500000\n");
+
+  LossReport none;
+  EXPECT_NE(test::error_of([&] { set_loss_callbacks(cb, none); }).find("loss and lr"), std::string::npos);
+}
+
 TEST(TrainLoop, StopFlagEndsTheRunWithACheckpoint) {
   test::TempDir dir;
   start_run_files(dir.path, {}, "step,eval", true);
