@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/image.h"
+#include "train/captioned.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -557,6 +558,66 @@ std::function<double(const std::string& pipeline_dir)> train_fid_evaluator(const
     g.seed = 0;
     return quick_fid(pipe, c->net, c->ref, n, g);
   };
+}
+
+EvalReport evaluate_text_to_image(const SDPipeline& pipe, const FeatureNet& net, const EvalOptions& opt) {
+  auto t0 = std::chrono::steady_clock::now();
+  const std::string suffix = "-captions";
+  if (opt.data.size() <= suffix.size() || opt.data.compare(opt.data.size() - suffix.size(), suffix.size(), suffix))
+    throw Error("--data " + opt.data +
+                ": a text-to-image model is scored on the held-out captions of a captioned "
+                "dataset with classes (emoji-captions)");
+  const int size = net.config().image_size;  // generated at the feature network's size
+  CaptionedOptions co;
+  co.split = "test";
+  co.resolution = size;
+  const CaptionedDataset held_out = load_captioned(opt.data, co);
+  if (held_out.class_names.empty()) throw Error("--data " + opt.data + ": its captions have no classes");
+  const int64_t n = std::min<int64_t>(opt.n, static_cast<int64_t>(held_out.captions.size()));
+  if (n < 2) throw Error("--n must be at least 2 (got " + std::to_string(opt.n) + ")");
+  EvalOptions o = opt;
+  o.data = opt.data.substr(0, opt.data.size() - suffix.size());  // the real images, with classes
+  EvalReport r = start_report(net, o, "model", pipe.source);
+  r.conditional = true;
+  r.generate = opt.generate;
+  r.generate.n = static_cast<int>(n);
+  r.generate.callback = nullptr;
+  // one caption per image, batched through per-row prompt embeddings
+  torch::NoGradGuard ng;
+  SDOptions so;
+  so.sampler = opt.generate.sampler;
+  so.schedule = opt.generate.schedule;
+  so.sigmas = opt.generate.sigmas;
+  so.steps = opt.generate.steps;
+  so.guidance = opt.generate.guidance;
+  so.eta = opt.generate.eta;
+  so.width = so.height = size;
+  const int bs = std::max(1, opt.generate.batch_size);
+  std::vector<torch::Tensor> images;
+  const torch::Tensor uncond = encode_prompt(pipe, "").embeds;
+  for (int64_t start = 0; start < n; start += bs) {
+    const int64_t end = std::min(n, start + bs);
+    std::vector<torch::Tensor> cond;
+    for (int64_t i = start; i < end; ++i)
+      cond.push_back(encode_prompt(pipe, held_out.captions[static_cast<size_t>(i)]).embeds);
+    SDOptions b = so;
+    b.n = b.batch_size = static_cast<int>(end - start);
+    b.seed = opt.generate.seed + static_cast<uint64_t>(start);
+    b.prompt_embeds = torch::cat(cond);
+    b.negative_prompt_embeds = uncond;
+    images.push_back(((generate(pipe, b).samples.clamp(-1, 1) + 1) * 127.5).round().to(torch::kUInt8));
+    if (opt.progress) opt.progress("generate", end, n);
+  }
+  r.generate_seconds = seconds_since(t0);
+  auto map = net.map_classes(held_out.class_names);
+  std::vector<int64_t> w;
+  for (int64_t i = 0; i < n; ++i) w.push_back(map[static_cast<size_t>(held_out.labels[i].item<int64_t>())]);
+  const torch::Tensor wanted = torch::tensor(w, torch::kInt64);
+  auto e = net.embed(torch::cat(images), false, 500, [&](int64_t d, int64_t t) {
+    if (opt.progress) opt.progress("embed", d, t);
+  });
+  finish_report(r, net, e, wanted.ge(0).any().item<bool>() ? wanted : torch::Tensor(), o, t0);
+  return r;
 }
 
 }  // namespace diffuse

@@ -14,6 +14,7 @@
 #include "eval/metrics.h"
 #include "eval/reference.h"
 #include "pipelines/pixel_pipeline.h"
+#include "pipelines/sd_pipeline.h"
 
 namespace diffuse {
 
@@ -135,6 +136,14 @@ EvalReport evaluate_pipeline(const PixelPipeline& pipe, const FeatureNet& net, c
 // feature network's classes give class agreement. Images are converted to the network's channels and
 // centre-cropped/resized to its size.
 EvalReport evaluate_images(const std::string& dir, const FeatureNet& net, const EvalOptions& opt);
+// A text-to-image model (a Stable Diffusion pipeline) on the held-out captions of a captioned
+// dataset with classes (emoji-captions): one image per caption at the feature network's size (at
+// most opt.n, in order; image i
+// has seed opt.generate.seed + i, an empty negative prompt and opt.generate's sampler, steps and
+// guidance), scored against the real images of the dataset with classes (emoji), the wanted class
+// of each image being its caption's. The floor, with opt.n at least the held-out split's size, is
+// the real images of those captions.
+EvalReport evaluate_text_to_image(const SDPipeline& pipe, const FeatureNet& net, const EvalOptions& opt);
 
 // The real-data floor alone: n random held-out images of `data` scored against `ref`.
 QualityMetrics real_data_floor(const FeatureNet& net, const std::string& data, const ReferenceSet& ref, int64_t n,

@@ -52,7 +52,8 @@ void run(Args& a) {
   std::string clf = a.classifier;
   if (clf.empty()) clf = diffuse::find_classifier(a.data.empty() ? "fashion-mnist" : a.data);
   auto net = diffuse::FeatureNet::load(clf, device);
-  if (!a.data.empty() && !net.config().dataset.empty() && a.data != net.config().dataset)
+  if (!a.data.empty() && !net.config().dataset.empty() && a.data != net.config().dataset &&
+      a.data != net.config().dataset + "-captions")
     std::fprintf(stderr, "note: the feature network %s was trained on %s, scoring against %s\n", clf.c_str(),
                  net.config().dataset.c_str(), a.data.c_str());
 
@@ -70,7 +71,11 @@ void run(Args& a) {
     };
   }
   diffuse::EvalReport r;
-  if (!a.model.empty()) {
+  if (!a.model.empty() && diffuse::SDPipeline::is_sd_folder(a.model)) {
+    if (dist) throw diffuse::Error("--nproc-per-node: text-to-image evaluations run in one process");
+    const auto pipe = diffuse::load_sd(a.model, device, o.generate.dtype);
+    r = diffuse::evaluate_text_to_image(pipe, net, o);
+  } else if (!a.model.empty()) {
     auto pipe = diffuse::PixelPipeline::load(a.model, device);
     diffuse::check_compatible(pipe, net);  // before any generation
     if (!a.guide_model.empty()) o.generate.guide = diffuse::cli::load_guide(a.guide_model, pipe);
@@ -96,7 +101,10 @@ void register_cmd(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval",
                                  "Score a model (or a folder of images): FID, KID, precision/recall and class "
                                  "agreement against real data, beside the real-data floor");
-  auto* model = cmd->add_option("--model", a->model, "Model folder to sample from");
+  auto* model = cmd->add_option(
+      "--model", a->model,
+      "Model folder to sample from (a Stable Diffusion pipeline is scored on the held-out captions of --data, e.g. "
+      "emoji-captions)");
   auto* images = cmd->add_option("--images", a->images,
                                  "Folder of PNG/JPEG images to score instead of a model "
                                  "(class subfolders give class agreement)");

@@ -1,0 +1,48 @@
+// Text-to-image evaluation: one image per held-out caption of emoji-captions, scored with the
+// classes of the captions; a dataset without classes is refused.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "eval/evaluate.h"
+#include "fixtures.h"
+#include "sd_tiny_text.h"
+
+namespace diffuse {
+namespace {
+
+TEST(TextEval, HeldOutCaptionsWithTheirClasses) {
+  test::TempDir t;
+  const SDPipeline pipe = load_sd(test::tiny_sd_folder(t / "sd"));
+  const FeatureNet net = FeatureNet::load(test::source_path("models/emoji-classifier"));
+  EvalOptions o;
+  o.data = "emoji-captions";
+  o.n = 6;
+  o.cache_dir = "";
+  o.floor = true;
+  o.generate.steps = 2;
+  o.generate.guidance = 2;
+  o.generate.batch_size = 4;  // two batches: per-row captions and seeds across them
+  o.metrics.compute_kid = false;
+  o.metrics.compute_precision_recall = false;
+  const EvalReport r = evaluate_text_to_image(pipe, net, o);
+  EXPECT_EQ(r.data, "emoji");  // the real images of the captions' dataset
+  EXPECT_TRUE(r.conditional);
+  EXPECT_EQ(r.samples.n, 6);
+  EXPECT_TRUE(std::isfinite(r.samples.fid));
+  EXPECT_TRUE(std::isfinite(r.samples.class_agreement));          // the captions' subgroups are the classifier's
+  EXPECT_GT(r.floor.class_agreement, r.samples.class_agreement);  // a 16-px random model against real emoji
+
+  o.data = "emoji";
+  try {
+    evaluate_text_to_image(pipe, net, o);
+    FAIL() << "a dataset without captions was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--data emoji: a text-to-image model is scored on the held-out captions"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace diffuse
