@@ -22,7 +22,8 @@ Checkpoints (random weights with every key and shape of the real ones; values do
 cost): SD15_CKPT (default /tmp/sd15_random.safetensors) and SDXL_CKPT (default
 /tmp/sdxl_random.safetensors), written by build/bench/sd_random_checkpoint when missing (2.1 GB
 and 6.9 GB, fp16). REPEATS (default 3) runs per contender, alternating; medians are reported.
-THREADS (default: the number of cores) for every contender. SIZES (e.g. "256,1024") and SD15_DTYPES
+THREADS (default: the number of cores) for every contender. STEPS (e.g. "512:4") overrides the steps of a
+size. SIZES (e.g. "256,1024") and SD15_DTYPES
 ("fp32,bf16") narrow the generation rows.
 """
 import argparse
@@ -237,6 +238,9 @@ def section_generation(kind, args, sd, tmp):
         cases = [(256, 4), (512, 20)] if not args.quick else [(256, 2)]
         cases = [c for c in cases if str(c[0]) in os.environ.get("SIZES", "256,512,768,1024").split(",")]
         extra = []
+    # STEPS="512:4" runs a size with other steps (peak memory does not depend on them)
+    steps_for = dict(kv.split(":") for kv in os.environ.get("STEPS", "").split(",") if ":" in kv)
+    cases = [(size, int(steps_for.get(str(size), steps))) for size, steps in cases]
     out = []
     for size, steps in cases:
         log(f"{kind} {size}x{size}, {steps} steps")
@@ -417,7 +421,7 @@ SECTIONS = ["sd15", "int8", "sdxl", "lora", "train", "blocks"]
 SECTION = "<!-- bench/run_all.py section: {} -->"
 PREAMBLE = ("Each section below names the run that wrote it; `--write` replaces the sections of the run and "
             "keeps the others.")
-ENV = ["SIZES", "SD15_DTYPES", "REPEATS", "THREADS", "LORA_SIZE", "LORA_STEPS", "SD15_CKPT", "SDXL_CKPT"]
+ENV = ["SIZES", "STEPS", "SD15_DTYPES", "REPEATS", "THREADS", "LORA_SIZE", "LORA_STEPS", "SD15_CKPT", "SDXL_CKPT"]
 
 
 def merge_generated(cur, sections):

@@ -263,15 +263,14 @@ void check_samples_dir(const std::string& dir) {
 
 }  // namespace
 
-void save_eval_samples(const std::string& dir, const torch::Tensor& images, const PixelPipeline& pipe,
-                       const GenerateOptions& opt, const std::vector<int64_t>& classes) {
+namespace {
+
+// Writes uint8 images [N, C, H, W] as dir/<folders[i]>/<i>.png ("" = dir itself) with their
+// parameters text, all or nothing (into a temporary sibling folder renamed to `dir`).
+void write_samples(const std::string& dir, const torch::Tensor& images, const std::vector<std::string>& folders,
+                   const std::function<std::string(int64_t)>& parameters) {
   check_samples_dir(dir);
-  if (!images.defined() || images.dim() != 4 || images.scalar_type() != torch::kUInt8)
-    throw Error("save_eval_samples: expected uint8 images [N, C, H, W]");
   const int64_t n = images.size(0);
-  if (!classes.empty() && static_cast<int64_t>(classes.size()) != n)
-    throw Error("save_eval_samples: " + std::to_string(classes.size()) + " classes for " + std::to_string(n) +
-                " images");
   fs::path target = fs::absolute(fs::path(dir)).lexically_normal();
   if (target.filename().empty()) target = target.parent_path();
   std::error_code ec;
@@ -281,17 +280,12 @@ void save_eval_samples(const std::string& dir, const torch::Tensor& images, cons
   fs::remove_all(tmp, ec);
   try {
     fs::create_directories(tmp);
-    GenerateOptions g = opt;
-    g.classes = classes;
     auto hwc = images.permute({0, 2, 3, 1}).contiguous();
     char name[32];
     for (int64_t i = 0; i < n; ++i) {
       fs::path sub = tmp;
-      if (!classes.empty()) {
-        int64_t k = classes[static_cast<size_t>(i)];
-        sub /= class_folder_name(k >= 0 && k < static_cast<int64_t>(pipe.class_names.size())
-                                     ? pipe.class_names[static_cast<size_t>(k)]
-                                     : std::to_string(k));
+      if (!folders.empty() && !folders[static_cast<size_t>(i)].empty()) {
+        sub /= folders[static_cast<size_t>(i)];
         fs::create_directories(sub);
       }
       Image img;
@@ -301,7 +295,7 @@ void save_eval_samples(const std::string& dir, const torch::Tensor& images, cons
       const uint8_t* p = hwc[i].data_ptr<uint8_t>();
       img.data.assign(p, p + hwc[i].numel());
       std::snprintf(name, sizeof name, "%06lld.png", static_cast<long long>(i));
-      write_png((sub / name).string(), img, {{"parameters", generation_parameters(pipe, g, static_cast<int>(i))}});
+      write_png((sub / name).string(), img, {{"parameters", parameters(i)}});
     }
     if (fs::exists(target)) fs::remove(target);  // an empty folder (checked above)
     fs::rename(tmp, target);
@@ -312,6 +306,27 @@ void save_eval_samples(const std::string& dir, const torch::Tensor& images, cons
     fs::remove_all(tmp, ec);
     throw;
   }
+}
+
+}  // namespace
+
+void save_eval_samples(const std::string& dir, const torch::Tensor& images, const PixelPipeline& pipe,
+                       const GenerateOptions& opt, const std::vector<int64_t>& classes) {
+  check_samples_dir(dir);
+  if (!images.defined() || images.dim() != 4 || images.scalar_type() != torch::kUInt8)
+    throw Error("save_eval_samples: expected uint8 images [N, C, H, W]");
+  const int64_t n = images.size(0);
+  if (!classes.empty() && static_cast<int64_t>(classes.size()) != n)
+    throw Error("save_eval_samples: " + std::to_string(classes.size()) + " classes for " + std::to_string(n) +
+                " images");
+  std::vector<std::string> folders;
+  for (int64_t k : classes)
+    folders.push_back(class_folder_name(k >= 0 && k < static_cast<int64_t>(pipe.class_names.size())
+                                            ? pipe.class_names[static_cast<size_t>(k)]
+                                            : std::to_string(k)));
+  GenerateOptions g = opt;
+  g.classes = classes;
+  write_samples(dir, images, folders, [&](int64_t i) { return generation_parameters(pipe, g, static_cast<int>(i)); });
 }
 
 EvalReport evaluate_pipeline(const PixelPipeline& pipe, const FeatureNet& net, const EvalOptions& opt) {
@@ -575,6 +590,7 @@ EvalReport evaluate_text_to_image(const SDPipeline& pipe, const FeatureNet& net,
   if (held_out.class_names.empty()) throw Error("--data " + opt.data + ": its captions have no classes");
   const int64_t n = std::min<int64_t>(opt.n, static_cast<int64_t>(held_out.captions.size()));
   if (n < 2) throw Error("--n must be at least 2 (got " + std::to_string(opt.n) + ")");
+  if (!opt.save_samples.empty()) check_samples_dir(opt.save_samples);  // before any generation
   EvalOptions o = opt;
   o.data = opt.data.substr(0, opt.data.size() - suffix.size());  // the real images, with classes
   EvalReport r = start_report(net, o, "model", pipe.source);
@@ -609,11 +625,26 @@ EvalReport evaluate_text_to_image(const SDPipeline& pipe, const FeatureNet& net,
     if (opt.progress) opt.progress("generate", end, n);
   }
   r.generate_seconds = seconds_since(t0);
+  const torch::Tensor all = torch::cat(images);
+  if (!opt.save_samples.empty()) {
+    // dir/<subgroup>/<i>.png, each with its caption and settings
+    std::vector<std::string> folders;
+    for (int64_t i = 0; i < n; ++i)
+      folders.push_back(
+          class_folder_name(held_out.class_names[static_cast<size_t>(held_out.labels[i].item<int64_t>())]));
+    write_samples(opt.save_samples, all, folders, [&](int64_t i) {
+      SDOptions p = so;
+      p.prompt = held_out.captions[static_cast<size_t>(i)];
+      p.seed = opt.generate.seed;
+      return sd_generation_parameters(pipe, p, static_cast<int>(i));
+    });
+    r.samples_dir = opt.save_samples;
+  }
   auto map = net.map_classes(held_out.class_names);
   std::vector<int64_t> w;
   for (int64_t i = 0; i < n; ++i) w.push_back(map[static_cast<size_t>(held_out.labels[i].item<int64_t>())]);
   const torch::Tensor wanted = torch::tensor(w, torch::kInt64);
-  auto e = net.embed(torch::cat(images), false, 500, [&](int64_t d, int64_t t) {
+  auto e = net.embed(all, false, 500, [&](int64_t d, int64_t t) {
     if (opt.progress) opt.progress("embed", d, t);
   });
   finish_report(r, net, e, wanted.ge(0).any().item<bool>() ? wanted : torch::Tensor(), o, t0);

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
+#include "core/image.h"
 #include "eval/evaluate.h"
 #include "fixtures.h"
 #include "sd_tiny_text.h"
@@ -25,6 +27,7 @@ TEST(TextEval, HeldOutCaptionsWithTheirClasses) {
   o.generate.batch_size = 4;  // two batches: per-row captions and seeds across them
   o.metrics.compute_kid = false;
   o.metrics.compute_precision_recall = false;
+  o.save_samples = t / "samples";
   const EvalReport r = evaluate_text_to_image(pipe, net, o);
   EXPECT_EQ(r.data, "emoji");  // the real images of the captions' dataset
   EXPECT_TRUE(r.conditional);
@@ -32,6 +35,17 @@ TEST(TextEval, HeldOutCaptionsWithTheirClasses) {
   EXPECT_TRUE(std::isfinite(r.samples.fid));
   EXPECT_TRUE(std::isfinite(r.samples.class_agreement));          // the captions' subgroups are the classifier's
   EXPECT_GT(r.floor.class_agreement, r.samples.class_agreement);  // a 16-px random model against real emoji
+  // the samples, one folder per subgroup, each PNG with its caption ("name, subgroup") and seed
+  int pngs = 0;
+  for (const auto& f : std::filesystem::recursive_directory_iterator(t / "samples")) {
+    if (f.path().extension() != ".png") continue;
+    ++pngs;
+    const std::string params = read_png_text(f.path().string()).at("parameters");
+    const std::string subgroup = f.path().parent_path().filename().string();
+    EXPECT_NE(params.find(", " + subgroup + "\n"), std::string::npos) << params;
+    EXPECT_NE(params.find("Seed: " + std::to_string(std::stoi(f.path().stem().string()))), std::string::npos);
+  }
+  EXPECT_EQ(pngs, 6);
 
   o.data = "emoji";
   try {
