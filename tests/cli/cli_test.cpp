@@ -179,6 +179,11 @@ TEST_F(Cli, BadInputGivesOneClearErrorAndNoOutput) {
       {std::string("eval --model ") + DIFFUSE_SOURCE_DIR + "/models/fashion-mnist --n 4 --save-samples " + (t / "full"),
        "--save-samples " + (t / "full") + ": the folder is not empty"},
       {"eval --images " + (t / "full") + " --save-samples " + (t / "s"), "--save-samples requires --model"},
+      // captions are scored with their images' classifier (emoji-captions: models/emoji-classifier)
+      {std::string("eval --model ") + DIFFUSE_SOURCE_DIR + "/models/fashion-mnist --data emoji-captions --n 2",
+       "the feature network " DIFFUSE_SOURCE_DIR "/models/emoji-classifier expects 3 channel(s)"},
+      {"eval --model " + test::fixture("sd_pipeline_tiny") + " --data emoji --n 2",
+       "--data emoji: a text-to-image model is scored on the held-out captions"},
       {"train --data /nonexistent/d --out " + (t / "run"), "/nonexistent/d"},
       {"forward --model " + model() + "/unet --inputs /nonexistent.safetensors --out " + (t / "x.safetensors"),
        "/nonexistent.safetensors"},

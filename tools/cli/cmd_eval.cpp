@@ -50,7 +50,14 @@ void run(Args& a) {
   if (!a.images.empty() && o.n == 1) throw diffuse::Error("--n must be at least 2 (or 0 for all images)");
 
   std::string clf = a.classifier;
-  if (clf.empty()) clf = diffuse::find_classifier(a.data.empty() ? "fashion-mnist" : a.data);
+  if (clf.empty()) {
+    // a captioned dataset is scored with its images' classifier (emoji-captions: emoji)
+    std::string data = a.data.empty() ? "fashion-mnist" : a.data;
+    const std::string captions = "-captions";
+    if (data.size() > captions.size() && data.compare(data.size() - captions.size(), captions.size(), captions) == 0)
+      data.resize(data.size() - captions.size());
+    clf = diffuse::find_classifier(data);
+  }
   auto net = diffuse::FeatureNet::load(clf, device);
   if (!a.data.empty() && !net.config().dataset.empty() && a.data != net.config().dataset &&
       a.data != net.config().dataset + "-captions")
