@@ -577,8 +577,8 @@ std::function<double(const std::string& pipeline_dir)> train_fid_evaluator(const
 
 EvalReport evaluate_text_to_image(const SDPipeline& pipe, const FeatureNet& net, const EvalOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();
-  const std::string suffix = "-captions";
-  if (opt.data.size() <= suffix.size() || opt.data.compare(opt.data.size() - suffix.size(), suffix.size(), suffix))
+  const std::string real_data = captioned_images_dataset(opt.data);
+  if (real_data.empty())
     throw Error("--data " + opt.data +
                 ": a text-to-image model is scored on the held-out captions of a captioned "
                 "dataset with classes (emoji-captions)");
@@ -592,7 +592,7 @@ EvalReport evaluate_text_to_image(const SDPipeline& pipe, const FeatureNet& net,
   if (n < 2) throw Error("--n must be at least 2 (got " + std::to_string(opt.n) + ")");
   if (!opt.save_samples.empty()) check_samples_dir(opt.save_samples);  // before any generation
   EvalOptions o = opt;
-  o.data = opt.data.substr(0, opt.data.size() - suffix.size());  // the real images, with classes
+  o.data = real_data;  // the real images, with classes
   EvalReport r = start_report(net, o, "model", pipe.source);
   r.conditional = true;
   r.generate = opt.generate;

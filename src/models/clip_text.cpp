@@ -184,6 +184,36 @@ int64_t CLIPTextModelImpl::add_token_embeddings(const torch::Tensor& rows) {
   return first;
 }
 
+void CLIPTextModelImpl::keep_token_embeddings(const std::vector<int64_t>& old_ids) {
+  const int64_t n = config_.vocab_size;
+  if (old_ids.empty()) throw Error("CLIPTextModel: an empty vocabulary");
+  auto find = [&](int64_t old) {
+    for (size_t i = 0; i < old_ids.size(); ++i)
+      if (old_ids[i] == old) return static_cast<int64_t>(i);
+    return int64_t{-1};
+  };
+  auto new_id = [&](int64_t old, const char* what) {
+    if (const auto i = find(old); i >= 0) return i;
+    throw Error(std::string("CLIPTextModel: the reduced vocabulary drops the ") + what + " token (id " +
+                std::to_string(old) + ")");
+  };
+  for (const auto id : old_ids)
+    if (id < 0 || id >= n)
+      throw Error("CLIPTextModel: token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                  std::to_string(n) + ")");
+  CLIPTextConfig c = config_;
+  c.bos_token_id = new_id(config_.bos_token_id, "bos");
+  if (config_.eos_token_id != 2) c.eos_token_id = new_id(config_.eos_token_id, "eos");  // 2: argmax pooling
+  const auto pad = find(config_.pad_token_id);  // informational: the tokenizer pads
+  c.pad_token_id = pad >= 0 ? pad : find(config_.eos_token_id);
+  torch::NoGradGuard ng;
+  auto& w = token_embedding->weight;
+  w.set_data(w.detach().index_select(0, torch::tensor(old_ids, torch::kInt64).to(w.device())).contiguous());
+  c.vocab_size = w.size(0);
+  config_ = c;
+  token_embedding->options.num_embeddings(config_.vocab_size);
+}
+
 torch::Dtype CLIPTextModelImpl::dtype() const { return torch::typeMetaToScalarType(token_embedding->weight.dtype()); }
 torch::Device CLIPTextModelImpl::device() const { return token_embedding->weight.device(); }
 

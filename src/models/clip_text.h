@@ -101,6 +101,9 @@ class CLIPTextModelImpl : public torch::nn::Module {
   const CLIPTextConfig& config() const { return config_; }
   // Appends rows [n, hidden] to the token-embedding table (textual inversion); returns the first new id.
   int64_t add_token_embeddings(const torch::Tensor& rows);
+  // Keeps the token-embedding rows `old_ids` (new id i = row old_ids[i]) as the whole vocabulary,
+  // for a tokenizer cut down with CLIPTokenizer::reduced(); the bos/eos/pad ids follow their rows.
+  void keep_token_embeddings(const std::vector<int64_t>& old_ids);
   torch::Dtype dtype() const;
   torch::Device device() const;
 

@@ -10,8 +10,10 @@
 #include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "models/clip_text_fix.h"
 
@@ -498,6 +500,97 @@ void CLIPTokenizer::add_token(const std::string& token, const std::vector<int64_
   std::sort(split_tokens_.begin(), split_tokens_.end(), [](const std::string& a, const std::string& b) {
     return a.size() != b.size() ? a.size() > b.size() : a < b;
   });
+}
+
+CLIPTokenizer CLIPTokenizer::reduced(const std::vector<std::string>& texts, std::vector<int64_t>* old_ids) const {
+  if (!expansions_.empty()) throw Error("CLIP tokenizer: a vocabulary with added tokens cannot be reduced");
+  std::vector<std::pair<std::string, std::string>> merges(merge_ranks_.size());
+  std::unordered_multimap<std::string, int64_t> by_result;  // merge result -> rank
+  for (const auto& [pair, rank] : merge_ranks_) {
+    const auto sp = pair.find(' ');
+    auto& m = merges[static_cast<size_t>(rank)];
+    m = {pair.substr(0, sp), pair.substr(sp + 1)};
+    by_result.emplace(m.first + m.second, rank);
+  }
+  // Every merge that can produce a token the texts use, and recursively its parts. BPE picks the
+  // lowest-ranked merge present, and the merges it applies to these texts are all kept, so the
+  // texts merge exactly as before.
+  std::set<int64_t> kept;
+  std::vector<std::string> todo;
+  for (const auto& text : texts)
+    for (auto& t : tokens(text)) todo.push_back(std::move(t));
+  std::set<std::string> seen;
+  while (!todo.empty()) {
+    const std::string t = std::move(todo.back());
+    todo.pop_back();
+    if (!seen.insert(t).second) continue;
+    const auto [b, e] = by_result.equal_range(t);
+    for (auto it = b; it != e; ++it)
+      if (kept.insert(it->second).second) {
+        const auto& m = merges[static_cast<size_t>(it->second)];
+        todo.push_back(m.first);
+        todo.push_back(m.second);
+      }
+  }
+  // Byte symbols, then the kept merges' results in merge order, then the special tokens.
+  std::vector<std::string> order;
+  for (const auto& [byte, c] : bytes_to_unicode()) order.push_back(clip_text::utf8_encode(std::u32string(1, c)));
+  for (size_t i = 0; i < 256; ++i) order.push_back(order[i] + "</w>");
+  std::vector<std::pair<std::string, std::string>> new_merges;
+  for (const auto r : kept) {
+    new_merges.push_back(merges[static_cast<size_t>(r)]);
+    order.push_back(new_merges.back().first + new_merges.back().second);
+  }
+  SpecialTokens special;
+  special.bos = id_to_token(bos_id_);
+  special.eos = id_to_token(eos_id_);
+  special.unk = id_to_token(unk_id_);
+  special.pad = id_to_token(pad_id_);
+  for (const auto& s : {special.bos, special.eos, special.unk, special.pad}) order.push_back(s);
+  std::unordered_map<std::string, int64_t> vocab;
+  std::vector<int64_t> from;
+  for (const auto& t : order) {
+    if (vocab.count(t)) continue;  // a merge result seen before, or a special token that is a byte ("!")
+    const auto id = token_id(t);
+    if (id < 0) throw Error("CLIP tokenizer: cannot reduce a vocabulary without the token '" + t + "'");
+    vocab.emplace(t, static_cast<int64_t>(from.size()));
+    from.push_back(id);
+  }
+  CLIPTokenizer out;
+  out.init(std::move(vocab), std::move(new_merges), special, "reduced vocabulary");
+  out.model_max_length_ = model_max_length_;
+  if (old_ids) *old_ids = std::move(from);
+  return out;
+}
+
+void CLIPTokenizer::save(const std::string& dir) const {
+  fs::create_directories(dir);
+  json vocab = json::object();
+  for (int64_t i = 0; i < vocab_size(); ++i)
+    if (!id_to_token_[static_cast<size_t>(i)].empty()) vocab[id_to_token_[static_cast<size_t>(i)]] = i;
+  write_file_atomically((fs::path(dir) / "vocab.json").string(), vocab.dump() + "\n");
+  std::vector<const std::string*> merges(merge_ranks_.size());
+  for (const auto& [pair, rank] : merge_ranks_) merges[static_cast<size_t>(rank)] = &pair;
+  std::string m = "#version: 0.2\n";
+  for (const auto* x : merges) m += *x + "\n";
+  write_file_atomically((fs::path(dir) / "merges.txt").string(), m);
+  const std::string bos = id_to_token(bos_id_), eos = id_to_token(eos_id_), unk = id_to_token(unk_id_),
+                    pad = id_to_token(pad_id_);
+  auto special = [](const std::string& s) {
+    return json{{"content", s}, {"lstrip", false}, {"normalized", true}, {"rstrip", false}, {"single_word", false}};
+  };
+  const json map = {
+      {"bos_token", special(bos)}, {"eos_token", special(eos)}, {"pad_token", pad}, {"unk_token", special(unk)}};
+  write_file_atomically((fs::path(dir) / "special_tokens_map.json").string(), map.dump(2) + "\n");
+  const json cfg = {{"bos_token", bos},
+                    {"eos_token", eos},
+                    {"pad_token", pad},
+                    {"unk_token", unk},
+                    {"clean_up_tokenization_spaces", true},
+                    {"errors", "replace"},
+                    {"model_max_length", model_max_length_},
+                    {"tokenizer_class", "CLIPTokenizer"}};
+  write_file_atomically((fs::path(dir) / "tokenizer_config.json").string(), cfg.dump(2) + "\n");
 }
 
 std::vector<int64_t> CLIPTokenizer::encode(const std::string& text) const {

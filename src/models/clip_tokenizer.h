@@ -45,6 +45,16 @@ class CLIPTokenizer {
   // Adds `token` (cut out of the raw text exactly as written, like transformers' added tokens) that
   // encodes to `ids` (several for multi-vector textual-inversion embeddings). Throws if it exists.
   void add_token(const std::string& token, const std::vector<int64_t>& ids);
+  // This tokenizer cut down to what `texts` use: the 512 byte symbols (so any text still tokenizes),
+  // the merges whose results tokenizing `texts` produces, and the special tokens, which take the
+  // last ids. Each of `texts` gives the same token strings as here; `old_ids` (when given)
+  // receives each new id's id in this tokenizer, for selecting embedding rows. A text outside
+  // `texts` may split into smaller pieces than here. Throws with added tokens (add_token).
+  CLIPTokenizer reduced(const std::vector<std::string>& texts, std::vector<int64_t>* old_ids = nullptr) const;
+  // Writes a transformers tokenizer folder: vocab.json, merges.txt, special_tokens_map.json and
+  // tokenizer_config.json (files written atomically), which from_folder() reads back unchanged.
+  void save(const std::string& dir) const;
+
   // Vocabulary id of `token`, or -1.
   int64_t token_id(const std::string& token) const;
   const std::string& id_to_token(int64_t id) const;

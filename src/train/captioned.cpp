@@ -301,6 +301,13 @@ CaptionedDataset load_emoji_captions(const CaptionedOptions& opt) {
 
 }  // namespace
 
+std::string captioned_images_dataset(const std::string& spec) {
+  const std::string suffix = "-captions";
+  if (spec.size() > suffix.size() && spec.compare(spec.size() - suffix.size(), suffix.size(), suffix) == 0)
+    return spec.substr(0, spec.size() - suffix.size());
+  return {};
+}
+
 bool is_captioned_dataset(const std::string& spec, const std::string& caption_ext) {
   if (spec == "emoji-captions") return true;
   if (!fs::is_directory(spec)) return false;

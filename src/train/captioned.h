@@ -73,6 +73,10 @@ CaptionedDataset load_captioned(const std::string& spec, const CaptionedOptions&
 // (`caption_ext`) or a metadata.jsonl.
 bool is_captioned_dataset(const std::string& spec, const std::string& caption_ext = ".txt");
 
+// The built-in dataset of the images a built-in captioned dataset captions ("emoji-captions" ->
+// "emoji", with the same classes and split), or "" for any other spec.
+std::string captioned_images_dataset(const std::string& spec);
+
 struct CaptionedBatch {
   int64_t step = 0;
   int bucket = 0;

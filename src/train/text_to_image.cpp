@@ -1,7 +1,5 @@
 #include "train/text_to_image.h"
 
-#include <zlib.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -9,7 +7,6 @@
 #include <fstream>
 #include <optional>
 #include <set>
-#include <sstream>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -39,8 +36,12 @@ namespace fs = std::filesystem;
 namespace diffuse {
 
 std::vector<std::pair<std::string, std::string>> text_encoder_presets() {
-  return {{"clip-tiny", "CLIP text encoder, 2 layers x 64 wide, 4 heads (3.2M parameters, mostly the vocabulary)"},
-          {"clip-small", "CLIP text encoder, 4 layers x 256 wide, 4 heads (15.8M parameters)"}};
+  return {{"clip-tiny",
+           "CLIP text encoder, 2 layers x 64 wide, 4 heads (0.1M parameters + 64 per token: 3.2M with "
+           "CLIP's whole vocabulary)"},
+          {"clip-small",
+           "CLIP text encoder, 4 layers x 256 wide, 4 heads (3.2M parameters + 256 per token: 15.8M with "
+           "CLIP's whole vocabulary)"}};
 }
 
 CLIPTextConfig text_encoder_preset(const std::string& name) {
@@ -95,42 +96,7 @@ nlohmann::json t2i_unet_preset(const std::string& name, int sample_size, int cha
 }
 
 void write_clip_tokenizer_folder(const std::string& dir, const std::string& bpe_file) {
-  const std::string path = bpe_file.empty() ? CLIPTokenizer::builtin_vocab_path() : bpe_file;
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) throw Error(path + ": cannot open the CLIP BPE vocabulary");
-  std::string text;
-  char buf[1 << 16];
-  for (int n; (n = gzread(f, buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(n));
-  gzclose(f);
-  // openai/CLIP: merges = lines[1 : 49152 - 256 - 2 + 1]; vocab = bytes, bytes + </w>, merges, specials.
-  std::istringstream in(text);
-  std::string line;
-  std::getline(in, line);  // header
-  std::vector<std::string> merges;
-  while (merges.size() < 48894 && std::getline(in, line)) merges.push_back(line);
-  if (merges.size() != 48894) throw Error(path + ": fewer than 48894 merges");
-  const CLIPTokenizer tok = CLIPTokenizer::from_bpe_file(path);
-  nlohmann::json vocab = nlohmann::json::object();
-  for (int64_t i = 0; i < tok.vocab_size(); ++i) vocab[tok.id_to_token(i)] = i;
-  fs::create_directories(dir);
-  write_file_atomically(dir + "/vocab.json", vocab.dump() + "\n");
-  std::string m = "#version: 0.2\n";
-  for (const auto& x : merges) m += x + "\n";
-  write_file_atomically(dir + "/merges.txt", m);
-  auto special = [](const char* s) {
-    return nlohmann::json{
-        {"content", s}, {"lstrip", false}, {"normalized", true}, {"rstrip", false}, {"single_word", false}};
-  };
-  nlohmann::json map = {{"bos_token", special("<|startoftext|>")},
-                        {"eos_token", special("<|endoftext|>")},
-                        {"pad_token", "<|endoftext|>"},
-                        {"unk_token", special("<|endoftext|>")}};
-  write_file_atomically(dir + "/special_tokens_map.json", map.dump(2) + "\n");
-  nlohmann::json cfg = {
-      {"bos_token", "<|startoftext|>"}, {"eos_token", "<|endoftext|>"},         {"pad_token", "<|endoftext|>"},
-      {"unk_token", "<|endoftext|>"},   {"clean_up_tokenization_spaces", true}, {"errors", "replace"},
-      {"model_max_length", 77},         {"tokenizer_class", "CLIPTokenizer"}};
-  write_file_atomically(dir + "/tokenizer_config.json", cfg.dump(2) + "\n");
+  CLIPTokenizer::from_bpe_file(bpe_file.empty() ? CLIPTokenizer::builtin_vocab_path() : bpe_file).save(dir);
 }
 
 namespace {
@@ -165,6 +131,10 @@ void validate_t2i(const TextToImageOptions& o) {
   if (o.caption_dropout < 0 || o.caption_dropout >= 1) throw Error("--caption-dropout must be in [0, 1)");
   if (t.min_snr_gamma < 0) throw Error("--min-snr-gamma must be >= 0");
   if (!t.init.empty()) throw Error("--init: not supported with --text-encoder");
+  if (!o.vocabulary.empty() && o.vocabulary != "captions" && o.vocabulary != "clip")
+    throw Error("--vocab " + o.vocabulary + ": expected captions or clip");
+  if (!o.vocabulary.empty() && fs::is_directory(o.text_encoder))
+    throw Error("--vocab: only for a text encoder trained here (a preset); " + o.text_encoder + " has its tokenizer");
   if (t.task != "generate") throw Error("--task " + t.task + ": text-to-image generates");
   if (t.dist && t.dist->world_size() > 1)
     throw Error("--nproc-per-node: text-to-image training runs in one process for now (no data parallelism yet)");
@@ -245,8 +215,17 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
   const auto& to = opt.train;
   const torch::Device device = parse_device(to.device);
   const std::string out = to.out, ckpt_dir = out + "/checkpoint";
-  const nlohmann::json opts_now = t2i_options_json(opt);
+  nlohmann::json opts_now = t2i_options_json(opt);
   const std::optional<CheckpointState> resumed = open_run(out, opts_now, kT2IResumeKeys, to.resume, to.quiet);
+  std::string vocabulary = opt.vocabulary.empty() ? "captions" : opt.vocabulary;
+  if (resumed) {
+    const std::string saved = resumed->options.value("vocabulary", std::string("clip"));
+    if (!opt.vocabulary.empty() && opt.vocabulary != saved)
+      throw Error(ckpt_dir + ": --resume with a different --vocab (checkpoint has " + saved + ", now " +
+                  opt.vocabulary + ")");
+    vocabulary = saved;
+  }
+  if (!fs::is_directory(opt.text_encoder)) opts_now["vocabulary"] = vocabulary;
 
   // VAE, data and latents (each image's posterior encoded once).
   AutoencoderKL vae = load_autoencoder_kl(to.latent);
@@ -314,9 +293,18 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
     bar.finish("");
   }
 
+  CLIPTokenizer tokenizer =
+      frozen.tokenizer_dir.empty() ? CLIPTokenizer::builtin() : CLIPTokenizer::from_folder(frozen.tokenizer_dir);
+  std::vector<int64_t> kept_tokens;  // --vocab captions: the CLIP ids of the reduced vocabulary
+  if (text_cfg && vocabulary == "captions") tokenizer = tokenizer.reduced(data.captions, &kept_tokens);
+
+  // Initialised with CLIP's whole vocabulary, then cut down: the same network as --vocab clip
+  // trains (rows no caption uses never get a gradient), in a thirteenth of the embedding.
   torch::manual_seed(to.seed);  // parameter initialisation
   T2INets model(ucfg, text_cfg);
   T2INets ema(ucfg, text_cfg);
+  if (!kept_tokens.empty())
+    for (auto* nets : {&model, &ema}) (*nets)->text->keep_token_embeddings(kept_tokens);
   {
     torch::NoGradGuard ng;
     nn::load_state_dict(*ema, nn::state_dict(*model), "initial weights");
@@ -331,8 +319,6 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
     frozen_text->to(device);
     frozen_text->eval();
   }
-  const CLIPTokenizer tokenizer =
-      frozen.tokenizer_dir.empty() ? CLIPTokenizer::builtin() : CLIPTokenizer::from_folder(frozen.tokenizer_dir);
   const CLIPTextConfig tcfg = text_cfg ? *text_cfg : frozen_text->config();
 
   std::vector<std::pair<std::string, torch::Tensor>> named;
@@ -392,7 +378,7 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
     save_unet2d_condition(ema->unet, tmp + "/unet");
     save_text_encoder(ema->text ? ema->text : frozen_text, tmp + "/text_encoder");
     if (frozen.tokenizer_dir.empty()) {
-      write_clip_tokenizer_folder(tmp + "/tokenizer");
+      tokenizer.save(tmp + "/tokenizer");
     } else {
       fs::create_directories(tmp + "/tokenizer");
       for (const auto& e : fs::directory_iterator(frozen.tokenizer_dir))
@@ -464,10 +450,10 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
     for (auto& p : params) n += p.numel();
     std::fprintf(stderr,
                  "diffuse train (text-to-image): %lld captioned images in %zu buckets, latents of %s | "
-                 "UNet2DConditionModel + %s text encoder, %.2fM trained parameters | %s | %s\n",
+                 "UNet2DConditionModel + %s text encoder (%lld tokens), %.2fM trained parameters | %s | %s\n",
                  static_cast<long long>(data.size()), data.buckets.size(), to.latent.c_str(),
-                 text_cfg ? opt.text_encoder.c_str() : "frozen", static_cast<double>(n) / 1e6, device.str().c_str(),
-                 runtime_summary().c_str());
+                 text_cfg ? opt.text_encoder.c_str() : "frozen", static_cast<long long>(tokenizer.vocab_size()),
+                 static_cast<double>(n) / 1e6, device.str().c_str(), runtime_summary().c_str());
   }
   auto save_all = [&] {
     save_checkpoint(ckpt_dir, CheckpointState{state.step, smooth, state.trained_seconds, opts_now}, *model, *ema,
@@ -536,6 +522,37 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
   result.final_loss = smooth;
   result.seconds = loop.seconds;
   return result;
+}
+
+std::pair<int64_t, int64_t> reduce_pipeline_vocabulary(const std::string& model, const std::string& data,
+                                                       const std::string& out, const std::string& caption_ext) {
+  for (const char* c : {"text_encoder/config.json", "tokenizer/vocab.json", "model_index.json"})
+    if (!fs::exists(model + "/" + c))
+      throw Error("model " + model + ": not a StableDiffusionPipeline folder (" + model + "/" + c + " is missing)");
+  if (fs::exists(out)) throw Error("out " + out + ": already exists");
+  CaptionedOptions co;
+  co.caption_ext = caption_ext;
+  const CaptionedDataset d = load_captioned(data, co);
+  const CLIPTokenizer tokenizer = CLIPTokenizer::from_folder(model + "/tokenizer");
+  std::vector<int64_t> old_ids;
+  const CLIPTokenizer small = tokenizer.reduced(d.captions, &old_ids);
+  CLIPTextModel text = load_clip_text_model(model + "/text_encoder");
+  if (text->config().vocab_size != tokenizer.vocab_size())
+    throw Error("model " + model + ": the text encoder has " + std::to_string(text->config().vocab_size) +
+                " token embeddings but the tokenizer " + std::to_string(tokenizer.vocab_size()) + " tokens");
+  text->keep_token_embeddings(old_ids);
+  const std::string tmp = out + ".tmp";
+  remove_tree(tmp);
+  fs::create_directories(tmp);
+  for (const auto& e : fs::directory_iterator(model)) {
+    const auto name = e.path().filename().string();
+    if (name == "text_encoder" || name == "tokenizer" || name == "checkpoint" || name.front() == '.') continue;
+    fs::copy(e.path(), tmp + "/" + name, fs::copy_options::recursive);
+  }
+  save_text_encoder(text, tmp + "/text_encoder");
+  small.save(tmp + "/tokenizer");
+  fs::rename(tmp, out);
+  return {tokenizer.vocab_size(), small.vocab_size()};
 }
 
 }  // namespace diffuse

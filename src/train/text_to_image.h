@@ -24,10 +24,14 @@ struct TextToImageOptions {
   // weight_decay, grad_clip, ema_decay, prediction, beta_schedule, num_train_timesteps,
   // min_snr_gamma, bf16, seed, save_every, sample_every, resume, device, quiet.
   TrainOptions train;
-  // clip-tiny | clip-small (trained from scratch with the CLIP vocabulary), or a folder: a
+  // clip-tiny | clip-small (trained from scratch), or a folder: a
   // CLIPTextModel folder or a StableDiffusionPipeline folder (its text_encoder/ and tokenizer/),
   // used frozen.
   std::string text_encoder = "clip-tiny";
+  // The vocabulary of a preset text encoder: "captions" (CLIPTokenizer::reduced() to the training
+  // captions: a few thousand embedding rows instead of 49,408) or "clip" (all of CLIP's). Empty:
+  // "captions" for a new run, the checkpoint's for --resume ("clip" for runs from before the option).
+  std::string vocabulary;
   std::string caption_ext = ".txt";
   double caption_dropout = 0.1;
   std::vector<std::string> sample_prompts;  // grid rows; empty = the first 8 distinct captions
@@ -46,5 +50,12 @@ nlohmann::json t2i_unet_preset(const std::string& name, int sample_size, int cha
 void write_clip_tokenizer_folder(const std::string& dir, const std::string& bpe_file = "");
 
 TrainResult train_text_to_image(const TextToImageOptions& opt);
+
+// Copies the StableDiffusionPipeline folder `model` to `out` (which must not exist) with its
+// tokenizer cut down to the tokens of the captions of `data` (CLIPTokenizer::reduced, train split)
+// and its text encoder's embedding rows to match: those captions encode exactly as before. For
+// pipelines trained with --vocab clip. Returns the vocabulary sizes before and after.
+std::pair<int64_t, int64_t> reduce_pipeline_vocabulary(const std::string& model, const std::string& data,
+                                                       const std::string& out, const std::string& caption_ext = ".txt");
 
 }  // namespace diffuse

@@ -185,6 +185,13 @@ TEST_F(Cli, BadInputGivesOneClearErrorAndNoOutput) {
       {"eval --model " + test::fixture("sd_pipeline_tiny") + " --data emoji --n 2",
        "--data emoji: a text-to-image model is scored on the held-out captions"},
       {"train --data /nonexistent/d --out " + (t / "run"), "/nonexistent/d"},
+      {"train --data emoji-captions --text-encoder clip-tiny --vocab all --out " + (t / "run"), "--vocab"},
+      {"reduce-vocab --model " + test::fixture("sd_pipeline_tiny") + " --data /nonexistent/d --out " + (t / "rv"),
+       "/nonexistent/d"},
+      {"reduce-vocab --model " + test::fixture("sd_pipeline_tiny") + " --data emoji-captions --out " + (t / "full"),
+       "out " + (t / "full") + ": already exists"},
+      {"reduce-vocab --model " + model() + " --data emoji-captions --out " + (t / "rv"),
+       "not a StableDiffusionPipeline folder"},
       {"forward --model " + model() + "/unet --inputs /nonexistent.safetensors --out " + (t / "x.safetensors"),
        "/nonexistent.safetensors"},
       {"info /nonexistent.png", "/nonexistent.png"},
@@ -198,6 +205,7 @@ TEST_F(Cli, BadInputGivesOneClearErrorAndNoOutput) {
   EXPECT_FALSE(fs::exists(t / "x.png"));
   EXPECT_FALSE(fs::exists(t / "x.safetensors"));
   EXPECT_FALSE(fs::exists(t / "run"));
+  EXPECT_FALSE(fs::exists(t / "rv"));
   EXPECT_FALSE(fs::exists(t / "s"));
 }
 

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
+#include "models/clip_tokenizer.h"
 #include "models/error_of.h"
 #include "nn/state_dict.h"
 
@@ -201,4 +202,40 @@ TEST(ClipText, BadInput) {
             }).find("max_position_embeddings"),
             std::string::npos);
   EXPECT_NE(error_of([&] { m->forward(torch::zeros({4}, torch::kLong)); }).find("input_ids"), std::string::npos);
+}
+
+TEST(ClipText, KeptTokenEmbeddingsEncodeAsBefore) {
+  torch::NoGradGuard ng;
+  CLIPTextConfig c;
+  c.hidden_size = 32;
+  c.intermediate_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.pad_token_id = 49407;
+  torch::manual_seed(0);
+  CLIPTextModel full(c);
+  full->eval();
+  auto sd = nn::state_dict(*full);
+  auto small = clip_text_model_from_state_dict(c, std::map<std::string, torch::Tensor>(sd.begin(), sd.end()), "mem");
+  const auto tok = CLIPTokenizer::builtin();
+  const std::vector<std::string> texts = {"a red square", "a small blue circle", ""};
+  std::vector<int64_t> old_ids;
+  const auto reduced = tok.reduced(texts, &old_ids);
+  small->keep_token_embeddings(old_ids);
+  EXPECT_EQ(small->config().vocab_size, reduced.vocab_size());
+  EXPECT_EQ(small->config().eos_token_id, reduced.eos_id());
+  EXPECT_EQ(small->config().bos_token_id, reduced.bos_id());
+  EXPECT_EQ(small->config().pad_token_id, reduced.pad_id());
+  EXPECT_EQ(small->token_embedding->weight.size(0), reduced.vocab_size());
+  for (const auto& text : texts) {
+    const auto a = full->forward(torch::tensor(tok.tokenize(text)).unsqueeze(0));
+    const auto b = small->forward(torch::tensor(reduced.tokenize(text)).unsqueeze(0));
+    EXPECT_TRUE(torch::equal(a.last_hidden_state, b.last_hidden_state)) << text;
+    EXPECT_TRUE(torch::equal(a.pooler_output, b.pooler_output)) << text;
+  }
+  EXPECT_NE(error_of([&] {
+              small->keep_token_embeddings({0, 1, 99999});
+            }).find("outside the vocabulary"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { small->keep_token_embeddings({0, 1}); }).find("drops the bos token"), std::string::npos);
 }

@@ -203,3 +203,49 @@ TEST(ClipTokenizer, ArbitraryBytesNeverFail) {
     for (auto id : ids) ASSERT_TRUE(id >= 0 && id < t.vocab_size());
   }
 }
+
+TEST(ClipTokenizer, ReducedVocabularyTokenizesItsTextsAsBefore) {
+  const auto full = CLIPTokenizer::builtin();
+  std::vector<std::string> texts;
+  for (const auto& c : load_cases().at("cases")) texts.push_back(c.at("prompt").get<std::string>());
+  std::vector<int64_t> old_ids;
+  const auto small = full.reduced(texts, &old_ids);
+  ASSERT_EQ(static_cast<int64_t>(old_ids.size()), small.vocab_size());
+  EXPECT_GT(small.vocab_size(), 512);
+  EXPECT_LT(small.vocab_size(), 2000);
+  EXPECT_EQ(small.bos_id(), small.vocab_size() - 2);
+  EXPECT_EQ(small.eos_id(), small.vocab_size() - 1);
+  EXPECT_EQ(small.pad_id(), small.eos_id());
+  for (int64_t i = 0; i < small.vocab_size(); ++i) ASSERT_EQ(small.id_to_token(i), full.id_to_token(old_ids[i]));
+  TempDir tmp;
+  small.save(tmp / "small");
+  const auto saved = CLIPTokenizer::from_folder(tmp / "small");
+  ASSERT_EQ(saved.vocab_size(), small.vocab_size());
+  for (const auto& text : texts) {
+    SCOPED_TRACE(text);
+    EXPECT_EQ(small.tokens(text), full.tokens(text));
+    const auto ids = small.tokenize(text);
+    std::vector<int64_t> mapped;
+    for (const auto id : ids) mapped.push_back(old_ids[static_cast<size_t>(id)]);
+    EXPECT_EQ(mapped, full.tokenize(text));
+    EXPECT_EQ(saved.tokenize(text), ids);
+  }
+  // Other text still tokenizes, into pieces of the kept tokens that spell the same bytes.
+  for (const std::string text : {"a zebra in quicksand", "héllo wörld 123", "\xF0\x9F\x98\x80 emoji"}) {
+    SCOPED_TRACE(text);
+    std::string a, b;
+    for (const auto& t : small.tokens(text)) {
+      ASSERT_GE(small.token_id(t), 0) << t;
+      a += t;
+    }
+    for (const auto& t : full.tokens(text)) b += t;
+    EXPECT_EQ(a, b);
+  }
+  // SD 2.x padding ("!", a byte symbol) keeps its id; added tokens cannot be reduced.
+  const auto sd2 = CLIPTokenizer::builtin("!").reduced({"a cat"});
+  EXPECT_EQ(sd2.pad_id(), 0);
+  EXPECT_EQ(sd2.eos_id(), sd2.vocab_size() - 1);
+  auto added = CLIPTokenizer::builtin();
+  added.add_token("<cat-toy>", {49408});
+  EXPECT_NE(error_of([&] { added.reduced({"a cat"}); }).find("added tokens"), std::string::npos);
+}

@@ -250,5 +250,56 @@ TEST(TextToImage, FrozenTextEncoderFromAPipelineFolderAndClearErrors) {
   EXPECT_NE(test::error_of([&] { train_text_to_image(bad); }).find("must be a multiple of 8"), std::string::npos);
 }
 
+TEST(TextToImage, VocabularyOfTheCaptionsOrReducedAfterwards) {
+  test::TempDir dir;
+  // Default: the captions' tokens only.
+  train_text_to_image(short_t2i_run(dir, "captions", 2));
+  const auto cfg = read_json_file(dir / "captions/text_encoder/config.json");
+  const auto tok = CLIPTokenizer::from_folder(dir / "captions/tokenizer");
+  EXPECT_EQ(cfg["vocab_size"], tok.vocab_size());
+  EXPECT_LT(tok.vocab_size(), 600);  // 512 byte symbols, a few words, 2 specials
+  EXPECT_EQ(cfg["eos_token_id"], tok.eos_id());
+  EXPECT_EQ(read_json_file(dir / "captions/train_config.json")["vocabulary"], "captions");
+  auto o = short_t2i_run(dir, "captions", 3);
+  o.train.resume = true;
+  o.vocabulary = "clip";
+  EXPECT_NE(test::error_of([&] { train_text_to_image(o); }).find("different --vocab"), std::string::npos);
+
+  // --vocab clip, then reduce-vocab: the training captions encode exactly as before.
+  o = short_t2i_run(dir, "clip", 2);
+  o.vocabulary = "clip";
+  train_text_to_image(o);
+  EXPECT_EQ(read_json_file(dir / "clip/text_encoder/config.json")["vocab_size"], 49408);
+  const auto [before, after] = reduce_pipeline_vocabulary(dir / "clip", dir / "shapes", dir / "small");
+  EXPECT_EQ(before, 49408);
+  EXPECT_EQ(after, tok.vocab_size());
+  auto a = SDPipeline::load(dir / "clip"), b = SDPipeline::load(dir / "small");
+  EXPECT_LT(fs::file_size(dir / "small/text_encoder/model.safetensors"),
+            fs::file_size(dir / "clip/text_encoder/model.safetensors") / 4);
+  SDOptions g;
+  g.prompt = "a large red square";  // a training caption
+  g.steps = 3;
+  EXPECT_TRUE(torch::equal(generate(a, g).samples, generate(b, g).samples));
+  // Both vocabularies train the same network: the reduced clip run is the captions run.
+  for (const char* f : {"unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"}) {
+    const auto x = safetensors::load(dir / ("captions/" + std::string(f)));
+    const auto y = safetensors::load(dir / ("small/" + std::string(f)));
+    ASSERT_EQ(x.size(), y.size()) << f;
+    for (const auto& [k, v] : x) EXPECT_TRUE(torch::allclose(v, y.at(k), 1e-5, 1e-6)) << f << " " << k;
+  }
+  EXPECT_NE(test::error_of([&] {
+              reduce_pipeline_vocabulary(dir / "clip", dir / "shapes", dir / "small");
+            }).find("already exists"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] {
+              reduce_pipeline_vocabulary(dir / "shapes", dir / "shapes", dir / "x");
+            }).find("not a StableDiffusionPipeline folder"),
+            std::string::npos);
+  auto bad = short_t2i_run(dir, "bad", 1);
+  bad.text_encoder = test::tiny_sd_folder(dir / "sd");
+  bad.vocabulary = "captions";
+  EXPECT_NE(test::error_of([&] { train_text_to_image(bad); }).find("--vocab: only for"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace diffuse

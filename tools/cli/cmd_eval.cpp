@@ -10,6 +10,7 @@
 #include "core/runtime.h"
 #include "eval/evaluate.h"
 #include "launch.h"
+#include "train/captioned.h"
 #include "train/distributed.h"
 
 namespace cmd_eval {
@@ -52,15 +53,13 @@ void run(Args& a) {
   std::string clf = a.classifier;
   if (clf.empty()) {
     // a captioned dataset is scored with its images' classifier (emoji-captions: emoji)
-    std::string data = a.data.empty() ? "fashion-mnist" : a.data;
-    const std::string captions = "-captions";
-    if (data.size() > captions.size() && data.compare(data.size() - captions.size(), captions.size(), captions) == 0)
-      data.resize(data.size() - captions.size());
-    clf = diffuse::find_classifier(data);
+    const std::string data = a.data.empty() ? "fashion-mnist" : a.data;
+    const std::string images = diffuse::captioned_images_dataset(data);
+    clf = diffuse::find_classifier(images.empty() ? data : images);
   }
   auto net = diffuse::FeatureNet::load(clf, device);
   if (!a.data.empty() && !net.config().dataset.empty() && a.data != net.config().dataset &&
-      a.data != net.config().dataset + "-captions")
+      diffuse::captioned_images_dataset(a.data) != net.config().dataset)
     std::fprintf(stderr, "note: the feature network %s was trained on %s, scoring against %s\n", clf.c_str(),
                  net.config().dataset.c_str(), a.data.c_str());
 

@@ -60,6 +60,11 @@ void register_cmd(CLI::App& app) {
       "a CLIP text encoder trained from scratch (a preset) or frozen (a CLIPTextModel or SD pipeline "
       "folder); writes a StableDiffusionPipeline folder. Presets:" +
           te_presets);
+  cmd->add_option("--vocab", t2i->vocabulary,
+                  "Text-to-image with a preset text encoder: captions (the CLIP tokens the training captions use, "
+                  "plus the 512 byte symbols; the default for a new run) or clip (all 49,408); --resume keeps the "
+                  "run's")
+      ->check(CLI::IsMember({"captions", "clip"}));
   cmd->add_option("--caption-ext", t2i->caption_ext, "Text-to-image: extension of the caption files")
       ->capture_default_str();
   cmd->add_option("--caption-dropout", t2i->caption_dropout,
