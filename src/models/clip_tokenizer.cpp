@@ -549,9 +549,11 @@ CLIPTokenizer CLIPTokenizer::reduced(const std::vector<std::string>& texts, std:
   for (const auto& s : {special.bos, special.eos, special.unk, special.pad}) order.push_back(s);
   std::unordered_map<std::string, int64_t> vocab;
   std::vector<int64_t> from;
-  for (const auto& t : order) {
+  for (size_t i = 0; i < order.size(); ++i) {
+    const auto& t = order[i];
     if (vocab.count(t)) continue;  // a merge result seen before, or a special token that is a byte ("!")
     const auto id = token_id(t);
+    if (id < 0 && i < 512) continue;  // a byte symbol this vocabulary lacks stays unknown
     if (id < 0) throw Error("CLIP tokenizer: cannot reduce a vocabulary without the token '" + t + "'");
     vocab.emplace(t, static_cast<int64_t>(from.size()));
     from.push_back(id);

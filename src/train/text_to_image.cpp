@@ -136,8 +136,6 @@ void validate_t2i(const TextToImageOptions& o) {
   if (!o.vocabulary.empty() && fs::is_directory(o.text_encoder))
     throw Error("--vocab: only for a text encoder trained here (a preset); " + o.text_encoder + " has its tokenizer");
   if (t.task != "generate") throw Error("--task " + t.task + ": text-to-image generates");
-  if (t.dist && t.dist->world_size() > 1)
-    throw Error("--nproc-per-node: text-to-image training runs in one process for now (no data parallelism yet)");
   parse_prediction(t.prediction);
 }
 
@@ -152,6 +150,8 @@ nlohmann::json t2i_options_json(const TextToImageOptions& o) {
           {"image_size", t.image_size},
           {"steps", t.steps},
           {"batch", t.batch},
+          {"processes", t.dist ? t.dist->world_size() : 1},
+          {"global_batch", t.batch * (t.dist ? t.dist->world_size() : 1)},
           {"lr", t.lr},
           {"lr_schedule", t.lr_schedule},
           {"warmup", t.warmup},
@@ -168,7 +168,7 @@ nlohmann::json t2i_options_json(const TextToImageOptions& o) {
 
 const std::vector<std::string> kT2IResumeKeys = {
     "data",       "config", "latent",     "text_encoder",  "caption_ext",         "caption_dropout",
-    "image_size", "batch",  "prediction", "beta_schedule", "num_train_timesteps", "seed"};
+    "image_size", "global_batch",  "prediction", "beta_schedule", "num_train_timesteps", "seed"};
 
 // The frozen text encoder of a folder: a CLIPTextModel folder, or a pipeline's text_encoder/ + tokenizer/.
 struct FrozenText {
@@ -216,7 +216,11 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
   const torch::Device device = parse_device(to.device);
   const std::string out = to.out, ckpt_dir = out + "/checkpoint";
   nlohmann::json opts_now = t2i_options_json(opt);
-  const std::optional<CheckpointState> resumed = open_run(out, opts_now, kT2IResumeKeys, to.resume, to.quiet);
+  Distributed* dist = to.dist && to.dist->world_size() > 1 ? to.dist.get() : nullptr;
+  const int rank = dist ? dist->rank() : 0, world = dist ? dist->world_size() : 1;
+  const bool is_main = rank == 0, quiet = to.quiet || !is_main;
+  const std::optional<CheckpointState> resumed =
+      open_run(out, opts_now, kT2IResumeKeys, to.resume, to.quiet, dist);
   std::string vocabulary = opt.vocabulary.empty() ? "captions" : opt.vocabulary;
   if (resumed) {
     const std::string saved = resumed->options.value("vocabulary", std::string("clip"));
@@ -276,7 +280,7 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
   vae->to(device);
   std::vector<std::pair<torch::Tensor, torch::Tensor>> latents;  // per bucket: mean, std
   {
-    Progress bar(data.size(), "encode", "img", !to.quiet);
+    Progress bar(data.size(), "encode", "img", !quiet);
     int64_t done = 0;
     for (const auto& b : data.buckets) {
       std::vector<torch::Tensor> m, s;
@@ -444,8 +448,14 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
     if (state.step > to.steps)
       throw Error(ckpt_dir + ": already at step " + std::to_string(state.step) + " (raise --steps to train further)");
   }
-  start_run_files(out, opts_now, "step,loss,lr,img_per_s,elapsed_s", !resumed);
-  if (!to.quiet) {
+  // Identical weights on every rank: rank 0's (a fresh run's initialisation, or its checkpoint).
+  if (dist) {
+    std::vector<torch::Tensor> state_tensors = model->parameters();
+    for (auto& p : ema->parameters()) state_tensors.push_back(p);
+    dist->broadcast(state_tensors, "the initial weights");
+  }
+  if (is_main) start_run_files(out, opts_now, "step,loss,lr,img_per_s,elapsed_s", !resumed);
+  if (!quiet) {
     int64_t n = 0;
     for (auto& p : params) n += p.numel();
     std::fprintf(stderr,
@@ -454,6 +464,12 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
                  static_cast<long long>(data.size()), data.buckets.size(), to.latent.c_str(),
                  text_cfg ? opt.text_encoder.c_str() : "frozen", static_cast<long long>(tokenizer.vocab_size()),
                  static_cast<double>(n) / 1e6, device.str().c_str(), runtime_summary().c_str());
+    std::fprintf(stderr, "global batch %lld = %d per process x %d process%s\n",
+                 static_cast<long long>(to.batch) * world, to.batch, world, world > 1 ? "es" : "");
+    if (dist)
+      std::fprintf(stderr, "data parallel: %d processes (%s), rendezvous %s:%d\n", world, dist->backend().c_str(),
+                   dist->env().master_addr.c_str(), dist->env().master_port);
+    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
   }
   auto save_all = [&] {
     save_checkpoint(ckpt_dir, CheckpointState{state.step, smooth, state.trained_seconds, opts_now}, *model, *ema,
@@ -462,8 +478,12 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
   };
 
   const DiffusionObjective objective(alphas_cumprod, {to.prediction, 0.0, -1, false, to.min_snr_gamma});
-  CaptionedLoader loader(data, to.batch, to.seed);
+  // Data parallel: every rank makes the global batch of the step (batch x processes) and its random
+  // draws, and trains its share of the rows; the shares' losses are weighted by their sizes, so
+  // the averaged gradients are the global batch's.
+  CaptionedLoader loader(data, to.batch * world, to.seed);
   NonFiniteGuard nonfinite(to.max_nonfinite_steps);
+  GradientSync sync(to.dist, params);
   double lr = 0;
   LoopCallbacks cb;
   cb.step = [&](int64_t step) {
@@ -474,24 +494,35 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
     const auto& [mean_all, std_all] = latents[static_cast<size_t>(b.bucket)];
     auto rows = torch::tensor(b.rows, torch::kInt64);
     auto mean = mean_all.index_select(0, rows), sd = std_all.index_select(0, rows);
-    auto x0 = (mean + sd * torch::randn(mean.sizes(), gen)).to(device);
-    const int64_t B = x0.size(0);
-    const DiffusionDraw draw = objective.draw(x0, {}, gen);
-    auto captions = b.captions;
+    const int64_t B = mean.size(0), first = B * rank / world, last = B * (rank + 1) / world;
+    auto x0 = (mean + sd * torch::randn(mean.sizes(), gen)).slice(0, first, last).to(device);
+    const DiffusionDraw draw = objective.draw(x0, {}, gen, BatchSlice{first, B});
+    std::vector<std::string> captions(b.captions.begin() + first, b.captions.begin() + last);
     if (opt.caption_dropout > 0) {
       auto drop = torch::rand({B}, gen);
-      for (int64_t i = 0; i < B; ++i)
-        if (drop[i].item<double>() < opt.caption_dropout) captions[static_cast<size_t>(i)].clear();
+      for (int64_t i = first; i < last; ++i)
+        if (drop[i].item<double>() < opt.caption_dropout) captions[static_cast<size_t>(i - first)].clear();
     }
-    torch::Tensor pred_out;
-    {
-      nn::AutocastGuard autocast(device, to.bf16);
-      auto ehs = encode_text(model, captions);
-      pred_out = model->unet->forward(draw.xt, draw.t.to(torch::kFloat32), ehs).to(torch::kFloat32);
+    double step_loss = 0;
+    if (dist) sync.arm("gradients at step " + std::to_string(step + 1));
+    if (last > first) {
+      torch::Tensor pred_out;
+      {
+        nn::AutocastGuard autocast(device, to.bf16);
+        auto ehs = encode_text(model, captions);
+        pred_out = model->unet->forward(draw.xt, draw.t.to(torch::kFloat32), ehs).to(torch::kFloat32);
+      }
+      auto loss = objective.loss(pred_out, draw);
+      if (dist) loss = loss * (static_cast<double>((last - first) * world) / static_cast<double>(B));
+      loss.backward();
+      step_loss = loss.item<double>();
     }
-    auto loss = objective.loss(pred_out, draw);
-    loss.backward();
-    const double step_loss = loss.item<double>();
+    if (dist) {
+      sync.finish("gradients at step " + std::to_string(step + 1));
+      auto l = torch::tensor({step_loss}, torch::kFloat64);
+      dist->all_reduce_mean({l}, "the loss at step " + std::to_string(step + 1));
+      step_loss = l.item<double>();
+    }
     if (nonfinite.ok(step_loss, params, step)) {
       if (to.grad_clip > 0) clip_grad_norm(params, to.grad_clip);
       optimizer.step(lr);
@@ -512,12 +543,13 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
   lo.steps = to.steps;
   lo.save_every = to.save_every;
   lo.sample_every = to.sample_every;
-  lo.images_per_step = to.batch;
+  lo.images_per_step = static_cast<int64_t>(to.batch) * world;
   lo.quiet = to.quiet;
+  lo.dist = dist;
   const LoopResult loop = run_training_loop(lo, state, cb);
   TrainResult result;
   result.interrupted = loop.interrupted;
-  if (!loop.interrupted && !fs::exists(out + "/model_index.json")) save_pipeline();
+  if (is_main && !loop.interrupted && !fs::exists(out + "/model_index.json")) save_pipeline();
   result.steps = state.step;
   result.final_loss = smooth;
   result.seconds = loop.seconds;
