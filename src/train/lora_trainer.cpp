@@ -102,6 +102,8 @@ nlohmann::json lora_options_json(const LoraTrainOptions& o) {
           {"grad_clip", o.grad_clip},
           {"steps", o.steps},
           {"batch", o.batch},
+          {"processes", o.dist ? o.dist->world_size() : 1},
+          {"global_batch", o.batch * (o.dist ? o.dist->world_size() : 1)},
           {"min_snr_gamma", o.min_snr_gamma},
           {"caption_dropout", o.caption_dropout},
           {"bf16", o.bf16},
@@ -116,10 +118,10 @@ nlohmann::json lora_options_json(const LoraTrainOptions& o) {
 
 // Options that change what a checkpoint means: a resumed run keeps them.
 const std::vector<std::string> kLoraResumeKeys = {
-    "model",           "data",        "caption_ext", "resolution", "buckets",    "rank",
-    "alpha",           "unet_layers", "conv",        "conv_rank",  "conv_alpha", "text_encoder_lr",
-    "caption_dropout", "batch",       "bf16",        "seed",       "prior_data", "prior_prompt",
-    "prior_weight",    "full",        "ema_decay"};
+    "model",           "data",         "caption_ext", "resolution", "buckets",    "rank",
+    "alpha",           "unet_layers",  "conv",        "conv_rank",  "conv_alpha", "text_encoder_lr",
+    "caption_dropout", "global_batch", "bf16",        "seed",       "prior_data", "prior_prompt",
+    "prior_weight",    "full",         "ema_decay"};
 
 SDPipeline load_base(const LoraTrainOptions& o, torch::Device device) {
   if (!fs::exists(o.model)) throw Error("model " + o.model + ": not found");
@@ -270,7 +272,10 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   const torch::Device device = parse_device(opt.device);
   const std::string dir = lora_run_dir(opt), ckpt_dir = dir + "/checkpoint";
   const nlohmann::json opts_now = lora_options_json(opt);
-  const std::optional<CheckpointState> resumed = open_run(dir, opts_now, kLoraResumeKeys, opt.resume, opt.quiet);
+  Distributed* dist = opt.dist && opt.dist->world_size() > 1 ? opt.dist.get() : nullptr;
+  const int rank = dist ? dist->rank() : 0, world = dist ? dist->world_size() : 1;
+  const bool is_main = rank == 0, quiet = opt.quiet || !is_main;
+  const std::optional<CheckpointState> resumed = open_run(dir, opts_now, kLoraResumeKeys, opt.resume, opt.quiet, dist);
 
   SDPipeline pipe = load_base(opt, device);
   const bool train_text = opt.text_encoder_lr > 0;
@@ -312,8 +317,8 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   const CaptionedDataset data = load_captioned(opt.data, co);
   const bool prior = !opt.prior_data.empty();
   const CaptionedDataset prior_set = prior ? load_prior(opt, co) : CaptionedDataset{};
-  const auto latents = encode_buckets(pipe, data, !opt.quiet);
-  const auto prior_latents = prior ? encode_buckets(pipe, prior_set, !opt.quiet) : std::vector<BucketLatents>{};
+  const auto latents = encode_buckets(pipe, data, !quiet);
+  const auto prior_latents = prior ? encode_buckets(pipe, prior_set, !quiet) : std::vector<BucketLatents>{};
 
   // The trained tensors: LoRA adapters, or (full) every UNet parameter with an optional EMA copy.
   LoraNetworkOptions nopt = opt.network;
@@ -437,11 +442,19 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     if (state.step > opt.steps)
       throw Error(ckpt_dir + ": already at step " + std::to_string(state.step) + " (raise steps to train further)");
   }
-  start_run_files(dir, opts_now,
-                  std::string("step,loss,lr,img_per_s,elapsed_s") + (prior ? ",loss_instance,loss_prior" : ""),
-                  !resumed);
+  // Identical trained weights on every rank: rank 0's (a fresh run's initialisation, or its checkpoint).
+  if (dist) {
+    std::vector<torch::Tensor> state_tensors = trained.parameters();
+    if (ema)
+      for (auto& p : ema->parameters()) state_tensors.push_back(p);
+    dist->broadcast(state_tensors, "the initial weights");
+  }
+  if (is_main)
+    start_run_files(dir, opts_now,
+                    std::string("step,loss,lr,img_per_s,elapsed_s") + (prior ? ",loss_instance,loss_prior" : ""),
+                    !resumed);
 
-  if (!opt.quiet) {
+  if (!quiet) {
     std::fprintf(stderr,
                  "diffuse train-lora: %lld images in %zu buckets%s | %s, %.2fM parameters%s | base weights %s | %s | "
                  "%s\n",
@@ -454,6 +467,11 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
                  static_cast<double>(result.parameters) / 1e6,
                  opt.gradient_checkpointing ? ", gradient checkpointing" : "", result.base_weights.c_str(),
                  device.str().c_str(), runtime_summary().c_str());
+    std::fprintf(stderr, "global batch %lld = %d per process x %d process%s\n",
+                 static_cast<long long>(opt.batch) * world, opt.batch, world, world > 1 ? "es" : "");
+    if (dist)
+      std::fprintf(stderr, "data parallel: %d processes (%s), rendezvous %s:%d\n", world, dist->backend().c_str(),
+                   dist->env().master_addr.c_str(), dist->env().master_port);
     if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
   }
   result.eval_loss_before = NAN;
@@ -492,12 +510,13 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
         {"ss_optimizer", "AdamW(weight_decay=" + c10::str(opt.weight_decay) + ")"},
         {"ss_max_grad_norm", c10::str(opt.grad_clip)},
         {"ss_batch_size_per_device", std::to_string(opt.batch)},
-        {"ss_total_batch_size", std::to_string(opt.batch)},
+        {"ss_total_batch_size", std::to_string(opt.batch * world)},
         {"ss_gradient_accumulation_steps", "1"},
         {"ss_num_train_images", std::to_string(data.epoch_size())},
         {"ss_num_reg_images", std::to_string(prior_set.epoch_size())},
         {"ss_prior_loss_weight", c10::str(prior ? opt.prior_weight : 1.0)},
-        {"ss_num_batches_per_epoch", std::to_string(CaptionedLoader(data, opt.batch, opt.seed).batches_per_epoch())},
+        {"ss_num_batches_per_epoch",
+         std::to_string(CaptionedLoader(data, opt.batch * world, opt.seed).batches_per_epoch())},
         {"ss_resolution", "(" + std::to_string(co.resolution) + ", " + std::to_string(co.resolution) + ")"},
         {"ss_enable_bucket", opt.buckets ? "True" : "False"},
         {"ss_bucket_no_upscale", "False"},
@@ -555,10 +574,14 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   };
 
   const DiffusionObjective objective(alphas_cumprod, {prediction, 0.0, -1, false, opt.min_snr_gamma});
-  CaptionedLoader loader(data, opt.batch, opt.seed);
+  // Data parallel: every rank makes the global batches of the step (batch x processes) and their
+  // random draws, and trains its share of the rows, weighted by the share's size (see
+  // text_to_image.cpp); the gradients are averaged before clipping and the update.
+  CaptionedLoader loader(data, opt.batch * world, opt.seed);
   const uint64_t prior_seed = mix_seed(opt.seed, 0x7072696f72);
   std::optional<CaptionedLoader> prior_loader;
-  if (prior) prior_loader.emplace(prior_set, opt.batch, prior_seed);
+  if (prior) prior_loader.emplace(prior_set, opt.batch * world, prior_seed);
+  GradientSync sync(opt.dist, params);
   NonFiniteGuard nonfinite(opt.max_nonfinite_steps);
   const std::vector<torch::Tensor> ema_params = ema ? ema->parameters() : std::vector<torch::Tensor>{};
   double lr = 0;
@@ -568,21 +591,23 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
     const double text_lr = scheduled_lr(opt.text_encoder_lr, step, opt.warmup, opt.lr_schedule, opt.steps);
     unet_opt.zero_grad();
     if (text_opt) text_opt->zero_grad();
-    // The loss of one batch of `set` (its latents `lat`), with the generator of the step.
+    // The loss of this rank's share of one global batch of `set` (its latents `lat`), with the
+    // generator of the step, scaled by the share's size when data parallel (undefined: no rows).
     auto batch_loss_of = [&](const CaptionedBatch& b, const std::vector<BucketLatents>& lat, at::Generator& gen,
-                             bool dropout) {
+                             bool dropout) -> torch::Tensor {
       const auto& bl = lat[static_cast<size_t>(b.bucket)];
       auto rows = torch::tensor(b.rows, torch::kInt64);
       auto mean = bl.mean.index_select(0, rows), sd = bl.std.index_select(0, rows);
-      auto x0 = (mean + sd * torch::randn(mean.sizes(), gen)).to(device);
-      const int64_t B = x0.size(0);
-      const DiffusionDraw draw = objective.draw(x0, {}, gen);
-      auto captions = b.captions;
+      const int64_t B = mean.size(0), first = B * rank / world, last = B * (rank + 1) / world;
+      auto x0 = (mean + sd * torch::randn(mean.sizes(), gen)).slice(0, first, last).to(device);
+      const DiffusionDraw draw = objective.draw(x0, {}, gen, BatchSlice{first, B});
+      std::vector<std::string> captions(b.captions.begin() + first, b.captions.begin() + last);
       if (dropout && opt.caption_dropout > 0) {
         auto drop = torch::rand({B}, gen);
-        for (int64_t i = 0; i < B; ++i)
-          if (drop[i].item<double>() < opt.caption_dropout) captions[static_cast<size_t>(i)].clear();
+        for (int64_t i = first; i < last; ++i)
+          if (drop[i].item<double>() < opt.caption_dropout) captions[static_cast<size_t>(i - first)].clear();
       }
+      if (last == first) return {};
       attach();  // the merged weights of the graph (each backward frees them)
       auto ehs = encode_text(captions, train_text && torch::GradMode::is_enabled());
       torch::Tensor out;
@@ -590,13 +615,15 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
         nn::AutocastGuard autocast(device, opt.bf16);
         out = pipe.unet->forward(draw.xt, draw.t.to(torch::kFloat32), ehs).to(torch::kFloat32);
       }
-      return objective.loss(out, draw);
+      auto loss = objective.loss(out, draw);
+      return dist ? loss * (static_cast<double>((last - first) * world) / static_cast<double>(B)) : loss;
     };
     auto gen = at::detail::createCPUGenerator(mix_seed(opt.seed, static_cast<uint64_t>(step)));
-    auto loss = batch_loss_of(loader.make(step), latents, gen, true);
-    loss.backward();
-    const double instance_loss = loss.item<double>();
-    double step_loss = instance_loss, prior_loss = NAN;
+    double instance_loss = 0, prior_loss = NAN;
+    if (auto loss = batch_loss_of(loader.make(step), latents, gen, true); loss.defined()) {
+      loss.backward();
+      instance_loss = loss.item<double>();
+    }
     if (prior) {
       // The class images' batch, drawn from generators of its own (so that prior_weight 0 trains
       // exactly what no prior data does), and its own backward pass: gradients add up to those of
@@ -604,11 +631,20 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
       auto pgen = at::detail::createCPUGenerator(mix_seed(prior_seed, static_cast<uint64_t>(step)));
       std::optional<torch::NoGradGuard> ng;
       if (opt.prior_weight == 0) ng.emplace();
-      auto ploss = batch_loss_of(prior_loader->make(step), prior_latents, pgen, false);
-      if (opt.prior_weight > 0) (ploss * opt.prior_weight).backward();
-      prior_loss = ploss.item<double>();
-      step_loss = instance_loss + opt.prior_weight * prior_loss;
+      prior_loss = 0;
+      if (auto ploss = batch_loss_of(prior_loader->make(step), prior_latents, pgen, false); ploss.defined()) {
+        if (opt.prior_weight > 0) (ploss * opt.prior_weight).backward();
+        prior_loss = ploss.item<double>();
+      }
     }
+    if (dist) {
+      sync.finish("gradients at step " + std::to_string(step + 1));
+      auto l = torch::tensor({instance_loss, prior ? prior_loss : 0.0}, torch::kFloat64);
+      dist->all_reduce_mean({l}, "the loss at step " + std::to_string(step + 1));
+      instance_loss = l[0].item<double>();
+      if (prior) prior_loss = l[1].item<double>();
+    }
+    const double step_loss = prior ? instance_loss + opt.prior_weight * prior_loss : instance_loss;
     if (nonfinite.ok(step_loss, params, step)) {
       if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);
       unet_opt.step(lr);
@@ -675,8 +711,9 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
   lo.save_every = opt.save_every;
   lo.log_every = 10;
   lo.sample_every = opt.sample_every;
-  lo.images_per_step = opt.batch;
+  lo.images_per_step = static_cast<int64_t>(opt.batch) * world;
   lo.quiet = opt.quiet;
+  lo.dist = dist;
   const LoopResult loop = run_training_loop(lo, state, cb);
   result.interrupted = loop.interrupted;
   result.eval_loss_after = eval_loss();

@@ -13,12 +13,15 @@
 // StableDiffusionPipeline folder `out` that also holds checkpoint/, metrics.csv and loss.png.
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "train/lora_network.h"
 
 namespace diffuse {
+
+class Distributed;
 
 struct LoraTrainOptions {
   std::string model;  // SD pipeline folder or single-file .safetensors
@@ -58,6 +61,9 @@ struct LoraTrainOptions {
   bool full = false;
   double ema_decay = 0;
   bool resume = false;
+  // Data parallel (train/distributed.h): `batch` is per process; every process trains its share of
+  // the global batch (batch x processes) and rank 0 writes the files. Null: one process.
+  std::shared_ptr<Distributed> dist;
   std::string device = "auto";
   bool quiet = false;
   int max_nonfinite_steps = 10;

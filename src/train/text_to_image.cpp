@@ -167,8 +167,8 @@ nlohmann::json t2i_options_json(const TextToImageOptions& o) {
 }
 
 const std::vector<std::string> kT2IResumeKeys = {
-    "data",       "config", "latent",     "text_encoder",  "caption_ext",         "caption_dropout",
-    "image_size", "global_batch",  "prediction", "beta_schedule", "num_train_timesteps", "seed"};
+    "data",       "config",       "latent",     "text_encoder",  "caption_ext",         "caption_dropout",
+    "image_size", "global_batch", "prediction", "beta_schedule", "num_train_timesteps", "seed"};
 
 // The frozen text encoder of a folder: a CLIPTextModel folder, or a pipeline's text_encoder/ + tokenizer/.
 struct FrozenText {
@@ -219,8 +219,7 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
   Distributed* dist = to.dist && to.dist->world_size() > 1 ? to.dist.get() : nullptr;
   const int rank = dist ? dist->rank() : 0, world = dist ? dist->world_size() : 1;
   const bool is_main = rank == 0, quiet = to.quiet || !is_main;
-  const std::optional<CheckpointState> resumed =
-      open_run(out, opts_now, kT2IResumeKeys, to.resume, to.quiet, dist);
+  const std::optional<CheckpointState> resumed = open_run(out, opts_now, kT2IResumeKeys, to.resume, to.quiet, dist);
   std::string vocabulary = opt.vocabulary.empty() ? "captions" : opt.vocabulary;
   if (resumed) {
     const std::string saved = resumed->options.value("vocabulary", std::string("clip"));

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -18,6 +19,7 @@
 #include "core/safetensors.h"
 #include "fixtures.h"
 #include "processes.h"
+#include "sd_tiny_text.h"
 #include "train/two_class_data.h"
 
 namespace diffuse {
@@ -227,20 +229,60 @@ TEST(TrainDistributed, TwoProcessVaeTrainsWhatOneProcessTrains) {
   EXPECT_NEAR(ca.at("scaling_factor").get<double>(), cb.at("scaling_factor").get<double>(), 1e-4);
 }
 
+// Nine captioned images of `size` pixels (a coloured band each): with a global batch of 4 an epoch
+// ends in a batch of one row, which leaves rank 0 nothing to train on that step.
+void write_nine_captioned(const std::string& folder, int size) {
+  fs::create_directories(folder);
+  const char* colours[] = {"red", "green", "blue"};
+  for (int i = 0; i < 9; ++i) {
+    auto img = torch::full({3, size, size}, -1.0);
+    img[i % 3].slice(0, size / 4 * (i / 3), size / 4 * (i / 3) + size / 2).fill_(1.0);
+    write_png(folder + "/" + std::to_string(i) + ".png", to_image(img));
+    std::ofstream(folder + "/" + std::to_string(i) + ".txt") << colours[i % 3] << " band " << i / 3;
+  }
+}
+
+// The largest difference of two runs' checkpointed weights (model and EMA), skipping keys that
+// contain `skip`, and how far the first run's weights moved from their EMA.
+std::pair<double, double> checkpoint_gap(const std::string& a, const std::string& b, const std::string& skip) {
+  double worst = 0, moved = 0;
+  for (const std::string f : {"model.safetensors", "ema.safetensors"}) {
+    const auto ta = safetensors::load(a + "/checkpoint/" + f), tb = safetensors::load(b + "/checkpoint/" + f);
+    EXPECT_EQ(ta.size(), tb.size()) << f;
+    for (const auto& [k, v] : ta)
+      if (skip.empty() || k.find(skip) == std::string::npos)
+        worst = std::max(worst, (v - tb.at(k)).abs().max().item<double>());
+  }
+  const auto m = safetensors::load(a + "/checkpoint/model.safetensors");
+  const auto e = safetensors::load(a + "/checkpoint/ema.safetensors");
+  for (const auto& [k, v] : m) moved = std::max(moved, (v - e.at(k)).abs().max().item<double>());
+  return {worst, moved};
+}
+
+// The (smoothed) loss of the last row of a run's metrics.csv.
+double last_loss(const std::string& run) {
+  std::istringstream csv(read_file(run + "/metrics.csv"));
+  std::string line, last;
+  while (std::getline(csv, line))
+    if (!line.empty()) last = line;
+  const auto a = last.find(',') + 1;
+  return std::stod(last.substr(a, last.find(',', a) - a));
+}
+
+// Runs `args("one", 4)` as one process and `args("two", 2)` as two (global batch 4 both); whether
+// both succeeded and the second announced its global batch and data parallelism.
+bool one_then_two_processes(const std::function<std::vector<std::string>(const std::string&, int)>& args,
+                            const TempDir& dir) {
+  auto one = dist_run(with_args(args("one", 4), {"--threads", "1"}), dir / "one.log");
+  if (one.code != 0) return false;
+  auto two = dist_run(with_args(args("two", 2), {"--nproc-per-node", "2", "--threads", "2"}), dir / "two.log");
+  return two.code == 0 && two.output.find("global batch 4 = 2 per process x 2 processes") != std::string::npos &&
+         two.output.find("data parallel: 2 processes (gloo)") != std::string::npos;
+}
+
 TEST(TrainDistributed, TwoProcessesTrainTextToImageAsOneProcess) {
   TempDir dir;
-  // Nine captioned 16x16 images: with a global batch of 4 the epoch ends in a batch of one row,
-  // which leaves rank 0 nothing to train on that step.
-  fs::create_directories(dir / "data");
-  for (int i = 0; i < 9; ++i) {
-    auto img = torch::full({3, 16, 16}, -1.0);
-    img[i % 3].slice(0, 4 * (i / 3), 4 * (i / 3) + 8).fill_(1.0);
-    write_png(dir / ("data/" + std::to_string(i) + ".png"), to_image(img));
-    std::ofstream(dir / ("data/" + std::to_string(i) + ".txt")) << (i % 3 == 0   ? "red"
-                                                                    : i % 3 == 1 ? "green"
-                                                                                 : "blue")
-                                                                << " band " << i / 3;
-  }
+  write_nine_captioned(dir / "data", 16);
   auto args = [&](const std::string& out, int batch) {
     return std::vector<std::string>{"train",
                                     "--data",
@@ -272,44 +314,67 @@ TEST(TrainDistributed, TwoProcessesTrainTextToImageAsOneProcess) {
                                     "--sample-every",
                                     "0"};
   };
-  auto one = dist_run(with_args(args("one", 4), {"--threads", "1"}), dir / "one.log");
-  ASSERT_EQ(one.code, 0) << one.output;
-  auto two = dist_run(with_args(args("two", 2), {"--nproc-per-node", "2", "--threads", "2"}), dir / "two.log");
-  ASSERT_EQ(two.code, 0) << two.output;
-  EXPECT_NE(two.output.find("global batch 4 = 2 per process x 2 processes"), std::string::npos) << two.output;
-  EXPECT_NE(two.output.find("data parallel: 2 processes (gloo)"), std::string::npos) << two.output;
+  ASSERT_TRUE(one_then_two_processes(args, dir)) << read_file(dir / "one.log") << read_file(dir / "two.log");
   // The weights and their EMA, but CLIP's attention key biases: softmax ignores them, their
-  // gradients are rounding noise, and Adam turns that into steps of +-lr in either run.
-  double worst = 0, moved = 0;
-  for (const std::string f : {"model.safetensors", "ema.safetensors"}) {
-    const auto a = safetensors::load(dir / ("one/checkpoint/" + f)),
-               b = safetensors::load(dir / ("two/checkpoint/" + f));
-    ASSERT_EQ(a.size(), b.size()) << f;
-    for (const auto& [k, v] : a) {
-      if (k.find("k_proj.bias") != std::string::npos) continue;
-      worst = std::max(worst, (v - b.at(k)).abs().max().item<double>());
-    }
-  }
-  const auto m = safetensors::load(dir / "one/checkpoint/model.safetensors");
-  const auto e = safetensors::load(dir / "one/checkpoint/ema.safetensors");
-  for (const auto& [k, v] : m) moved = std::max(moved, (v - e.at(k)).abs().max().item<double>());
+  // gradients are rounding noise, and Adam turns that into steps of +-lr in either run. Attention
+  // makes more such near-zero gradients than the UNet without it above, so the bound is relative:
+  // a wrong share of the batch or of its random draws moves the weights as far as training does.
+  // The losses agree to the digits metrics.csv keeps.
+  const auto [worst, moved] = checkpoint_gap(dir / "one", dir / "two", "k_proj.bias");
   std::printf("train --text-encoder: max |difference| of weights and EMA after 12 steps: %.3g (moved %.3g)\n", worst,
               moved);
-  // Attention makes more such near-zero gradients than the UNet without it above, so the bound is
-  // relative: a wrong share of the batch or of its random draws moves the weights as far as
-  // training does. The losses (metrics.csv, 6 digits) agree.
   EXPECT_LT(worst, 0.05 * moved);
   EXPECT_GT(moved, 100 * 1e-5);
-  auto last_loss = [&](const std::string& run) {
-    std::istringstream csv(read_file(dir / (run + "/metrics.csv")));
-    std::string line, last;
-    while (std::getline(csv, line))
-      if (!line.empty()) last = line;
-    return last.substr(0, last.find(',', last.find(',') + 1));  // "step,loss"
-  };
-  EXPECT_EQ(last_loss("one"), last_loss("two"));
+  EXPECT_NEAR(last_loss(dir / "one"), last_loss(dir / "two"), 2e-5 * last_loss(dir / "one"));
   EXPECT_EQ(nlohmann::json::parse(read_file(dir / "two/train_config.json")).at("global_batch"), 4);
   EXPECT_TRUE(fs::exists(dir / "two/model_index.json"));
+}
+
+TEST(TrainDistributed, TwoProcessesTrainALoraAsOneProcess) {
+  TempDir dir;
+  const std::string model = test::tiny_sd_folder(dir / "sd");
+  write_nine_captioned(dir / "data", 32);
+  auto args = [&](const std::string& out, int batch) {
+    return std::vector<std::string>{"train-lora",
+                                    "--model",
+                                    model,
+                                    "--data",
+                                    dir / "data",
+                                    "--out",
+                                    dir / (out + ".safetensors"),
+                                    "--rank",
+                                    "2",
+                                    "--text-encoder-lr",
+                                    "5e-4",
+                                    "--batch",
+                                    std::to_string(batch),
+                                    "--steps",
+                                    "10",
+                                    "--lr",
+                                    "1e-3",
+                                    "--caption-dropout",
+                                    "0.3",
+                                    "--seed",
+                                    "2",
+                                    "--eval-images",
+                                    "0",
+                                    "--save-every",
+                                    "0"};
+  };
+  ASSERT_TRUE(one_then_two_processes(args, dir)) << read_file(dir / "one.log") << read_file(dir / "two.log");
+  // LoRA keeps no EMA (the network is saved as both); its up weights start at zero, so their size
+  // is how far training moved them.
+  const auto [worst, unused] = checkpoint_gap(dir / "one-train", dir / "two-train", "");
+  double moved = 0;
+  for (const auto& [k, v] : safetensors::load(dir / "one-train/checkpoint/model.safetensors"))
+    if (k.find("lora_up") != std::string::npos) moved = std::max(moved, v.abs().max().item<double>());
+  std::printf("train-lora: max |difference| of the adapters after 10 steps: %.3g (lora_up moved %.3g)\n", worst, moved);
+  EXPECT_LT(worst, 0.05 * moved);
+  EXPECT_GT(moved, 100 * 1e-5);
+  EXPECT_NEAR(last_loss(dir / "one-train"), last_loss(dir / "two-train"), 1e-6 * last_loss(dir / "one-train"));
+  const auto meta = safetensors::File::open(dir / "two.safetensors").metadata();
+  EXPECT_EQ(meta.at("ss_total_batch_size"), "4");
+  EXPECT_EQ(meta.at("ss_batch_size_per_device"), "2");
 }
 
 TEST(TrainDistributed, ResumesWithAnotherNumberOfProcesses) {

@@ -6,6 +6,8 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "launch.h"
+#include "train/distributed.h"
 #include "train/lora_trainer.h"
 #include "train/train_loop.h"
 
@@ -86,7 +88,9 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--weight-decay", o->weight_decay, "AdamW weight decay")->capture_default_str();
   cmd->add_option("--grad-clip", o->grad_clip, "Clip the gradient norm (0 = off)")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Optimizer steps in total")->capture_default_str();
-  cmd->add_option("--batch", o->batch, "Batch size (a batch comes from one bucket)")->capture_default_str();
+  cmd->add_option("--batch", o->batch,
+                  "Batch size per process (global batch: x processes; a batch comes from one bucket)")
+      ->capture_default_str();
   cmd->add_option("--min-snr-gamma", o->min_snr_gamma, "Min-SNR loss weighting gamma (0 = off)")->capture_default_str();
   cmd->add_option("--caption-dropout", o->caption_dropout, "Probability of an empty caption (for CFG)")
       ->capture_default_str();
@@ -122,8 +126,12 @@ void register_cmd(CLI::App& app) {
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   diffuse::cli::add_threads_option(cmd, threads.get());
-  cmd->callback([o, threads, no_buckets] {
+  auto dist = std::make_shared<diffuse::cli::DistFlags>();
+  diffuse::cli::add_dist_options(cmd, dist.get());
+  cmd->callback([o, threads, no_buckets, dist] {
+    if (diffuse::cli::launch_local(*dist, *threads)) return;
     diffuse::cli::apply_threads(*threads);
+    o->dist = diffuse::cli::join_job(*dist, o->device);
     o->buckets = !*no_buckets;
     std::signal(SIGINT, on_sigint_lora);
     std::signal(SIGTERM, on_sigint_lora);
@@ -134,6 +142,10 @@ void register_cmd(CLI::App& app) {
       throw diffuse::Error(as_flags(e.what()));
     }
     std::signal(SIGINT, SIG_DFL);
+    if (o->dist && !o->dist->main()) {
+      if (r.interrupted) throw CLI::RuntimeError(130);
+      return;
+    }
     const std::string what =
         o->full ? "full UNet"
                 : std::to_string(r.unet_layers) + " UNet + " + std::to_string(r.text_layers) + " text-encoder layers";
