@@ -207,7 +207,8 @@ TEST(ClipTokenizer, ArbitraryBytesNeverFail) {
 TEST(ClipTokenizer, ReducedVocabularyTokenizesItsTextsAsBefore) {
   const auto full = CLIPTokenizer::builtin();
   std::vector<std::string> texts;
-  for (const auto& c : load_cases().at("cases")) texts.push_back(c.at("prompt").get<std::string>());
+  const auto cases = load_cases();
+  for (const auto& c : cases.at("cases")) texts.push_back(c.at("prompt").get<std::string>());
   std::vector<int64_t> old_ids;
   const auto small = full.reduced(texts, &old_ids);
   ASSERT_EQ(static_cast<int64_t>(old_ids.size()), small.vocab_size());
