@@ -278,28 +278,37 @@ def section_generation(kind, args, sd, tmp):
     return out
 
 
-def section_train(args):
+def section_train(args, tmp):
     out = ["### Training: diffuse train against its PyTorch twin", "",
            "`bench/run_train_bench.sh` (same config, batch, threads; see \"Training throughput\"). "
            f"Load average {loadavg()} at the start.", "",
-           "| model | diffuse train (img/s) | PyTorch twin (img/s) | ratio |", "|---|---|---|---|"]
+           "| model | precision | diffuse train (img/s) | PyTorch twin (img/s) | ratio | rounds (diffuse / twin) |",
+           "|---|---|---|---|---|---|"]
     cases = [("Fashion-MNIST small, batch 64", ["--preset", "small", "--batch", "64"]),
              ("DiT-S/2 on emoji latents, batch 8", ["--preset", "DiT-S/2", "--batch", "8", "--data", "emoji",
                                                     "--latent", os.path.join(ROOT, "models/emoji-vae"),
                                                     "--warmup", "2", "--steps", "8"])]
+    repeats = 1 if args.quick else args.repeats
+    out[2] = out[2].replace("threads; see", f"threads; medians of {repeats} alternating rounds; see")
     if args.quick:
         cases = [("tiny, batch 16 (quick)", ["--preset", "tiny", "--batch", "16", "--warmup", "2", "--steps", "3"])]
     for name, flags in cases:
-        log(f"train: {name}")
-        txt = sh(" ".join([os.path.join(ROOT, "bench/run_train_bench.sh"), "--threads", str(THREADS),
-                           "--twin-attention", "bmm"] + flags) + " 2>&1")
-        d = re.search(r"^diffuse train: ([\d.]+) img/s", txt, re.M)
-        p = re.search(r"^pytorch twin: +([\d.]+) img/s", txt, re.M)
-        if d and p:
-            out.append(f"| {name} | {d.group(1)} | {p.group(1)} | {float(d.group(1)) / float(p.group(1)):.2f} |")
-        else:
-            out.append(f"| {name} | failed | | |")
-            log(txt[-2000:])
+        for precision, extra in (("fp32", []), ("bf16 autocast", ["--bf16"])):
+            log(f"train: {name}, {precision}")
+            txt = sh(" ".join([os.path.join(ROOT, "bench/run_train_bench.sh"), "--threads", str(THREADS),
+                               "--twin-attention", "bmm", "--repeats", str(repeats)] + flags + extra) + " 2>&1")
+            with open(os.path.join(tmp, re.sub(r"[^a-z0-9]+", "-", f"train {name} {precision}".lower()) + ".log"),
+                      "w") as f:
+                f.write(txt + "\n")
+            d = re.search(r"^diffuse train: ([\d.]+) img/s", txt, re.M)
+            p = re.search(r"^pytorch twin: +([\d.]+) img/s", txt, re.M)
+            rounds = ", ".join(f"{a}/{b}" for a, b in re.findall(r"^round \d+/\d+: diffuse ([\d.]+), twin ([\d.]+)", txt, re.M))
+            if d and p:
+                ratio = float(d.group(1)) / float(p.group(1))
+                out.append(f"| {name} | {precision} | {d.group(1)} | {p.group(1)} | {ratio:.2f} | {rounds} |")
+            else:
+                out.append(f"| {name} | {precision} | failed | | | |")
+                log(txt[-2000:])
     return out + [""]
 
 
@@ -468,7 +477,7 @@ def main():
         elif kind == "lora":
             lines = section_lora(args, tmp)
         elif kind == "train":
-            lines = section_train(args)
+            lines = section_train(args, tmp)
         else:
             lines = section_blocks()
         # Each section says where it comes from, under each of its headings.

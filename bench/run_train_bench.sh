@@ -6,6 +6,8 @@
 #   bench/run_train_bench.sh [--preset small] [--batch 64] [--threads N] [--warmup 5] [--steps 30]
 #                            [--twin-attention baddbmm|bmm]   (diffusers' formulation, default, or diffuse's)
 #                            [--data fashion-mnist|emoji|DIR] [--latent VAE_DIR]
+#                            [--bf16]   (both sides' forward pass under bf16 autocast)
+#                            [--repeats N]   (N alternating rounds of both; medians)
 #   bench/run_train_bench.sh --check     # parity of the twin and diffuse (max abs diff <= 1e-4)
 #
 # --preset is any `diffuse train --config` preset (UNet presets, DiT-S/2, ...). With --data other
@@ -20,7 +22,7 @@ diffuse=${DIFFUSE:-$root/build/diffuse}
 python=${PYTHON:-/usr/bin/python3}
 twin=$root/bench/train_twin.py
 fixtures=${DIFFUSE_FIXTURES:-$root/tests/fixtures}
-preset=small batch=64 threads=$(nproc) warmup=5 steps=30 check=0 attention=baddbmm data=fashion-mnist latent=
+preset=small batch=64 threads=$(nproc) warmup=5 steps=30 check=0 attention=baddbmm data=fashion-mnist latent= bf16= repeats=1
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -33,11 +35,13 @@ while [ $# -gt 0 ]; do
     --data) data=$2; shift 2 ;;
     --latent) latent=$2; shift 2 ;;
     --check) check=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | cut -c3-; exit 0 ;;
+    --bf16) bf16=--bf16; shift ;;
+    --repeats) repeats=$2; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0" | cut -c3-; exit 0 ;;
     *) echo "run_train_bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-for v in "$batch" "$threads" "$warmup" "$steps"; do
+for v in "$batch" "$threads" "$warmup" "$steps" "$repeats"; do
   [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "run_train_bench.sh: '$v' must be a positive integer" >&2; exit 2; }
 done
 [ -x "$diffuse" ] || { echo "run_train_bench.sh: $diffuse not found (build it, or set DIFFUSE)" >&2; exit 2; }
@@ -105,20 +109,29 @@ fi
 # diffuse: elapsed_s in metrics.csv is the time spent in training steps (no start-up, data
 # loading or final save). Time of steps warmup+1 .. warmup+steps = difference of two runs.
 common=("${data_args[@]}" --config "$preset" --batch "$batch" --threads "$threads" --seed 0 --flip
-        --sample-every 0 --save-every 0 --quiet)
+        --sample-every 0 --save-every 0 --quiet ${bf16:+--bf16})
 elapsed() { tail -n 1 "$1/metrics.csv" | cut -d, -f5; }
-echo "preset $preset, data $data${latent:+ (latents of $latent)}, batch $batch, threads $threads:" \
+echo "preset $preset, data $data${latent:+ (latents of $latent)}, batch $batch, threads $threads${bf16:+, bf16 autocast}:" \
      "$warmup warm-up + $steps timed steps | $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-"$diffuse" train "${common[@]}" --steps "$warmup" --out "$work/w" >/dev/null
-"$diffuse" train "${common[@]}" --steps $((warmup + steps)) --out "$work/r" >/dev/null
-d_ips=$("$python" -c "import sys; a, b = map(float, sys.argv[1:]); print(f'{$steps * $batch / (b - a):.2f}')" \
-        "$(elapsed "$work/w")" "$(elapsed "$work/r")")
-echo "diffuse train: $d_ips img/s"
-# shellcheck disable=SC2046
-t_ips=$("$python" "$twin" train $(twin_args_for "$work/r") --batch "$batch" --threads "$threads" \
-        --warmup "$warmup" --steps "$steps" --seed 0 --attention "$attention" 2>/dev/null |
-        awk '/^img_per_s/ {print $2}')
-echo "pytorch twin:  $t_ips img/s (attention $attention)"
+d_all=() t_all=()
+for ((round = 1; round <= repeats; round++)); do
+  rm -rf "$work/w" "$work/r"
+  "$diffuse" train "${common[@]}" --steps "$warmup" --out "$work/w" >/dev/null
+  "$diffuse" train "${common[@]}" --steps $((warmup + steps)) --out "$work/r" >/dev/null
+  d_ips=$("$python" -c "import sys; a, b = map(float, sys.argv[1:]); print(f'{$steps * $batch / (b - a):.2f}')" \
+          "$(elapsed "$work/w")" "$(elapsed "$work/r")")
+  # shellcheck disable=SC2046
+  t_ips=$("$python" "$twin" train $(twin_args_for "$work/r") --batch "$batch" --threads "$threads" \
+          --warmup "$warmup" --steps "$steps" --seed 0 --attention "$attention" $bf16 2>/dev/null |
+          awk '/^img_per_s/ {print $2}')
+  [ "$repeats" = 1 ] || echo "round $round/$repeats: diffuse $d_ips, twin $t_ips img/s"
+  d_all+=("$d_ips") t_all+=("$t_ips")
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+of=""; [ "$repeats" = 1 ] || of=" (median of $repeats)"
+d_ips=$(median "${d_all[@]}") t_ips=$(median "${t_all[@]}")
+echo "diffuse train: $d_ips img/s$of"
+echo "pytorch twin:  $t_ips img/s (attention $attention)$of"
 "$python" -c "import sys; print(f'ratio diffuse / pytorch: {float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "$d_ips" "$t_ips"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -590,8 +590,28 @@ def load_training_data(a):
     return torch.randint(256, [a.items, c] + size, generator=g, dtype=torch.uint8), labels, cfg
 
 
+def norms_in_fp32_under_autocast():
+    """torch 1.13's CPU autocast hands bf16 activations with fp32 affine parameters to group_norm
+    and layer_norm, which reject mixed dtypes. Compute them in fp32, as CUDA autocast does and as
+    diffuse's AutocastGuard does (src/nn/autocast.cpp)."""
+    group_norm, layer_norm = F.group_norm, F.layer_norm
+
+    def mixed(x, *ts):
+        return any(t is not None and t.dtype != x.dtype for t in ts)
+
+    def gn(x, groups, weight=None, bias=None, eps=1e-5):
+        return group_norm(x.float() if mixed(x, weight, bias) else x, groups, weight, bias, eps)
+
+    def ln(x, shape, weight=None, bias=None, eps=1e-5):
+        return layer_norm(x.float() if mixed(x, weight, bias) else x, shape, weight, bias, eps)
+
+    F.group_norm, F.layer_norm = gn, ln
+
+
 def train(a):
     torch.set_num_threads(a.threads)
+    if a.bf16:
+        norms_in_fp32_under_autocast()
     images, labels, cfg = load_training_data(a)
     n_cls = num_classes(cfg)
     null_class = n_cls  # the last class embedding is the CFG null class
@@ -610,7 +630,7 @@ def train(a):
     print(f"twin: {len(images)} {'latents' if a.latent else 'images'} {tuple(images.shape[1:])}, {n_cls} classes | "
           f"{cfg.get('_class_name', 'UNet2DModel')} {os.path.basename(a.config) if a.config else a.preset} "
           f"{sum(p.numel() for p in params) / 1e6:.2f}M parameters | torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads", file=sys.stderr)
+          f"{torch.get_num_threads()} threads{', bf16 autocast' if a.bf16 else ''}", file=sys.stderr)
     t_start = None
     for step in range(total):
         if step == a.warmup:
@@ -635,7 +655,9 @@ def train(a):
         noise = torch.randn(x0.shape, generator=gen)
         ac = alphas_cumprod.index_select(0, t).view(-1, 1, 1, 1)
         xt = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
-        out = model(xt, t.float(), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            out = model(xt, t.float(), y)
+        out = out.float()
         loss = (out - noise).pow(2).mean(dim=(1, 2, 3)).mean()
         loss.backward()
         value = loss.item()
@@ -683,6 +705,8 @@ def main():
     t.add_argument("--class-dropout", type=float, default=0.1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", help="write the EMA model here (diffusers layout)")
+    t.add_argument("--bf16", action="store_true",
+                   help="forward pass under bf16 autocast, like `diffuse train --bf16` (weights and AdamW stay fp32)")
     t.add_argument("--attention", choices=["baddbmm", "bmm"], default="baddbmm",
                    help="attention scores as diffusers' AttnProcessor (baddbmm) or as diffuse (bmm)")
     f = sub.add_parser("forward", help="one forward pass, like `diffuse forward`")

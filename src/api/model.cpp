@@ -84,7 +84,11 @@ void Model::Impl::load_sd(const std::string& dtype, const std::string& weights) 
 void Model::Impl::stage_sd(const SDComponents& want, const GenerateHooks& hooks) {
   if (!options.one_shot) return;
   release_components(*sd, want);
-  return_large_frees_to_os();
+  // The VAE alone (the decode) converts no weights block by block: let the heap reuse its blocks.
+  if (!want.text_encoders && !want.unet && want.vae)
+    reuse_large_frees();
+  else
+    return_large_frees_to_os();
   const SDComponents have = sd->loaded();
   struct Part {
     const char* name;

@@ -34,6 +34,14 @@ int64_t peak_rss_bytes() { return status_kb("VmHWM") * 1024; }
 void return_large_frees_to_os() {
 #if defined(__GLIBC__)
   mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 128 * 1024);
+#endif
+}
+
+void reuse_large_frees() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
 #endif
 }
 

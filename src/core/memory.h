@@ -15,4 +15,10 @@ int64_t peak_rss_bytes();
 // would keep the freed copies resident). Process-wide; a no-op outside glibc.
 void return_large_frees_to_os();
 
+// The opposite, for a phase that holds no weights converted block by block (the VAE decode after
+// the UNet is released): blocks up to 32 MiB come from the heap and freed ones are reused rather
+// than mapped, faulted in and unmapped again on every operation (oneDNN reorders each
+// convolution's weights into a fresh buffer on every call). Process-wide; a no-op outside glibc.
+void reuse_large_frees();
+
 }  // namespace diffuse

@@ -1,5 +1,7 @@
 #include "core/runtime.h"
 
+#include <dlfcn.h>
+
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -13,6 +15,27 @@ int set_threads(int n) {
   at::set_num_threads(n);
   return at::get_num_threads();
 }
+
+namespace {
+// omp_set_num_threads of the OpenMP runtime libtorch loaded (null in builds without OpenMP):
+// looked up at run time so that the setting reaches the OpenMP that ATen uses.
+void set_omp_threads_here(int n) {
+  using SetThreads = void (*)(int);
+  static const auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  if (set) set(n);
+}
+}  // namespace
+
+void use_one_thread_here() {
+  // ATen gives each thread its thread count on first use (the process-wide one); after that,
+  // the OpenMP runtime's per-thread setting decides.
+  at::get_num_threads();
+  set_omp_threads_here(1);
+}
+
+OneThreadHere::OneThreadHere() : previous_(at::get_num_threads()) { set_omp_threads_here(1); }
+
+OneThreadHere::~OneThreadHere() { set_omp_threads_here(previous_); }
 
 torch::Device parse_device(const std::string& name) {
   if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);

@@ -8,6 +8,25 @@ namespace diffuse {
 
 // Sets intra-op threads; n <= 0 means one per core. Returns the count in use.
 int set_threads(int n);
+// Makes the calling thread's tensor operations run on that thread alone, for helper threads
+// (batch loaders, writers) beside the thread that computes. Otherwise the first parallel
+// operation on a helper gives it a team of OpenMP threads of its own; with more such threads than
+// cores, OpenMP stops spinning at its barriers and every parallel region of the main computation
+// sleeps and wakes its threads (measured: about 10 % of a training step on 2 cores).
+void use_one_thread_here();
+// The same for the calling thread while alive; its thread count comes back afterwards. For a
+// thread that takes part in a loop run by plain threads (parallel_chunks): its OpenMP team would
+// otherwise spin on the cores the others need.
+class OneThreadHere {
+ public:
+  OneThreadHere();
+  ~OneThreadHere();
+  OneThreadHere(const OneThreadHere&) = delete;
+  OneThreadHere& operator=(const OneThreadHere&) = delete;
+
+ private:
+  int previous_;
+};
 // "cpu", "cuda", "cuda:N" or "auto" (cuda when available). Throws diffuse::Error for bad or unavailable devices.
 torch::Device parse_device(const std::string& name);
 // Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX-BF16), from /proc/cpuinfo, read once.

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/image.h"
+#include "core/parallel.h"
 #include "core/strings.h"
 #include "train/emoji.h"
 #include "train/loader.h"
@@ -231,7 +232,7 @@ CaptionedDataset load_folder(const std::string& dir, const CaptionedOptions& opt
   const int64_t n = static_cast<int64_t>(found.size());
   std::vector<torch::Tensor> pixels(found.size());
   std::vector<std::string> errors(found.size());
-  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+  parallel_chunks(n, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const auto k = static_cast<size_t>(i);
       try {

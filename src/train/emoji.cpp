@@ -15,6 +15,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/image.h"
+#include "core/parallel.h"
 
 namespace fs = std::filesystem;
 
@@ -390,7 +391,7 @@ Dataset render_all(const std::string& font_path, const std::string& test_path, i
   }
   d.labels = torch::tensor(labels, torch::kInt64);
   std::vector<std::string> errors(static_cast<size_t>(n));
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+  parallel_chunks(n, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const auto& it = items[static_cast<size_t>(i)];
       try {

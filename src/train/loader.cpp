@@ -2,6 +2,8 @@
 
 #include <random>
 
+#include "core/runtime.h"
+
 namespace diffuse {
 
 uint64_t mix_seed(uint64_t a, uint64_t b) {
@@ -83,6 +85,7 @@ Batch BatchLoader::make(int64_t step) const {
 }
 
 void BatchLoader::run() {
+  use_one_thread_here();
   try {
     while (true) {
       int64_t step;

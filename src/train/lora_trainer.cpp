@@ -467,12 +467,7 @@ LoraTrainResult train_lora(const LoraTrainOptions& opt) {
                  static_cast<double>(result.parameters) / 1e6,
                  opt.gradient_checkpointing ? ", gradient checkpointing" : "", result.base_weights.c_str(),
                  device.str().c_str(), runtime_summary().c_str());
-    std::fprintf(stderr, "global batch %lld = %d per process x %d process%s\n",
-                 static_cast<long long>(opt.batch) * world, opt.batch, world, world > 1 ? "es" : "");
-    if (dist)
-      std::fprintf(stderr, "data parallel: %d processes (%s), rendezvous %s:%d\n", world, dist->backend().c_str(),
-                   dist->env().master_addr.c_str(), dist->env().master_port);
-    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
+    print_run_layout(opt.batch, dist, 0, resumed.has_value(), state.step);
   }
   result.eval_loss_before = NAN;
   if (!resumed) {

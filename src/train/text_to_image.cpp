@@ -463,12 +463,7 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
                  static_cast<long long>(data.size()), data.buckets.size(), to.latent.c_str(),
                  text_cfg ? opt.text_encoder.c_str() : "frozen", static_cast<long long>(tokenizer.vocab_size()),
                  static_cast<double>(n) / 1e6, device.str().c_str(), runtime_summary().c_str());
-    std::fprintf(stderr, "global batch %lld = %d per process x %d process%s\n",
-                 static_cast<long long>(to.batch) * world, to.batch, world, world > 1 ? "es" : "");
-    if (dist)
-      std::fprintf(stderr, "data parallel: %d processes (%s), rendezvous %s:%d\n", world, dist->backend().c_str(),
-                   dist->env().master_addr.c_str(), dist->env().master_port);
-    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
+    print_run_layout(to.batch, dist, 0, resumed.has_value(), state.step);
   }
   auto save_all = [&] {
     save_checkpoint(ckpt_dir, CheckpointState{state.step, smooth, state.trained_seconds, opts_now}, *model, *ema,

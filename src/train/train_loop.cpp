@@ -1,5 +1,6 @@
 #include "train/train_loop.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -199,6 +200,19 @@ std::optional<CheckpointState> open_run(const std::string& out, const nlohmann::
     throw Error(who + "rank 0 resumes " + out + " from step " + std::to_string(step) + " but this rank reads step " +
                 std::to_string(st->step) + " there: --out must be on a filesystem every rank shares");
   return st;
+}
+
+void print_run_layout(int batch, const Distributed* dist, int accumulation, bool resumed, int64_t step) {
+  const int world = dist ? dist->world_size() : 1;
+  const long long global = static_cast<long long>(batch) * world * std::max(accumulation, 1);
+  std::fprintf(stderr, "global batch %lld = %d per process x %d process%s", global, batch, world,
+               world > 1 ? "es" : "");
+  if (accumulation > 0) std::fprintf(stderr, " x %d accumulation", accumulation);
+  std::fprintf(stderr, "\n");
+  if (dist)
+    std::fprintf(stderr, "data parallel: %d processes (%s), rendezvous %s:%d\n", world, dist->backend().c_str(),
+                 dist->env().master_addr.c_str(), dist->env().master_port);
+  if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(step));
 }
 
 void start_run_files(const std::string& out, const nlohmann::json& options, const std::string& csv_header, bool fresh) {

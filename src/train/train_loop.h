@@ -97,6 +97,11 @@ std::optional<CheckpointState> open_run(const std::string& out, const nlohmann::
                                         const std::vector<std::string>& resume_keys, bool resume, bool quiet,
                                         Distributed* dist = nullptr);
 
+// Prints a run's layout to stderr: "global batch G = B per process x W process(es)" (with
+// " x A accumulation" when `accumulation` > 0), the rendezvous of a data-parallel job, and the
+// step a resumed run starts at.
+void print_run_layout(int batch, const Distributed* dist, int accumulation, bool resumed, int64_t step);
+
 // Writes out/train_config.json and, for a fresh run, out/metrics.csv with its header line.
 void start_run_files(const std::string& out, const nlohmann::json& options, const std::string& csv_header, bool fresh);
 

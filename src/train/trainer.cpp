@@ -380,13 +380,7 @@ TrainResult train(const TrainOptions& opt) {
                  static_cast<long long>(data.size()), vae ? "latents" : "images", sample_channels, sample_size,
                  sample_size, num_classes, model.class_name().c_str(), nparams / 1e6, device.str().c_str(),
                  runtime_summary().c_str());
-    std::fprintf(stderr, "global batch %lld = %d per process x %d process%s x %d accumulation\n",
-                 static_cast<long long>(opt.batch) * world * opt.grad_accum, opt.batch, world, world > 1 ? "es" : "",
-                 opt.grad_accum);
-    if (dist)
-      std::fprintf(stderr, "data parallel: %d processes (%s), rendezvous %s:%d\n", world, dist->backend().c_str(),
-                   dist->env().master_addr.c_str(), dist->env().master_port);
-    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
+    print_run_layout(opt.batch, dist, opt.grad_accum, resumed.has_value(), state.step);
   }
 
   if (state.step >= opt.steps && is_main) {

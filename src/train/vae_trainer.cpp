@@ -416,12 +416,7 @@ VaeTrainResult train_vae(const VaeTrainOptions& opt) {
                  static_cast<long long>(has_held_out ? held_out.size() : 0), nparams / 1e6, trained,
                  static_cast<long long>(cfg.downsample_factor()), static_cast<long long>(cfg.latent_channels),
                  use_disc ? " + PatchGAN" : "", device.str().c_str(), runtime_summary().c_str());
-    std::fprintf(stderr, "global batch %lld = %d per process x %d process%s\n",
-                 static_cast<long long>(opt.batch) * world, opt.batch, world, world > 1 ? "es" : "");
-    if (dist)
-      std::fprintf(stderr, "data parallel: %d processes (%s), rendezvous %s:%d\n", world, dist->backend().c_str(),
-                   dist->env().master_addr.c_str(), dist->env().master_port);
-    if (resumed) std::fprintf(stderr, "resuming at step %lld\n", static_cast<long long>(state.step));
+    print_run_layout(opt.batch, dist, 0, resumed.has_value(), state.step);
   }
 
   // Eight fixed held-out images, spread over the set (emoji: over the subgroups), for the grids.

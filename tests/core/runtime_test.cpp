@@ -1,7 +1,11 @@
-// Runtime settings: which compute dtype "auto" stands for on a CPU with and without native bf16.
+// Runtime settings: which compute dtype "auto" stands for on a CPU with and without native bf16;
+// helper threads that run their tensor operations alone.
 #include "core/runtime.h"
 
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <thread>
 
 namespace diffuse {
 namespace {
@@ -33,6 +37,54 @@ TEST(Runtime, AutoDtypeIsBf16OnlyOnACpuWithNativeBf16) {
   }
   // this machine: as its /proc/cpuinfo says
   EXPECT_EQ(resolve_dtype("auto", cpu), cpu_has_native_bf16() ? "bf16" : "fp32");
+}
+
+int threads_of_this_process() {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) n += e.is_directory() ? 1 : 0;
+  return n;
+}
+
+// The threads a new thread's first large tensor operation (parallel inside ATen) starts.
+int threads_started_by_a_helpers_operation(bool alone) {
+  int started = -1;
+  std::thread([&] {
+    if (alone) use_one_thread_here();
+    const int before = threads_of_this_process();
+    auto x = torch::ones({1 << 22});
+    x.mul_(2.0);
+    started = threads_of_this_process() - before;
+  }).join();
+  return started;
+}
+
+TEST(Runtime, AHelperThreadRunsItsTensorOperationsAlone) {
+  const int before = at::get_num_threads();
+  set_threads(2);
+  int plain = 0, helper = 0;
+  std::thread([&] { plain = at::get_num_threads(); }).join();
+  std::thread([&] {
+    use_one_thread_here();
+    helper = at::get_num_threads();
+  }).join();
+  EXPECT_EQ(plain, 2);  // a thread otherwise starts with the process's count
+  EXPECT_EQ(helper, 1);
+  EXPECT_EQ(at::get_num_threads(), 2);  // the calling thread keeps its own
+  // Without it, the helper's operation starts an OpenMP team of its own (one more thread).
+  EXPECT_EQ(threads_started_by_a_helpers_operation(false), 1);
+  EXPECT_EQ(threads_started_by_a_helpers_operation(true), 0);
+  set_threads(before);
+}
+
+TEST(Runtime, OneThreadHereLastsWhileAlive) {
+  const int before = at::get_num_threads();
+  set_threads(2);
+  {
+    OneThreadHere alone;
+    EXPECT_EQ(at::get_num_threads(), 1);
+  }
+  EXPECT_EQ(at::get_num_threads(), 2);
+  set_threads(before);
 }
 
 }  // namespace

@@ -205,16 +205,27 @@ TEST(Server, CancelAndInterruptStopARunningJob) {
 }
 
 TEST(Server, FullQueueGives429) {
-  Served s("", 1);
+  Served s("", 1);  // one waiting job at most; the running one does not count
   auto c = s.client();
-  std::vector<int> codes;
-  for (int i = 0; i < 4; ++i)
-    codes.push_back(c.Post("/api/v1/jobs", R"({"n": 64, "steps": 300})", "application/json")->status);
-  EXPECT_EQ(codes[0], 202);
-  EXPECT_NE(std::find(codes.begin(), codes.end(), 429), codes.end());
-  auto r = c.Post("/api/v1/jobs", R"({"n": 1, "steps": 1})", "application/json");
+  auto post = [&](const std::string& b) { return c.Post("/api/v1/jobs", b, "application/json"); };
+  auto state = [&](const std::string& id) { return body(c.Get("/api/v1/jobs/" + id))["state"].get<std::string>(); };
+  auto running = post(R"({"n": 64, "steps": 1000})");
+  ASSERT_EQ(running->status, 202);
+  const std::string first = body(running)["id"];
+  // Until the worker has taken the first job, that job is the one waiting.
+  for (int i = 0; i < 600 && state(first) == "queued"; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  ASSERT_EQ(state(first), "running");
+  auto queued = post(R"({"n": 64, "steps": 1000})");
+  ASSERT_EQ(queued->status, 202);
+  auto r = post(R"({"n": 1, "steps": 1})");
   EXPECT_EQ(r->status, 429);
   EXPECT_EQ(r->get_header_value("Retry-After"), "5");
+  EXPECT_EQ(state(first), "running");  // the queue was full all along
+  const std::string second = body(queued)["id"];
+  EXPECT_EQ(c.Delete("/api/v1/jobs/" + second)->status, 200);
+  EXPECT_EQ(c.Delete("/api/v1/jobs/" + first)->status, 200);
+  EXPECT_EQ(finish(c, first)["state"], "cancelled");
+  EXPECT_EQ(post(R"({"n": 1, "steps": 1})")->status, 202);  // room again
 }
 
 TEST(Server, TokenGuardsEveryRouteButHealth) {
