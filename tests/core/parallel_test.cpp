@@ -35,9 +35,9 @@ TEST(ParallelChunks, CoversEveryItemOnceFromSeveralThreads) {
         threads);
     for (const auto& s : seen) EXPECT_EQ(s.load(), 1);
     EXPECT_EQ(ids.size(), static_cast<size_t>(threads));
-    EXPECT_TRUE(ids.count(caller));  // the calling thread takes a chunk
+    EXPECT_TRUE(ids.count(caller));                                              // the calling thread takes a chunk
     for (int c : counts) EXPECT_EQ(c, threads > 1 ? 1 : at::get_num_threads());  // alone when split
-    EXPECT_EQ(at::get_num_threads(), before);                                   // the caller's count back
+    EXPECT_EQ(at::get_num_threads(), before);                                    // the caller's count back
   }
 }
 
@@ -55,7 +55,8 @@ TEST(ParallelChunks, FewItemsUseFewerThreadsAndNoneRunNothing) {
       4);
   EXPECT_EQ(ids.size(), 1u);  // one chunk of at least `grain` items
   bool called = false;
-  parallel_chunks(0, 1, [&](int64_t, int64_t) { called = true; }, 4);
+  parallel_chunks(
+      0, 1, [&](int64_t, int64_t) { called = true; }, 4);
   EXPECT_FALSE(called);
 }
 
