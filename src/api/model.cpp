@@ -84,11 +84,7 @@ void Model::Impl::load_sd(const std::string& dtype, const std::string& weights) 
 void Model::Impl::stage_sd(const SDComponents& want, const GenerateHooks& hooks) {
   if (!options.one_shot) return;
   release_components(*sd, want);
-  // The VAE alone (the decode) converts no weights block by block: let the heap reuse its blocks.
-  if (!want.text_encoders && !want.unet && want.vae)
-    reuse_large_frees();
-  else
-    return_large_frees_to_os();
+  return_large_frees_to_os();
   const SDComponents have = sd->loaded();
   struct Part {
     const char* name;
@@ -110,6 +106,8 @@ void Model::Impl::stage_sd(const SDComponents& want, const GenerateHooks& hooks)
       hooks.loaded(part.name, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   if (!want.unet || !want.text_encoders) sd_loras.clear();  // merged into what was released
+  // The VAE alone (the decode) converts no weights block by block: let the heap reuse its blocks.
+  if (!want.text_encoders && !want.unet && want.vae) reuse_large_frees();
 }
 
 void Model::Impl::prepare_sd(const std::string& dtype, const std::string& weights, const std::vector<LoraSpec>& loras,

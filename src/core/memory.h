@@ -1,5 +1,6 @@
 #pragma once
 // Resident memory of this process, for progress and benchmark reports (Linux /proc; 0 elsewhere).
+#include <cstddef>
 #include <cstdint>
 
 namespace diffuse {
@@ -12,7 +13,11 @@ int64_t peak_rss_bytes();
 // Serves every allocation of 128 KiB or more from its own mapping, so freed tensors go back to
 // the system at once instead of staying in the heap (glibc otherwise raises this threshold up
 // to 32 MiB as large blocks are freed, and a model whose weights are converted block by block
-// would keep the freed copies resident). Process-wide; a no-op outside glibc.
+// would keep the freed copies resident). Tensors of 2 MiB or more get mappings aligned to 2 MiB
+// and backed by transparent huge pages where the kernel offers them (`madvise` or `always` in
+// /sys/kernel/mm/transparent_hugepage/enabled): a fresh block then costs one page fault per
+// 2 MiB instead of one per 4 KiB (oneDNN reorders each convolution's weights into a fresh
+// buffer on every call). Process-wide; glibc's part is a no-op outside glibc.
 void return_large_frees_to_os();
 
 // The opposite, for a phase that holds no weights converted block by block (the VAE decode after
@@ -20,5 +25,8 @@ void return_large_frees_to_os();
 // than mapped, faulted in and unmapped again on every operation (oneDNN reorders each
 // convolution's weights into a fresh buffer on every call). Process-wide; a no-op outside glibc.
 void reuse_large_frees();
+
+// Whether tensors of `bytes` would now be given a huge-page mapping of their own (for tests).
+bool large_tensors_get_huge_pages(size_t bytes);
 
 }  // namespace diffuse

@@ -66,13 +66,15 @@ std::string read_text_file(const std::string& path, const std::string& what) {
   return ss.str();
 }
 
-// Reads a possibly gzip-compressed file (zlib passes plain files through).
-std::string read_maybe_gzip(const std::string& path) {
+// Reads a possibly gzip-compressed file (zlib passes plain files through), stopping after
+// `max_lines` lines where given (CLIP uses the first 48,895 of its vocabulary file's 262,145).
+std::string read_maybe_gzip(const std::string& path, size_t max_lines = std::string::npos) {
   if (!fs::exists(path)) throw Error("CLIP tokenizer: BPE vocabulary " + path + " does not exist");
   gzFile g = gzopen(path.c_str(), "rb");
   if (!g) throw Error("CLIP tokenizer: cannot open " + path);
   std::string out;
   char buf[1 << 16];
+  size_t lines = 0;
   for (;;) {
     const int n = gzread(g, buf, sizeof buf);
     if (n < 0) {
@@ -82,6 +84,12 @@ std::string read_maybe_gzip(const std::string& path) {
       throw Error("CLIP tokenizer: " + path + ": corrupt gzip data (" + msg + ")");
     }
     if (n == 0) break;
+    for (int i = 0; i < n; ++i) {
+      if (buf[i] != '\n' || ++lines < max_lines) continue;
+      out.append(buf, static_cast<size_t>(i));
+      gzclose(g);
+      return out;
+    }
     out.append(buf, static_cast<size_t>(n));
   }
   gzclose(g);
@@ -269,7 +277,7 @@ CLIPTokenizer CLIPTokenizer::from_folder(const std::string& dir) {
 }
 
 CLIPTokenizer CLIPTokenizer::from_bpe_file(const std::string& path, const std::string& pad_token) {
-  const auto lines = split_lines(read_maybe_gzip(path));
+  const auto lines = split_lines(read_maybe_gzip(path, kNumMerges + 1));
   auto merges = parse_merges(lines, 1, kNumMerges + 1, path);
   if (merges.size() != kNumMerges)
     throw Error("CLIP tokenizer: " + path + ": expected " + std::to_string(kNumMerges) + " merges, found " +

@@ -131,8 +131,11 @@ TEST(GradientCheckpointing, LoraAndFullGradientsEqualThoseWithout) {
   const auto full_ckpt = ckpt_run(pipe, nullptr, all, true, false);
   EXPECT_TRUE(full_ckpt.checkpointed);
   {
+    // Every gradient of the whole UNet: the two graphs sum them in another order, and on an
+    // AVX-512/AMX Xeon the fp32 sums differ by up to 1.6e-6 of a tensor's largest gradient (on
+    // AMD EPYC by less than 1e-6). Wrong gradients would be off by their own size.
     SCOPED_TRACE("full, fp32");
-    expect_same_grads(full_plain, full_ckpt, 1e-6);
+    expect_same_grads(full_plain, full_ckpt, 1e-5);
   }
   // fp32 weights under bf16 autocast (train-lora --full --bf16).
   const auto full_plain_bf16 = ckpt_run(pipe, nullptr, all, false, true);

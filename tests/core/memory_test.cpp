@@ -1,0 +1,98 @@
+// Memory policies: while large frees go back to the system, tensors of 2 MiB or more live in
+// mappings of their own, aligned to 2 MiB and advised for huge pages, gone once freed; blocks
+// taken through ATen's raw interface (oneDNN's buffers) of either size come back the same way.
+#include "core/memory.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace diffuse {
+namespace {
+
+constexpr size_t kMiB = size_t{1} << 20;
+
+// The VmFlags of the mapping of /proc/self/smaps that holds `p` ("" when no mapping holds it).
+std::string mapping_flags(const void* p) {
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  std::ifstream f("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  while (std::getline(f, line)) {
+    uintptr_t lo = 0, hi = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (head >> std::hex >> lo >> dash >> hi && dash == '-') {  // "lo-hi perms offset dev inode path"
+      inside = lo <= addr && addr < hi;
+      continue;
+    }
+    if (inside && line.rfind("VmFlags:", 0) == 0) return line.substr(8) + " ";
+  }
+  return "";
+}
+
+// Kernels built without transparent huge pages refuse the advice.
+bool kernel_has_huge_pages() { return std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good(); }
+
+TEST(Memory, LargeTensorsGetHugePageMappingsOfTheirOwnWhileFreesGoBack) {
+  return_large_frees_to_os();
+  EXPECT_TRUE(large_tensors_get_huge_pages(2 * kMiB));
+  EXPECT_FALSE(large_tensors_get_huge_pages(2 * kMiB - 1));
+
+  auto big = torch::arange(static_cast<int64_t>(3 * kMiB / sizeof(float)), torch::kFloat32);  // 3 MiB
+  const void* p = big.data_ptr();
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % (2 * kMiB), 0u);
+  const std::string flags = mapping_flags(p);
+  ASSERT_FALSE(flags.empty());
+  if (kernel_has_huge_pages()) {
+    EXPECT_NE(flags.find(" hg "), std::string::npos) << "VmFlags:" << flags;  // MADV_HUGEPAGE
+  }
+  // the values are those of any other tensor
+  EXPECT_EQ(big[0].item<float>(), 0.f);
+  EXPECT_EQ(big[-1].item<float>(), static_cast<float>(big.numel() - 1));
+  EXPECT_TRUE(torch::equal(big * 2, torch::arange(0, 2 * big.numel(), 2, torch::kFloat32)));
+
+  big = torch::Tensor();
+  EXPECT_EQ(mapping_flags(p), "") << "the mapping outlived its tensor";
+
+  // below 2 MiB: glibc's blocks as before
+  auto small = torch::ones({static_cast<int64_t>(kMiB / sizeof(float))});
+  EXPECT_EQ(mapping_flags(small.data_ptr()).find(" hg "), std::string::npos);
+}
+
+TEST(Memory, RawBlocksOfEitherSizeAreFreedByTheirOwnAllocator) {
+  return_large_frees_to_os();
+  c10::Allocator* a = c10::GetAllocator(c10::DeviceType::CPU);
+  for (size_t n : {size_t{64}, size_t{256} * 1024, 4 * kMiB, 4 * kMiB + 1}) {
+    void* p = a->raw_allocate(n);
+    ASSERT_NE(p, nullptr);
+    static_cast<unsigned char*>(p)[0] = 1;
+    static_cast<unsigned char*>(p)[n - 1] = 2;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % (2 * kMiB) == 0, n >= 2 * kMiB) << n;
+    a->raw_deallocate(p);
+    if (n >= 2 * kMiB) {
+      EXPECT_EQ(mapping_flags(p), "") << n;
+    }
+  }
+}
+
+TEST(Memory, BlocksTakenBeforeThePolicyChangesAreFreedAfterIt) {
+  return_large_frees_to_os();
+  auto mapped = torch::zeros({static_cast<int64_t>(4 * kMiB)}, torch::kUInt8);
+  const void* p = mapped.data_ptr();
+  reuse_large_frees();
+  EXPECT_FALSE(large_tensors_get_huge_pages(4 * kMiB));
+  auto heap = torch::zeros({static_cast<int64_t>(4 * kMiB)}, torch::kUInt8);
+  EXPECT_EQ(mapping_flags(heap.data_ptr()).find(" hg "), std::string::npos);
+  mapped = torch::Tensor();
+  EXPECT_EQ(mapping_flags(p), "");
+  return_large_frees_to_os();
+  heap = torch::Tensor();  // the heap's block, freed while tensors get mappings again
+}
+
+}  // namespace
+}  // namespace diffuse
