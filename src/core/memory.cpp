@@ -147,6 +147,14 @@ void reuse_large_frees() {
 #endif
 }
 
+void keep_freed_blocks_for_reuse() {
+  LargeBlockAllocator::instance().set_active(false);
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024);
+#endif
+}
+
 bool large_tensors_get_huge_pages(size_t bytes) { return kInstalled && LargeBlockAllocator::instance().takes(bytes); }
 
 }  // namespace diffuse

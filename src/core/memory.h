@@ -26,6 +26,13 @@ void return_large_frees_to_os();
 // convolution's weights into a fresh buffer on every call). Process-wide; a no-op outside glibc.
 void reuse_large_frees();
 
+// For a training run: blocks up to 32 MiB come from the heap, and the heap keeps what is freed at
+// its top (up to 1 GiB) instead of returning it, so each step's activations reuse the pages of the
+// step before instead of faulting in fresh ones (glibc's default trims whatever lies free above
+// twice its sliding mmap threshold). The peak is reached within every step and does not grow.
+// Process-wide; a no-op outside glibc.
+void keep_freed_blocks_for_reuse();
+
 // Whether tensors of `bytes` would now be given a huge-page mapping of their own (for tests).
 bool large_tensors_get_huge_pages(size_t bytes);
 

@@ -1,12 +1,14 @@
 // Memory policies: while large frees go back to the system, tensors of 2 MiB or more live in
 // mappings of their own, aligned to 2 MiB and advised for huge pages, gone once freed; blocks
-// taken through ATen's raw interface (oneDNN's buffers) of either size come back the same way.
+// taken through ATen's raw interface (oneDNN's buffers) of either size come back the same way;
+// training keeps freed blocks in the heap.
 #include "core/memory.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -92,6 +94,39 @@ TEST(Memory, BlocksTakenBeforeThePolicyChangesAreFreedAfterIt) {
   EXPECT_EQ(mapping_flags(p), "");
   return_large_frees_to_os();
   heap = torch::Tensor();  // the heap's block, freed while tensors get mappings again
+}
+
+// A freed block of 16 MiB: unmapped at once while large frees go back to the system, kept in the
+// heap (still resident, and reused) while training keeps freed blocks.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DIFFUSE_TEST_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define DIFFUSE_TEST_ASAN 1
+#endif
+
+TEST(Memory, TrainingKeepsFreedBlocksForTheNextStep) {
+#ifdef DIFFUSE_TEST_ASAN
+  GTEST_SKIP() << "the sanitizer's malloc replaces glibc's, whose policies this test checks";
+#endif
+  constexpr size_t n = 16 * kMiB;
+  auto resident_after_free = [&] {
+    auto* p = static_cast<volatile unsigned char*>(std::malloc(n));
+    EXPECT_NE(p, nullptr);
+    for (size_t i = 0; i < n; i += 4096) p[i] = 1;  // volatile: the block is used, not optimised away
+    const int64_t with = current_rss_bytes();
+    std::free(const_cast<unsigned char*>(p));
+    return with - current_rss_bytes();  // what the free gave back
+  };
+  return_large_frees_to_os();
+  EXPECT_GT(resident_after_free(), static_cast<int64_t>(n / 2));
+  keep_freed_blocks_for_reuse();
+  EXPECT_FALSE(large_tensors_get_huge_pages(4 * kMiB));
+  resident_after_free();  // the heap grows to hold it once
+  EXPECT_LT(resident_after_free(), static_cast<int64_t>(n / 8));
+  return_large_frees_to_os();
 }
 
 }  // namespace
