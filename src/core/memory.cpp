@@ -126,34 +126,26 @@ class LargeBlockAllocator final : public c10::Allocator {
 // this library's, while no other thread allocates.
 const bool kInstalled = LargeBlockAllocator::instance().install();
 
+// One memory policy: whether large tensors get mappings of their own, and glibc's thresholds.
+void set_policy(bool own_mappings, int mmap_threshold, int trim_threshold) {
+  LargeBlockAllocator::instance().set_active(own_mappings);
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, mmap_threshold);
+  mallopt(M_TRIM_THRESHOLD, trim_threshold);
+#else
+  (void)mmap_threshold;
+  (void)trim_threshold;
+#endif
+}
+
 }  // namespace
 
 int64_t current_rss_bytes() { return status_kb("VmRSS") * 1024; }
 int64_t peak_rss_bytes() { return status_kb("VmHWM") * 1024; }
 
-void return_large_frees_to_os() {
-  LargeBlockAllocator::instance().set_active(true);
-#if defined(__GLIBC__)
-  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
-  mallopt(M_TRIM_THRESHOLD, 128 * 1024);
-#endif
-}
-
-void reuse_large_frees() {
-  LargeBlockAllocator::instance().set_active(false);
-#if defined(__GLIBC__)
-  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
-  mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
-#endif
-}
-
-void keep_freed_blocks_for_reuse() {
-  LargeBlockAllocator::instance().set_active(false);
-#if defined(__GLIBC__)
-  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
-  mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024);
-#endif
-}
+void return_large_frees_to_os() { set_policy(true, 128 * 1024, 128 * 1024); }
+void reuse_large_frees() { set_policy(false, 32 * 1024 * 1024, 64 * 1024 * 1024); }
+void keep_freed_blocks_for_reuse() { set_policy(false, 32 * 1024 * 1024, 1024 * 1024 * 1024); }
 
 bool large_tensors_get_huge_pages(size_t bytes) { return kInstalled && LargeBlockAllocator::instance().takes(bytes); }
 

@@ -96,8 +96,6 @@ TEST(Memory, BlocksTakenBeforeThePolicyChangesAreFreedAfterIt) {
   heap = torch::Tensor();  // the heap's block, freed while tensors get mappings again
 }
 
-// A freed block of 16 MiB: unmapped at once while large frees go back to the system, kept in the
-// heap (still resident, and reused) while training keeps freed blocks.
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer)
 #define DIFFUSE_TEST_ASAN 1
@@ -107,6 +105,8 @@ TEST(Memory, BlocksTakenBeforeThePolicyChangesAreFreedAfterIt) {
 #define DIFFUSE_TEST_ASAN 1
 #endif
 
+// A freed block of 16 MiB: unmapped at once while large frees go back to the system, kept in the
+// heap (still resident, and reused) while training keeps freed blocks.
 TEST(Memory, TrainingKeepsFreedBlocksForTheNextStep) {
 #ifdef DIFFUSE_TEST_ASAN
   GTEST_SKIP() << "the sanitizer's malloc replaces glibc's, whose policies this test checks";
