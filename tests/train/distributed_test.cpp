@@ -148,16 +148,19 @@ TEST(Distributed, GradientSyncAveragesAccumulatedGradientsDuringBackward) {
   auto ref = make_net();
   for (int micro = 0; micro < 2; ++micro)
     for (int r = 0; r < 2; ++r) (ref->forward(input(r, micro)).pow(2).mean() / 4).backward();
+  // The ranks' nets and inputs, made here: the ranks are threads, and the seeded generator is global.
+  std::vector<torch::nn::Sequential> nets = {make_net(), make_net()};
+  std::vector<std::vector<torch::Tensor>> inputs = {{input(0, 0), input(0, 1)}, {input(1, 0), input(1, 1)}};
   std::vector<std::vector<torch::Tensor>> grads(2);
   std::vector<int> buckets(2), overlapped(2);
   two_ranks([&](int r, std::shared_ptr<Distributed> d) {
-    auto net = make_net();
+    auto net = nets[r];
     std::vector<torch::Tensor> params = net->parameters();
     GradientSync sync(d, params, /*bucket_bytes=*/64);  // a bucket per tensor or so
     buckets[r] = sync.buckets();
     for (int micro = 0; micro < 2; ++micro) {
       if (micro == 1) sync.arm("test gradients");
-      (net->forward(input(r, micro)).pow(2).mean() / 2).backward();
+      (net->forward(inputs[r][micro]).pow(2).mean() / 2).backward();
     }
     sync.finish("test gradients");
     overlapped[r] = sync.overlapped();
