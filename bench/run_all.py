@@ -64,8 +64,13 @@ def machine():
     blas = os.path.join(os.path.basename(os.path.dirname(blas)), os.path.basename(blas))
     torch = sh("dpkg-query -W -f '${Version}' libtorch-dev 2>/dev/null") or "?"
     mem = sh("free -g | awk '/^Mem/{print $2}'")
+    # OpenBLAS's kernels: its own choice (what the PyTorch twin runs) and diffuse's (src/core/blas.h).
+    chosen = sh("/usr/bin/python3 -c \"import ctypes; b = ctypes.CDLL('libopenblas.so.0'); "
+                "b.openblas_get_corename.restype = ctypes.c_char_p; print(b.openblas_get_corename().decode())\"")
+    m = re.search(r"OpenBLAS (\w+)", sh(f"{DIFFUSE} --version"))
+    kernels = f"; OpenBLAS kernels {chosen or '?'} (its own choice), {m.group(1) if m else '?'} in diffuse"
     return (f"{cpu}; flags {' '.join(have) or 'none of ' + ', '.join(wanted)}; {os.cpu_count()} cores, {mem} GiB; "
-            f"libtorch {torch}; BLAS {blas}; {THREADS} threads per contender")
+            f"libtorch {torch}; BLAS {blas}{kernels if chosen else ''}; {THREADS} threads per contender")
 
 
 def loadavg():

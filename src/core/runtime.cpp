@@ -6,6 +6,7 @@
 #include <sstream>
 #include <thread>
 
+#include "core/blas.h"
 #include "core/error.h"
 
 namespace diffuse {
@@ -88,6 +89,11 @@ std::string runtime_summary() {
                   std::to_string(TORCH_VERSION_PATCH) + ", " + std::to_string(at::get_num_threads()) + " threads";
   if (torch::cuda::is_available()) s += ", CUDA devices: " + std::to_string(torch::cuda::device_count());
   if (cpu_has_native_bf16()) s += ", native bf16";
+  const BlasKernels blas = blas_kernels();
+  if (!blas.in_use.empty()) {
+    s += ", OpenBLAS " + blas.in_use;
+    if (blas.in_use != blas.detected) s += " (its own choice: " + blas.detected + ")";
+  }
   return s;
 }
 

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_file.h"
+#include "core/blas.h"
 #include "core/image.h"
 #include "core/safetensors.h"
 #include "fixtures.h"
@@ -44,6 +45,17 @@ class Cli : public ::testing::Test {
   static TempDir* dir_;
 };
 TempDir* Cli::dir_ = nullptr;
+
+TEST(CliVersion, SaysWhatTheKernelsRunOn) {
+  const auto r = run("--version");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("diffuse 0.1.0\ntorch ", 0), 0u) << r.output;
+  // The BLAS kernels the CLI runs are the ones this process selected (core/blas.h).
+  const BlasKernels k = blas_kernels();
+  if (!k.in_use.empty()) {
+    EXPECT_TRUE(contains(r.output, "OpenBLAS " + k.in_use)) << r.output;
+  }
+}
 
 TEST_F(Cli, HelpListsCommands) {
   auto r = run("--help");

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <stdexcept>
 #include <string>
@@ -64,7 +65,9 @@ void add_guidance_interval_option(CLI::App* cmd, double* lo, double* hi) {
 int main(int argc, char** argv) {
   CLI::App app{"diffuse: train and run diffusion models in one C++ program"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "diffuse 0.1.0");
+  // The second line says what the kernels run on: torch, threads, bf16, the BLAS kernels.
+  app.set_version_flag("--version", std::function<std::string()>(
+                                        [] { return std::string("diffuse 0.1.0\n") + diffuse::runtime_summary(); }));
   diffuse::set_threads(0);
   auto& reg = diffuse::cli::registry();
   std::sort(reg.begin(), reg.end(), [](const auto& a, const auto& b) { return std::get<0>(a) < std::get<0>(b); });
