@@ -35,10 +35,13 @@ int64_t status_kb(const char* field) {
   return kb;
 }
 
-// Tensors of 2 MiB or more, while large frees go back to the system: a mapping of their own,
-// aligned to 2 MiB and marked for transparent huge pages. It hands every other request to the
-// allocator it replaced, and all requests while the heap is reusing blocks.
+// Large tensors get a mapping of their own, aligned to 2 MiB, marked for transparent huge pages and
+// unmapped when freed: every tensor of 2 MiB or more while large frees go back to the system; in a
+// training run, those above glibc's largest mmap threshold (32 MiB), which glibc would map and
+// fault in 4 KiB at a time on every allocation whatever its settings. Every other request goes to
+// the allocator it replaced.
 constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kGlibcMaxMmapThreshold = size_t{32} << 20;
 
 class LargeBlockAllocator final : public c10::Allocator {
  public:
@@ -52,8 +55,12 @@ class LargeBlockAllocator final : public c10::Allocator {
     c10::SetAllocator(c10::DeviceType::CPU, this, /*priority=*/1);
     return true;
   }
-  void set_active(bool on) { active_.store(on && enabled_ && base_, std::memory_order_relaxed); }
-  bool takes(size_t n) const { return n >= kHugePage && active_.load(std::memory_order_relaxed); }
+  // Tensors of `from` bytes or more get mappings of their own; 0: none.
+  void set_threshold(size_t from) { from_.store(enabled_ && base_ ? from : 0, std::memory_order_relaxed); }
+  bool takes(size_t n) const {
+    const size_t from = from_.load(std::memory_order_relaxed);
+    return from && n >= from;
+  }
 
   // No `override` here: libtorch 2.3 made allocate() non-const and added copy_data(); each
   // version overrides the ones it declares.
@@ -119,16 +126,17 @@ class LargeBlockAllocator final : public c10::Allocator {
  private:
   c10::Allocator* base_ = nullptr;
   bool enabled_ = false;
-  std::atomic<bool> active_{false};
+  std::atomic<size_t> from_{0};
 };
 
 // ATen's default CPU allocator is registered by libc10's static initialisation, which runs before
 // this library's, while no other thread allocates.
 const bool kInstalled = LargeBlockAllocator::instance().install();
 
-// One memory policy: whether large tensors get mappings of their own, and glibc's thresholds.
-void set_policy(bool own_mappings, int mmap_threshold, int trim_threshold) {
-  LargeBlockAllocator::instance().set_active(own_mappings);
+// One memory policy: from which size tensors get mappings of their own (0: none), and glibc's
+// thresholds.
+void set_policy(size_t own_mappings_from, int mmap_threshold, int trim_threshold) {
+  LargeBlockAllocator::instance().set_threshold(own_mappings_from);
 #if defined(__GLIBC__)
   mallopt(M_MMAP_THRESHOLD, mmap_threshold);
   mallopt(M_TRIM_THRESHOLD, trim_threshold);
@@ -143,9 +151,9 @@ void set_policy(bool own_mappings, int mmap_threshold, int trim_threshold) {
 int64_t current_rss_bytes() { return status_kb("VmRSS") * 1024; }
 int64_t peak_rss_bytes() { return status_kb("VmHWM") * 1024; }
 
-void return_large_frees_to_os() { set_policy(true, 128 * 1024, 128 * 1024); }
-void reuse_large_frees() { set_policy(false, 32 * 1024 * 1024, 64 * 1024 * 1024); }
-void keep_freed_blocks_for_reuse() { set_policy(false, 32 * 1024 * 1024, 1024 * 1024 * 1024); }
+void return_large_frees_to_os() { set_policy(kHugePage, 128 * 1024, 128 * 1024); }
+void reuse_large_frees() { set_policy(0, 32 * 1024 * 1024, 64 * 1024 * 1024); }
+void keep_freed_blocks_for_reuse() { set_policy(kGlibcMaxMmapThreshold + 1, 32 * 1024 * 1024, 1024 * 1024 * 1024); }
 
 bool large_tensors_get_huge_pages(size_t bytes) { return kInstalled && LargeBlockAllocator::instance().takes(bytes); }
 

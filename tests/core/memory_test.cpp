@@ -1,7 +1,7 @@
 // Memory policies: while large frees go back to the system, tensors of 2 MiB or more live in
 // mappings of their own, aligned to 2 MiB and advised for huge pages, gone once freed; blocks
 // taken through ATen's raw interface (oneDNN's buffers) of either size come back the same way;
-// training keeps freed blocks in the heap.
+// training keeps freed blocks in the heap and maps only blocks above 32 MiB itself.
 #include "core/memory.h"
 
 #include <gtest/gtest.h>
@@ -126,6 +126,24 @@ TEST(Memory, TrainingKeepsFreedBlocksForTheNextStep) {
   EXPECT_FALSE(large_tensors_get_huge_pages(4 * kMiB));
   resident_after_free();  // the heap grows to hold it once
   EXPECT_LT(resident_after_free(), static_cast<int64_t>(n / 8));
+  return_large_frees_to_os();
+}
+
+// Above 32 MiB glibc maps and unmaps every block whatever its settings; a training run gives those
+// huge-page mappings of their own (one fault per 2 MiB instead of per 4 KiB), and only those.
+TEST(Memory, TrainingGivesBlocksAboveGlibcsMmapThresholdHugePages) {
+  keep_freed_blocks_for_reuse();
+  EXPECT_FALSE(large_tensors_get_huge_pages(32 * kMiB));
+  EXPECT_TRUE(large_tensors_get_huge_pages(32 * kMiB + 1));
+  auto big = torch::ones({static_cast<int64_t>(40 * kMiB / sizeof(float))});
+  const void* p = big.data_ptr();
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % (2 * kMiB), 0u);
+  if (kernel_has_huge_pages()) {
+    EXPECT_NE(mapping_flags(p).find(" hg "), std::string::npos) << "VmFlags:" << mapping_flags(p);
+  }
+  EXPECT_EQ(big.sum().item<float>(), static_cast<float>(big.numel()));
+  big = torch::Tensor();
+  EXPECT_EQ(mapping_flags(p), "") << "the mapping outlived its tensor";
   return_large_frees_to_os();
 }
 
