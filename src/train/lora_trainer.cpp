@@ -14,7 +14,6 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/image.h"
-#include "core/memory.h"
 #include "core/plot.h"
 #include "core/progress.h"
 #include "core/runtime.h"
@@ -269,7 +268,6 @@ void save_full_pipeline(const SDPipeline& pipe, UNet2DConditionModel& unet, cons
 }  // namespace
 
 LoraTrainResult train_lora(const LoraTrainOptions& opt) {
-  keep_freed_blocks_for_reuse();  // every step's activations in the pages of the step before
   validate_lora_options(opt);
   const torch::Device device = parse_device(opt.device);
   const std::string dir = lora_run_dir(opt), ckpt_dir = dir + "/checkpoint";

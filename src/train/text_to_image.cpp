@@ -12,7 +12,6 @@
 #include "core/error.h"
 #include "core/image.h"
 #include "core/json_file.h"
-#include "core/memory.h"
 #include "core/plot.h"
 #include "core/progress.h"
 #include "core/runtime.h"
@@ -212,7 +211,6 @@ void write_t2i_loss_plot(const std::string& out) {
 }  // namespace
 
 TrainResult train_text_to_image(const TextToImageOptions& opt) {
-  keep_freed_blocks_for_reuse();  // every step's activations in the pages of the step before
   validate_t2i(opt);
   const auto& to = opt.train;
   const torch::Device device = parse_device(to.device);

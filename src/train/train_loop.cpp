@@ -10,6 +10,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/memory.h"
 #include "core/progress.h"
 #include "train/distributed.h"
 #include "train/run_helpers.h"
@@ -172,6 +173,7 @@ std::optional<CheckpointState> open_run_alone(const std::string& out, const nloh
 std::optional<CheckpointState> open_run(const std::string& out, const nlohmann::json& options,
                                         const std::vector<std::string>& resume_keys, bool resume, bool quiet,
                                         Distributed* dist) {
+  keep_freed_blocks_for_reuse();  // every step's activations in the pages of the step before
   if (!dist || dist->world_size() <= 1) return open_run_alone(out, options, resume_keys, resume, quiet);
   std::optional<CheckpointState> st;
   std::string error;

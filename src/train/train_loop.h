@@ -93,6 +93,8 @@ LoopResult run_training_loop(const LoopOptions& opt, LoopState& state, const Loo
 // A checkpoint without "global_batch" (written before data parallelism) reads its "batch" as it.
 // In a data-parallel job rank 0 opens the folder and the other ranks read the checkpoint rank 0
 // resumes from (the folder must be on a filesystem every rank sees).
+// Every trainer opens its run before loading anything, so this also sets the process's memory
+// policy for training (keep_freed_blocks_for_reuse() in core/memory.h).
 std::optional<CheckpointState> open_run(const std::string& out, const nlohmann::json& options,
                                         const std::vector<std::string>& resume_keys, bool resume, bool quiet,
                                         Distributed* dist = nullptr);

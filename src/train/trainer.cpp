@@ -10,7 +10,6 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/image.h"
-#include "core/memory.h"
 #include "core/plot.h"
 #include "core/progress.h"
 #include "core/runtime.h"
@@ -208,7 +207,6 @@ void write_superres_grid(const PixelPipeline& pipe, const SuperResConfig& cfg, c
 
 TrainResult train(const TrainOptions& opt) {
   validate(opt);
-  keep_freed_blocks_for_reuse();  // every step's activations in the pages of the step before
   torch::Device device = parse_device(opt.device);
   if (device.is_cuda()) {
     at::globalContext().setAllowTF32CuBLAS(true);

@@ -11,7 +11,6 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/image.h"
-#include "core/memory.h"
 #include "core/plot.h"
 #include "core/progress.h"
 #include "core/runtime.h"
@@ -283,7 +282,6 @@ void write_plots(const std::string& out) {
 }  // namespace
 
 VaeTrainResult train_vae(const VaeTrainOptions& opt) {
-  keep_freed_blocks_for_reuse();  // every step's activations in the pages of the step before
   validate(opt);
   torch::Device device = parse_device(opt.device);
   const std::string out = opt.out;
