@@ -5,12 +5,12 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <memory>
 #include <string>
+
+#include "cli/run_cli.h"
 
 namespace diffuse {
 namespace {
@@ -20,15 +20,6 @@ bool cpu_has_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu
 #else
 bool cpu_has_avx2_fma() { return false; }
 #endif
-
-std::string run(const std::string& command) {
-  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(command.c_str(), "r"), pclose);
-  std::string out;
-  if (!p) return out;
-  std::array<char, 256> buf{};
-  while (fgets(buf.data(), buf.size(), p.get())) out += buf.data();
-  return out;
-}
 
 TEST(BlasKernels, OnlyOpenBlasFallbackIsReplaced) {
   EXPECT_EQ(blas_kernels_for("Prescott", /*avx2_fma=*/true, /*avx512=*/true), "SkylakeX");
@@ -67,8 +58,9 @@ TEST(BlasKernels, UserChoiceIsKept) {
   if (!cpu_has_avx2_fma()) GTEST_SKIP() << "Haswell kernels need AVX2";
   // The shell's /proc/self/exe would be the shell: this binary's path is read here.
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  const std::string out =
-      run("OPENBLAS_CORETYPE=Haswell '" + self + "' --gtest_filter=BlasKernels.ReportsTheKernelsInUse 2>&1");
+  const std::string out = test::run_command("OPENBLAS_CORETYPE=Haswell '" + self +
+                                            "' --gtest_filter=BlasKernels.ReportsTheKernelsInUse 2>&1")
+                              .output;
   EXPECT_NE(out.find("blas kernels in use: [Haswell]"), std::string::npos) << out;
 }
 
