@@ -1,6 +1,7 @@
 // Micro-benchmarks of the blocks Stable Diffusion spends its time in, at SD 1.5's widths, and of
 // building its UNet with and without random initialisation (what loading pays):
 //   attention/self_1024x640, attention/cross_4096x320, resnet/320_64x64, groupnorm_silu/320_64x64,
+//   groupnorm_silu_train/{autocast,fused}_64x32x28x28 (bf16 activations, forward + backward),
 //   sampler_step/{euler,dpm++2m}, unet_build/{random_init,skip_init}
 //   bench_blocks [--benchmark_filter=attention] [google-benchmark flags]
 // Threads: DIFFUSE_THREADS (default one per core). The context lines print the CPU and runtime.
@@ -15,6 +16,8 @@
 #include "diffusion/sampler.h"
 #include "models/unet2d_condition.h"
 #include "nn/attention.h"
+#include "nn/autocast.h"
+#include "nn/group_norm.h"
 #include "nn/resnet.h"
 #include "nn/skip_init.h"
 
@@ -53,6 +56,24 @@ void groupnorm_silu(benchmark::State& state) {
   auto w = torch::ones({320}), b = torch::zeros({320});
   for (auto _ : state) benchmark::DoNotOptimize(torch::silu(torch::group_norm(x, 32, w, b, 1e-5)).data_ptr<float>());
   state.SetItemsProcessed(state.iterations() * 2);
+}
+
+// A training step's GroupNorm + SiLU on bf16 activations (the first level of the Fashion-MNIST
+// preset), forward and backward: as bf16 autocast computes it in libtorch (fp32 copies of the
+// input, the norm and the activation) or in the fused kernel (nn/group_norm.h).
+void groupnorm_silu_train(benchmark::State& state, bool fused) {
+  torch::manual_seed(0);
+  torch::nn::GroupNorm norm(torch::nn::GroupNormOptions(8, 32));
+  auto x = torch::randn({64, 32, 28, 28}).to(torch::kBFloat16).requires_grad_();
+  auto grad = torch::randn({64, 32, 28, 28}).to(torch::kBFloat16);
+  diffuse::nn::AutocastGuard autocast(torch::kCPU, true);
+  for (auto _ : state) {
+    auto y = fused ? diffuse::nn::group_norm_act(*norm, x, diffuse::nn::Activation::SiLU)
+                   : torch::silu(norm(x)).to(torch::kBFloat16);
+    y.backward(grad);
+    benchmark::DoNotOptimize(x.grad().data_ptr());
+  }
+  state.SetItemsProcessed(state.iterations() * 64);
 }
 
 // One sampler step on SD latents with a denoiser that costs nothing: the sampler's own overhead.
@@ -116,6 +137,8 @@ int main(int argc, char** argv) {
   reg("attention/cross_4096x320", [](benchmark::State& s) { attention(s, 4096, 320, true); });
   reg("resnet/320_64x64", resnet);
   reg("groupnorm_silu/320_64x64", groupnorm_silu);
+  reg("groupnorm_silu_train/autocast_64x32x28x28", [](benchmark::State& s) { groupnorm_silu_train(s, false); });
+  reg("groupnorm_silu_train/fused_64x32x28x28", [](benchmark::State& s) { groupnorm_silu_train(s, true); });
   for (const char* name : {"euler", "dpm++2m"})
     reg(std::string("sampler_step/") + name, [name](benchmark::State& s) { sampler_step(s, name); });
   for (const bool skip : {false, true})

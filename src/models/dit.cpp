@@ -5,6 +5,8 @@
 #include "core/error.h"
 #include "models/model_io.h"
 #include "models/size_bounds.h"
+#include "nn/gelu.h"
+#include "nn/layer_norm.h"
 #include "nn/skip_init.h"
 #include "nn/state_dict.h"
 
@@ -206,7 +208,7 @@ std::vector<torch::Tensor> AdaLayerNormZeroImpl::forward(const torch::Tensor& x,
                                                          const torch::Tensor& class_labels) {
   auto e = linear->forward(torch::silu(emb->forward(timestep, class_labels, x.scalar_type())));
   auto c = e.chunk(6, 1);  // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
-  auto normed = torch::layer_norm(x, {x.size(-1)}, {}, {}, 1e-6);
+  auto normed = nn::layer_norm(x, 1e-6);
   normed = normed * (1 + c[1].unsqueeze(1)) + c[0].unsqueeze(1);
   return {normed, c[2], c[3], c[4], c[5]};
 }
@@ -238,9 +240,11 @@ torch::Tensor DiTBlockImpl::forward(const torch::Tensor& x, const torch::Tensor&
                                     const torch::Tensor& class_labels) {
   auto n = norm1->forward(x, timestep, class_labels);
   auto h = x + n[1].unsqueeze(1) * attn1->forward(n[0]);
-  auto m = norm3->forward(h) * (1 + n[3].unsqueeze(1)) + n[2].unsqueeze(1);
+  const auto& o3 = norm3->options;
+  auto normed = o3.elementwise_affine() ? norm3->forward(h) : nn::layer_norm(h, o3.eps());
+  auto m = normed * (1 + n[3].unsqueeze(1)) + n[2].unsqueeze(1);
   auto f = ff_proj->forward(m);
-  f = gelu_tanh_ ? torch::gelu(f, "tanh") : torch::gelu(f);
+  f = nn::gelu(f, gelu_tanh_);
   f = ff_out->forward(f);
   return h + n[4].unsqueeze(1) * f;
 }
@@ -306,8 +310,8 @@ torch::Tensor DiTTransformer2DModelImpl::forward(const torch::Tensor& sample, co
   for (auto& b : blocks) h = b->forward(h, t, labels);
 
   auto cond = blocks[0]->norm1->emb->forward(t, labels, h.scalar_type());
-  auto ss = proj_out_1->forward(torch::silu(cond)).chunk(2, 1);  // shift, scale
-  h = norm_out->forward(h) * (1 + ss[1].unsqueeze(1)) + ss[0].unsqueeze(1);
+  auto ss = proj_out_1->forward(torch::silu(cond)).chunk(2, 1);                 // shift, scale
+  h = nn::layer_norm(h, 1e-6) * (1 + ss[1].unsqueeze(1)) + ss[0].unsqueeze(1);  // norm_out: no affine
   h = proj_out_2->forward(h);
   const int64_t c = config_.output_channels();
   h = h.reshape({batch, gh, gw, p, p, c}).permute({0, 5, 1, 3, 2, 4});  // nhwpqc -> nchpwq

@@ -7,6 +7,8 @@
 #include "core/error.h"
 #include "models/model_io.h"
 #include "models/size_bounds.h"
+#include "nn/autocast.h"
+#include "nn/group_norm.h"
 #include "nn/skip_init.h"
 #include "nn/state_dict.h"
 
@@ -303,7 +305,12 @@ torch::Tensor UNet2DModelImpl::forward(torch::Tensor sample, torch::Tensor times
 
   auto emb = embed(timestep, batch, class_labels);
 
-  auto h = conv_in->forward(sample);
+  // Under bf16 autocast on the CPU the network runs in channels-last (NHWC), the layout oneDNN's
+  // bf16 convolutions compute in: in NCHW each of them would transpose its input and output.
+  const bool channels_last = sample.is_cpu() && nn::autocast_enabled(sample.device());
+  auto h = conv_in->forward(channels_last ? sample.contiguous(torch::MemoryFormat::ChannelsLast) : sample);
+  // (A one-channel input is both layouts at once, and the convolution then keeps NCHW.)
+  if (channels_last) h = h.contiguous(torch::MemoryFormat::ChannelsLast);
   std::vector<torch::Tensor> res{h};
   for (auto& block : down) {
     auto out = block->forward(h, emb);
@@ -317,13 +324,13 @@ torch::Tensor UNet2DModelImpl::forward(torch::Tensor sample, torch::Tensor times
     res.resize(res.size() - k);
     h = block->forward(h, std::move(skips), emb);
   }
-  h = conv_out->forward(torch::silu(conv_norm_out->forward(h)));
+  h = conv_out->forward(nn::group_norm_act(*conv_norm_out, h, nn::Activation::SiLU));
 
   if (config_.time_embedding_type == "fourier") {
     auto t = broadcast_timesteps(timestep, batch).to(h.scalar_type());
     h = h / t.view({batch, 1, 1, 1});
   }
-  return h;
+  return channels_last ? h.contiguous() : h;
 }
 
 // ---------------------------------------------------------------- folder I/O

@@ -4,6 +4,9 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "nn/attention_softmax.h"
+#include "nn/autocast.h"
+#include "nn/group_norm.h"
 
 namespace diffuse::nn {
 
@@ -15,6 +18,10 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   auto qq = upcast_attention ? q.to(torch::kFloat32) : q;
   auto kk = upcast_attention ? k.to(torch::kFloat32) : k;
   auto scores = torch::matmul(qq, kk.transpose(-1, -2));
+  // A softmax in fp32 of bf16 scores on the CPU (upcast, or under autocast): the fused kernel.
+  if (scores.scalar_type() == torch::kBFloat16 && scores.device().is_cpu() && !mask.defined() &&
+      (upcast_softmax || autocast_enabled(scores.device())))
+    return torch::matmul(scaled_softmax_bf16(scores, scale), v);
   if (scale != 1.0) scores = scores * scale;
   if (mask.defined()) scores = scores + mask;
   if (upcast_softmax) scores = scores.to(torch::kFloat32);
@@ -95,7 +102,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states, const t
   } else if (x.dim() != 3) {
     throw Error("Attention: expected [B, N, C] or [B, C, H, W] input, got " + std::to_string(x.dim()) + " dims");
   }
-  if (group_norm) x = group_norm(x.transpose(1, 2)).transpose(1, 2);
+  if (group_norm) x = group_norm_act(*group_norm, x.transpose(1, 2), std::nullopt).transpose(1, 2);
 
   const auto& ctx = encoder_hidden_states.defined() ? encoder_hidden_states : x;
   const int64_t n = x.size(1), m = ctx.size(1);
@@ -112,8 +119,14 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states, const t
   o = o.transpose(1, 2).reshape({B, n, inner_dim_});
   o = to_out_dropout(to_out_linear(o));
 
+  // [B, n, C] -> [B, C, H, W] is a view with channels-last strides. The residual goes first in
+  // the sum so that the result takes the residual's layout (the network's): an NCHW network would
+  // otherwise continue in channels-last, and every later convolution and norm copy its input.
   if (spatial) o = o.transpose(-1, -2).reshape({B, C, H, W});
-  if (opt_.residual_connection) o = o + residual;
+  if (opt_.residual_connection)
+    o = residual + o;
+  else if (spatial)
+    o = o.contiguous();
   if (opt_.rescale_output_factor != 1.0) o = o / opt_.rescale_output_factor;
   return o;
 }

@@ -64,6 +64,8 @@ TORCH_LIBRARY_IMPL(aten, AutocastCPU, m) {
 }
 #endif
 
+bool autocast_enabled(torch::Device device) { return is_enabled(device.type()); }
+
 AutocastGuard::AutocastGuard(torch::Device device, bool enabled) : device_(device), enabled_(enabled) {
   if (!enabled_) return;
   previous_ = is_enabled(device_.type());

@@ -5,6 +5,9 @@
 
 namespace diffuse::nn {
 
+// Whether bf16 autocast is on for `device`'s type on this thread.
+bool autocast_enabled(torch::Device device);
+
 class AutocastGuard {
  public:
   // Enables bf16 autocast on `device` while alive (no-op when `enabled` is false).

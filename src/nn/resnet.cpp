@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "nn/compute_dtype.h"
+#include "nn/group_norm.h"
 
 namespace diffuse::nn {
 
@@ -41,7 +42,9 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : opt_(o), a
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
   LayerUpcast wide({this});
   torch::Tensor input = x;
-  torch::Tensor h = activate_temporary(act_, norm1(x));
+  // The fused bf16 norm where the result goes straight to a convolution (avg_pool would average
+  // bf16 values where the unfused path averages fp32 ones).
+  torch::Tensor h = opt_.down ? activate_temporary(act_, norm1(x)) : group_norm_act(*norm1, x, act_);
   if (opt_.up) {
     input = upsample_nearest_2x(input);
     h = upsample_nearest_2x(h);
@@ -60,11 +63,14 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
     if (!t.defined()) throw Error("ResnetBlock2D: temb is required when time_embedding_norm is scale_shift");
     auto chunks = t.chunk(2, 1);
     h = norm2(h) * (1 + chunks[0]) + chunks[1];
+    h = activate_temporary(act_, std::move(h));
   } else {
     if (t.defined()) h = h + t;
-    h = norm2(h);
+    // Dropout would scale bf16 values where the unfused path scales fp32 ones.
+    const bool dropping = is_training() && opt_.dropout > 0.0;
+    h = dropping ? activate_temporary(act_, norm2(h)) : group_norm_act(*norm2, h, act_);
   }
-  h = conv2(dropout(activate_temporary(act_, std::move(h))));
+  h = conv2(dropout(std::move(h)));
   if (conv_shortcut) input = conv_shortcut(input);
   auto out = input + h;
   return opt_.output_scale_factor == 1.0 ? out : out / opt_.output_scale_factor;

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "nn/compute_dtype.h"
+#include "nn/gelu.h"
 
 namespace diffuse::nn {
 
@@ -22,7 +23,7 @@ GEGLUFeedForwardImpl::GEGLUFeedForwardImpl(int64_t dim, int64_t dim_out, int64_t
 
 torch::Tensor GEGLUFeedForwardImpl::forward(const torch::Tensor& x) {
   auto hg = proj->forward(x).chunk(2, -1);
-  auto h = hg[0] * torch::gelu(hg[1]);
+  auto h = hg[0] * nn::gelu(hg[1]);
   return out->forward(drop->forward(h));
 }
 

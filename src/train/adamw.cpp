@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "train/fused_updates.h"
 
 namespace diffuse {
 
@@ -28,10 +29,14 @@ void AdamW::step(double lr) {
   const double bc2 = 1.0 - std::pow(opt_.beta2, static_cast<double>(t_));
   const double step_size = lr / bc1;
   const double bc2_sqrt = std::sqrt(bc2);
+  const AdamWStep fused{float(opt_.beta1),       float(opt_.beta2),       float(opt_.eps),
+                        float(1.0 - opt_.beta1), float(1.0 - opt_.beta2), float(1.0 - lr * opt_.weight_decay),
+                        float(step_size),        float(bc2_sqrt)};
   for (size_t i = 0; i < params_.size(); ++i) {
     auto& p = params_[i].second;
     const auto& g = p.grad();
     if (!g.defined()) continue;
+    if (adamw_step_fused(p, g, m_[i], v_[i], fused)) continue;
     if (opt_.weight_decay != 0) p.mul_(1.0 - lr * opt_.weight_decay);
     m_[i].mul_(opt_.beta1).add_(g, 1.0 - opt_.beta1);
     v_[i].mul_(opt_.beta2).addcmul_(g, g, 1.0 - opt_.beta2);

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "train/fused_updates.h"
 
 namespace diffuse {
 
@@ -33,7 +34,10 @@ void update_ema(const std::vector<torch::Tensor>& ema, const std::vector<torch::
                 int64_t step) {
   torch::NoGradGuard ng;
   const double d = std::min(decay, (1.0 + static_cast<double>(step)) / (10.0 + static_cast<double>(step)));
-  for (size_t i = 0; i < ema.size(); ++i) ema[i].mul_(d).add_(model[i].detach(), 1.0 - d);
+  for (size_t i = 0; i < ema.size(); ++i) {
+    auto e = ema[i];
+    if (!ema_update_fused(e, model[i].detach(), float(d))) ema[i].mul_(d).add_(model[i].detach(), 1.0 - d);
+  }
 }
 
 std::map<std::string, std::vector<double>> read_csv_columns(const std::string& path) {
