@@ -31,11 +31,12 @@ inline uint16_t float_to_bf16(float f) {
 }
 
 // e^t for t in [-87, 0], branch-free so that loops calling it vectorise: 2^n * e^r with
-// |r| <= ln2/2 and e^r from its Taylor series to r^6 (relative error below 2e-7).
+// |r| <= ln2/2 and e^r from its Taylor series to r^6 (relative error below 2e-7). Below -87 it
+// gives e^-87; NaN stays NaN (the integer part is computed from a clamped copy).
 inline float exp_nonpositive(float t) {
-  t = t < -87.f ? -87.f : t;
-  const float n = (t * 1.44269504f + 12582912.f) - 12582912.f;  // round to nearest
-  const float r = (t - n * 0.693145752f) - n * 1.42860677e-6f;
+  const float c = t >= -87.f ? t : -87.f;                       // NaN compares false: -87
+  const float n = (c * 1.44269504f + 12582912.f) - 12582912.f;  // round to nearest
+  const float r = (c - n * 0.693145752f) - n * 1.42860677e-6f;
   float p = 1.f / 720.f;
   p = p * r + 1.f / 120.f;
   p = p * r + 1.f / 24.f;
@@ -46,7 +47,7 @@ inline float exp_nonpositive(float t) {
   const uint32_t bits = uint32_t(int32_t(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  return t != t ? t : p * scale;
 }
 
 // 1 / (1 + e^-y), from e^-|y| so that nothing overflows.

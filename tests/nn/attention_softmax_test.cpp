@@ -93,3 +93,12 @@ TEST(AttentionSoftmax, Fp32ScoresAreRefused) {
     EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();
   }
 }
+
+TEST(AttentionSoftmax, ANanScoreMakesItsRowNan) {
+  auto s = scores({3, 8}, 2.0, 7);
+  s.index_put_({1, 4}, std::numeric_limits<float>::quiet_NaN());
+  auto got = nn::scaled_softmax_bf16(s, 0.5);
+  EXPECT_TRUE(torch::isnan(got[1]).all().item<bool>());  // as ATen's softmax
+  EXPECT_TRUE(torch::isfinite(got[0]).all().item<bool>());
+  EXPECT_TRUE(torch::isfinite(got[2]).all().item<bool>());
+}
