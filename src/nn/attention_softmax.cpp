@@ -91,7 +91,7 @@ struct ScaledSoftmax : torch::autograd::Function<ScaledSoftmax> {
                                                torch::autograd::tensor_list grads) {
     const auto s = ctx->get_saved_variables()[0];
     const float sc = bf16_scale(ctx->saved_data["scale"].toDouble());
-    auto g = grads[0].to(torch::kBFloat16).contiguous();
+    auto g = bf16_contiguous(grads[0]);
     auto ds = torch::empty_like(s, torch::MemoryFormat::Contiguous);
     const uint16_t* sp = bf16_bits(s);
     const uint16_t* gp = bf16_bits(g);

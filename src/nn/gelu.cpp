@@ -103,7 +103,7 @@ struct GeluBf16 : torch::autograd::Function<GeluBf16> {
                                                torch::autograd::tensor_list grads) {
     const auto x = ctx->get_saved_variables()[0];
     const bool tanh = ctx->saved_data["tanh"].toBool();
-    auto g = grads[0].to(torch::kBFloat16).contiguous();
+    auto g = bf16_contiguous(grads[0]);
     auto dx = torch::empty_like(x, torch::MemoryFormat::Contiguous);
     const uint16_t* xp = bf16_bits(x);
     const uint16_t* gp = bf16_bits(g);

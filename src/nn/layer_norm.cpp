@@ -68,7 +68,7 @@ struct LayerNormBf16 : torch::autograd::Function<LayerNormBf16> {
     const auto saved = ctx->get_saved_variables();
     const auto &x = saved[0], &stats = saved[1];
     const int64_t n = x.size(-1), rows = x.numel() / n;
-    auto g = grads[0].to(torch::kBFloat16).contiguous();
+    auto g = bf16_contiguous(grads[0]);
     auto dx = torch::empty_like(x, torch::MemoryFormat::Contiguous);
     const uint16_t* xp = bf16_bits(x);
     const uint16_t* gp = bf16_bits(g);

@@ -1,6 +1,5 @@
 #include "nn/group_norm.h"
 
-#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include "core/error.h"
@@ -96,19 +95,14 @@ TEST(GroupNormAct, WithoutAffineParameters) {
 
 TEST(GroupNormAct, ThreadsDoNotChangeTheResult) {
   const Case c{{8, 32, 12, 12}, 8, true};
-  auto run = [&](int threads) {
-    const int before = at::get_num_threads();
-    at::set_num_threads(threads);
+  diffuse::test::expect_same_on_one_and_two_threads([&] {
     auto x = inputs(c, 5).requires_grad_();
     torch::manual_seed(6);
     auto w = torch::randn({32}).requires_grad_(), b = torch::randn({32}).requires_grad_();
     auto out = nn::group_norm_silu_bf16(x, c.groups, w, b, 1e-5, true);
     out.backward(torch::randn(c.shape).to(torch::kBFloat16));
-    at::set_num_threads(before);
     return std::vector<torch::Tensor>{out.detach(), x.grad(), w.grad(), b.grad()};
-  };
-  auto one = run(1), two = run(2);
-  for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(torch::equal(one[i], two[i])) << "output " << i;
+  });
 }
 
 TEST(GroupNormAct, ModulesUnderAutocastTakeTheFusedKernel) {

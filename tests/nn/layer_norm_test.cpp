@@ -1,6 +1,5 @@
 #include "nn/layer_norm.h"
 
-#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include "core/error.h"
@@ -30,19 +29,13 @@ TEST(LayerNormBf16, EqualsTheFp32LayerNormRoundedToBf16) {
 }
 
 TEST(LayerNormBf16, ThreadsDoNotChangeTheResult) {
-  auto run = [](int threads) {
-    const int before = at::get_num_threads();
-    at::set_num_threads(threads);
+  diffuse::test::expect_same_on_one_and_two_threads([] {
     torch::manual_seed(3);
     auto x = torch::randn({64, 96}).to(torch::kBFloat16).requires_grad_();
     auto y = nn::layer_norm_bf16(x, 1e-5);
     y.backward(torch::ones_like(y));
-    at::set_num_threads(before);
-    return std::make_pair(y.detach(), x.grad());
-  };
-  auto one = run(1), two = run(2);
-  EXPECT_TRUE(torch::equal(one.first, two.first));
-  EXPECT_TRUE(torch::equal(one.second, two.second));
+    return std::vector<torch::Tensor>{y.detach(), x.grad()};
+  });
 }
 
 TEST(LayerNormBf16, OtherDtypesTakeAten) {
