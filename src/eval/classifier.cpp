@@ -114,10 +114,9 @@ ClassifierImpl::ClassifierImpl(ClassifierConfig cfg) : cfg_(std::move(cfg)) {
     }
   }
   fc_ = register_module(
-      "fc",
-      torch::nn::Linear(torch::nn::LinearOptions(in * cfg_.head_pool * cfg_.head_pool, cfg_.feature_dim).bias(false)));
+      "fc", nn::Linear(torch::nn::LinearOptions(in * cfg_.head_pool * cfg_.head_pool, cfg_.feature_dim).bias(false)));
   fc_norm_ = register_module("fc_norm", torch::nn::BatchNorm1d(cfg_.feature_dim));
-  out_ = register_module("out", torch::nn::Linear(cfg_.feature_dim, cfg_.num_classes));
+  out_ = register_module("out", nn::Linear(cfg_.feature_dim, cfg_.num_classes));
 }
 
 std::vector<torch::Tensor> ClassifierImpl::stage_outputs(const torch::Tensor& x) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "nn/linear.h"
 #include "train/dataset.h"
 
 namespace diffuse {
@@ -52,9 +53,9 @@ class ClassifierImpl : public torch::nn::Module {
   ClassifierConfig cfg_;
   std::vector<torch::nn::Conv2d> convs_;
   std::vector<torch::nn::BatchNorm2d> norms_;
-  torch::nn::Linear fc_{nullptr};
+  nn::Linear fc_{nullptr};
   torch::nn::BatchNorm1d fc_norm_{nullptr};
-  torch::nn::Linear out_{nullptr};
+  nn::Linear out_{nullptr};
 };
 TORCH_MODULE(Classifier);
 

@@ -112,10 +112,10 @@ void CLIPTextConfig::validate() const {
 namespace nn {
 
 CLIPAttentionImpl::CLIPAttentionImpl(int64_t hidden, int64_t heads) : heads_(heads) {
-  q_proj = register_module("q_proj", torch::nn::Linear(hidden, hidden));
-  k_proj = register_module("k_proj", torch::nn::Linear(hidden, hidden));
-  v_proj = register_module("v_proj", torch::nn::Linear(hidden, hidden));
-  out_proj = register_module("out_proj", torch::nn::Linear(hidden, hidden));
+  q_proj = register_module("q_proj", nn::Linear(hidden, hidden));
+  k_proj = register_module("k_proj", nn::Linear(hidden, hidden));
+  v_proj = register_module("v_proj", nn::Linear(hidden, hidden));
+  out_proj = register_module("out_proj", nn::Linear(hidden, hidden));
 }
 
 torch::Tensor CLIPAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
@@ -135,8 +135,8 @@ CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& c) : act_(c.hid
   auto ln = [&](int64_t n) { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({n}).eps(c.layer_norm_eps)); };
   layer_norm1 = register_module("layer_norm1", ln(c.hidden_size));
   mlp = register_module("mlp", std::make_shared<torch::nn::Module>());
-  fc1 = mlp->register_module("fc1", torch::nn::Linear(c.hidden_size, c.intermediate_size));
-  fc2 = mlp->register_module("fc2", torch::nn::Linear(c.intermediate_size, c.hidden_size));
+  fc1 = mlp->register_module("fc1", nn::Linear(c.hidden_size, c.intermediate_size));
+  fc2 = mlp->register_module("fc2", nn::Linear(c.intermediate_size, c.hidden_size));
   layer_norm2 = register_module("layer_norm2", ln(c.hidden_size));
 }
 
@@ -166,9 +166,9 @@ CLIPTextModelImpl::CLIPTextModelImpl(const CLIPTextConfig& config) : config_(con
       "final_layer_norm",
       torch::nn::LayerNorm(torch::nn::LayerNormOptions({config_.hidden_size}).eps(config_.layer_norm_eps)));
   if (config_.with_projection)
-    text_projection = register_module(
-        "text_projection",
-        torch::nn::Linear(torch::nn::LinearOptions(config_.hidden_size, config_.projection_dim).bias(false)));
+    text_projection =
+        register_module("text_projection",
+                        nn::Linear(torch::nn::LinearOptions(config_.hidden_size, config_.projection_dim).bias(false)));
 }
 
 int64_t CLIPTextModelImpl::add_token_embeddings(const torch::Tensor& rows) {

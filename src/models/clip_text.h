@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "nn/linear.h"
+
 namespace diffuse {
 
 // CLIPTextConfig keys with transformers defaults (dropout keys are ignored).
@@ -56,7 +58,7 @@ class CLIPAttentionImpl : public torch::nn::Module {
   // x [B, T, C]; mask additive, broadcastable to [B, heads, T, T].
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
 
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
+  nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
 
  private:
   int64_t heads_;
@@ -71,7 +73,7 @@ class CLIPEncoderLayerImpl : public torch::nn::Module {
   CLIPAttention self_attn{nullptr};
   torch::nn::LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
   std::shared_ptr<torch::nn::Module> mlp;  // mlp.fc1, mlp.fc2
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  nn::Linear fc1{nullptr}, fc2{nullptr};
 
  private:
   std::string act_;
@@ -112,7 +114,7 @@ class CLIPTextModelImpl : public torch::nn::Module {
   torch::nn::ModuleList layers{nullptr};
   std::vector<nn::CLIPEncoderLayer> layer_list;
   torch::nn::LayerNorm final_layer_norm{nullptr};
-  torch::nn::Linear text_projection{nullptr};  // with_projection only
+  nn::Linear text_projection{nullptr};  // with_projection only
 
  private:
   CLIPTextConfig config_;

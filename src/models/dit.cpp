@@ -201,7 +201,7 @@ torch::Tensor CombinedTimestepLabelEmbeddingsImpl::forward(const torch::Tensor& 
 
 AdaLayerNormZeroImpl::AdaLayerNormZeroImpl(int64_t dim, int64_t num_embeddings) {
   emb = register_module("emb", CombinedTimestepLabelEmbeddings(num_embeddings, dim));
-  linear = register_module("linear", torch::nn::Linear(dim, 6 * dim));
+  linear = register_module("linear", nn::Linear(dim, 6 * dim));
 }
 
 std::vector<torch::Tensor> AdaLayerNormZeroImpl::forward(const torch::Tensor& x, const torch::Tensor& timestep,
@@ -227,10 +227,10 @@ DiTBlockImpl::DiTBlockImpl(const DiTConfig& c) : gelu_tanh_(c.activation_fn == "
   // ff.net.0 (GELU with .proj), ff.net.1 (Dropout), ff.net.2 (Linear)
   auto net = torch::nn::ModuleList();
   auto gelu = std::make_shared<torch::nn::Module>();
-  ff_proj = gelu->register_module("proj", torch::nn::Linear(dim, 4 * dim));
+  ff_proj = gelu->register_module("proj", nn::Linear(dim, 4 * dim));
   net->push_back(gelu);
   net->push_back(torch::nn::Dropout(c.dropout));
-  ff_out = torch::nn::Linear(4 * dim, dim);
+  ff_out = nn::Linear(4 * dim, dim);
   net->push_back(ff_out);
   ff = register_module("ff", std::make_shared<torch::nn::Module>());
   ff->register_module("net", net);
@@ -265,9 +265,8 @@ DiTTransformer2DModelImpl::DiTTransformer2DModelImpl(const DiTConfig& cfg) : con
   }
   norm_out = register_module(
       "norm_out", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(1e-6).elementwise_affine(false)));
-  proj_out_1 = register_module("proj_out_1", torch::nn::Linear(dim, 2 * dim));
-  proj_out_2 =
-      register_module("proj_out_2", torch::nn::Linear(dim, cfg.patch_size * cfg.patch_size * cfg.output_channels()));
+  proj_out_1 = register_module("proj_out_1", nn::Linear(dim, 2 * dim));
+  proj_out_2 = register_module("proj_out_2", nn::Linear(dim, cfg.patch_size * cfg.patch_size * cfg.output_channels()));
 }
 
 torch::Dtype DiTTransformer2DModelImpl::dtype() const { return proj_out_1->weight.scalar_type(); }

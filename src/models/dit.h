@@ -14,6 +14,7 @@
 
 #include "nn/attention.h"
 #include "nn/embeddings.h"
+#include "nn/linear.h"
 
 namespace diffuse {
 
@@ -97,7 +98,7 @@ class AdaLayerNormZeroImpl : public torch::nn::Module {
                                      const torch::Tensor& class_labels);
 
   CombinedTimestepLabelEmbeddings emb{nullptr};
-  torch::nn::Linear linear{nullptr};
+  nn::Linear linear{nullptr};
 };
 TORCH_MODULE(AdaLayerNormZero);
 
@@ -111,7 +112,7 @@ class DiTBlockImpl : public torch::nn::Module {
   Attention attn1{nullptr};
   torch::nn::LayerNorm norm3{nullptr};    // no parameters unless norm_elementwise_affine
   std::shared_ptr<torch::nn::Module> ff;  // ff.net.0.proj, ff.net.2
-  torch::nn::Linear ff_proj{nullptr}, ff_out{nullptr};
+  nn::Linear ff_proj{nullptr}, ff_out{nullptr};
 
  private:
   bool gelu_tanh_;
@@ -139,7 +140,7 @@ class DiTTransformer2DModelImpl : public torch::nn::Module {
   torch::nn::ModuleList transformer_blocks{nullptr};
   std::vector<nn::DiTBlock> blocks;
   torch::nn::LayerNorm norm_out{nullptr};
-  torch::nn::Linear proj_out_1{nullptr}, proj_out_2{nullptr};
+  nn::Linear proj_out_1{nullptr}, proj_out_2{nullptr};
 
  private:
   DiTConfig config_;

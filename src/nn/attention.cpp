@@ -82,10 +82,10 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : opt_(o) {
     group_norm = register_module(
         "group_norm", torch::nn::GroupNorm(torch::nn::GroupNormOptions(*o.norm_num_groups, o.query_dim).eps(o.eps)));
   }
-  to_q = register_module("to_q", torch::nn::Linear(torch::nn::LinearOptions(o.query_dim, inner_dim_).bias(o.bias)));
-  to_k = register_module("to_k", torch::nn::Linear(torch::nn::LinearOptions(kv_dim, inner_dim_).bias(o.bias)));
-  to_v = register_module("to_v", torch::nn::Linear(torch::nn::LinearOptions(kv_dim, inner_dim_).bias(o.bias)));
-  to_out_linear = torch::nn::Linear(torch::nn::LinearOptions(inner_dim_, out_dim).bias(o.out_bias));
+  to_q = register_module("to_q", nn::Linear(torch::nn::LinearOptions(o.query_dim, inner_dim_).bias(o.bias)));
+  to_k = register_module("to_k", nn::Linear(torch::nn::LinearOptions(kv_dim, inner_dim_).bias(o.bias)));
+  to_v = register_module("to_v", nn::Linear(torch::nn::LinearOptions(kv_dim, inner_dim_).bias(o.bias)));
+  to_out_linear = nn::Linear(torch::nn::LinearOptions(inner_dim_, out_dim).bias(o.out_bias));
   to_out_dropout = torch::nn::Dropout(o.dropout);
   to_out = register_module("to_out", torch::nn::ModuleList(to_out_linear, to_out_dropout));
 }

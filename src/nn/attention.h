@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "nn/linear.h"
+
 namespace diffuse::nn {
 
 // softmax(q k^T * scale + mask) v over the last two dims.
@@ -67,9 +69,9 @@ class AttentionImpl : public torch::nn::Module {
   int64_t heads() const { return heads_; }
 
   torch::nn::GroupNorm group_norm{nullptr};  // null unless norm_num_groups
-  torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
+  nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
   torch::nn::ModuleList to_out{nullptr};  // [0] Linear, [1] Dropout
-  torch::nn::Linear to_out_linear{nullptr};
+  nn::Linear to_out_linear{nullptr};
   torch::nn::Dropout to_out_dropout{nullptr};
 
  private:

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "nn/attention.h"
 #include "nn/bf16_tensor.h"
 #include "nn/vector_math.h"
 
@@ -78,28 +79,38 @@ struct ScaledSoftmax : torch::autograd::Function<ScaledSoftmax> {
     const uint16_t* sp = bf16_bits(s);
     uint16_t* op = bf16_bits_mutable(out);
     const float sc = bf16_scale(scale);
+    // The fp32 probabilities, kept for the backward pass when they are small enough.
+    const bool keep = s.numel() * int64_t{4} <= attention_memory_budget() / 4;
+    auto probs = keep ? torch::empty(s.sizes(), s.options().dtype(torch::kFloat32)) : torch::Tensor();
+    float* pp = keep ? probs.data_ptr<float>() : nullptr;
     for_rows(s, [&](int64_t at, int64_t n, float* p) {
-      row_probabilities(sp + at, p, n, sc);
-      row_to_bf16(p, op + at, n);
+      float* row = pp ? pp + at : p;
+      row_probabilities(sp + at, row, n, sc);
+      row_to_bf16(row, op + at, n);
     });
-    ctx->save_for_backward({s});
+    ctx->save_for_backward({keep ? probs : s});
     ctx->saved_data["scale"] = scale;
     return out;
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
-    const auto s = ctx->get_saved_variables()[0];
+    const auto saved = ctx->get_saved_variables()[0];
     const float sc = bf16_scale(ctx->saved_data["scale"].toDouble());
     auto g = bf16_contiguous(grads[0]);
-    auto ds = torch::empty_like(s, torch::MemoryFormat::Contiguous);
-    const uint16_t* sp = bf16_bits(s);
+    auto ds = torch::empty(saved.sizes(), saved.options().dtype(torch::kBFloat16));
     const uint16_t* gp = bf16_bits(g);
     uint16_t* dp = bf16_bits_mutable(ds);
-    for_rows(s, [&](int64_t at, int64_t n, float* p) {
-      row_probabilities(sp + at, p, n, sc);
-      row_gradient(p, gp + at, dp + at, n, sc);
-    });
+    if (saved.scalar_type() == torch::kFloat32) {
+      const float* pp = saved.data_ptr<float>();
+      for_rows(saved, [&](int64_t at, int64_t n, float*) { row_gradient(pp + at, gp + at, dp + at, n, sc); });
+    } else {  // recomputed from the scores, as the forward pass computed them
+      const uint16_t* sp = bf16_bits(saved);
+      for_rows(saved, [&](int64_t at, int64_t n, float* p) {
+        row_probabilities(sp + at, p, n, sc);
+        row_gradient(p, gp + at, dp + at, n, sc);
+      });
+    }
     return {ds, torch::Tensor()};
   }
 };

@@ -6,8 +6,10 @@
 // fp32 tensor and casts that back to bf16 for the product with the values; the backward pass
 // makes the same round trips, and autograd keeps the fp32 probabilities. scaled_softmax_bf16
 // reads the bf16 scores once and writes bf16 probabilities, computing in fp32 in between and
-// rounding where the unfused path rounds; its backward pass recomputes the probabilities from
-// the scores it kept (half the memory of the fp32 probabilities).
+// rounding where the unfused path rounds. For its backward pass it keeps the fp32 probabilities
+// when they take at most a quarter of attention_memory_budget() (32 MiB by default), as the
+// unfused path does; larger ones it recomputes from the bf16 scores it keeps instead (half the
+// memory). Either way the gradient is the same.
 #include <torch/torch.h>
 
 namespace diffuse::nn {

@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "nn/compute_dtype.h"
+#include "nn/linear.h"
 
 namespace diffuse::nn {
 
@@ -136,7 +137,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
 };
 
 // The trainable tensors a module's forward reads: parameters that require grad, and Linear /
-// Conv2d weights and biases pointed at other tensors that do (unique).
+// Conv2d weights and biases pointed at other tensors that do, and Linear's bf16 copies (unique).
 std::vector<torch::Tensor> trainable_tensors(const std::vector<std::shared_ptr<torch::nn::Module>>& modules) {
   std::vector<torch::Tensor> out;
   std::unordered_set<const void*> seen;
@@ -151,6 +152,10 @@ std::vector<torch::Tensor> trainable_tensors(const std::vector<std::shared_ptr<t
     if (auto* l = m->as<torch::nn::Linear>()) {
       add(l->weight);
       add(l->bias);
+      if (auto* copies = dynamic_cast<LinearImpl*>(l)) {  // bf16 weights used under autocast
+        add(copies->compute_weight);
+        add(copies->compute_bias);
+      }
     } else if (auto* c = m->as<torch::nn::Conv2d>()) {
       add(c->weight);
       add(c->bias);

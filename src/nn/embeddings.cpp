@@ -32,8 +32,8 @@ torch::Tensor TimestepsImpl::forward(const torch::Tensor& timesteps) {
 TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in_channels, int64_t time_embed_dim, const std::string& act_fn,
                                              int64_t out_dim)
     : act_(parse_activation(act_fn)) {
-  linear_1 = register_module("linear_1", torch::nn::Linear(in_channels, time_embed_dim));
-  linear_2 = register_module("linear_2", torch::nn::Linear(time_embed_dim, out_dim > 0 ? out_dim : time_embed_dim));
+  linear_1 = register_module("linear_1", nn::Linear(in_channels, time_embed_dim));
+  linear_2 = register_module("linear_2", nn::Linear(time_embed_dim, out_dim > 0 ? out_dim : time_embed_dim));
 }
 
 torch::Tensor TimestepEmbeddingImpl::forward(const torch::Tensor& sample) {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "nn/activations.h"
+#include "nn/linear.h"
 
 namespace diffuse::nn {
 
@@ -39,7 +40,7 @@ class TimestepEmbeddingImpl : public torch::nn::Module {
                         int64_t out_dim = -1);
   torch::Tensor forward(const torch::Tensor& sample);
 
-  torch::nn::Linear linear_1{nullptr}, linear_2{nullptr};
+  nn::Linear linear_1{nullptr}, linear_2{nullptr};
 
  private:
   Activation act_;

@@ -28,7 +28,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : opt_(o), a
   norm1 = register_module("norm1", torch::nn::GroupNorm(torch::nn::GroupNormOptions(o.groups, in).eps(o.eps)));
   conv1 = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1)));
   if (o.temb_channels > 0)
-    time_emb_proj = register_module("time_emb_proj", torch::nn::Linear(o.temb_channels, scale_shift_ ? 2 * out : out));
+    time_emb_proj = register_module("time_emb_proj", nn::Linear(o.temb_channels, scale_shift_ ? 2 * out : out));
   norm2 = register_module("norm2", torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups_out, out).eps(o.eps)));
   dropout = register_module("dropout", torch::nn::Dropout(o.dropout));
   conv2 = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(out, conv2_out, 3).padding(1)));

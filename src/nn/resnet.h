@@ -9,6 +9,7 @@
 #include <string>
 
 #include "nn/activations.h"
+#include "nn/linear.h"
 #include "nn/sampling.h"
 
 namespace diffuse::nn {
@@ -46,7 +47,7 @@ class ResnetBlock2DImpl : public torch::nn::Module {
 
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
-  torch::nn::Linear time_emb_proj{nullptr};
+  nn::Linear time_emb_proj{nullptr};
   torch::nn::Dropout dropout{nullptr};
 
  private:

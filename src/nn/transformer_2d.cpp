@@ -12,9 +12,9 @@ GEGLUFeedForwardImpl::GEGLUFeedForwardImpl(int64_t dim, int64_t dim_out, int64_t
   if (dim_out <= 0) dim_out = dim;
   // net.0 is a GEGLU module whose only child is `proj`.
   auto geglu = std::make_shared<torch::nn::Module>("GEGLU");
-  proj = geglu->register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(dim, 2 * inner_dim).bias(bias)));
+  proj = geglu->register_module("proj", nn::Linear(torch::nn::LinearOptions(dim, 2 * inner_dim).bias(bias)));
   drop = torch::nn::Dropout(dropout);
-  out = torch::nn::Linear(torch::nn::LinearOptions(inner_dim, dim_out).bias(bias));
+  out = nn::Linear(torch::nn::LinearOptions(inner_dim, dim_out).bias(bias));
   net = register_module("net", torch::nn::ModuleList());
   net->push_back(geglu);
   net->push_back(drop);
@@ -86,7 +86,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& 
   norm = register_module("norm",
                          torch::nn::GroupNorm(torch::nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
   if (o.use_linear_projection)
-    proj_in_linear = register_module("proj_in", torch::nn::Linear(o.in_channels, inner_dim_));
+    proj_in_linear = register_module("proj_in", nn::Linear(o.in_channels, inner_dim_));
   else
     proj_in_conv =
         register_module("proj_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels, inner_dim_, 1)));
@@ -108,7 +108,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& 
     transformer_blocks->push_back(blocks.back());
   }
   if (o.use_linear_projection)
-    proj_out_linear = register_module("proj_out", torch::nn::Linear(inner_dim_, opt_.out_channels));
+    proj_out_linear = register_module("proj_out", nn::Linear(inner_dim_, opt_.out_channels));
   else
     proj_out_conv =
         register_module("proj_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(inner_dim_, opt_.out_channels, 1)));

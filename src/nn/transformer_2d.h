@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "nn/attention.h"
+#include "nn/linear.h"
 
 namespace diffuse::nn {
 
@@ -23,9 +24,9 @@ class GEGLUFeedForwardImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   torch::nn::ModuleList net{nullptr};
-  torch::nn::Linear proj{nullptr};   // net.0.proj
+  nn::Linear proj{nullptr};          // net.0.proj
   torch::nn::Dropout drop{nullptr};  // net.1
-  torch::nn::Linear out{nullptr};    // net.2
+  nn::Linear out{nullptr};           // net.2
 };
 TORCH_MODULE(GEGLUFeedForward);
 
@@ -90,8 +91,8 @@ class Transformer2DModelImpl : public torch::nn::Module {
   const Transformer2DModelOptions& options() const { return opt_; }
 
   torch::nn::GroupNorm norm{nullptr};
-  torch::nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};      // use_linear_projection false
-  torch::nn::Linear proj_in_linear{nullptr}, proj_out_linear{nullptr};  // use_linear_projection true
+  torch::nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};  // use_linear_projection false
+  nn::Linear proj_in_linear{nullptr}, proj_out_linear{nullptr};     // use_linear_projection true
   torch::nn::ModuleList transformer_blocks{nullptr};
   std::vector<BasicTransformerBlock> blocks;
 

@@ -16,8 +16,15 @@ class AdamW {
   };
   AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, Options opt);
 
-  // One update with learning rate `lr` using the parameters' current .grad().
-  void step(double lr);
+  // One update with learning rate `lr` using the parameters' current .grad() times grad_scale (a
+  // clipping factor, see grad_norm); a parameter without a gradient is left as it is (as
+  // PyTorch's optimizers do). A gradient may be bf16 for a float32 parameter (train/compute_weights.h).
+  void step(double lr, double grad_scale = 1.0);
+  // Keeps `copy` (a bf16 tensor of param's shape) equal to param rounded to bf16 after every step,
+  // written in the update's own pass. `param` must be one of the optimizer's parameters.
+  void mirror(const torch::Tensor& param, torch::Tensor copy);
+  // Drops the gradients (PyTorch's set_to_none): the next backward pass stores each gradient
+  // instead of adding it to zeros.
   void zero_grad();
   int64_t steps() const { return t_; }
 
@@ -27,12 +34,19 @@ class AdamW {
 
  private:
   std::vector<std::pair<std::string, torch::Tensor>> params_;
-  std::vector<torch::Tensor> m_, v_;
+  std::vector<torch::Tensor> m_, v_, mirrors_;
   Options opt_;
   int64_t t_ = 0;
 };
 
-// Clips the global L2 norm of the gradients to `max_norm`; returns the norm before clipping.
+// The global L2 norm of the gradients, and the factor that clips it to max_norm (1 when the norm is
+// within max_norm, when max_norm is 0, or when the norm is not finite).
+struct GradNorm {
+  double norm = 0, scale = 1;
+};
+GradNorm grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+
+// Clips the global L2 norm of the gradients to `max_norm` in place; returns the norm before clipping.
 double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
 
 }  // namespace diffuse

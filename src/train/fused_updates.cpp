@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "nn/bf16_tensor.h"
 #include "nn/vector_math.h"
 
 namespace diffuse {
@@ -15,17 +16,23 @@ namespace {
 
 constexpr int64_t kGrain = 65536;
 
-bool plain_fp32(const torch::Tensor& t, const torch::Tensor& like) {
-  return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous() &&
+bool plain(const torch::Tensor& t, torch::ScalarType dtype, const torch::Tensor& like) {
+  return t.defined() && t.device().is_cpu() && t.scalar_type() == dtype && t.is_contiguous() &&
          t.numel() == like.numel();
 }
+bool plain_fp32(const torch::Tensor& t, const torch::Tensor& like) { return plain(t, torch::kFloat, like); }
 
-DIFFUSE_VECTOR_CLONES
-void adamw_chunk(float* p, const float* g, float* m, float* v, int64_t n, AdamWStep s) {
+inline float load(const float* g, int64_t i) { return g[i]; }
+inline float load(const uint16_t* g, int64_t i) { return nn::bf16_to_float(g[i]); }
+
+// G is float (an fp32 gradient) or uint16_t (bf16 bits); with kMirror, bf16(p) goes to mirror.
+template <typename G, bool kMirror>
+DIFFUSE_VECTOR_CLONES void adamw_chunk(float* p, const G* g, float* m, float* v, uint16_t* mirror, int64_t n,
+                                       AdamWStep s) {
   const float a1 = s.one_minus_beta1, a2 = s.one_minus_beta2;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const float gi = g[i];
+    const float gi = load(g, i) * s.grad_scale;
     // In the order of the tensor operations: m.mul_(beta1).add_(g, a1), v.mul_(beta2)
     // .addcmul_(g, g, a2), p.mul_(decay).addcdiv_(m, sqrt(v) / bc2_sqrt + eps, -step_size).
     const float mi = m[i] * s.beta1 + a1 * gi;
@@ -33,8 +40,18 @@ void adamw_chunk(float* p, const float* g, float* m, float* v, int64_t n, AdamWS
     m[i] = mi;
     v[i] = vi;
     const float denom = std::sqrt(vi) / s.bc2_sqrt + s.eps;
-    p[i] = p[i] * s.decay + -s.step_size * mi / denom;
+    const float pi = p[i] * s.decay + -s.step_size * mi / denom;
+    p[i] = pi;
+    if constexpr (kMirror) mirror[i] = nn::float_to_bf16(pi);
   }
+}
+
+template <typename G>
+void adamw_range(float* p, const G* g, float* m, float* v, uint16_t* mirror, int64_t n, const AdamWStep& s) {
+  if (mirror)
+    adamw_chunk<G, true>(p, g, m, v, mirror, n, s);
+  else
+    adamw_chunk<G, false>(p, g, m, v, nullptr, n, s);
 }
 
 DIFFUSE_VECTOR_CLONES
@@ -46,15 +63,22 @@ void ema_chunk(float* e, const float* p, int64_t n, float d) {
 
 }  // namespace
 
-bool adamw_step_fused(torch::Tensor& p, const torch::Tensor& g, torch::Tensor& m, torch::Tensor& v,
-                      const AdamWStep& s) {
-  if (!plain_fp32(p, p) || !plain_fp32(g, p) || !plain_fp32(m, p) || !plain_fp32(v, p)) return false;
+bool adamw_step_fused(torch::Tensor& p, const torch::Tensor& g, torch::Tensor& m, torch::Tensor& v, const AdamWStep& s,
+                      const torch::Tensor& mirror) {
+  const bool bf16_grad = plain(g, torch::kBFloat16, p);
+  if (!plain_fp32(p, p) || !(bf16_grad || plain_fp32(g, p)) || !plain_fp32(m, p) || !plain_fp32(v, p)) return false;
+  if (mirror.defined() && !plain(mirror, torch::kBFloat16, p)) return false;
   float* pp = p.data_ptr<float>();
-  const float* gp = g.data_ptr<float>();
   float* mp = m.data_ptr<float>();
   float* vp = v.data_ptr<float>();
+  torch::Tensor mirror_out = mirror;
+  uint16_t* out = mirror_out.defined() ? nn::bf16_bits_mutable(mirror_out) : nullptr;
   at::parallel_for(0, p.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    adamw_chunk(pp + begin, gp + begin, mp + begin, vp + begin, end - begin, s);
+    uint16_t* o = out ? out + begin : nullptr;
+    if (bf16_grad)
+      adamw_range(pp + begin, nn::bf16_bits(g) + begin, mp + begin, vp + begin, o, end - begin, s);
+    else
+      adamw_range(pp + begin, g.data_ptr<float>() + begin, mp + begin, vp + begin, o, end - begin, s);
   });
   return true;
 }

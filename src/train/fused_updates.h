@@ -16,12 +16,15 @@ struct AdamWStep {
   float decay;                             // 1 - lr * weight_decay: p is scaled by it first
   float step_size;                         // lr / (1 - beta1^t)
   float bc2_sqrt;                          // sqrt(1 - beta2^t)
+  float grad_scale = 1.f;                  // the gradient is multiplied by it first (clipping)
 };
 
-// m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2; p = decay p - step_size m /
-// (sqrt(v) / bc2_sqrt + eps). Returns false, touching nothing, unless p, g, m and v are
-// contiguous fp32 CPU tensors of one size.
-bool adamw_step_fused(torch::Tensor& p, const torch::Tensor& g, torch::Tensor& m, torch::Tensor& v, const AdamWStep& s);
+// g = grad_scale g; m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2; p = decay p -
+// step_size m / (sqrt(v) / bc2_sqrt + eps); mirror = bf16(p) when mirror is defined. Returns
+// false, touching nothing, unless p, m and v are contiguous fp32 CPU tensors of one size, g is
+// one of fp32 or bf16 and mirror (if defined) bf16, both contiguous, on the CPU and of that size.
+bool adamw_step_fused(torch::Tensor& p, const torch::Tensor& g, torch::Tensor& m, torch::Tensor& v, const AdamWStep& s,
+                      const torch::Tensor& mirror = {});
 
 // ema = d ema + (1 - d) p. Returns false, touching nothing, unless both are contiguous fp32 CPU
 // tensors of one size.

@@ -25,6 +25,7 @@
 #include "train/adamw.h"
 #include "train/captioned.h"
 #include "train/checkpoint.h"
+#include "train/compute_weights.h"
 #include "train/diffusion_objective.h"
 #include "train/distributed.h"
 #include "train/loader.h"
@@ -478,6 +479,9 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
   CaptionedLoader loader(data, to.batch * world, to.seed);
   NonFiniteGuard nonfinite(to.max_nonfinite_steps);
   GradientSync sync(to.dist, params);
+  // As in train(): single-process bf16 runs compute Linear layers with AdamW-kept bf16 copies.
+  std::optional<ComputeWeights> compute_weights;
+  if (to.bf16 && !dist) compute_weights.emplace(*model, optimizer);
   double lr = 0;
   LoopCallbacks cb;
   cb.step = [&](int64_t step) {
@@ -509,6 +513,7 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
       auto loss = objective.loss(pred_out, draw);
       if (dist) loss = loss * (static_cast<double>((last - first) * world) / static_cast<double>(B));
       loss.backward();
+      if (compute_weights) compute_weights->gather_gradients();
       step_loss = loss.item<double>();
     }
     if (dist) {
@@ -518,8 +523,7 @@ TrainResult train_text_to_image(const TextToImageOptions& opt) {
       step_loss = l.item<double>();
     }
     if (nonfinite.ok(step_loss, params, step)) {
-      if (to.grad_clip > 0) clip_grad_norm(params, to.grad_clip);
-      optimizer.step(lr);
+      optimizer.step(lr, to.grad_clip > 0 ? grad_norm(params, to.grad_clip).scale : 1.0);
       update_ema(ema->parameters(), model->parameters(), to.ema_decay, step);
       smooth = std::isnan(smooth) ? step_loss : 0.98 * smooth + 0.02 * step_loss;
     }

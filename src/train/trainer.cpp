@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "core/atomic_file.h"
@@ -20,6 +21,7 @@
 #include "pipelines/superres.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
+#include "train/compute_weights.h"
 #include "train/dataset.h"
 #include "train/diffusion_objective.h"
 #include "train/distributed.h"
@@ -391,6 +393,11 @@ TrainResult train(const TrainOptions& opt) {
       std::fprintf(stderr, "already at step %lld: the final model is written from the checkpoint\n",
                    static_cast<long long>(state.step));
   }
+  // Single-process bf16 training: Linear layers compute with bf16 copies of their weights that
+  // AdamW keeps current (data-parallel runs all-reduce the float32 parameters' gradients as
+  // backward produces them, so they keep autocast's casts).
+  std::optional<ComputeWeights> compute_weights;
+  if (opt.bf16 && !dist) compute_weights.emplace(model.module(), optimizer);
   const int accum = opt.grad_accum;
   BatchLoader loader(data, opt.batch, opt.seed, opt.flip && !vae, state.step * accum, 4, rank, world);
   NonFiniteGuard nonfinite(opt.max_nonfinite_steps);
@@ -439,6 +446,7 @@ TrainResult train(const TrainOptions& opt) {
       // The last micro-batch's gradients are all-reduced as backward produces them.
       if (micro == accum - 1) sync.arm("gradients at step " + std::to_string(step + 1));
       loss.backward();
+      if (compute_weights) compute_weights->gather_gradients();
       step_loss += loss.item<double>();
     }
     if (dist) {
@@ -448,8 +456,8 @@ TrainResult train(const TrainOptions& opt) {
       step_loss = l.item<double>();
     }
     if (nonfinite.ok(step_loss, params, step)) {
-      if (opt.grad_clip > 0) clip_grad_norm(params, opt.grad_clip);
-      optimizer.step(lr);
+      // Clipping scales the gradients inside the update.
+      optimizer.step(lr, opt.grad_clip > 0 ? grad_norm(params, opt.grad_clip).scale : 1.0);
       update_ema(ema.module().parameters(), model.module().parameters(), opt.ema_decay, step);
       smooth_loss = std::isnan(smooth_loss) ? step_loss : 0.98 * smooth_loss + 0.02 * step_loss;
     }

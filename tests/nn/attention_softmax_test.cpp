@@ -55,6 +55,22 @@ TEST(AttentionSoftmax, GradientEqualsTheUpcastPath) {
   expect_within_a_rounding(s.grad(), sr.grad(), 1e-3 * sr.grad().abs().max().item<double>(), "score gradient");
 }
 
+// Small score matrices keep their fp32 probabilities for the backward pass; larger ones (here: a
+// budget too small for any) recompute them from the scores. The gradient is the same bit for bit.
+TEST(AttentionSoftmax, KeptAndRecomputedProbabilitiesGiveTheSameGradient) {
+  auto grad_with_budget = [](int64_t budget) {
+    const int64_t before = nn::attention_memory_budget();
+    nn::set_attention_memory_budget(budget);
+    auto s = scores({3, 24, 50}, 3.0, 6).requires_grad_();
+    torch::manual_seed(7);
+    nn::scaled_softmax_bf16(s, 0.2).backward(torch::randn({3, 24, 50}).to(torch::kBFloat16));
+    nn::set_attention_memory_budget(before);
+    return s.grad();
+  };
+  const auto kept = grad_with_budget(int64_t{128} << 20), recomputed = grad_with_budget(64);
+  EXPECT_TRUE(torch::equal(kept, recomputed));
+}
+
 TEST(AttentionSoftmax, ThreadsDoNotChangeTheResult) {
   diffuse::test::expect_same_on_one_and_two_threads([] {
     auto s = scores({16, 64, 64}, 3.0, 5).requires_grad_();

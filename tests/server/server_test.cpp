@@ -187,14 +187,15 @@ TEST(Server, CancelAndInterruptStopARunningJob) {
   auto r = c.Post("/api/v1/jobs", R"({"n": 64, "steps": 400, "seed": 1})", "application/json");
   ASSERT_EQ(r->status, 202);
   const std::string id = body(r)["id"];
-  for (int i = 0; i < 400 && body(c.Get("/api/v1/jobs/" + id))["step"] < 1; ++i)
+  // Up to a minute for the first step: 64 images per step, and sanitizer builds on a busy machine.
+  for (int i = 0; i < 2400 && body(c.Get("/api/v1/jobs/" + id))["step"] < 1; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   EXPECT_EQ(c.Delete("/api/v1/jobs/" + id)->status, 200);
   EXPECT_EQ(finish(c, id)["state"], "cancelled");
 
   r = c.Post("/api/v1/jobs", R"({"n": 64, "steps": 400, "seed": 2})", "application/json");
   const std::string id2 = body(r)["id"];
-  for (int i = 0; i < 400 && body(c.Get("/sdapi/v1/progress"))["state"]["sampling_step"] < 1; ++i)
+  for (int i = 0; i < 2400 && body(c.Get("/sdapi/v1/progress"))["state"]["sampling_step"] < 1; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   auto p = body(c.Get("/sdapi/v1/progress"));
   EXPECT_GT(p["progress"].get<double>(), 0.0);
