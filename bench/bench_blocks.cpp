@@ -2,12 +2,15 @@
 // building its UNet with and without random initialisation (what loading pays):
 //   attention/self_1024x640, attention/cross_4096x320, resnet/320_64x64, groupnorm_silu/320_64x64,
 //   groupnorm_silu_train/{autocast,fused}_64x32x28x28 (bf16 activations, forward + backward),
+//   conv3x3_train/{direct,winograd}_64x64x14x14, attention_train/{libtorch,fused}_64x2x196x32 (fp32,
+//   forward + backward, at the Fashion-MNIST preset's 14x14 level),
 //   sampler_step/{euler,dpm++2m}, unet_build/{random_init,skip_init}
 //   bench_blocks [--benchmark_filter=attention] [google-benchmark flags]
 // Threads: DIFFUSE_THREADS (default one per core). The context lines print the CPU and runtime.
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -16,7 +19,9 @@
 #include "diffusion/sampler.h"
 #include "models/unet2d_condition.h"
 #include "nn/attention.h"
+#include "nn/attention_fp32.h"
 #include "nn/autocast.h"
+#include "nn/conv2d.h"
 #include "nn/group_norm.h"
 #include "nn/resnet.h"
 #include "nn/skip_init.h"
@@ -74,6 +79,45 @@ void groupnorm_silu_train(benchmark::State& state, bool fused) {
     benchmark::DoNotOptimize(x.grad().data_ptr());
   }
   state.SetItemsProcessed(state.iterations() * 64);
+}
+
+// A training step's 3x3 convolution in fp32 (64 images, 64 channels, 14x14), forward and both
+// backward passes: libtorch's (oneDNN's direct algorithm) or oneDNN's Winograd kernels
+// (nn/winograd_conv.h).
+void conv3x3_train(benchmark::State& state, bool winograd) {
+  torch::manual_seed(0);
+  diffuse::nn::Conv2d conv(torch::nn::Conv2dOptions(64, 64, 3).padding(1));
+  auto x = torch::randn({64, 64, 14, 14}).requires_grad_();
+  auto grad = torch::randn({64, 64, 14, 14});
+  const bool before = diffuse::nn::winograd_convolutions();
+  diffuse::nn::set_winograd_convolutions(winograd);
+  for (auto _ : state) {
+    auto g = torch::autograd::grad({conv(x)}, {x, conv->weight, conv->bias}, {grad});
+    benchmark::DoNotOptimize(g[0].data_ptr());
+  }
+  diffuse::nn::set_winograd_convolutions(before);
+  state.SetItemsProcessed(state.iterations() * 64);
+}
+
+// A training step's attention in fp32 (64 images, 2 heads of 32, 196 tokens; heads read from
+// [B, N, H*D] projections), forward and backward: libtorch's matmul, softmax, matmul, or the
+// per-head kernel (nn/attention_fp32.h).
+void attention_train(benchmark::State& state, bool fused) {
+  torch::manual_seed(0);
+  const int64_t B = 64, H = 2, N = 196, D = 32;
+  std::vector<torch::Tensor> p;
+  for (int i = 0; i < 3; ++i) p.push_back(torch::randn({B, N, H * D}).requires_grad_());
+  auto heads = [&](const torch::Tensor& t) { return t.view({B, N, H, D}).transpose(1, 2); };
+  auto grad = torch::randn({B, H, N, D});
+  const double scale = 1.0 / std::sqrt(double(D));
+  for (auto _ : state) {
+    const auto q = heads(p[0]), k = heads(p[1]), v = heads(p[2]);
+    auto o = fused ? diffuse::nn::fused_attention_fp32(q, k, v, scale)
+                   : torch::matmul((torch::matmul(q, k.transpose(-1, -2)) * scale).softmax(-1), v);
+    auto g = torch::autograd::grad({o}, p, {grad});
+    benchmark::DoNotOptimize(g[0].data_ptr());
+  }
+  state.SetItemsProcessed(state.iterations() * B);
 }
 
 // One sampler step on SD latents with a denoiser that costs nothing: the sampler's own overhead.
@@ -139,6 +183,10 @@ int main(int argc, char** argv) {
   reg("groupnorm_silu/320_64x64", groupnorm_silu);
   reg("groupnorm_silu_train/autocast_64x32x28x28", [](benchmark::State& s) { groupnorm_silu_train(s, false); });
   reg("groupnorm_silu_train/fused_64x32x28x28", [](benchmark::State& s) { groupnorm_silu_train(s, true); });
+  reg("conv3x3_train/direct_64x64x14x14", [](benchmark::State& s) { conv3x3_train(s, false); });
+  reg("conv3x3_train/winograd_64x64x14x14", [](benchmark::State& s) { conv3x3_train(s, true); });
+  reg("attention_train/libtorch_64x2x196x32", [](benchmark::State& s) { attention_train(s, false); });
+  reg("attention_train/fused_64x2x196x32", [](benchmark::State& s) { attention_train(s, true); });
   for (const char* name : {"euler", "dpm++2m"})
     reg(std::string("sampler_step/") + name, [name](benchmark::State& s) { sampler_step(s, name); });
   for (const bool skip : {false, true})

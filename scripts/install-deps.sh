@@ -6,6 +6,7 @@ PKGS=(
   clang-format              # the format test (tests/CMakeLists.txt) checks with version 14
   clang libclang-rt-14-dev  # the sanitize preset: ASan + UBSan tests and the libFuzzer harnesses
   libtorch-dev              # tensor engine (PyTorch 1.13 C++ API, CPU, oneDNN)
+  libdnnl-dev               # oneDNN 2 headers (the library libtorch runs): fp32 Winograd convolutions, per-head attention products
   libgloo-dev               # headers of c10d's Gloo backend: data-parallel training (docs/distributed.md)
   libopenblas0-openmp       # makes libblas.so.3 OpenBLAS (the reference BLAS is ~30x slower)
   nlohmann-json3-dev libcli11-dev libcpp-httplib-dev

@@ -158,8 +158,7 @@ torch::Tensor UpDecoderBlock2DImpl::forward(const torch::Tensor& x) {
 VAEEncoderImpl::VAEEncoderImpl(const AutoencoderKLConfig& c) {
   const auto& boc = c.block_out_channels;
   const int64_t n = static_cast<int64_t>(boc.size());
-  conv_in =
-      register_module("conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, boc[0], 3).padding(1)));
+  conv_in = register_module("conv_in", nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, boc[0], 3).padding(1)));
   down_blocks = register_module("down_blocks", torch::nn::ModuleList());
   int64_t out = boc[0];
   for (int64_t i = 0; i < n; ++i) {
@@ -181,8 +180,8 @@ VAEEncoderImpl::VAEEncoderImpl(const AutoencoderKLConfig& c) {
   mid_block = register_module("mid_block", UNetMidBlock2D(vae_mid(c)));
   conv_norm_out = register_module(
       "conv_norm_out", torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, boc.back()).eps(1e-6)));
-  conv_out = register_module(
-      "conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(boc.back(), 2 * c.latent_channels, 3).padding(1)));
+  conv_out = register_module("conv_out",
+                             nn::Conv2d(torch::nn::Conv2dOptions(boc.back(), 2 * c.latent_channels, 3).padding(1)));
 }
 
 torch::Tensor VAEEncoderImpl::forward(const torch::Tensor& x) {
@@ -195,8 +194,8 @@ torch::Tensor VAEEncoderImpl::forward(const torch::Tensor& x) {
 VAEDecoderImpl::VAEDecoderImpl(const AutoencoderKLConfig& c) {
   const auto& boc = c.block_out_channels;
   const int64_t n = static_cast<int64_t>(boc.size());
-  conv_in = register_module("conv_in",
-                            torch::nn::Conv2d(torch::nn::Conv2dOptions(c.latent_channels, boc.back(), 3).padding(1)));
+  conv_in =
+      register_module("conv_in", nn::Conv2d(torch::nn::Conv2dOptions(c.latent_channels, boc.back(), 3).padding(1)));
   mid_block = register_module("mid_block", UNetMidBlock2D(vae_mid(c)));
   up_blocks = register_module("up_blocks", torch::nn::ModuleList());
   std::vector<int64_t> rev(boc.rbegin(), boc.rend());
@@ -209,8 +208,7 @@ VAEDecoderImpl::VAEDecoderImpl(const AutoencoderKLConfig& c) {
   }
   conv_norm_out = register_module(
       "conv_norm_out", torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, boc[0]).eps(1e-6)));
-  conv_out =
-      register_module("conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(boc[0], c.out_channels, 3).padding(1)));
+  conv_out = register_module("conv_out", nn::Conv2d(torch::nn::Conv2dOptions(boc[0], c.out_channels, 3).padding(1)));
 }
 
 torch::Tensor VAEDecoderImpl::forward(const torch::Tensor& z) {
@@ -235,9 +233,9 @@ AutoencoderKLImpl::AutoencoderKLImpl(const AutoencoderKLConfig& cfg) : config_(c
   decoder = register_module("decoder", nn::VAEDecoder(cfg));
   const int64_t l = cfg.latent_channels;
   if (cfg.use_quant_conv)
-    quant_conv = register_module("quant_conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(2 * l, 2 * l, 1)));
+    quant_conv = register_module("quant_conv", nn::Conv2d(torch::nn::Conv2dOptions(2 * l, 2 * l, 1)));
   if (cfg.use_post_quant_conv)
-    post_quant_conv = register_module("post_quant_conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(l, l, 1)));
+    post_quant_conv = register_module("post_quant_conv", nn::Conv2d(torch::nn::Conv2dOptions(l, l, 1)));
 }
 
 torch::Dtype AutoencoderKLImpl::dtype() const { return encoder->conv_in->weight.scalar_type(); }

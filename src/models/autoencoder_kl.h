@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "nn/conv2d.h"
 #include "nn/resnet.h"
 #include "nn/sampling.h"
 #include "nn/unet_2d_blocks.h"
@@ -67,7 +68,7 @@ class VAEEncoderImpl : public torch::nn::Module {
   explicit VAEEncoderImpl(const AutoencoderKLConfig& c);
   torch::Tensor forward(const torch::Tensor& x);
 
-  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
+  nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
   torch::nn::ModuleList down_blocks{nullptr};
   std::vector<UNetDownBlock2D> down;
   UNetMidBlock2D mid_block{nullptr};
@@ -81,7 +82,7 @@ class VAEDecoderImpl : public torch::nn::Module {
   explicit VAEDecoderImpl(const AutoencoderKLConfig& c);
   torch::Tensor forward(const torch::Tensor& z);
 
-  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
+  nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
   UNetMidBlock2D mid_block{nullptr};
   torch::nn::ModuleList up_blocks{nullptr};
   std::vector<UpDecoderBlock2D> up;
@@ -118,7 +119,7 @@ class AutoencoderKLImpl : public torch::nn::Module {
 
   nn::VAEEncoder encoder{nullptr};
   nn::VAEDecoder decoder{nullptr};
-  torch::nn::Conv2d quant_conv{nullptr}, post_quant_conv{nullptr};  // null if disabled
+  nn::Conv2d quant_conv{nullptr}, post_quant_conv{nullptr};  // null if disabled
 
  private:
   AutoencoderKLConfig config_;

@@ -152,8 +152,7 @@ UNet2DModelImpl::UNet2DModelImpl(const UNet2DConfig& cfg) : config_(cfg) {
   const int64_t n = static_cast<int64_t>(boc.size());
   const int64_t temb = cfg.time_embed_dim();
 
-  conv_in =
-      register_module("conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(cfg.in_channels, boc[0], 3).padding(1)));
+  conv_in = register_module("conv_in", nn::Conv2d(torch::nn::Conv2dOptions(cfg.in_channels, boc[0], 3).padding(1)));
 
   int64_t time_input_dim = boc[0];
   if (cfg.time_embedding_type == "fourier") {
@@ -236,8 +235,7 @@ UNet2DModelImpl::UNet2DModelImpl(const UNet2DConfig& cfg) : config_(cfg) {
   conv_norm_out =
       register_module("conv_norm_out",
                       torch::nn::GroupNorm(torch::nn::GroupNormOptions(cfg.norm_num_groups, boc[0]).eps(cfg.norm_eps)));
-  conv_out =
-      register_module("conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(boc[0], cfg.out_channels, 3).padding(1)));
+  conv_out = register_module("conv_out", nn::Conv2d(torch::nn::Conv2dOptions(boc[0], cfg.out_channels, 3).padding(1)));
 }
 
 torch::Dtype UNet2DModelImpl::dtype() const { return conv_in->weight.scalar_type(); }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "nn/conv2d.h"
 #include "nn/embeddings.h"
 #include "nn/unet_2d_blocks.h"
 
@@ -84,7 +85,7 @@ class UNet2DModelImpl : public torch::nn::Module {
   void set_attention_chunk_size(int64_t n);
 
   // Submodules under diffusers' names (null where the config has none).
-  torch::nn::Conv2d conv_in{nullptr};
+  nn::Conv2d conv_in{nullptr};
   nn::Timesteps time_proj_positional{nullptr};               // "time_proj" (positional)
   nn::GaussianFourierProjection time_proj_fourier{nullptr};  // "time_proj" (fourier)
   torch::nn::Embedding time_proj_learned{nullptr};           // "time_proj" (learned)
@@ -96,7 +97,7 @@ class UNet2DModelImpl : public torch::nn::Module {
   nn::UNetMidBlock2D mid_block{nullptr};
   std::vector<nn::UNetUpBlock2D> up;
   torch::nn::GroupNorm conv_norm_out{nullptr};
-  torch::nn::Conv2d conv_out{nullptr};
+  nn::Conv2d conv_out{nullptr};
 
  private:
   torch::Tensor broadcast_timesteps(const torch::Tensor& timestep, int64_t batch) const;

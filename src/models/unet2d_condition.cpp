@@ -309,7 +309,7 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
 
   conv_in = register_module(
       "conv_in",
-      torch::nn::Conv2d(
+      nn::Conv2d(
           torch::nn::Conv2dOptions(cfg.in_channels, boc[0], cfg.conv_in_kernel).padding((cfg.conv_in_kernel - 1) / 2)));
   time_proj = register_module("time_proj", nn::Timesteps(boc[0], cfg.flip_sin_to_cos, cfg.freq_shift));
   time_embedding = register_module("time_embedding", nn::TimestepEmbedding(boc[0], temb, cfg.act_fn));
@@ -426,9 +426,9 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
 
   conv_norm_out = register_module("conv_norm_out",
                                   torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, boc[0]).eps(cfg.norm_eps)));
-  conv_out = register_module("conv_out",
-                             torch::nn::Conv2d(torch::nn::Conv2dOptions(boc[0], cfg.out_channels, cfg.conv_out_kernel)
-                                                   .padding((cfg.conv_out_kernel - 1) / 2)));
+  conv_out =
+      register_module("conv_out", nn::Conv2d(torch::nn::Conv2dOptions(boc[0], cfg.out_channels, cfg.conv_out_kernel)
+                                                 .padding((cfg.conv_out_kernel - 1) / 2)));
 }
 
 torch::Dtype UNet2DConditionModelImpl::dtype() const {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "nn/conv2d.h"
 #include "nn/embeddings.h"
 #include "nn/unet_2d_blocks.h"
 #include "nn/unet_2d_condition_blocks.h"
@@ -159,7 +160,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   torch::Device device() const;
   void set_attention_chunk_size(int64_t n);
 
-  torch::nn::Conv2d conv_in{nullptr};
+  nn::Conv2d conv_in{nullptr};
   nn::Timesteps time_proj{nullptr};
   nn::TimestepEmbedding time_embedding{nullptr};
   torch::nn::Embedding class_embedding_table{nullptr};  // "class_embedding" (num_class_embeds)
@@ -174,7 +175,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   std::vector<nn::UNetUpBlock2D> up_plain;
   std::vector<nn::CrossAttnUpBlock2D> up_cross;
   torch::nn::GroupNorm conv_norm_out{nullptr};  // null when norm_num_groups is null
-  torch::nn::Conv2d conv_out{nullptr};
+  nn::Conv2d conv_out{nullptr};
 
  private:
   UNet2DConditionConfig config_;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "nn/attention_fp32.h"
 #include "nn/attention_softmax.h"
 #include "nn/autocast.h"
 #include "nn/group_norm.h"
@@ -17,6 +18,11 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   const auto dtype = q.scalar_type();
   auto qq = upcast_attention ? q.to(torch::kFloat32) : q;
   auto kk = upcast_attention ? k.to(torch::kFloat32) : k;
+  // fp32 on the CPU without a mask: scores, softmax and values per (image, head), in one pass.
+  if (!mask.defined() && !autocast_enabled(q.device())) {
+    auto o = fused_attention_fp32(qq, kk, v, scale);
+    if (o.defined()) return o;
+  }
   auto scores = torch::matmul(qq, kk.transpose(-1, -2));
   // A softmax in fp32 of bf16 scores on the CPU (upcast, or under autocast): the fused kernel.
   if (scores.scalar_type() == torch::kBFloat16 && scores.device().is_cpu() && !mask.defined() &&

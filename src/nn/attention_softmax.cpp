@@ -26,16 +26,7 @@ void row_probabilities(const uint16_t* s, float* p, int64_t n, float scale) {
     p[i] = v;
     max = v > max ? v : max;
   }
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) {
-    const float e = exp_nonpositive(p[i] - max);
-    p[i] = e;
-    sum += e;
-  }
-  const float inv = 1.f / sum;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) p[i] *= inv;
+  softmax_from_max(p, n, max);
 }
 
 DIFFUSE_VECTOR_CLONES

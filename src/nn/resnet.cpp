@@ -26,17 +26,17 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : opt_(o), a
                 ") must be divisible by the number of groups (" + std::to_string(o.groups) + ")");
 
   norm1 = register_module("norm1", torch::nn::GroupNorm(torch::nn::GroupNormOptions(o.groups, in).eps(o.eps)));
-  conv1 = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1)));
+  conv1 = register_module("conv1", nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1)));
   if (o.temb_channels > 0)
     time_emb_proj = register_module("time_emb_proj", nn::Linear(o.temb_channels, scale_shift_ ? 2 * out : out));
   norm2 = register_module("norm2", torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups_out, out).eps(o.eps)));
   dropout = register_module("dropout", torch::nn::Dropout(o.dropout));
-  conv2 = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(out, conv2_out, 3).padding(1)));
+  conv2 = register_module("conv2", nn::Conv2d(torch::nn::Conv2dOptions(out, conv2_out, 3).padding(1)));
   const bool shortcut = o.use_in_shortcut.has_value() ? *o.use_in_shortcut : in != conv2_out;
   opt_.use_in_shortcut = shortcut;
   if (shortcut)
-    conv_shortcut = register_module(
-        "conv_shortcut", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, conv2_out, 1).bias(o.conv_shortcut_bias)));
+    conv_shortcut = register_module("conv_shortcut",
+                                    nn::Conv2d(torch::nn::Conv2dOptions(in, conv2_out, 1).bias(o.conv_shortcut_bias)));
 }
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {

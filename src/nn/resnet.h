@@ -9,6 +9,7 @@
 #include <string>
 
 #include "nn/activations.h"
+#include "nn/conv2d.h"
 #include "nn/linear.h"
 #include "nn/sampling.h"
 
@@ -46,7 +47,7 @@ class ResnetBlock2DImpl : public torch::nn::Module {
   const ResnetBlock2DOptions& options() const { return opt_; }
 
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
-  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
+  nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
   nn::Linear time_emb_proj{nullptr};
   torch::nn::Dropout dropout{nullptr};
 

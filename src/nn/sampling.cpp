@@ -13,8 +13,7 @@ Downsample2DImpl::Downsample2DImpl(int64_t channels, bool use_conv, int64_t out_
   const int64_t out = out_channels > 0 ? out_channels : channels;
   if (use_conv) {
     conv = register_module(
-        "conv",
-        torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, out, kernel_size).stride(2).padding(padding).bias(bias)));
+        "conv", nn::Conv2d(torch::nn::Conv2dOptions(channels, out, kernel_size).stride(2).padding(padding).bias(bias)));
   } else if (out != channels) {
     throw Error("Downsample2D: average pooling cannot change the channel count");
   }
@@ -45,7 +44,7 @@ Upsample2DImpl::Upsample2DImpl(int64_t channels, bool use_conv, int64_t out_chan
   const int64_t out = out_channels > 0 ? out_channels : channels;
   if (use_conv) {
     conv = register_module(
-        "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, out, kernel_size).padding(padding).bias(bias)));
+        "conv", nn::Conv2d(torch::nn::Conv2dOptions(channels, out, kernel_size).padding(padding).bias(bias)));
   }
 }
 

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "nn/conv2d.h"
+
 namespace diffuse::nn {
 
 // Halves H and W: a stride-2 3x3 convolution `conv` (use_conv), or 2x2 average pooling.
@@ -15,7 +17,7 @@ class Downsample2DImpl : public torch::nn::Module {
                    int64_t kernel_size = 3, bool bias = true);
   torch::Tensor forward(const torch::Tensor& x);
 
-  torch::nn::Conv2d conv{nullptr};  // null when !use_conv
+  nn::Conv2d conv{nullptr};  // null when !use_conv
 
  private:
   int64_t channels_;
@@ -31,7 +33,7 @@ class Upsample2DImpl : public torch::nn::Module {
                  int64_t padding = 1, bool bias = true);
   torch::Tensor forward(const torch::Tensor& x, const std::vector<int64_t>& output_size = {});
 
-  torch::nn::Conv2d conv{nullptr};  // null when !use_conv
+  nn::Conv2d conv{nullptr};  // null when !use_conv
 
  private:
   int64_t channels_;

@@ -1,7 +1,7 @@
 #pragma once
-// Scalar helpers for the fused bf16 kernels (group_norm.cpp, attention_softmax.cpp, gelu.cpp, layer_norm.cpp), written
-// branch-free so that loops calling them vectorise; the kernels' loops are compiled for AVX-512,
-// AVX2 and baseline x86-64 and chosen when the program loads (DIFFUSE_VECTOR_CLONES).
+// Scalar helpers for the fused kernels (group_norm.cpp, attention_softmax.cpp, attention_fp32.cpp, gelu.cpp,
+// layer_norm.cpp), written branch-free so that loops calling them vectorise; the kernels' loops are compiled for
+// AVX-512, AVX2 and baseline x86-64 and chosen when the program loads (DIFFUSE_VECTOR_CLONES).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -48,6 +48,20 @@ inline float exp_nonpositive(float t) {
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return t != t ? t : p * scale;
+}
+
+// p <- softmax(p) in place, given the row's largest value: e^(p - max), normalised.
+inline void softmax_from_max(float* p, int64_t n, float max) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = exp_nonpositive(p[i] - max);
+    p[i] = e;
+    sum += e;
+  }
+  const float inv = 1.f / sum;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) p[i] *= inv;
 }
 
 // 1 / (1 + e^-y), from e^-|y| so that nothing overflows.

@@ -99,8 +99,11 @@ TEST(GradientCheckpointing, LoraAndFullGradientsEqualThoseWithout) {
   EXPECT_FALSE(plain.checkpointed);
   EXPECT_TRUE(ckpt.checkpointed);
   {
+    // The two graphs sum gradients in another order; the fp32 convolutions' Winograd transforms
+    // round at about 1e-6 of a tensor's scale (nn/winograd_conv.h), so the sums differ by up to
+    // about 1.2e-6 of a tensor's largest gradient (4e-7 with the direct algorithm).
     SCOPED_TRACE("LoRA, fp32");
-    expect_same_grads(plain, ckpt, 1e-6);
+    expect_same_grads(plain, ckpt, 3e-6);
   }
   {  // Under bf16 autocast (restored for the recomputation), the base in bf16 as train-lora --bf16 has it.
     pipe.unet->to(torch::kBFloat16);
@@ -182,7 +185,7 @@ TEST(GradientCheckpointing, SixteenBitBaseTrainsLikeItsUpcast) {
   const auto upcast = ckpt_run(pipe32, &net32, params(net32), false, false);
   const auto kept = ckpt_run(pipe16, &net16, params(net16), true, false, torch::kFloat32);
   EXPECT_TRUE(kept.checkpointed);
-  expect_same_grads(upcast, kept, 1e-6);
+  expect_same_grads(upcast, kept, 3e-6);  // summation order, with Winograd's rounding (see above)
   for (const auto& p : pipe16.unet->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat16);
 }
 
