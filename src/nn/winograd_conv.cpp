@@ -323,6 +323,9 @@ torch::Tensor winograd_conv2d(const torch::Tensor& input, const torch::Tensor& w
       weight.size(3) != 3 || weight.size(1) != input.size(1) || input.numel() == 0 || !weight.device().is_cpu() ||
       (bias.defined() && (bias.scalar_type() != torch::kFloat32 || bias.numel() != weight.size(0))))
     return {};
+  // oneDNN computes in blocks of 16 channels and pads the rest: a first layer of 1-4 channels would
+  // do 4-16 times its work (its forward pass runs faster direct), and a ragged count wastes part.
+  if (input.size(1) % 16 != 0 || weight.size(0) % 16 != 0) return {};
   const auto key = key_of(input, weight, bias.defined());
   if (!plan_for(key)) return {};
   return bias.defined() ? BiasedConv::apply(input, weight, bias) : UnbiasedConv::apply(input, weight);

@@ -25,9 +25,9 @@ bool winograd_available();
 
 // conv2d(input, weight, bias, stride 1, padding 1) with autograd, through the Winograd kernels:
 // input [N, C, H, W] fp32 on the CPU (contiguous or channels-last), weight [O, C, 3, 3] fp32, bias
-// [O] or undefined. Returns an undefined tensor where the kernels do not apply (switched off, not
-// built, another dtype or device, or a shape oneDNN does not take); the caller then convolves
-// as usual.
+// [O] or undefined, C and O multiples of 16 (oneDNN's channel blocks). Returns an undefined tensor
+// where the kernels do not apply (switched off, not built, another dtype or device, other channel
+// counts, or a shape oneDNN does not take); the caller then convolves as usual.
 torch::Tensor winograd_conv2d(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias);
 
 }  // namespace diffuse::nn

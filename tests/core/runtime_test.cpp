@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <thread>
 
@@ -46,8 +47,21 @@ int threads_of_this_process() {
 }
 
 // The threads a new thread's first large tensor operation (parallel inside ATen) starts.
+// Waits (up to a second) until the process's threads stop coming and going: the OpenMP team of
+// a helper that has ended leaves after it, so counting at once could see it go.
+void wait_for_thread_count_to_settle() {
+  int last = threads_of_this_process(), same = 0;
+  for (int i = 0; i < 100 && same < 5; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const int now = threads_of_this_process();
+    same = now == last ? same + 1 : 0;
+    last = now;
+  }
+}
+
 int threads_started_by_a_helpers_operation(bool alone) {
   int started = -1;
+  wait_for_thread_count_to_settle();
   std::thread([&] {
     if (alone) use_one_thread_here();
     const int before = threads_of_this_process();

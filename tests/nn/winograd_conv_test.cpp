@@ -116,6 +116,10 @@ TEST(WinogradConv, DeclinesWhatItDoesNotCompute) {
   EXPECT_FALSE(winograd_conv2d(x, torch::randn({16, 16, 1, 1}), b).defined());  // 1x1
   EXPECT_FALSE(winograd_conv2d(x, torch::randn({16, 8, 3, 3}), b).defined());   // channels disagree
   EXPECT_FALSE(winograd_conv2d(x, w, torch::randn({8})).defined());             // bias disagrees
+  // Channel counts oneDNN would pad to its blocks of 16: a first layer, a last one, a ragged one.
+  EXPECT_FALSE(winograd_conv2d(torch::randn({2, 3, 8, 8}), torch::randn({16, 3, 3, 3}), b).defined());
+  EXPECT_FALSE(winograd_conv2d(x, torch::randn({4, 16, 3, 3}), torch::Tensor()).defined());
+  EXPECT_FALSE(winograd_conv2d(torch::randn({2, 24, 8, 8}), torch::randn({16, 24, 3, 3}), b).defined());
   EXPECT_FALSE(winograd_conv2d(x.to(torch::kFloat64), w, b).defined());
 }
 
@@ -126,9 +130,10 @@ TEST(WinogradConv, Conv2dModuleUsesThemWhereTheyApply) {
   REQUIRE_KERNELS();
   torch::manual_seed(5);
   const auto x = torch::randn({2, 16, 9, 9});
-  Conv2d same(torch::nn::Conv2dOptions(16, 24, 3).padding(1));
-  Conv2d strided(torch::nn::Conv2dOptions(16, 24, 3).padding(1).stride(2));
-  Conv2d pointwise(torch::nn::Conv2dOptions(16, 24, 1));
+  Conv2d same(torch::nn::Conv2dOptions(16, 32, 3).padding(1));
+  Conv2d strided(torch::nn::Conv2dOptions(16, 32, 3).padding(1).stride(2));
+  Conv2d pointwise(torch::nn::Conv2dOptions(16, 32, 1));
+  Conv2d first(torch::nn::Conv2dOptions(3, 32, 3).padding(1));
   auto frontend = [&](Conv2d& c) { return c->torch::nn::Conv2dImpl::forward(x); };
   WinogradSwitch on(true);
   EXPECT_TRUE(torch::equal(same(x), winograd_conv2d(x, same->weight, same->bias)));
@@ -136,6 +141,8 @@ TEST(WinogradConv, Conv2dModuleUsesThemWhereTheyApply) {
   EXPECT_TRUE(torch::allclose(same(x), frontend(same), 1e-5, 1e-5));
   EXPECT_TRUE(torch::equal(strided(x), frontend(strided)));
   EXPECT_TRUE(torch::equal(pointwise(x), frontend(pointwise)));
+  const auto rgb = torch::randn({2, 3, 9, 9});
+  EXPECT_TRUE(torch::equal(first(rgb), first->torch::nn::Conv2dImpl::forward(rgb)));
   {
     AutocastGuard autocast(torch::kCPU, true);
     const auto y = same(x);
